@@ -1,0 +1,209 @@
+//! The one definition of every map key, map value and constant that limiter's kernel programs
+//! (`limiter-ebpf`) and its agent (`limiter-user`) share. Everything is `#[repr(C)]` with explicit
+//! padding fields, because hash map keys are compared byte for byte: an uninitialised padding
+//! byte would make two equal keys different.
+//!
+//! The `user` feature adds `aya::Pod` impls so the agent can read and write these through aya.
+#![no_std]
+
+/// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
+/// refuses to adopt pinned maps of another version instead of misreading them.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
+pub const MAX_LISTENERS: u32 = 16_384;
+/// Handshakes in flight (SYN admitted, final ACK not yet seen) across all listeners.
+pub const MAX_PENDING: u32 = 262_144;
+/// Established connections tracked across all listeners.
+pub const MAX_TRACKED_SOCKETS: u32 = 1 << 20;
+/// One entry per TCP port: how many listeners use it. Lets XDP pass other ports after one array
+/// lookup.
+pub const PORT_TABLE_SIZE: u32 = 65_536;
+
+/// Map names, as the kernel object declares them and the agent looks them up.
+pub mod map_names {
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const PORTS: &str = "PORTS";
+    pub const SLOT_USAGE: &str = "SLOT_USAGE";
+    pub const SLOT_STATS: &str = "SLOT_STATS";
+    pub const PENDING: &str = "PENDING";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const PACKET_STATS: &str = "PACKET_STATS";
+    pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
+}
+
+/// Program names, as the kernel object declares them.
+pub mod program_names {
+    /// XDP: where a SYN is admitted or refused.
+    pub const ADMISSION: &str = "admission";
+    /// sock_ops: where the count goes up (established) and down (closed).
+    pub const ACCOUNTING: &str = "accounting";
+}
+
+/// Address family tags used in keys. Not the kernel's `AF_*` values, so that a zeroed key
+/// (family 0) is never mistaken for a real IPv4 key.
+pub mod family {
+    /// A bare-port listener: every local address of both families.
+    pub const ANY: u16 = 0;
+    pub const V4: u16 = 4;
+    pub const V6: u16 = 6;
+}
+
+/// What happens to a SYN over the limit.
+pub mod action {
+    /// Silently dropped at XDP; the client's own SYN backoff slows it down.
+    pub const DROP: u32 = 0;
+    /// Answered from XDP with a RST, so the client fails at once with "connection refused".
+    pub const RESET: u32 = 1;
+}
+
+/// A listener as the kernel programs see it: local address and port.
+///
+/// `addr` holds the address bytes exactly as they are on the wire (network order): an IPv4
+/// address in `addr[0]` with the rest zero, an IPv6 address in all four words. An all-zero
+/// `addr` is the wildcard for `family` (`0.0.0.0:P`, `[::]:P`); `family::ANY` with a zero
+/// `addr` is a bare port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Per-listener settings, written only by the agent. Replacing the whole value is how a limit
+/// changes on a running agent; the live counts live elsewhere ([`SlotUsage`]) so that a change
+/// never races with the kernel's atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub limit: u64,
+    /// Index into [`SLOT_USAGE`] / [`SLOT_STATS`].
+    pub slot: u32,
+    /// One of [`action`].
+    pub action: u32,
+}
+
+/// The live budget of one listener slot, shared by all CPUs and changed only with atomics.
+///
+/// `reserved` = established + handshakes in flight: the number admission compares with the
+/// limit. `active` = established only: the gauge users see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotUsage {
+    pub reserved: u64,
+    pub active: u64,
+}
+
+/// Per-CPU, per-slot event counters (summed over CPUs by the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotStats {
+    /// SYNs that took a slot at XDP.
+    pub syn_admitted: u64,
+    /// Retransmitted SYNs that already held a slot and passed again.
+    pub syn_retransmitted: u64,
+    /// SYNs refused and dropped.
+    pub refused_drop: u64,
+    /// SYNs refused and answered with a RST.
+    pub refused_reset: u64,
+    /// Connections that reached ESTABLISHED and were counted (the `admitted_total` users see).
+    pub established: u64,
+    /// Of those, connections that held no reservation (their SYN did not cross an interface the
+    /// agent watches, e.g. loopback, or their reservation had already expired).
+    pub established_unreserved: u64,
+    /// Counted connections that reached CLOSE.
+    pub closed: u64,
+    /// Connections that could not be tracked because the socket table was full (not counted).
+    pub untracked: u64,
+}
+
+/// A connection's 4-tuple from the server's point of view. The same key is built by XDP (from
+/// the SYN) and by sock_ops (from the child socket), so a reservation can be handed over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network order, as in [`ListenerKey::addr`].
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// A reservation for a handshake in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub slot: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the first SYN was admitted.
+    pub since_ns: u64,
+}
+
+/// Agent-wide settings read by the kernel programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Cookie of the network namespace the agent enforces in; sockets of other namespaces are
+    /// not counted. 0 disables accounting (not yet configured).
+    pub netns_cookie: u64,
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of the program-wide per-CPU packet counters in `PACKET_STATS`.
+pub mod packet_stat {
+    /// Every frame the XDP program ran on.
+    pub const SEEN: u32 = 0;
+    /// Frames that are not a SYN for a limited listener (other protocols, other ports, non-SYN
+    /// segments, fragments): passed untouched.
+    pub const NOT_OURS: u32 = 1;
+    /// Frames whose headers are truncated or invalid: passed untouched.
+    pub const MALFORMED: u32 = 2;
+    /// SYNs to a limited listener that were admitted (new slot or retransmit).
+    pub const SYN_PASSED: u32 = 3;
+    /// SYNs refused (dropped or reset).
+    pub const SYN_REFUSED: u32 = 4;
+    /// Refusals that should have been a RST but were dropped, because the SYN carried IPv4
+    /// options or IPv6 extension headers the RST builder does not reflect.
+    pub const RESET_FELL_BACK_TO_DROP: u32 = 5;
+    /// SYNs refused because the handshake table was full.
+    pub const PENDING_TABLE_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers, and have explicit padding
+    // fields, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerConfig {}
+    unsafe impl aya::Pod for SlotUsage {}
+    unsafe impl aya::Pod for SlotStats {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Pending {}
+    unsafe impl aya::Pod for AgentConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    // Sizes the kernel sees; a change here is a map layout change (bump MAP_LAYOUT_VERSION).
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ListenerKey>(), 20);
+        assert_eq!(size_of::<ListenerConfig>(), 16);
+        assert_eq!(size_of::<SlotUsage>(), 16);
+        assert_eq!(size_of::<SlotStats>(), 64);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<Pending>(), 16);
+        assert_eq!(size_of::<AgentConfig>(), 16);
+    }
+}

@@ -1,0 +1,160 @@
+//! sock_ops accounting: where the count goes up and down, from the kernel's own TCP state.
+//!
+//! Up: when a passive (server-side) connection becomes ESTABLISHED in the agent's network
+//! namespace on a limited listener. The handshake's reservation is taken over if there is one
+//! (deleting the PENDING entry is the hand-off), otherwise a slot is taken unconditionally: the
+//! kernel already holds the connection. The socket is then tagged in SOCKETS and asked for
+//! state callbacks.
+//!
+//! Down: when a tagged socket reaches CLOSE (FIN, RST or timeout, whichever side). Deleting the
+//! tag is what makes every decrement match exactly one increment.
+use aya_ebpf::{
+    bindings::{
+        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use limiter_common::{FlowKey, family};
+
+use crate::{
+    atomic::Usage,
+    listeners,
+    maps::{AGENT_CONFIG, PENDING, SOCKETS, count_slot},
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const TCP_CLOSE: u32 = 7;
+/// `::ffff:0:0/96` in network order, as the third word of an IPv4-mapped IPv6 address.
+const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xFF, 0xFF]);
+
+#[sock_ops]
+pub fn accounting(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(&ctx),
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
+    let Some(config) = AGENT_CONFIG.get(0) else {
+        return;
+    };
+    // SAFETY: the helper only reads the socket's network namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    if config.netns_cookie == 0 || netns != config.netns_cookie {
+        return;
+    }
+    let Some(flow) = flow_of(ctx) else {
+        return;
+    };
+    let (slot, had_reservation) = match take_reservation(&flow) {
+        Some(slot) => (slot, true),
+        None => {
+            if !listeners::port_is_limited(flow.local_port) {
+                return;
+            }
+            match listeners::lookup(flow.family, &flow.local_addr, flow.local_port) {
+                Some(listener) => (listener.slot, false),
+                None => return,
+            }
+        }
+    };
+    let Some(usage) = Usage::of(slot) else {
+        return;
+    };
+    if !had_reservation {
+        usage.reserve_unconditionally();
+        count_slot(slot, |s| &mut s.established_unreserved);
+    }
+    // SAFETY: the helper only reads the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if SOCKETS.insert(&cookie, &slot, BPF_NOEXIST as u64).is_err() {
+        usage.release_reservation();
+        count_slot(slot, |s| &mut s.untracked);
+        return;
+    }
+    if ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32).is_err() {
+        // Without state callbacks the close would never be seen: do not count it at all.
+        let _ = SOCKETS.remove(&cookie);
+        usage.release_reservation();
+        count_slot(slot, |s| &mut s.untracked);
+        return;
+    }
+    usage.established();
+    count_slot(slot, |s| &mut s.established);
+}
+
+#[inline(always)]
+fn closed(ctx: &SockOpsContext) {
+    // SAFETY: the helper only reads the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(&slot) = (unsafe { SOCKETS.get(&cookie) }) else {
+        return;
+    };
+    if SOCKETS.remove(&cookie).is_ok() {
+        if let Some(usage) = Usage::of(slot) {
+            usage.closed();
+        }
+        count_slot(slot, |s| &mut s.closed);
+    }
+}
+
+/// Hands the handshake's reservation over: whoever deletes the PENDING entry owns it (the
+/// agent's sweeper may be deleting it at the same moment).
+#[inline(always)]
+fn take_reservation(flow: &FlowKey) -> Option<u32> {
+    let pending = PENDING.get_ptr(flow)?;
+    // SAFETY: the entry was just found; it is read before it is deleted.
+    let slot = unsafe { (*pending).slot };
+    PENDING.remove(flow).ok().map(|()| slot)
+}
+
+/// The connection's 4-tuple as XDP saw it. An IPv4 connection accepted by a dual-stack
+/// (`[::]`) socket shows IPv4-mapped addresses here; it is folded back to IPv4.
+#[inline(always)]
+fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
+    let (addr_family, local_addr, remote_addr) = match ctx.family() {
+        AF_INET => (family::V4, [ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0]),
+        AF_INET6 => {
+            let (local, remote) = (ctx.local_ip6(), ctx.remote_ip6());
+            if is_v4_mapped(&local) && is_v4_mapped(&remote) {
+                (family::V4, [local[3], 0, 0, 0], [remote[3], 0, 0, 0])
+            } else {
+                (family::V6, local, remote)
+            }
+        }
+        _ => return None,
+    };
+    Some(FlowKey {
+        local_addr,
+        remote_addr,
+        local_port: ctx.local_port() as u16,
+        remote_port: remote_port(ctx.remote_port()),
+        family: addr_family,
+        _pad: 0,
+    })
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX
+}
+
+/// `remote_port` is in network order; on little-endian kernels the 16-bit port sits in the
+/// upper half of the word (kernel `sock_ops_convert_ctx_access` shifts it), on others it is
+/// the lower half. A port is never 0, so the two layouts cannot be confused.
+#[inline(always)]
+fn remote_port(raw: u32) -> u16 {
+    if raw > 0xFFFF {
+        u32::from_be(raw) as u16
+    } else {
+        u16::from_be(raw as u16)
+    }
+}

@@ -1,0 +1,91 @@
+//! XDP admission: where a SYN is admitted or refused.
+//!
+//! Parse; pass everything that is not a SYN to a limited listener; let a retransmitted SYN that
+//! already holds a slot through; otherwise reserve a slot with one atomic fetch-add, or refuse
+//! with the listener's action. A reservation is handed to accounting when the handshake
+//! completes, or released by the agent when it does not complete in time.
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use limiter_common::{ListenerConfig, Pending, action, packet_stat};
+
+use crate::{
+    atomic::Usage,
+    listeners,
+    maps::{PENDING, count_packet, count_slot},
+    packet::{self, Frame, Syn},
+    reset,
+};
+
+const EEXIST: i32 = 17;
+
+#[xdp]
+pub fn admission(ctx: XdpContext) -> u32 {
+    count_packet(packet_stat::SEEN);
+    let syn = match packet::parse(&ctx) {
+        Frame::Syn(syn) => syn,
+        Frame::NotOurs => return pass(packet_stat::NOT_OURS),
+        Frame::Malformed => return pass(packet_stat::MALFORMED),
+    };
+    if !listeners::port_is_limited(syn.flow.local_port) {
+        return pass(packet_stat::NOT_OURS);
+    }
+    let flow = &syn.flow;
+    let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port) else {
+        return pass(packet_stat::NOT_OURS);
+    };
+    // A retransmitted SYN whose first copy holds a slot: neither a second slot nor a refusal.
+    if PENDING.get_ptr(flow).is_some() {
+        count_slot(listener.slot, |s| &mut s.syn_retransmitted);
+        return pass(packet_stat::SYN_PASSED);
+    }
+    let Some(usage) = Usage::of(listener.slot) else {
+        return pass(packet_stat::NOT_OURS);
+    };
+    if !usage.try_reserve(listener.limit) {
+        return refuse(&ctx, &syn, &listener);
+    }
+    // SAFETY: a helper without arguments or side effects.
+    let since_ns = unsafe { bpf_ktime_get_ns() };
+    let reservation = Pending { slot: listener.slot, _pad: 0, since_ns };
+    match PENDING.insert(flow, &reservation, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count_slot(listener.slot, |s| &mut s.syn_admitted);
+            pass(packet_stat::SYN_PASSED)
+        }
+        // The same SYN, retransmitted, won the race on another CPU and holds the slot.
+        Err(err) if err as i32 == -EEXIST => {
+            usage.release_reservation();
+            count_slot(listener.slot, |s| &mut s.syn_retransmitted);
+            pass(packet_stat::SYN_PASSED)
+        }
+        Err(_) => {
+            usage.release_reservation();
+            count_packet(packet_stat::PENDING_TABLE_FULL);
+            refuse(&ctx, &syn, &listener)
+        }
+    }
+}
+
+#[inline(always)]
+fn pass(counter: u32) -> u32 {
+    count_packet(counter);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn refuse(ctx: &XdpContext, syn: &Syn, listener: &ListenerConfig) -> u32 {
+    count_packet(packet_stat::SYN_REFUSED);
+    if listener.action == action::RESET {
+        if reset::reply(ctx, syn) {
+            count_slot(listener.slot, |s| &mut s.refused_reset);
+            return xdp_action::XDP_TX;
+        }
+        count_packet(packet_stat::RESET_FELL_BACK_TO_DROP);
+    }
+    count_slot(listener.slot, |s| &mut s.refused_drop);
+    xdp_action::XDP_DROP
+}

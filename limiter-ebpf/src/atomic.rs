@@ -1,0 +1,95 @@
+//! The shared per-listener budget, changed only with atomic read-modify-write instructions
+//! (BPF_ATOMIC | BPF_FETCH, Linux 5.12+), so SYNs on several CPUs can never over-admit.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use limiter_common::SlotUsage;
+
+use crate::maps::SLOT_USAGE;
+
+pub struct Usage(*mut SlotUsage);
+
+impl Usage {
+    #[inline(always)]
+    pub fn of(slot: u32) -> Option<Self> {
+        SLOT_USAGE.get_ptr_mut(slot).map(Usage)
+    }
+
+    #[inline(always)]
+    fn reserved(&self) -> Counter {
+        // SAFETY: the pointer is a live array element, 8-byte aligned.
+        Counter(unsafe { &raw mut (*self.0).reserved })
+    }
+
+    #[inline(always)]
+    fn active(&self) -> Counter {
+        // SAFETY: as for `reserved`.
+        Counter(unsafe { &raw mut (*self.0).active })
+    }
+
+    /// Takes one slot if fewer than `limit` are reserved. A plain read first keeps a flood
+    /// at the limit from bouncing the cache line between CPUs; the fetch-add gives every CPU a
+    /// unique old value, so exactly `limit` reservations can win.
+    #[inline(always)]
+    pub fn try_reserve(&self, limit: u64) -> bool {
+        let reserved = self.reserved();
+        if reserved.load() >= limit {
+            return false;
+        }
+        if reserved.fetch_add(1) >= limit {
+            reserved.fetch_sub(1);
+            return false;
+        }
+        true
+    }
+
+    /// Takes a slot regardless of the limit: the kernel already holds the connection.
+    #[inline(always)]
+    pub fn reserve_unconditionally(&self) {
+        self.reserved().fetch_add(1);
+    }
+
+    #[inline(always)]
+    pub fn release_reservation(&self) {
+        self.reserved().fetch_sub(1);
+    }
+
+    #[inline(always)]
+    pub fn established(&self) {
+        self.active().fetch_add(1);
+    }
+
+    /// A counted connection reached CLOSE: give back both its slot and its place in `active`.
+    #[inline(always)]
+    pub fn closed(&self) {
+        self.active().fetch_sub(1);
+        self.reserved().fetch_sub(1);
+    }
+}
+
+/// A u64 in a map value, changed only atomically by the programs and the agent. (`AtomicU64`
+/// has no read-modify-write methods on the BPF target, so the intrinsics are used directly;
+/// they lower to BPF_ATOMIC | BPF_FETCH | BPF_ADD.)
+struct Counter(*mut u64);
+
+impl Counter {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        // A plain (volatile) 64-bit load is single-copy atomic on BPF; the BPF backend has no
+        // instruction for an LLVM atomic load.
+        // SAFETY: `self.0` points into a live map value (see `Usage::of`).
+        unsafe { core::ptr::read_volatile(self.0) }
+    }
+
+    #[inline(always)]
+    fn fetch_add(&self, n: u64) -> u64 {
+        // SAFETY: as for `load`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, n) }
+    }
+
+    #[inline(always)]
+    fn fetch_sub(&self, n: u64) {
+        // BPF has no atomic sub: add the two's complement.
+        // SAFETY: as for `load`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, n.wrapping_neg()) };
+    }
+}

@@ -1,0 +1,62 @@
+//! Every map of the object, declared once. Sizes and layouts come from `limiter-common`.
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use limiter_common::{
+    AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAX_LISTENERS, MAX_PENDING,
+    MAX_TRACKED_SOCKETS, PORT_TABLE_SIZE, Pending, SlotStats, SlotUsage, packet_stat,
+};
+
+/// Limited listeners and their settings; written only by the agent.
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerConfig> =
+    HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Per port: how many listeners use it (0 = not ours). One array lookup passes every other port.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_TABLE_SIZE, 0);
+
+/// Live budgets, changed only with atomics. Mmapable so the agent can release an expired
+/// handshake's slot with an atomic of its own.
+#[map]
+pub static SLOT_USAGE: Array<SlotUsage> = Array::with_max_entries(MAX_LISTENERS, BPF_F_MMAPABLE);
+
+#[map]
+pub static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_LISTENERS, 0);
+
+/// Handshakes in flight, keyed by 4-tuple. Whoever deletes an entry owns its reservation: the
+/// accounting program (handshake completed) or the agent's sweeper (handshake timed out).
+#[map]
+pub static PENDING: HashMap<FlowKey, Pending> =
+    HashMap::with_max_entries(MAX_PENDING, BPF_F_NO_PREALLOC);
+
+/// Counted sockets (by socket cookie) and the slot each holds. Deleting the entry at CLOSE is
+/// what makes every decrement match exactly one increment.
+#[map]
+pub static SOCKETS: HashMap<u64, u32> =
+    HashMap::with_max_entries(MAX_TRACKED_SOCKETS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static PACKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(packet_stat::COUNT, 0);
+
+#[map]
+pub static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_packet(index: u32) {
+    if let Some(counter) = PACKET_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Adds one to a field of this CPU's stats for `slot`.
+#[inline(always)]
+pub fn count_slot(slot: u32, field: fn(&mut SlotStats) -> &mut u64) {
+    if let Some(stats) = SLOT_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *field(&mut *stats) += 1 };
+    }
+}

@@ -1,0 +1,204 @@
+//! Frame parsing for admission: Ethernet, up to two VLAN tags, IPv4 (with options, never a
+//! fragment) or IPv6 (through hop-by-hop, routing and destination-options headers), then TCP.
+//! Every read is bounds-checked against the frame; anything short or inconsistent is
+//! `Malformed`, anything else that is not a plain SYN is `NotOurs`. Both are passed untouched.
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use limiter_common::{FlowKey, family};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV4_MF_AND_OFFSET: u16 = 0x3FFF;
+const IPV6_HLEN: usize = 40;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked before giving up (and passing the frame).
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+const TCP_MIN_HLEN: usize = 20;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A connection-opening SYN (SYN set; ACK, RST and FIN clear).
+pub struct Syn {
+    pub flow: FlowKey,
+    /// Offset of the IP header in the frame.
+    pub l3: usize,
+    /// Offset of the TCP header in the frame.
+    pub l4: usize,
+    /// The segment's sequence number and how much sequence space it uses (SYN + payload), so a
+    /// RST can acknowledge it.
+    pub seq: u32,
+    pub seq_len: u32,
+    /// IPv4 without options or IPv6 without extension headers: the RST builder can reply.
+    pub plain_ip: bool,
+}
+
+pub enum Frame {
+    NotOurs,
+    Malformed,
+    Syn(Syn),
+}
+
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: bounds-checked just above against the end of the frame.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
+#[inline(always)]
+fn load_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    load::<u16>(ctx, offset).map(u16::from_be)
+}
+
+macro_rules! or_malformed {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return Frame::Malformed,
+        }
+    };
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Frame {
+    let mut ether_type = or_malformed!(load_be16(ctx, 12));
+    let mut l3 = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        ether_type = or_malformed!(load_be16(ctx, l3 + 2));
+        l3 += VLAN_HLEN;
+    }
+    match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, l3),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3),
+        // Non-IP, or a third VLAN tag.
+        _ => Frame::NotOurs,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
+    let version_ihl: u8 = or_malformed!(load(ctx, l3));
+    let header_len = ((version_ihl & 0x0F) as usize) * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
+        return Frame::Malformed;
+    }
+    let total_len = or_malformed!(load_be16(ctx, l3 + 2)) as usize;
+    let fragment = or_malformed!(load_be16(ctx, l3 + 6));
+    let protocol: u8 = or_malformed!(load(ctx, l3 + 9));
+    if protocol != IPPROTO_TCP || fragment & IPV4_MF_AND_OFFSET != 0 {
+        return Frame::NotOurs;
+    }
+    let src: u32 = or_malformed!(load(ctx, l3 + 12));
+    let dst: u32 = or_malformed!(load(ctx, l3 + 16));
+    if total_len < header_len + TCP_MIN_HLEN {
+        return Frame::Malformed;
+    }
+    let l4 = l3 + header_len;
+    let payload_len = total_len - header_len;
+    parse_tcp(
+        ctx,
+        l3,
+        l4,
+        payload_len,
+        family::V4,
+        [src, 0, 0, 0],
+        [dst, 0, 0, 0],
+        header_len == IPV4_MIN_HLEN,
+    )
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
+    let version: u8 = or_malformed!(load(ctx, l3));
+    if version >> 4 != 6 {
+        return Frame::Malformed;
+    }
+    let payload_len = or_malformed!(load_be16(ctx, l3 + 4)) as usize;
+    let mut next_header: u8 = or_malformed!(load(ctx, l3 + 6));
+    let src: [u32; 4] = or_malformed!(load(ctx, l3 + 8));
+    let dst: [u32; 4] = or_malformed!(load(ctx, l3 + 24));
+    let mut l4 = l3 + IPV6_HLEN;
+    let mut ext_len = 0usize;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next_header != IPV6_HOP_BY_HOP
+            && next_header != IPV6_ROUTING
+            && next_header != IPV6_DEST_OPTS
+        {
+            break;
+        }
+        let hdr: [u8; 2] = or_malformed!(load(ctx, l4));
+        let len = (hdr[1] as usize + 1) * 8;
+        next_header = hdr[0];
+        l4 += len;
+        ext_len += len;
+    }
+    // Fragments, ESP, too many extension headers, other protocols: not ours.
+    if next_header != IPPROTO_TCP {
+        return Frame::NotOurs;
+    }
+    if payload_len < ext_len + TCP_MIN_HLEN {
+        return Frame::Malformed;
+    }
+    parse_tcp(ctx, l3, l4, payload_len - ext_len, family::V6, src, dst, ext_len == 0)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn parse_tcp(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    segment_len: usize,
+    addr_family: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    plain_ip: bool,
+) -> Frame {
+    // Reading the whole fixed header up front also proves the frame is not truncated.
+    let header: [u8; TCP_MIN_HLEN] = or_malformed!(load(ctx, l4));
+    let data_offset = ((header[12] >> 4) as usize) * 4;
+    if data_offset < TCP_MIN_HLEN || data_offset > segment_len {
+        return Frame::Malformed;
+    }
+    let flags = header[13];
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN {
+        return Frame::NotOurs;
+    }
+    let src_port = u16::from_be_bytes([header[0], header[1]]);
+    let dst_port = u16::from_be_bytes([header[2], header[3]]);
+    Frame::Syn(Syn {
+        flow: FlowKey {
+            local_addr: dst,
+            remote_addr: src,
+            local_port: dst_port,
+            remote_port: src_port,
+            family: addr_family,
+            _pad: 0,
+        },
+        l3,
+        l4,
+        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        seq_len: (segment_len - data_offset) as u32 + 1,
+        plain_ip,
+    })
+}
