@@ -67,8 +67,12 @@ impl Usage {
 }
 
 /// A u64 in a map value, changed only atomically by the programs and the agent. (`AtomicU64`
-/// has no read-modify-write methods on the BPF target, so the intrinsics are used directly;
-/// they lower to BPF_ATOMIC | BPF_FETCH | BPF_ADD.)
+/// has no read-modify-write methods on the BPF target, so the intrinsics are used directly.)
+///
+/// SeqCst, not Relaxed: LLVM's BPF backend selects a relaxed `atomicrmw add` as the plain
+/// `lock +=` (BPF_ADD without BPF_FETCH) even when the result is used, so the "old value" would be
+/// the addend. SeqCst selects `atomic_fetch_add` (BPF_ADD | BPF_FETCH), which also acts as a
+/// full barrier in the kernel.
 struct Counter(*mut u64);
 
 impl Counter {
@@ -83,13 +87,13 @@ impl Counter {
     #[inline(always)]
     fn fetch_add(&self, n: u64) -> u64 {
         // SAFETY: as for `load`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, n) }
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n) }
     }
 
     #[inline(always)]
     fn fetch_sub(&self, n: u64) {
         // BPF has no atomic sub: add the two's complement.
         // SAFETY: as for `load`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(self.0, n.wrapping_neg()) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n.wrapping_neg()) };
     }
 }

@@ -46,10 +46,13 @@ fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
 
 #[inline(always)]
 fn swap_macs(ctx: &XdpContext) -> bool {
-    let (Some(dst), Some(src)) = (load::<[u8; 6]>(ctx, 0), load::<[u8; 6]>(ctx, 6)) else {
+    let Some(macs) = load::<[u8; 12]>(ctx, 0) else {
         return false;
     };
-    store(ctx, 0, src) && store(ctx, 6, dst)
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    store(ctx, 0, swapped)
 }
 
 #[inline(always)]

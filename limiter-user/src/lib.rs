@@ -1,1 +1,23 @@
-pub fn x(){}
+//! limiter's agent: caps active TCP connections per listener in the kernel.
+//!
+//! - [`agent`]: `limiter run` (check, load, attach, enforce, detach).
+//! - [`kernel`]: loading the object from `limiter-ebpf` and attaching its programs.
+//! - [`limits`]: the limits in force and the listener slots that count for them.
+//! - [`handshake`]: releasing reservations whose handshake never completed.
+//! - [`control`]: the socket `limiter stats | set | unset` talk to.
+//! - [`stats`], [`cli`], [`listener`], [`duration`], [`preflight`], [`error`].
+pub mod agent;
+pub mod cli;
+pub mod control;
+pub mod duration;
+pub mod error;
+pub mod handshake;
+pub mod kernel;
+pub mod limits;
+pub mod listener;
+pub mod preflight;
+pub mod stats;
+pub mod usage;
+
+/// The kernel object built by `build.rs` from `limiter-ebpf` (aligned as the ELF parser needs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

@@ -1,1 +1,88 @@
-fn main(){}
+//! The `limiter` binary: parses the command line and reports errors as one line each.
+use std::process::ExitCode;
+
+use clap::{Parser as _, error::ErrorKind};
+use limiter::{
+    agent,
+    cli::{Cli, Command},
+    control::{self, Request},
+    stats::Report,
+};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(EXIT_USAGE, first_line(&e.to_string())),
+    };
+    match cli.command {
+        Command::Run(args) => {
+            if let Err(message) = args.validate() {
+                return fail(EXIT_USAGE, &message);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return fail(EXIT_RUNTIME, &format!("starting the async runtime: {e}")),
+            };
+            match runtime.block_on(agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+            }
+        }
+        Command::Stats(args) => match control::request(&args.control.control_socket, &Request::Stats) {
+            Ok(response) => {
+                let report: Report = response.report.unwrap_or_else(|| Report { listeners: vec![], packets: Default::default() });
+                if args.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{}", report.render_table());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+        },
+        Command::Set(args) => reply(control::request(&args.control.control_socket, &Request::Set { limit: args.limit.to_string() })),
+        Command::Unset(args) => reply(control::request(&args.control.control_socket, &Request::Unset { listener: args.listener.to_string() })),
+    }
+}
+
+fn reply(result: anyhow::Result<control::Response>) -> ExitCode {
+    match result {
+        Ok(response) => {
+            if let Some(message) = response.message {
+                println!("{message}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+    }
+}
+
+/// clap's errors span several lines (usage, a hint); the first says what was wrong.
+fn first_line(message: &str) -> &str {
+    let line = message.lines().next().unwrap_or(message);
+    line.strip_prefix("error: ").unwrap_or(line)
+}
+
+/// An error and its causes on one line, each cause once (our errors already quote their source).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("limiter: error: {}", message.replace('\n', " "));
+    ExitCode::from(code)
+}

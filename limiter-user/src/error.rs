@@ -1,0 +1,62 @@
+//! The agent's errors. Each says what failed and on what (the flag, the interface, the map,
+//! the path) and, for a missing piece of the environment, what to do about it.
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "missing capabilities {missing}: run limiter as root, or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    )]
+    Privileges { missing: String },
+
+    #[error("--iface {0}: no such interface in this network namespace")]
+    NoInterface(String),
+
+    #[error(
+        "cgroup v2 is not mounted: mount it (e.g. `mount -t cgroup2 none /sys/fs/cgroup`) or pass --cgroup DIR"
+    )]
+    NoCgroup2,
+
+    #[error("--cgroup {0}: not a cgroup v2 directory (mount -t cgroup2 none DIR, then pass DIR)")]
+    NotCgroup2(PathBuf),
+
+    #[error("--control-socket {0}: another agent is already listening there (stop it, or pass another --control-socket)")]
+    ControlSocketInUse(PathBuf),
+
+    #[error("--control-socket {path}: {source}")]
+    ControlSocket { path: PathBuf, source: io::Error },
+
+    #[error("{call}: {source}")]
+    Syscall { call: &'static str, source: io::Error },
+
+    #[error("loading the kernel programs: {0}")]
+    Load(#[from] aya::EbpfError),
+
+    #[error("kernel object has no {kind} `{name}` (agent and object out of step?)")]
+    MissingFromObject { kind: &'static str, name: &'static str },
+
+    #[error("loading program `{program}`: {source}")]
+    LoadProgram { program: &'static str, source: aya::programs::ProgramError },
+
+    #[error("--iface {iface}: attaching XDP: {source}")]
+    AttachXdp { iface: String, source: aya::programs::ProgramError },
+
+    #[error("--cgroup {path}: attaching sock_ops: {source}")]
+    AttachSockOps { path: PathBuf, source: aya::programs::ProgramError },
+
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+
+    #[error("listener {listener}: {reason}")]
+    Listener { listener: String, reason: String },
+}
+
+impl AgentError {
+    pub fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| AgentError::Map { map, source }
+    }
+
+    pub fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |source| AgentError::Syscall { call, source }
+    }
+}

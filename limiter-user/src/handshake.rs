@@ -1,0 +1,48 @@
+//! Releasing reservations whose handshake never completed (a SYN flood, a client that vanished,
+//! a SYN the kernel dropped after XDP let it through). Such a reservation would otherwise hold a
+//! slot for ever.
+//!
+//! Ownership rule shared with the accounting program: whoever deletes the PENDING entry owns its
+//! reservation. If the handshake completes while we sweep, either accounting deletes the entry
+//! first (and the connection is counted) or we do (and accounting counts it as unreserved):
+//! never both, never neither.
+use std::time::Duration;
+
+use limiter_common::{FlowKey, Pending};
+
+use crate::limits::LimitTable;
+
+/// Now on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns()` reads.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How often to sweep for a given timeout: often enough that a slot is back within about a
+/// quarter of the timeout after it expires.
+pub fn sweep_interval(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+}
+
+/// Releases every reservation older than `timeout`; returns how many.
+pub fn sweep(table: &mut LimitTable, timeout: Duration) -> usize {
+    let deadline = monotonic_ns().saturating_sub(timeout.as_nanos() as u64);
+    let expired: Vec<(FlowKey, Pending)> = table
+        .maps()
+        .pending
+        .iter()
+        // An entry deleted by accounting mid-walk shows up as an error: it is not ours anyway.
+        .filter_map(Result::ok)
+        .filter(|(_, pending)| pending.since_ns < deadline)
+        .collect();
+    let mut released = 0;
+    for (flow, pending) in expired {
+        if table.maps_mut().pending.remove(&flow).is_ok() {
+            table.count_handshake_timeout(pending.slot);
+            released += 1;
+        }
+    }
+    released
+}

@@ -1,0 +1,196 @@
+//! The limits the agent enforces, and the listener slots that hold their live counts.
+//!
+//! Each configured listener owns a slot (an index into SLOT_USAGE/SLOT_STATS). A limit changes
+//! by replacing the listener's `ListenerConfig` in the kernel map: one map update, no program
+//! reload, nothing established is touched. `unset` removes the listener from the map (new SYNs
+//! pass), but its slot keeps counting the connections it already holds until they close; only
+//! then can the slot serve another listener. Setting the same listener again takes its slot
+//! back, counts intact.
+use std::collections::BTreeMap;
+
+use aya::maps::{MapError, PerCpuValues};
+use limiter_common::{ListenerConfig, MAX_LISTENERS, SlotStats, SlotUsage, map_names};
+
+use crate::{
+    error::AgentError,
+    kernel::Maps,
+    listener::{Action, LimitSpec, Listener},
+    stats::{ListenerReport, PacketReport, Report},
+};
+
+#[derive(Clone, Copy, Debug)]
+struct Limit {
+    limit: u32,
+    action: Action,
+    slot: u32,
+}
+
+pub struct LimitTable {
+    maps: Maps,
+    default_action: Action,
+    configured: BTreeMap<Listener, Limit>,
+    /// Unset listeners whose slot still holds connections.
+    draining: BTreeMap<Listener, u32>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+    /// Reservations released by the agent because the handshake never completed, per slot.
+    handshake_timeouts: Vec<u64>,
+}
+
+impl LimitTable {
+    pub fn new(maps: Maps, default_action: Action) -> Self {
+        LimitTable {
+            maps,
+            default_action,
+            configured: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+            handshake_timeouts: vec![0; MAX_LISTENERS as usize],
+        }
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// Adds or changes a limit. Returns the limit as now in force, for the log.
+    pub fn set(&mut self, spec: &LimitSpec) -> Result<String, AgentError> {
+        let listener = spec.listener;
+        let action = spec.action.unwrap_or(self.default_action);
+        let fail = |reason: String| AgentError::Listener { listener: listener.to_string(), reason };
+        let existing = self.configured.get(&listener).copied();
+        let slot = match existing {
+            Some(limit) => limit.slot,
+            None => match self.draining.remove(&listener) {
+                Some(slot) => slot,
+                None => self.allocate_slot().ok_or_else(|| {
+                    fail(format!("no free listener slot ({MAX_LISTENERS} in use)"))
+                })?,
+            },
+        };
+        let config = ListenerConfig { limit: spec.limit as u64, slot, action: action.to_kernel() };
+        let key = listener.key();
+        if let Err(e) = self.maps.listeners.insert(key, config, 0) {
+            if existing.is_none() {
+                self.free_slots.push(slot);
+            }
+            return Err(fail(format!("writing map {}: {e}", map_names::LISTENERS)));
+        }
+        if existing.is_none() {
+            if let Err(e) = self.adjust_port(listener.port(), 1) {
+                let _ = self.maps.listeners.remove(&key);
+                self.free_slots.push(slot);
+                return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
+            }
+        }
+        self.configured.insert(listener, Limit { limit: spec.limit, action, slot });
+        Ok(format!("{listener}={}:{}", spec.limit, action.as_str()))
+    }
+
+    pub fn unset(&mut self, listener: &Listener) -> Result<(), AgentError> {
+        let fail = |reason: String| AgentError::Listener { listener: listener.to_string(), reason };
+        let limit = self.configured.get(listener).copied().ok_or_else(|| fail("has no limit".into()))?;
+        self.maps
+            .listeners
+            .remove(&listener.key())
+            .map_err(|e| fail(format!("removing from map {}: {e}", map_names::LISTENERS)))?;
+        self.adjust_port(listener.port(), -1)
+            .map_err(|e| fail(format!("writing map {}: {e}", map_names::PORTS)))?;
+        self.configured.remove(listener);
+        self.draining.insert(*listener, limit.slot);
+        Ok(())
+    }
+
+    fn adjust_port(&mut self, port: u16, delta: i64) -> Result<(), MapError> {
+        let users = self.maps.ports.get(&(port as u32), 0)?;
+        self.maps.ports.set(port as u32, (users as i64 + delta).max(0) as u32, 0)
+    }
+
+    /// A never-used slot, or one whose listener was unset and whose connections have all
+    /// closed. Its counters start again from zero.
+    fn allocate_slot(&mut self) -> Option<u32> {
+        self.reclaim_drained();
+        if let Some(slot) = self.free_slots.pop() {
+            self.reset_slot_stats(slot);
+            return Some(slot);
+        }
+        (self.next_slot < MAX_LISTENERS).then(|| {
+            self.next_slot += 1;
+            self.next_slot - 1
+        })
+    }
+
+    fn reclaim_drained(&mut self) {
+        let usage = &self.maps.usage;
+        let (empty, busy): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.draining).into_iter().partition(|(_, slot)| usage.get(*slot).reserved == 0);
+        self.draining = busy;
+        self.free_slots.extend(empty.into_values());
+    }
+
+    fn reset_slot_stats(&mut self, slot: u32) {
+        self.handshake_timeouts[slot as usize] = 0;
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        if let Ok(zeros) = PerCpuValues::try_from(vec![SlotStats::default(); cpus]) {
+            let _ = self.maps.slot_stats.set(slot, zeros, 0);
+        }
+    }
+
+    pub fn count_handshake_timeout(&mut self, slot: u32) {
+        self.maps.usage.release_reservation(slot);
+        self.handshake_timeouts[slot as usize] += 1;
+    }
+
+    pub fn report(&self) -> Report {
+        let listeners = self
+            .configured
+            .iter()
+            .map(|(listener, limit)| {
+                let SlotUsage { reserved, active } = self.maps.usage.get(limit.slot);
+                let stats = self.slot_stats(limit.slot);
+                ListenerReport {
+                    listener: listener.to_string(),
+                    limit: limit.limit as u64,
+                    action: limit.action,
+                    active,
+                    pending: reserved.saturating_sub(active),
+                    admitted_total: stats.established,
+                    refused_total: stats.refused_drop + stats.refused_reset,
+                    refused_drop_total: stats.refused_drop,
+                    refused_reset_total: stats.refused_reset,
+                    syn_retransmit_total: stats.syn_retransmitted,
+                    handshake_timeout_total: self.handshake_timeouts[limit.slot as usize],
+                    unreserved_total: stats.established_unreserved,
+                    untracked_total: stats.untracked,
+                }
+            })
+            .collect();
+        Report { listeners, packets: PacketReport::from_counters(|i| self.packet_stat(i)) }
+    }
+
+    fn slot_stats(&self, slot: u32) -> SlotStats {
+        let Ok(per_cpu) = self.maps.slot_stats.get(&slot, 0) else {
+            return SlotStats::default();
+        };
+        per_cpu.iter().fold(SlotStats::default(), |mut sum, cpu| {
+            sum.syn_admitted += cpu.syn_admitted;
+            sum.syn_retransmitted += cpu.syn_retransmitted;
+            sum.refused_drop += cpu.refused_drop;
+            sum.refused_reset += cpu.refused_reset;
+            sum.established += cpu.established;
+            sum.established_unreserved += cpu.established_unreserved;
+            sum.closed += cpu.closed;
+            sum.untracked += cpu.untracked;
+            sum
+        })
+    }
+
+    fn packet_stat(&self, index: u32) -> u64 {
+        self.maps.packet_stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,126 @@
+//! Checks of the environment before anything is loaded, so that a missing privilege, interface
+//! or mount is reported by name instead of as a failed syscall, and nothing is half-attached.
+use std::{
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::error::AgentError;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// CAP_BPF (or CAP_SYS_ADMIN on its behalf) loads the programs; CAP_NET_ADMIN attaches XDP and
+/// cgroup programs.
+pub fn check_capabilities() -> Result<(), AgentError> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(AgentError::syscall("reading /proc/self/status"))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(AgentError::Privileges { missing: missing.join(", ") })
+    }
+}
+
+pub fn check_interface(iface: &str) -> Result<u32, AgentError> {
+    let name = std::ffi::CString::new(iface).map_err(|_| AgentError::NoInterface(iface.to_owned()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(AgentError::NoInterface(iface.to_owned())),
+        index => Ok(index),
+    }
+}
+
+/// The cgroup v2 directory to attach sock_ops to: `--cgroup`, or the cgroup v2 root mount.
+pub fn cgroup_root(flag: Option<&Path>) -> Result<PathBuf, AgentError> {
+    match flag {
+        Some(path) if is_cgroup2(path) => Ok(path.to_owned()),
+        Some(path) => Err(AgentError::NotCgroup2(path.to_owned())),
+        None => {
+            let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+                .map_err(AgentError::syscall("reading /proc/self/mountinfo"))?;
+            find_cgroup2_mount(&mountinfo)
+                .filter(|path| is_cgroup2(path))
+                .ok_or(AgentError::NoCgroup2)
+        }
+    }
+}
+
+/// The shortest cgroup2 mount point (the root of the hierarchy when several are mounted).
+fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            (filesystem.split_whitespace().next()? == "cgroup2")
+                .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .min_by_key(|path| path.as_os_str().len())
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs only writes into the zeroed struct we own.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC }
+}
+
+/// The cookie of the network namespace this process runs in (Linux 5.14+), which accounting
+/// compares with each socket's.
+pub fn netns_cookie() -> Result<u64, AgentError> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket creation; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(AgentError::syscall("socket")(std::io::Error::last_os_error()));
+    }
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(AgentError::syscall("getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)")(err));
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_root_in_mountinfo() {
+        let hybrid = "\
+25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd";
+        assert_eq!(find_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let none = "25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw";
+        assert_eq!(find_cgroup2_mount(none), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! What `limiter stats` shows: per-listener numbers and program-wide packet counters, as one
+//! JSON object (`--json`) or an aligned table.
+use serde::{Deserialize, Serialize};
+
+use crate::listener::Action;
+use limiter_common::packet_stat;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Report {
+    pub listeners: Vec<ListenerReport>,
+    pub packets: PacketReport,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenerReport {
+    pub listener: String,
+    pub limit: u64,
+    pub action: Action,
+    /// Established connections now (kernel TCP state).
+    pub active: u64,
+    /// Handshakes in flight holding a slot.
+    pub pending: u64,
+    /// Connections that reached ESTABLISHED and were counted.
+    pub admitted_total: u64,
+    pub refused_total: u64,
+    pub refused_drop_total: u64,
+    pub refused_reset_total: u64,
+    pub syn_retransmit_total: u64,
+    pub handshake_timeout_total: u64,
+    /// Counted connections whose SYN held no reservation (came in on an interface the agent does
+    /// not watch, e.g. loopback, or after their reservation expired).
+    pub unreserved_total: u64,
+    /// Connections the socket table had no room for (not counted).
+    pub untracked_total: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PacketReport {
+    pub seen_total: u64,
+    pub not_ours_total: u64,
+    pub malformed_total: u64,
+    pub syn_passed_total: u64,
+    pub syn_refused_total: u64,
+    pub reset_fallback_drop_total: u64,
+    pub pending_full_total: u64,
+}
+
+impl PacketReport {
+    pub fn from_counters(counter: impl Fn(u32) -> u64) -> Self {
+        PacketReport {
+            seen_total: counter(packet_stat::SEEN),
+            not_ours_total: counter(packet_stat::NOT_OURS),
+            malformed_total: counter(packet_stat::MALFORMED),
+            syn_passed_total: counter(packet_stat::SYN_PASSED),
+            syn_refused_total: counter(packet_stat::SYN_REFUSED),
+            reset_fallback_drop_total: counter(packet_stat::RESET_FELL_BACK_TO_DROP),
+            pending_full_total: counter(packet_stat::PENDING_TABLE_FULL),
+        }
+    }
+}
+
+impl Report {
+    /// The aligned table of `limiter stats`.
+    pub fn render_table(&self) -> String {
+        const HEADER: [&str; 8] =
+            ["LISTENER", "LIMIT", "ACTIVE", "PENDING", "USE", "ADMITTED", "REFUSED", "ACTION"];
+        let mut rows: Vec<[String; 8]> = vec![HEADER.map(String::from)];
+        for l in &self.listeners {
+            let utilisation = 100.0 * (l.active + l.pending) as f64 / l.limit.max(1) as f64;
+            rows.push([
+                l.listener.clone(),
+                l.limit.to_string(),
+                l.active.to_string(),
+                l.pending.to_string(),
+                format!("{utilisation:.0}%"),
+                l.admitted_total.to_string(),
+                l.refused_total.to_string(),
+                l.action.as_str().to_owned(),
+            ]);
+        }
+        let widths: Vec<usize> =
+            (0..HEADER.len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(c, cell)| {
+                    // The listener column reads left to right; numbers line up on the right.
+                    if c == 0 || c == HEADER.len() - 1 {
+                        format!("{cell:<w$}", w = widths[c])
+                    } else {
+                        format!("{cell:>w$}", w = widths[c])
+                    }
+                })
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        if self.listeners.is_empty() {
+            out.push_str("(no limits set)\n");
+        }
+        let p = &self.packets;
+        out.push_str(&format!(
+            "\npackets: seen {}, not ours {}, malformed {}, SYN passed {}, SYN refused {}\n",
+            p.seen_total, p.not_ours_total, p.malformed_total, p.syn_passed_total, p.syn_refused_total
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str, limit: u64, active: u64) -> ListenerReport {
+        ListenerReport {
+            listener: name.into(),
+            limit,
+            action: Action::Drop,
+            active,
+            pending: 0,
+            admitted_total: 12345,
+            refused_total: 7,
+            refused_drop_total: 7,
+            refused_reset_total: 0,
+            syn_retransmit_total: 0,
+            handshake_timeout_total: 0,
+            unreserved_total: 0,
+            untracked_total: 0,
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_shows_utilisation() {
+        let report = Report {
+            listeners: vec![listener("8000", 10, 5), listener("[fd00:1e:57::1]:443", 1000, 1000)],
+            packets: PacketReport::default(),
+        };
+        let table = report.render_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("LISTENER"));
+        assert!(lines[1].contains("50%"), "{table}");
+        assert!(lines[2].contains("100%"), "{table}");
+        // Columns line up: every row's LIMIT column ends at the same offset.
+        let end = |line: &str, word: &str| line.find(word).map(|i| i + word.len());
+        assert_eq!(end(lines[0], "LIMIT"), end(lines[1], " 10"));
+        assert_eq!(end(lines[0], "LIMIT"), end(lines[2], "1000"));
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let report = Report { listeners: vec![listener("8000", 10, 5)], packets: PacketReport::default() };
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let l = &json["listeners"][0];
+        for field in ["listener", "limit", "active", "admitted_total", "refused_total", "pending", "action"] {
+            assert!(!l[field].is_null(), "missing {field}");
+        }
+        assert_eq!(l["action"], "drop");
+        assert_eq!(json["packets"]["seen_total"], 0);
+    }
+}

@@ -1,0 +1,71 @@
+//! The agent's view of the live per-listener budgets (`SLOT_USAGE`), memory-mapped so it can
+//! read them cheaply and release an expired handshake's reservation with an atomic of its own,
+//! racing safely with the kernel programs' atomics on the same words.
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use limiter_common::{MAX_LISTENERS, SlotUsage};
+
+pub struct SlotUsageView {
+    base: NonNull<SlotUsage>,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for SlotUsageView {}
+// SAFETY: as above.
+unsafe impl Sync for SlotUsageView {}
+
+impl SlotUsageView {
+    /// Maps the whole array (`BPF_F_MMAPABLE`, Linux 5.5+).
+    pub fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        let bytes = MAX_LISTENERS as usize * size_of::<SlotUsage>();
+        // SAFETY: a shared mapping of a BPF array fd; its size is the array's.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SlotUsageView { base, bytes })
+    }
+
+    fn word(&self, slot: u32, field: fn(*mut SlotUsage) -> *mut u64) -> &AtomicU64 {
+        assert!(slot < MAX_LISTENERS, "slot {slot} out of range");
+        // SAFETY: in bounds (checked above), 8-byte aligned (page-aligned base, 16-byte
+        // elements), and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(field(self.base.as_ptr().add(slot as usize))) }
+    }
+
+    pub fn get(&self, slot: u32) -> SlotUsage {
+        SlotUsage {
+            reserved: self.word(slot, |p| unsafe { &raw mut (*p).reserved }).load(Ordering::Relaxed),
+            active: self.word(slot, |p| unsafe { &raw mut (*p).active }).load(Ordering::Relaxed),
+        }
+    }
+
+    /// Gives back a slot whose reservation this process took ownership of (by deleting its
+    /// PENDING entry).
+    pub fn release_reservation(&self, slot: u32) {
+        self.word(slot, |p| unsafe { &raw mut (*p).reserved }).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlotUsageView {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
