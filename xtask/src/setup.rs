@@ -1,0 +1,195 @@
+//! `cargo xtask setup`: install what a fresh Debian 12 machine needs to build and test limiter.
+//! Idempotent: each step first checks whether it is already done, so an up-to-date machine costs a
+//! few quick queries.
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cmd::{self, command},
+    toolchain::{
+        APT_PACKAGES, BPF_LINKER_CRATE, BPF_LINKER_FEATURES, BPF_LINKER_VERSION, BPF_TOOLCHAIN,
+        BPF_TOOLCHAIN_PATH, BPFFS, LLVM_PREFIX, apt_package_names,
+    },
+};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Print the Debian packages setup installs (one line, space-separated) and exit.
+    #[arg(long)]
+    pub print_apt_packages: bool,
+}
+
+pub fn main(args: &Args) -> Result<()> {
+    if args.print_apt_packages {
+        println!("{}", apt_package_names().collect::<Vec<_>>().join(" "));
+        return Ok(());
+    }
+    run()
+}
+
+/// Every step, in order. Errors name the step that failed.
+pub fn run() -> Result<()> {
+    println!("setup: checking the build and test prerequisites");
+    apt_packages().context("setup step `apt packages` failed")?;
+    bpf_toolchain().context("setup step `rustup toolchain link` failed")?;
+    bpf_linker().context("setup step `install bpf-linker` failed")?;
+    bpffs().context("setup step `mount bpffs` failed")?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn need_root(step: &str) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("{step} needs root; run `cargo xtask setup` as root");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in apt_package_names() {
+        if !dpkg_installed(package)? {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        println!(
+            "setup: apt packages: all {} installed ({})",
+            APT_PACKAGES.len(),
+            apt_package_names().collect::<Vec<_>>().join(" ")
+        );
+        return Ok(());
+    }
+    println!("setup: apt packages: missing {}", missing.join(" "));
+    for (package, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("         {package}: {why}");
+    }
+    need_root("installing apt packages")?;
+    let apt = |args: &[&str]| {
+        let mut cmd = command("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        cmd
+    };
+    cmd::run(&mut apt(&["update"]))?;
+    let mut install = apt(&["install", "-y"]);
+    install.args(&missing);
+    cmd::run(&mut install)?;
+    for package in &missing {
+        if !dpkg_installed(package)? {
+            bail!("`{package}` is still not installed after apt-get install");
+        }
+    }
+    Ok(())
+}
+
+/// `dpkg-query -W -f='${Status}' PKG` says `install ok installed` (an unknown package is an
+/// error exit, which also means "not installed").
+fn dpkg_installed(package: &str) -> Result<bool> {
+    let out = cmd::capture(
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}"])
+            .arg(package),
+    )
+    .context("could not run dpkg-query (is this a Debian machine?)")?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn bpf_toolchain() -> Result<()> {
+    let list = cmd::output_quiet(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed (the stable toolchain builds everything but the eBPF crate)")?;
+    let linked = list
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(BPF_TOOLCHAIN));
+    if linked {
+        println!("setup: rustup toolchain `{BPF_TOOLCHAIN}`: already linked");
+    } else {
+        println!(
+            "setup: rustup toolchain `{BPF_TOOLCHAIN}`: linking Debian's rustc-web at {BPF_TOOLCHAIN_PATH}"
+        );
+        cmd::run(
+            command("rustup")
+                .args(["toolchain", "link", BPF_TOOLCHAIN])
+                .arg(BPF_TOOLCHAIN_PATH),
+        )?;
+    }
+    let version = cmd::output_quiet(Command::new("rustup").args([
+        "run",
+        BPF_TOOLCHAIN,
+        "rustc",
+        "--version",
+    ]))
+    .with_context(|| format!("toolchain `{BPF_TOOLCHAIN}` does not run rustc"))?;
+    println!(
+        "setup: rustup toolchain `{BPF_TOOLCHAIN}`: {}",
+        version.trim()
+    );
+    Ok(())
+}
+
+/// `bpf-linker --version` prints `bpf-linker 0.13.0`; `None` when it is not on PATH.
+fn bpf_linker_version() -> Option<String> {
+    let out = cmd::capture(Command::new("bpf-linker").arg("--version")).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn bpf_linker() -> Result<()> {
+    let wanted = format!("{BPF_LINKER_CRATE} {BPF_LINKER_VERSION}");
+    match bpf_linker_version() {
+        Some(version) if version == wanted => {
+            println!("setup: {version}: already installed");
+            return Ok(());
+        }
+        Some(version) => println!("setup: found `{version}`, need {wanted}: installing"),
+        None => println!(
+            "setup: {BPF_LINKER_CRATE} not found: installing {wanted} (about 70 s on 2 cores)"
+        ),
+    }
+    let mut install = cmd::cargo();
+    install
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .args(["install", BPF_LINKER_CRATE, "--version", BPF_LINKER_VERSION])
+        .args([
+            "--locked",
+            "--no-default-features",
+            "--features",
+            BPF_LINKER_FEATURES,
+        ]);
+    cmd::run(&mut install)?;
+    match bpf_linker_version() {
+        Some(version) if version == wanted => {
+            println!("setup: {version}: installed");
+            Ok(())
+        }
+        Some(version) => bail!("after cargo install, `bpf-linker --version` says `{version}`"),
+        None => bail!(
+            "cargo install succeeded but `bpf-linker` is not on PATH (add ~/.cargo/bin to PATH)"
+        ),
+    }
+}
+
+/// Is a filesystem of type `fstype` mounted at `mount_point` (from /proc/self/mountinfo)?
+pub fn is_mounted(mount_point: &str, fstype: &str) -> Result<bool> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(mountinfo.lines().any(|line| {
+        // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
+        let Some((left, right)) = line.split_once(" - ") else {
+            return false;
+        };
+        left.split(' ').nth(4) == Some(mount_point) && right.split(' ').next() == Some(fstype)
+    }))
+}
+
+fn bpffs() -> Result<()> {
+    if is_mounted(BPFFS, "bpf")? {
+        println!("setup: bpffs: mounted at {BPFFS}");
+        return Ok(());
+    }
+    println!("setup: bpffs: not mounted at {BPFFS}: mounting");
+    need_root("mounting bpffs")?;
+    cmd::run(command("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}

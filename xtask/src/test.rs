@@ -1,0 +1,40 @@
+//! `cargo xtask test`: the test command (CI runs it through `.ci/run`). Setup, build the agent
+//! (the namespace tests run the real binary), then every test in the workspace.
+use std::ffi::OsString;
+
+use anyhow::{Context as _, Result};
+
+use crate::{build, cmd, setup};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Passed on to `cargo test` as given (e.g. a test name filter, or `-- --nocapture`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cargo_test_args: Vec<OsString>,
+}
+
+/// The arguments after `test`, exactly as typed. clap would swallow a leading `--`, which is what
+/// a user types to reach the test binaries (`cargo xtask test -- --nocapture`); clap's parse only
+/// serves `--help` and validation.
+pub fn passthrough(argv: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    argv.into_iter()
+        .skip(1)
+        .skip_while(|arg| arg != "test")
+        .skip(1)
+        .collect()
+}
+
+pub fn main(cargo_test_args: Vec<OsString>) -> Result<()> {
+    if !cmd::is_root() {
+        eprintln!(
+            "warning: not running as root: the kernel and namespace tests need root and will fail"
+        );
+    }
+    setup::run()?;
+    build::build_agent(false)?;
+    let mut test = cmd::cargo();
+    // `--workspace` alone would include limiter-ebpf, which only builds for bpfel-unknown-none.
+    test.args(["test", "--workspace", "--exclude", "limiter-ebpf"])
+        .args(cargo_test_args);
+    cmd::run(&mut test).context("the tests failed")
+}

@@ -1,0 +1,64 @@
+//! What a fresh Debian 12 machine needs to build and test limiter, in one place.
+//!
+//! `cargo xtask setup` installs exactly this; a Dockerfile can read the same lists with
+//! `cargo xtask setup --print-apt-packages` (one line, space-separated).
+
+/// Debian packages, and why each is there.
+pub const APT_PACKAGES: &[(&str, &str)] = &[
+    // The eBPF crate's toolchain: Debian's rustc 1.96 (LLVM 22), with core's source for
+    // `-Z build-std=core`. rustup's own toolchains here have no `rust-src`.
+    (
+        "rustc-web",
+        "rustc 1.96 for the eBPF crate (toolchain `limiter-bpf`)",
+    ),
+    ("cargo-web", "cargo for the `limiter-bpf` toolchain"),
+    ("rust-web-src", "core's source, for -Z build-std=core"),
+    // bpf-linker links against the same LLVM major as the rustc that emits the bitcode.
+    ("llvm-22-dev", "LLVM 22 for bpf-linker"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
+    ("libzstd-dev", "needed to link bpf-linker against LLVM 22"),
+    ("zlib1g-dev", "needed to link bpf-linker against LLVM 22"),
+    (
+        "clang",
+        "debugging the BPF object (not needed by the build)",
+    ),
+    ("bpftool", "inspecting loaded programs and maps"),
+    (
+        "iproute2",
+        "ip/ss: network namespaces and veth pairs for the tests and the demo",
+    ),
+    (
+        "ethtool",
+        "GRO on the demo's veth (XDP_TX on veth needs NAPI on the peer)",
+    ),
+    ("python3", "echo server and clients in the demo"),
+    (
+        "util-linux",
+        "nsenter: run the agent in a test network namespace",
+    ),
+    (
+        "libcap2-bin",
+        "capsh/setcap: run the agent with capabilities instead of root",
+    ),
+];
+
+/// The rustup toolchain name `limiter-user/build.rs` builds the eBPF crate with.
+pub const BPF_TOOLCHAIN: &str = "limiter-bpf";
+/// Where `rustc-web`/`cargo-web` put their `bin/` and `lib/rustlib/src`.
+pub const BPF_TOOLCHAIN_PATH: &str = "/usr";
+
+/// bpf-linker, from crates.io, built against Debian's LLVM 22.
+pub const BPF_LINKER_CRATE: &str = "bpf-linker";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_FEATURES: &str = "llvm-22";
+pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// bpffs, where the agent can pin maps and links.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn apt_package_names() -> impl Iterator<Item = &'static str> {
+    APT_PACKAGES.iter().map(|(name, _)| *name)
+}
