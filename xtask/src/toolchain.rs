@@ -23,7 +23,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "needed to link bpf-linker against LLVM 22"),
     (
         "clang",
-        "debugging the BPF object (not needed by the build)",
+        "compiles the demo's pass-through XDP program for its client-side veth",
     ),
     ("bpftool", "inspecting loaded programs and maps"),
     (
@@ -32,7 +32,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "ethtool",
-        "GRO on the demo's veth (XDP_TX on veth needs NAPI on the peer)",
+        "veth offloads and XDP counters (ethtool -k/-S) when debugging",
     ),
     ("python3", "echo server and clients in the demo"),
     (
