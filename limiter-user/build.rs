@@ -34,6 +34,8 @@ fn main() -> anyhow::Result<()> {
         Toolchain::Custom(TOOLCHAIN),
     )
     .with_context(|| {
-        format!("building {EBPF_PACKAGE} with toolchain `{TOOLCHAIN}` (run `cargo xtask setup` first)")
+        format!(
+            "building {EBPF_PACKAGE} with toolchain `{TOOLCHAIN}` (run `cargo xtask setup` first)"
+        )
     })
 }

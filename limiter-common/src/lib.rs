@@ -30,6 +30,16 @@ pub mod map_names {
     pub const SOCKETS: &str = "SOCKETS";
     pub const PACKET_STATS: &str = "PACKET_STATS";
     pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
+    pub const ALL: [&str; 8] = [
+        LISTENERS,
+        PORTS,
+        SLOT_USAGE,
+        SLOT_STATS,
+        PENDING,
+        SOCKETS,
+        PACKET_STATS,
+        AGENT_CONFIG,
+    ];
 }
 
 /// Program names, as the kernel object declares them.

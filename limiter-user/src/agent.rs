@@ -1,8 +1,6 @@
-//! `limiter run`: check the environment, load and attach, enforce until SIGINT/SIGTERM, detach.
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+//! `limiter run`: check the environment, load and attach (or adopt pinned state), enforce until
+//! SIGINT/SIGTERM, detach.
+use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -12,6 +10,7 @@ use crate::{
     error::AgentError,
     handshake, kernel,
     limits::LimitTable,
+    pins::PinDir,
     preflight,
 };
 
@@ -25,23 +24,80 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
+    let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
-    // From here on, `programs` owns every attachment: any error (or the end of this function)
-    // drops it, which detaches everything.
-    let (mut programs, maps) = kernel::load(netns_cookie)?;
+    match enforce(&args, &cgroup, netns_cookie, pins.as_ref(), &control).await {
+        Ok(keep) => {
+            if let (Some(pins), false) = (&pins, keep) {
+                pins.remove().map_err(|source| AgentError::PinDir {
+                    dir: pins_dir(&args),
+                    source,
+                })?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Pins we created for this run go; pins adopted from an earlier agent stay, so its
+            // enforcement goes on exactly as it was found.
+            if let Some(pins) = pins.filter(|p| !p.adopting) {
+                let _ = pins.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn pins_dir(args: &RunArgs) -> std::path::PathBuf {
+    args.pin_dir.clone().unwrap_or_default()
+}
+
+/// Runs until a signal; returns whether the pins are to be kept.
+async fn enforce(
+    args: &RunArgs,
+    cgroup: &std::path::Path,
+    netns_cookie: u64,
+    pins: Option<&PinDir>,
+    control: &ControlSocket,
+) -> anyhow::Result<bool> {
+    // `programs` owns every attachment: any error (or the end of this function) drops it, which
+    // detaches whatever is not pinned.
+    let (mut programs, maps) = kernel::load(netns_cookie, pins)?;
     let mut table = LimitTable::new(maps, args.over_limit);
+    if pins.is_some_and(|p| p.adopting) {
+        let adopted = table.adopt();
+        eprintln!(
+            "limiter: adopted {} limit(s) with their live counts from --pin-dir",
+            adopted.len()
+        );
+        // The flags say what is in force now: drop adopted limits they no longer name.
+        for listener in adopted
+            .iter()
+            .filter(|l| !args.limits.iter().any(|s| s.listener == **l))
+        {
+            table.unset(listener)?;
+            eprintln!("limiter: limit removed: {listener} (not in --limit)");
+        }
+    }
     for spec in &args.limits {
         let now = table.set(spec)?;
         eprintln!("limiter: limit set: {now}");
     }
-    programs.attach_accounting(&cgroup)?;
-    eprintln!("limiter: counting connections (sock_ops on cgroup {})", cgroup.display());
-    programs.attach_admission(&args.ifaces, args.xdp_mode)?;
-    eprintln!("limiter: admitting SYNs (XDP on {})", args.ifaces.join(", "));
+    programs.attach_accounting(cgroup, pins)?;
+    eprintln!(
+        "limiter: counting connections (sock_ops on cgroup {})",
+        cgroup.display()
+    );
+    programs.attach_admission(&args.ifaces, args.xdp_mode, pins)?;
+    eprintln!(
+        "limiter: admitting SYNs (XDP on {})",
+        args.ifaces.join(", ")
+    );
     let table = Arc::new(Mutex::new(table));
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::syscall("sigaction(SIGINT)"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::syscall("sigaction(SIGTERM)"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(AgentError::syscall("sigaction(SIGINT)"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(AgentError::syscall("sigaction(SIGTERM)"))?;
     let mut sweep = tokio::time::interval(handshake::sweep_interval(args.handshake_timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     eprintln!("limiter: ready");
@@ -60,11 +116,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         }
     };
-    eprintln!("limiter: {signal_name}: detaching");
+    if args.keep_pinned {
+        eprintln!(
+            "limiter: {signal_name}: exiting, programs stay attached and pinned in {}",
+            pins_dir(args).display()
+        );
+    } else {
+        eprintln!(
+            "limiter: {signal_name}: detaching from {}",
+            args.ifaces.join(", ")
+        );
+    }
     drop(programs);
-    drop(control);
-    // Give in-flight control requests a moment to finish with the table before it goes.
-    tokio::time::sleep(Duration::from_millis(0)).await;
-    eprintln!("limiter: detached from {}", args.ifaces.join(", "));
-    Ok(())
+    Ok(args.keep_pinned)
 }

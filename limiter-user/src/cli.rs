@@ -73,6 +73,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
+    /// Pin maps and links under this bpffs directory: a restarted agent adopts them with their
+    /// counts, and with --keep-pinned (or after SIGKILL) enforcement continues while no agent runs.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+
+    /// On SIGINT/SIGTERM leave the pinned programs attached and the maps pinned (needs --pin-dir),
+    /// e.g. for a rolling update; by default everything is detached and unpinned.
+    #[arg(long, requires = "pin_dir")]
+    pub keep_pinned: bool,
+
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -133,8 +143,14 @@ impl RunArgs {
     /// Checks that need all flags at once; each error names the flag.
     pub fn validate(&self) -> Result<(), String> {
         for (i, spec) in self.limits.iter().enumerate() {
-            if self.limits[..i].iter().any(|earlier| earlier.listener == spec.listener) {
-                return Err(format!("--limit '{spec}': listener {} is given twice", spec.listener));
+            if self.limits[..i]
+                .iter()
+                .any(|earlier| earlier.listener == spec.listener)
+            {
+                return Err(format!(
+                    "--limit '{spec}': listener {} is given twice",
+                    spec.listener
+                ));
             }
         }
         for (i, iface) in self.ifaces.iter().enumerate() {
@@ -153,8 +169,11 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<RunArgs, String> {
-        let cli = Cli::try_parse_from([&["limiter", "run"], args].concat()).map_err(|e| e.to_string())?;
-        let Command::Run(run) = cli.command else { unreachable!() };
+        let cli =
+            Cli::try_parse_from([&["limiter", "run"], args].concat()).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
         run.validate()?;
         Ok(run)
     }
@@ -166,21 +185,47 @@ mod tests {
 
     #[test]
     fn run_flags() {
-        let args = run(&["--iface", "eth0", "--iface", "eth1", "--limit", "8000=1", "--limit", "[::]:443=5:reset", "--over-limit", "reset", "--handshake-timeout", "500ms"]).unwrap();
+        let args = run(&[
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--limit",
+            "8000=1",
+            "--limit",
+            "[::]:443=5:reset",
+            "--over-limit",
+            "reset",
+            "--handshake-timeout",
+            "500ms",
+        ])
+        .unwrap();
         assert_eq!(args.ifaces, ["eth0", "eth1"]);
         assert_eq!(args.limits.len(), 2);
         assert_eq!(args.over_limit, Action::Reset);
         assert_eq!(args.handshake_timeout, Duration::from_millis(500));
-        assert_eq!(run(&["--iface", "eth0"]).unwrap().handshake_timeout, Duration::from_secs(3));
+        assert_eq!(
+            run(&["--iface", "eth0"]).unwrap().handshake_timeout,
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
     fn bad_flags_name_the_flag() {
         for (args, needle) in [
             (&["--iface", "eth0", "--limit", "8000=0"][..], "--limit"),
-            (&["--iface", "eth0", "--limit", "8000=1", "--limit", "8000=2"][..], "given twice"),
-            (&["--iface", "eth0", "--over-limit", "bounce"][..], "--over-limit"),
-            (&["--iface", "eth0", "--handshake-timeout", "0s"][..], "--handshake-timeout"),
+            (
+                &["--iface", "eth0", "--limit", "8000=1", "--limit", "8000=2"][..],
+                "given twice",
+            ),
+            (
+                &["--iface", "eth0", "--over-limit", "bounce"][..],
+                "--over-limit",
+            ),
+            (
+                &["--iface", "eth0", "--handshake-timeout", "0s"][..],
+                "--handshake-timeout",
+            ),
             (&["--limit", "8000=1"][..], "--iface"),
         ] {
             let err = run(args).unwrap_err();

@@ -44,7 +44,10 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     pub fn bind(path: &Path) -> Result<Self, AgentError> {
-        let io_err = |source| AgentError::ControlSocket { path: path.to_owned(), source };
+        let io_err = |source| AgentError::ControlSocket {
+            path: path.to_owned(),
+            source,
+        };
         if path.exists() {
             if StdUnixStream::connect(path).is_ok() {
                 return Err(AgentError::ControlSocketInUse(path.to_owned()));
@@ -56,7 +59,10 @@ impl ControlSocket {
             fs::create_dir_all(dir).map_err(io_err)?;
         }
         let listener = UnixListener::bind(path).map_err(io_err)?;
-        let socket = ControlSocket { listener, path: path.to_owned() };
+        let socket = ControlSocket {
+            listener,
+            path: path.to_owned(),
+        };
         // Changing limits is as privileged as loading the programs.
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
         Ok(socket)
@@ -83,7 +89,10 @@ pub async fn serve(stream: UnixStream, table: Arc<Mutex<LimitTable>>) {
     }
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => handle(request, &table),
-        Err(e) => Response { error: Some(format!("bad request: {e}")), ..Default::default() },
+        Err(e) => Response {
+            error: Some(format!("bad request: {e}")),
+            ..Default::default()
+        },
     };
     let mut out = serde_json::to_string(&response).unwrap_or_default();
     out.push('\n');
@@ -91,22 +100,44 @@ pub async fn serve(stream: UnixStream, table: Arc<Mutex<LimitTable>>) {
 }
 
 fn handle(request: Request, table: &Mutex<LimitTable>) -> Response {
-    let mut table = table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut table = table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = match request {
-        Request::Stats => return Response { report: Some(table.report()), ..Default::default() },
+        Request::Stats => {
+            return Response {
+                report: Some(table.report()),
+                ..Default::default()
+            };
+        }
         Request::Set { limit } => limit.parse::<LimitSpec>().map_err(|e| e).and_then(|spec| {
-            table.set(&spec).map(|now| format!("limit set: {now}")).map_err(|e| e.to_string())
+            table
+                .set(&spec)
+                .map(|now| format!("limit set: {now}"))
+                .map_err(|e| e.to_string())
         }),
-        Request::Unset { listener } => listener.parse().map_err(|e: crate::listener::ListenerParseError| e.to_string()).and_then(|l| {
-            table.unset(&l).map(|()| format!("limit removed: {l}")).map_err(|e| e.to_string())
-        }),
+        Request::Unset { listener } => listener
+            .parse()
+            .map_err(|e: crate::listener::ListenerParseError| e.to_string())
+            .and_then(|l| {
+                table
+                    .unset(&l)
+                    .map(|()| format!("limit removed: {l}"))
+                    .map_err(|e| e.to_string())
+            }),
     };
     match result {
         Ok(message) => {
             eprintln!("limiter: {message}");
-            Response { message: Some(message), ..Default::default() }
+            Response {
+                message: Some(message),
+                ..Default::default()
+            }
         }
-        Err(error) => Response { error: Some(error), ..Default::default() },
+        Err(error) => Response {
+            error: Some(error),
+            ..Default::default()
+        },
     }
 }
 
@@ -118,13 +149,15 @@ pub fn request(path: &Path, request: &Request) -> anyhow::Result<Response> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).with_context(|| format!("writing to {}", path.display()))?;
+    (&stream)
+        .write_all(line.as_bytes())
+        .with_context(|| format!("writing to {}", path.display()))?;
     let mut reply = String::new();
     BufReader::new(&stream)
         .read_line(&mut reply)
         .with_context(|| format!("reading the agent's reply on {}", path.display()))?;
-    let response: Response =
-        serde_json::from_str(&reply).with_context(|| format!("agent on {} sent a reply that is not JSON", path.display()))?;
+    let response: Response = serde_json::from_str(&reply)
+        .with_context(|| format!("agent on {} sent a reply that is not JSON", path.display()))?;
     if let Some(error) = &response.error {
         bail!("{error}");
     }

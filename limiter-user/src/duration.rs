@@ -4,7 +4,9 @@ use std::time::Duration;
 
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration: expected e.g. 500ms, 3s, 2m, 1h");
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let millis = match unit {
@@ -20,7 +22,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Prints a duration the way `parse` reads it.
 pub fn display(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1_000 == 0 { format!("{}s", ms / 1_000) } else { format!("{ms}ms") }
+    if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 #[cfg(test)]
@@ -41,7 +47,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         for bad in ["", "s", "3x", "-1s", "1.5s", "99999999999999999999h"] {
-            assert!(parse(bad).unwrap_err().contains(&format!("'{bad}'")), "{bad}");
+            assert!(
+                parse(bad).unwrap_err().contains(&format!("'{bad}'")),
+                "{bad}"
+            );
         }
     }
 }

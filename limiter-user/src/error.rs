@@ -20,32 +20,64 @@ pub enum AgentError {
     #[error("--cgroup {0}: not a cgroup v2 directory (mount -t cgroup2 none DIR, then pass DIR)")]
     NotCgroup2(PathBuf),
 
-    #[error("--control-socket {0}: another agent is already listening there (stop it, or pass another --control-socket)")]
+    #[error(
+        "--control-socket {0}: another agent is already listening there (stop it, or pass another --control-socket)"
+    )]
     ControlSocketInUse(PathBuf),
 
     #[error("--control-socket {path}: {source}")]
     ControlSocket { path: PathBuf, source: io::Error },
 
     #[error("{call}: {source}")]
-    Syscall { call: &'static str, source: io::Error },
+    Syscall {
+        call: &'static str,
+        source: io::Error,
+    },
 
     #[error("loading the kernel programs: {0}")]
     Load(#[from] aya::EbpfError),
 
     #[error("kernel object has no {kind} `{name}` (agent and object out of step?)")]
-    MissingFromObject { kind: &'static str, name: &'static str },
+    MissingFromObject {
+        kind: &'static str,
+        name: &'static str,
+    },
 
     #[error("loading program `{program}`: {source}")]
-    LoadProgram { program: &'static str, source: aya::programs::ProgramError },
+    LoadProgram {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
 
     #[error("--iface {iface}: attaching XDP: {source}")]
-    AttachXdp { iface: String, source: aya::programs::ProgramError },
+    AttachXdp {
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
 
     #[error("--cgroup {path}: attaching sock_ops: {source}")]
-    AttachSockOps { path: PathBuf, source: aya::programs::ProgramError },
+    AttachSockOps {
+        path: PathBuf,
+        source: aya::programs::ProgramError,
+    },
 
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+
+    #[error("--pin-dir {0}: not on a bpf filesystem (mount it: `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs(PathBuf),
+
+    #[error("--pin-dir {dir}: holds `{found}`, not pins of this limiter's map layout v{version}; remove the directory (enforcement by the old pins stops) or use another --pin-dir", version = limiter_common::MAP_LAYOUT_VERSION)]
+    IncompatiblePins { dir: PathBuf, found: String },
+
+    #[error("--pin-dir {dir}: {source}")]
+    PinDir { dir: PathBuf, source: io::Error },
+
+    #[error("--pin-dir: {what}: {source}")]
+    Pin { what: String, source: io::Error },
 
     #[error("listener {listener}: {reason}")]
     Listener { listener: String, reason: String },

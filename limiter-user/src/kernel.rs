@@ -1,19 +1,32 @@
 //! Loading the kernel object, taking its maps, and attaching its programs. Everything attached
 //! is owned by [`Programs`]; dropping it detaches all of it (aya detaches links on drop), which
 //! is how an error half-way through or a signal leaves nothing behind.
-use std::{fs::File, os::fd::AsFd as _, path::Path};
+use std::{
+    fs::File,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, SockOps, Xdp, XdpMode},
+    programs::{
+        CgroupAttachMode, SockOps, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
 };
 use limiter_common::{
     AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotStats,
     map_names, program_names,
 };
 
-use crate::{EBPF_OBJECT, cli::XdpAttachMode, error::AgentError, usage::SlotUsageView};
+use crate::{
+    EBPF_OBJECT,
+    cli::XdpAttachMode,
+    error::AgentError,
+    pins::{self, PinDir},
+    usage::SlotUsageView,
+};
 
 /// The maps the agent reads and writes while it runs.
 pub struct Maps {
@@ -28,26 +41,79 @@ pub struct Maps {
 /// The loaded programs and their attachments.
 pub struct Programs {
     ebpf: Ebpf,
+    /// Links that live on a pin (or were adopted from one): they stay attached when this
+    /// process exits, until their pins are removed.
+    pinned_links: Vec<PinnedOrAdopted>,
+}
+
+#[allow(
+    dead_code,
+    reason = "held only to keep the link's fd open while the agent runs"
+)]
+enum PinnedOrAdopted {
+    Pinned(PinnedLink),
+    Adopted(OwnedFd),
 }
 
 /// Loads the object and configures it for this network namespace; nothing is attached yet.
-pub fn load(netns_cookie: u64) -> Result<(Programs, Maps), AgentError> {
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+/// With a pin directory, the maps are pinned there, or reused with their counts if an earlier
+/// agent pinned them.
+pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps), AgentError> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, std::path::PathBuf)> = match pins {
+        Some(pins) => map_names::ALL
+            .iter()
+            .map(|name| (*name, pins.map_path(name)))
+            .collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     // Borrowed, not taken: the programs are loaded later and refer to every map's fd, so no map
     // may be closed before then.
-    let config_map = ebpf
-        .map_mut(map_names::AGENT_CONFIG)
-        .ok_or(AgentError::MissingFromObject { kind: "map", name: map_names::AGENT_CONFIG })?;
+    let config_map =
+        ebpf.map_mut(map_names::AGENT_CONFIG)
+            .ok_or(AgentError::MissingFromObject {
+                kind: "map",
+                name: map_names::AGENT_CONFIG,
+            })?;
     let mut config: Array<&mut MapData, AgentConfig> =
         Array::try_from(config_map).map_err(AgentError::map(map_names::AGENT_CONFIG))?;
-    let agent = AgentConfig { netns_cookie, layout_version: MAP_LAYOUT_VERSION, _pad: 0 };
-    config.set(0, agent, 0).map_err(AgentError::map(map_names::AGENT_CONFIG))?;
+    if let Some(pins) = pins.filter(|p| p.adopting) {
+        let found = config
+            .get(&0, 0)
+            .map_err(AgentError::map(map_names::AGENT_CONFIG))?;
+        if found.layout_version != MAP_LAYOUT_VERSION {
+            return Err(AgentError::IncompatiblePins {
+                dir: pins.map_path(map_names::AGENT_CONFIG),
+                found: format!("map layout v{}", found.layout_version),
+            });
+        }
+    }
+    let agent = AgentConfig {
+        netns_cookie,
+        layout_version: MAP_LAYOUT_VERSION,
+        _pad: 0,
+    };
+    config
+        .set(0, agent, 0)
+        .map_err(AgentError::map(map_names::AGENT_CONFIG))?;
     let usage_map = ebpf
         .map(map_names::SLOT_USAGE)
-        .ok_or(AgentError::MissingFromObject { kind: "map", name: map_names::SLOT_USAGE })?;
+        .ok_or(AgentError::MissingFromObject {
+            kind: "map",
+            name: map_names::SLOT_USAGE,
+        })?;
     let usage_fd = match usage_map {
         aya::maps::Map::Array(data) => data.fd().as_fd(),
-        _ => return Err(AgentError::MissingFromObject { kind: "array map", name: map_names::SLOT_USAGE }),
+        _ => {
+            return Err(AgentError::MissingFromObject {
+                kind: "array map",
+                name: map_names::SLOT_USAGE,
+            });
+        }
     };
     let usage = SlotUsageView::map(usage_fd).map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
     let maps = Maps {
@@ -58,28 +124,55 @@ pub fn load(netns_cookie: u64) -> Result<(Programs, Maps), AgentError> {
         pending: take(&mut ebpf, map_names::PENDING)?,
         usage,
     };
-    Ok((Programs { ebpf }, maps))
+    Ok((
+        Programs {
+            ebpf,
+            pinned_links: Vec::new(),
+        },
+        maps,
+    ))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, AgentError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(AgentError::MissingFromObject { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(AgentError::MissingFromObject { kind: "map", name })?;
     T::try_from(map).map_err(AgentError::map(name))
 }
 
 impl Programs {
     /// sock_ops on the cgroup: from now on connections are counted.
-    pub fn attach_accounting(&mut self, cgroup: &Path) -> Result<(), AgentError> {
+    pub fn attach_accounting(
+        &mut self,
+        cgroup: &Path,
+        pins: Option<&PinDir>,
+    ) -> Result<(), AgentError> {
         let name = program_names::ACCOUNTING;
         let program: &mut SockOps = self
             .ebpf
             .program_mut(name)
-            .ok_or(AgentError::MissingFromObject { kind: "program", name })?
+            .ok_or(AgentError::MissingFromObject {
+                kind: "program",
+                name,
+            })?
             .try_into()
-            .map_err(|source| AgentError::LoadProgram { program: name, source })?;
-        program.load().map_err(|source| AgentError::LoadProgram { program: name, source })?;
+            .map_err(|source| AgentError::LoadProgram {
+                program: name,
+                source,
+            })?;
+        program.load().map_err(|source| AgentError::LoadProgram {
+            program: name,
+            source,
+        })?;
+        let pin = pins.map(|p| p.link_path("accounting"));
+        if let Some(adopted) = adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
+        {
+            self.pinned_links.push(adopted);
+            return Ok(());
+        }
         let dir = File::open(cgroup).map_err(|e| AgentError::AttachSockOps {
             path: cgroup.to_owned(),
             source: aya::programs::ProgramError::IOError(e),
@@ -87,33 +180,120 @@ impl Programs {
         // aya uses a bpf_link here (Linux 5.7+), and cgroup links always coexist with other
         // programs on the cgroup (Cilium's, systemd's); the kernel rejects any attach flag on a
         // link, so the mode must be the flag-less `Single`.
-        program
+        let link = program
             .attach(dir, CgroupAttachMode::Single)
-            .map_err(|source| AgentError::AttachSockOps { path: cgroup.to_owned(), source })?;
+            .map_err(|source| AgentError::AttachSockOps {
+                path: cgroup.to_owned(),
+                source,
+            })?;
+        if let Some(pin) = pin {
+            let link = program
+                .take_link(link)
+                .map_err(|source| AgentError::AttachSockOps {
+                    path: cgroup.to_owned(),
+                    source,
+                })?;
+            let link = FdLink::try_from(link)
+                .map_err(|e| pin_error(&pin, std::io::Error::other(e.to_string())))?;
+            self.pinned_links
+                .push(PinnedOrAdopted::Pinned(link.pin(&pin).map_err(|e| {
+                    pin_error(&pin, std::io::Error::other(e.to_string()))
+                })?));
+        }
         Ok(())
     }
 
     /// XDP on each interface: from now on SYNs are admitted or refused there.
-    pub fn attach_admission(&mut self, ifaces: &[String], mode: XdpAttachMode) -> Result<(), AgentError> {
+    pub fn attach_admission(
+        &mut self,
+        ifaces: &[String],
+        mode: XdpAttachMode,
+        pins: Option<&PinDir>,
+    ) -> Result<(), AgentError> {
         let name = program_names::ADMISSION;
         let program: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .ok_or(AgentError::MissingFromObject { kind: "program", name })?
+            .ok_or(AgentError::MissingFromObject {
+                kind: "program",
+                name,
+            })?
             .try_into()
-            .map_err(|source| AgentError::LoadProgram { program: name, source })?;
-        program.load().map_err(|source| AgentError::LoadProgram { program: name, source })?;
+            .map_err(|source| AgentError::LoadProgram {
+                program: name,
+                source,
+            })?;
+        program.load().map_err(|source| AgentError::LoadProgram {
+            program: name,
+            source,
+        })?;
         for iface in ifaces {
+            let pin = pins.map(|p| p.link_path(&format!("xdp-{iface}")));
+            if let Some(adopted) =
+                adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
+            {
+                self.pinned_links.push(adopted);
+                continue;
+            }
             let mode = match mode {
                 // The kernel chooses: native where the driver has it, generic otherwise.
                 XdpAttachMode::Auto => XdpMode::Default,
                 XdpAttachMode::Native => XdpMode::Driver,
                 XdpAttachMode::Generic => XdpMode::Skb,
             };
-            program
+            let link = program
                 .attach(iface, mode)
-                .map_err(|source| AgentError::AttachXdp { iface: iface.clone(), source })?;
+                .map_err(|source| AgentError::AttachXdp {
+                    iface: iface.clone(),
+                    source,
+                })?;
+            if let Some(pin) = pin {
+                let link = program
+                    .take_link(link)
+                    .map_err(|source| AgentError::AttachXdp {
+                        iface: iface.clone(),
+                        source,
+                    })?;
+                let link = FdLink::try_from(link).map_err(|e| {
+                    pin_error(
+                        &pin,
+                        std::io::Error::other(format!(
+                            "{e} (XDP via netlink cannot be pinned; Linux 5.9+ uses bpf_link)"
+                        )),
+                    )
+                })?;
+                self.pinned_links
+                    .push(PinnedOrAdopted::Pinned(link.pin(&pin).map_err(|e| {
+                        pin_error(&pin, std::io::Error::other(e.to_string()))
+                    })?));
+            }
         }
         Ok(())
     }
+}
+
+fn pin_error(path: &Path, source: std::io::Error) -> AgentError {
+    AgentError::Pin {
+        what: path.display().to_string(),
+        source,
+    }
+}
+
+/// If an earlier agent left this link pinned, swaps our freshly loaded program into it (no gap
+/// in enforcement) and keeps it; otherwise `None` and the caller attaches anew.
+fn adopt_link(
+    pin: Option<&Path>,
+    program: Result<std::os::fd::BorrowedFd<'_>, aya::programs::ProgramError>,
+    name: &'static str,
+) -> Result<Option<PinnedOrAdopted>, AgentError> {
+    let Some(pin) = pin.filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let program = program.map_err(|source| AgentError::LoadProgram {
+        program: name,
+        source,
+    })?;
+    let link = pins::open_pinned(pin).map_err(|e| pin_error(pin, e))?;
+    pins::update_link(link.as_fd(), program).map_err(|e| pin_error(pin, e))?;
+    Ok(Some(PinnedOrAdopted::Adopted(link)))
 }

@@ -15,6 +15,7 @@ pub mod handshake;
 pub mod kernel;
 pub mod limits;
 pub mod listener;
+pub mod pins;
 pub mod preflight;
 pub mod stats;
 pub mod usage;

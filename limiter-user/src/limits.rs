@@ -31,6 +31,9 @@ pub struct LimitTable {
     configured: BTreeMap<Listener, Limit>,
     /// Unset listeners whose slot still holds connections.
     draining: BTreeMap<Listener, u32>,
+    /// Slots still holding connections of listeners an earlier agent removed (found in pinned
+    /// maps): freed when they drain.
+    orphans: Vec<u32>,
     free_slots: Vec<u32>,
     next_slot: u32,
     /// Reservations released by the agent because the handshake never completed, per slot.
@@ -44,6 +47,7 @@ impl LimitTable {
             default_action,
             configured: BTreeMap::new(),
             draining: BTreeMap::new(),
+            orphans: Vec::new(),
             free_slots: Vec::new(),
             next_slot: 0,
             handshake_timeouts: vec![0; MAX_LISTENERS as usize],
@@ -62,7 +66,10 @@ impl LimitTable {
     pub fn set(&mut self, spec: &LimitSpec) -> Result<String, AgentError> {
         let listener = spec.listener;
         let action = spec.action.unwrap_or(self.default_action);
-        let fail = |reason: String| AgentError::Listener { listener: listener.to_string(), reason };
+        let fail = |reason: String| AgentError::Listener {
+            listener: listener.to_string(),
+            reason,
+        };
         let existing = self.configured.get(&listener).copied();
         let slot = match existing {
             Some(limit) => limit.slot,
@@ -73,7 +80,11 @@ impl LimitTable {
                 })?,
             },
         };
-        let config = ListenerConfig { limit: spec.limit as u64, slot, action: action.to_kernel() };
+        let config = ListenerConfig {
+            limit: spec.limit as u64,
+            slot,
+            action: action.to_kernel(),
+        };
         let key = listener.key();
         if let Err(e) = self.maps.listeners.insert(key, config, 0) {
             if existing.is_none() {
@@ -88,13 +99,27 @@ impl LimitTable {
                 return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
             }
         }
-        self.configured.insert(listener, Limit { limit: spec.limit, action, slot });
+        self.configured.insert(
+            listener,
+            Limit {
+                limit: spec.limit,
+                action,
+                slot,
+            },
+        );
         Ok(format!("{listener}={}:{}", spec.limit, action.as_str()))
     }
 
     pub fn unset(&mut self, listener: &Listener) -> Result<(), AgentError> {
-        let fail = |reason: String| AgentError::Listener { listener: listener.to_string(), reason };
-        let limit = self.configured.get(listener).copied().ok_or_else(|| fail("has no limit".into()))?;
+        let fail = |reason: String| AgentError::Listener {
+            listener: listener.to_string(),
+            reason,
+        };
+        let limit = self
+            .configured
+            .get(listener)
+            .copied()
+            .ok_or_else(|| fail("has no limit".into()))?;
         self.maps
             .listeners
             .remove(&listener.key())
@@ -108,7 +133,9 @@ impl LimitTable {
 
     fn adjust_port(&mut self, port: u16, delta: i64) -> Result<(), MapError> {
         let users = self.maps.ports.get(&(port as u32), 0)?;
-        self.maps.ports.set(port as u32, (users as i64 + delta).max(0) as u32, 0)
+        self.maps
+            .ports
+            .set(port as u32, (users as i64 + delta).max(0) as u32, 0)
     }
 
     /// A never-used slot, or one whose listener was unset and whose connections have all
@@ -127,8 +154,14 @@ impl LimitTable {
 
     fn reclaim_drained(&mut self) {
         let usage = &self.maps.usage;
-        let (empty, busy): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            std::mem::take(&mut self.draining).into_iter().partition(|(_, slot)| usage.get(*slot).reserved == 0);
+        let (empty, busy): (Vec<u32>, Vec<u32>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|slot| usage.get(*slot).reserved == 0);
+        self.orphans = busy;
+        self.free_slots.extend(empty);
+        let (empty, busy): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.draining)
+            .into_iter()
+            .partition(|(_, slot)| usage.get(*slot).reserved == 0);
         self.draining = busy;
         self.free_slots.extend(empty.into_values());
     }
@@ -139,6 +172,40 @@ impl LimitTable {
         if let Ok(zeros) = PerCpuValues::try_from(vec![SlotStats::default(); cpus]) {
             let _ = self.maps.slot_stats.set(slot, zeros, 0);
         }
+    }
+
+    /// Takes over the limits and slots an earlier agent left in pinned maps; returns the
+    /// listeners found.
+    pub fn adopt(&mut self) -> Vec<Listener> {
+        let entries: Vec<_> = self.maps.listeners.iter().filter_map(Result::ok).collect();
+        for (key, config) in entries {
+            if let Some(listener) = Listener::from_key(&key) {
+                let limit = Limit {
+                    limit: config.limit.min(u32::MAX as u64) as u32,
+                    action: Action::from_kernel(config.action),
+                    slot: config.slot,
+                };
+                self.configured.insert(listener, limit);
+            }
+        }
+        let in_use: Vec<u32> = self.configured.values().map(|l| l.slot).collect();
+        let holding = |slot: u32| self.maps.usage.get(slot).reserved != 0;
+        self.next_slot = (0..MAX_LISTENERS)
+            .filter(|&slot| in_use.contains(&slot) || holding(slot))
+            .max()
+            .map_or(0, |slot| slot + 1);
+        for slot in (0..self.next_slot).filter(|slot| !in_use.contains(slot)) {
+            if holding(slot) {
+                self.orphans.push(slot)
+            } else {
+                self.free_slots.push(slot)
+            }
+        }
+        self.configured.keys().copied().collect()
+    }
+
+    pub fn listeners(&self) -> Vec<Listener> {
+        self.configured.keys().copied().collect()
     }
 
     pub fn count_handshake_timeout(&mut self, slot: u32) {
@@ -170,7 +237,10 @@ impl LimitTable {
                 }
             })
             .collect();
-        Report { listeners, packets: PacketReport::from_counters(|i| self.packet_stat(i)) }
+        Report {
+            listeners,
+            packets: PacketReport::from_counters(|i| self.packet_stat(i)),
+        }
     }
 
     fn slot_stats(&self, slot: u32) -> SlotStats {
@@ -191,6 +261,10 @@ impl LimitTable {
     }
 
     fn packet_stat(&self, index: u32) -> u64 {
-        self.maps.packet_stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.maps
+            .packet_stats
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 }

@@ -24,9 +24,30 @@ impl Listener {
         }
     }
 
+    /// The listener a kernel key stands for (used when adopting pinned maps).
+    pub fn from_key(key: &ListenerKey) -> Option<Self> {
+        let bytes: Vec<u8> = key.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        match key.family {
+            family::ANY => Some(Listener::AnyAddress(key.port)),
+            family::V4 => {
+                let octets: [u8; 4] = bytes[..4].try_into().ok()?;
+                Some(Listener::Address(IpAddr::V4(octets.into()), key.port))
+            }
+            family::V6 => {
+                let octets: [u8; 16] = bytes.try_into().ok()?;
+                Some(Listener::Address(IpAddr::V6(octets.into()), key.port))
+            }
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> ListenerKey {
         match *self {
-            Listener::AnyAddress(port) => ListenerKey { addr: [0; 4], port, family: family::ANY },
+            Listener::AnyAddress(port) => ListenerKey {
+                addr: [0; 4],
+                port,
+                family: family::ANY,
+            },
             Listener::Address(IpAddr::V4(ip), port) => ListenerKey {
                 addr: [u32::from_ne_bytes(ip.octets()), 0, 0, 0],
                 port,
@@ -35,7 +56,11 @@ impl Listener {
             Listener::Address(IpAddr::V6(ip), port) => {
                 let o = ip.octets();
                 let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-                ListenerKey { addr: [word(0), word(4), word(8), word(12)], port, family: family::V6 }
+                ListenerKey {
+                    addr: [word(0), word(4), word(8), word(12)],
+                    port,
+                    family: family::V6,
+                }
             }
         }
     }
@@ -97,7 +122,9 @@ impl fmt::Display for Listener {
 }
 
 /// What happens to a SYN over the limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Drop the SYN silently; the client's SYN backoff slows it down.
@@ -111,6 +138,14 @@ impl Action {
         match self {
             Action::Drop => action::DROP,
             Action::Reset => action::RESET,
+        }
+    }
+
+    pub fn from_kernel(action: u32) -> Self {
+        if action == action::RESET {
+            Action::Reset
+        } else {
+            Action::Drop
         }
     }
 
@@ -129,7 +164,9 @@ impl FromStr for Action {
         match s {
             "drop" => Ok(Action::Drop),
             "reset" => Ok(Action::Reset),
-            other => Err(format!("'{other}' is not an over-limit action: expected drop or reset")),
+            other => Err(format!(
+                "'{other}' is not an over-limit action: expected drop or reset"
+            )),
         }
     }
 }
@@ -147,16 +184,20 @@ impl FromStr for LimitSpec {
     type Err = String;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (listener, rest) = spec
-            .rsplit_once('=')
-            .ok_or_else(|| format!("'{spec}' is not LISTENER=N[:ACTION] (e.g. 8000=100 or [::]:443=50:reset)"))?;
+        let (listener, rest) = spec.rsplit_once('=').ok_or_else(|| {
+            format!("'{spec}' is not LISTENER=N[:ACTION] (e.g. 8000=100 or [::]:443=50:reset)")
+        })?;
         let listener = listener.parse::<Listener>().map_err(|e| e.to_string())?;
         let (limit, action) = match rest.split_once(':') {
             Some((limit, action)) => (limit, Some(action.parse::<Action>()?)),
             None => (rest, None),
         };
         let limit = parse_limit(limit)?;
-        Ok(LimitSpec { listener, limit, action })
+        Ok(LimitSpec {
+            listener,
+            limit,
+            action,
+        })
     }
 }
 
@@ -192,15 +233,38 @@ mod tests {
 
     #[test]
     fn parses_every_listener_form_and_prints_it_back() {
-        for spec in ["8000", "198.18.0.1:8000", "0.0.0.0:80", "[::]:8000", "[fd00:1e:57::1]:443"] {
+        for spec in [
+            "8000",
+            "198.18.0.1:8000",
+            "0.0.0.0:80",
+            "[::]:8000",
+            "[fd00:1e:57::1]:443",
+        ] {
             assert_eq!(spec.parse::<Listener>().unwrap().to_string(), spec);
+        }
+    }
+
+    #[test]
+    fn keys_map_back_to_listeners() {
+        for spec in [
+            "8000",
+            "198.18.0.1:8000",
+            "0.0.0.0:80",
+            "[::]:8000",
+            "[fd00:1e:57::1]:443",
+        ] {
+            let listener: Listener = spec.parse().unwrap();
+            assert_eq!(Listener::from_key(&listener.key()), Some(listener));
         }
     }
 
     #[test]
     fn wildcard_and_bare_port_keys() {
         let any = Listener::AnyAddress(8000).key();
-        assert_eq!((any.family, any.addr, any.port), (family::ANY, [0; 4], 8000));
+        assert_eq!(
+            (any.family, any.addr, any.port),
+            (family::ANY, [0; 4], 8000)
+        );
         let v4any: Listener = "0.0.0.0:8000".parse().unwrap();
         assert_eq!(v4any.key().family, family::V4);
         assert_eq!(v4any.key().addr, [0; 4]);
@@ -214,7 +278,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_listeners_naming_them() {
-        for bad in ["", "http", "0", "65536", "1.2.3.4", "1.2.3:80", "::1:80", "[::1]80", "[zz::]:80", "1.2.3.4:0", ":80"] {
+        for bad in [
+            "",
+            "http",
+            "0",
+            "65536",
+            "1.2.3.4",
+            "1.2.3:80",
+            "::1:80",
+            "[::1]80",
+            "[zz::]:80",
+            "1.2.3.4:0",
+            ":80",
+        ] {
             let err = bad.parse::<Listener>().unwrap_err().to_string();
             assert!(err.contains(&format!("'{bad}'")), "{bad}: {err}");
         }
@@ -227,7 +303,10 @@ mod tests {
         assert_eq!(spec.action, Some(Action::Reset));
         assert_eq!(spec.to_string(), "[::]:8000=50:reset");
         assert_eq!("8000=1".parse::<LimitSpec>().unwrap().action, None);
-        assert_eq!("8000=4294967295".parse::<LimitSpec>().unwrap().limit, u32::MAX);
+        assert_eq!(
+            "8000=4294967295".parse::<LimitSpec>().unwrap().limit,
+            u32::MAX
+        );
     }
 
     #[test]

@@ -15,7 +15,14 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
@@ -26,7 +33,11 @@ fn main() -> ExitCode {
             if let Err(message) = args.validate() {
                 return fail(EXIT_USAGE, &message);
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(EXIT_RUNTIME, &format!("starting the async runtime: {e}")),
             };
@@ -35,20 +46,35 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
             }
         }
-        Command::Stats(args) => match control::request(&args.control.control_socket, &Request::Stats) {
-            Ok(response) => {
-                let report: Report = response.report.unwrap_or_else(|| Report { listeners: vec![], packets: Default::default() });
-                if args.json {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                } else {
-                    print!("{}", report.render_table());
+        Command::Stats(args) => {
+            match control::request(&args.control.control_socket, &Request::Stats) {
+                Ok(response) => {
+                    let report: Report = response.report.unwrap_or_else(|| Report {
+                        listeners: vec![],
+                        packets: Default::default(),
+                    });
+                    if args.json {
+                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", report.render_table());
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
             }
-            Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
-        },
-        Command::Set(args) => reply(control::request(&args.control.control_socket, &Request::Set { limit: args.limit.to_string() })),
-        Command::Unset(args) => reply(control::request(&args.control.control_socket, &Request::Unset { listener: args.listener.to_string() })),
+        }
+        Command::Set(args) => reply(control::request(
+            &args.control.control_socket,
+            &Request::Set {
+                limit: args.limit.to_string(),
+            },
+        )),
+        Command::Unset(args) => reply(control::request(
+            &args.control.control_socket,
+            &Request::Unset {
+                listener: args.listener.to_string(),
+            },
+        )),
     }
 }
 

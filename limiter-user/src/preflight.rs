@@ -34,12 +34,15 @@ pub fn check_capabilities() -> Result<(), AgentError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(AgentError::Privileges { missing: missing.join(", ") })
+        Err(AgentError::Privileges {
+            missing: missing.join(", "),
+        })
     }
 }
 
 pub fn check_interface(iface: &str) -> Result<u32, AgentError> {
-    let name = std::ffi::CString::new(iface).map_err(|_| AgentError::NoInterface(iface.to_owned()))?;
+    let name =
+        std::ffi::CString::new(iface).map_err(|_| AgentError::NoInterface(iface.to_owned()))?;
     // SAFETY: `name` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => Err(AgentError::NoInterface(iface.to_owned())),
@@ -81,7 +84,9 @@ fn is_cgroup2(path: &Path) -> bool {
     // SAFETY: statfs only writes into the zeroed struct we own.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-pointer.
-    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC }
+    unsafe {
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
 }
 
 /// The cookie of the network namespace this process runs in (Linux 5.14+), which accounting
@@ -91,19 +96,29 @@ pub fn netns_cookie() -> Result<u64, AgentError> {
     // SAFETY: plain socket creation; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(AgentError::syscall("socket")(std::io::Error::last_os_error()));
+        return Err(AgentError::syscall("socket")(
+            std::io::Error::last_os_error(),
+        ));
     }
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd and out-pointers of the right size.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
     };
     let err = std::io::Error::last_os_error();
     // SAFETY: we own fd.
     unsafe { libc::close(fd) };
     if rc != 0 {
-        return Err(AgentError::syscall("getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)")(err));
+        return Err(AgentError::syscall(
+            "getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)",
+        )(err));
     }
     Ok(cookie)
 }
@@ -119,7 +134,10 @@ mod tests {
 31 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
 32 31 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
 33 31 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd";
-        assert_eq!(find_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let none = "25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw";
         assert_eq!(find_cgroup2_mount(none), None);
     }

@@ -62,8 +62,9 @@ impl PacketReport {
 impl Report {
     /// The aligned table of `limiter stats`.
     pub fn render_table(&self) -> String {
-        const HEADER: [&str; 8] =
-            ["LISTENER", "LIMIT", "ACTIVE", "PENDING", "USE", "ADMITTED", "REFUSED", "ACTION"];
+        const HEADER: [&str; 8] = [
+            "LISTENER", "LIMIT", "ACTIVE", "PENDING", "USE", "ADMITTED", "REFUSED", "ACTION",
+        ];
         let mut rows: Vec<[String; 8]> = vec![HEADER.map(String::from)];
         for l in &self.listeners {
             let utilisation = 100.0 * (l.active + l.pending) as f64 / l.limit.max(1) as f64;
@@ -78,8 +79,9 @@ impl Report {
                 l.action.as_str().to_owned(),
             ]);
         }
-        let widths: Vec<usize> =
-            (0..HEADER.len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..HEADER.len())
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
         let mut out = String::new();
         for row in &rows {
             let cells: Vec<String> = row
@@ -103,7 +105,11 @@ impl Report {
         let p = &self.packets;
         out.push_str(&format!(
             "\npackets: seen {}, not ours {}, malformed {}, SYN passed {}, SYN refused {}\n",
-            p.seen_total, p.not_ours_total, p.malformed_total, p.syn_passed_total, p.syn_refused_total
+            p.seen_total,
+            p.not_ours_total,
+            p.malformed_total,
+            p.syn_passed_total,
+            p.syn_refused_total
         ));
         out
     }
@@ -134,7 +140,10 @@ mod tests {
     #[test]
     fn table_is_aligned_and_shows_utilisation() {
         let report = Report {
-            listeners: vec![listener("8000", 10, 5), listener("[fd00:1e:57::1]:443", 1000, 1000)],
+            listeners: vec![
+                listener("8000", 10, 5),
+                listener("[fd00:1e:57::1]:443", 1000, 1000),
+            ],
             packets: PacketReport::default(),
         };
         let table = report.render_table();
@@ -150,10 +159,21 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_fields() {
-        let report = Report { listeners: vec![listener("8000", 10, 5)], packets: PacketReport::default() };
+        let report = Report {
+            listeners: vec![listener("8000", 10, 5)],
+            packets: PacketReport::default(),
+        };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         let l = &json["listeners"][0];
-        for field in ["listener", "limit", "active", "admitted_total", "refused_total", "pending", "action"] {
+        for field in [
+            "listener",
+            "limit",
+            "active",
+            "admitted_total",
+            "refused_total",
+            "pending",
+            "action",
+        ] {
             assert!(!l[field].is_null(), "missing {field}");
         }
         assert_eq!(l["action"], "drop");

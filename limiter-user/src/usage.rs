@@ -38,7 +38,8 @@ impl SlotUsageView {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let base =
+            NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(SlotUsageView { base, bytes })
     }
 
@@ -51,15 +52,20 @@ impl SlotUsageView {
 
     pub fn get(&self, slot: u32) -> SlotUsage {
         SlotUsage {
-            reserved: self.word(slot, |p| unsafe { &raw mut (*p).reserved }).load(Ordering::Relaxed),
-            active: self.word(slot, |p| unsafe { &raw mut (*p).active }).load(Ordering::Relaxed),
+            reserved: self
+                .word(slot, |p| unsafe { &raw mut (*p).reserved })
+                .load(Ordering::Relaxed),
+            active: self
+                .word(slot, |p| unsafe { &raw mut (*p).active })
+                .load(Ordering::Relaxed),
         }
     }
 
     /// Gives back a slot whose reservation this process took ownership of (by deleting its
     /// PENDING entry).
     pub fn release_reservation(&self, slot: u32) {
-        self.word(slot, |p| unsafe { &raw mut (*p).reserved }).fetch_sub(1, Ordering::Relaxed);
+        self.word(slot, |p| unsafe { &raw mut (*p).reserved })
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,149 @@
+//! The pin directory (`--pin-dir`): maps and links pinned on bpffs so that enforcement and the
+//! live counts outlive the agent (SIGKILL, `--keep-pinned`, a DaemonSet rolling update), and a
+//! restarted agent adopts them instead of starting from zero.
+//!
+//! Layout: `DIR/v<MAP_LAYOUT_VERSION>/maps/<MAP>` and `DIR/v<N>/links/{accounting,xdp-<IFACE>}`.
+//! The version directory is what stops an agent from misreading maps of another layout.
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use limiter_common::MAP_LAYOUT_VERSION;
+
+use crate::error::AgentError;
+
+const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
+
+pub struct PinDir {
+    root: PathBuf,
+    version_dir: PathBuf,
+    /// Pins of an earlier agent were found: adopt them.
+    pub adopting: bool,
+}
+
+impl PinDir {
+    /// Checks that `root` is on bpffs and holds nothing of another layout, and creates it.
+    pub fn open(root: &Path) -> Result<Self, AgentError> {
+        let existing_ancestor = root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        if !is_bpffs(existing_ancestor) {
+            return Err(AgentError::NotBpffs(root.to_owned()));
+        }
+        let version_name = format!("v{MAP_LAYOUT_VERSION}");
+        if let Ok(entries) = fs::read_dir(root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name != version_name {
+                    return Err(AgentError::IncompatiblePins {
+                        dir: root.to_owned(),
+                        found: name,
+                    });
+                }
+            }
+        }
+        let version_dir = root.join(&version_name);
+        let adopting = version_dir.join("maps").is_dir();
+        for sub in ["maps", "links"] {
+            fs::create_dir_all(version_dir.join(sub)).map_err(|source| AgentError::PinDir {
+                dir: root.to_owned(),
+                source,
+            })?;
+        }
+        Ok(PinDir {
+            root: root.to_owned(),
+            version_dir,
+            adopting,
+        })
+    }
+
+    pub fn map_path(&self, map: &str) -> PathBuf {
+        self.version_dir.join("maps").join(map)
+    }
+
+    pub fn link_path(&self, link: &str) -> PathBuf {
+        self.version_dir.join("links").join(link)
+    }
+
+    /// Removes every pin (the caller has closed or is about to close its own fds, after which
+    /// the kernel detaches and frees what nothing else holds).
+    pub fn remove(&self) -> io::Result<()> {
+        fs::remove_dir_all(&self.version_dir)?;
+        match fs::remove_dir(&self.root) {
+            // Someone else's files live there too: leave the directory.
+            Err(e)
+                if e.kind() != io::ErrorKind::NotFound
+                    && e.raw_os_error() != Some(libc::ENOTEMPTY) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs only writes into the zeroed struct we own.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
+}
+
+// The two bpf(2) commands aya 0.14 does not expose for links it did not create.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// Opens a pinned link.
+pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32), ...
+    let mut attr = [0u64; 4];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_OBJ_GET; c_path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically swaps the program behind a link (Linux 5.7+; XDP links 5.9+): enforcement never
+/// stops while the agent is replaced.
+pub fn update_link(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    // union bpf_attr for BPF_LINK_UPDATE: link_fd, new_prog_fd, flags, old_prog_fd (all u32).
+    let mut attr = [0u32; 8];
+    attr[0] = link.as_raw_fd() as u32;
+    attr[1] = program.as_raw_fd() as u32;
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_LINK_UPDATE.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = link.as_fd();
+    Ok(())
+}
