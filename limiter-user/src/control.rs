@@ -16,7 +16,12 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{error::AgentError, limits::LimitTable, listener::LimitSpec, stats::Report};
+use crate::{
+    error::AgentError,
+    limits::LimitTable,
+    listener::{LimitSpec, Listener},
+    stats::Report,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -110,15 +115,15 @@ fn handle(request: Request, table: &Mutex<LimitTable>) -> Response {
                 ..Default::default()
             };
         }
-        Request::Set { limit } => limit.parse::<LimitSpec>().map_err(|e| e).and_then(|spec| {
+        Request::Set { limit } => limit.parse::<LimitSpec>().and_then(|spec| {
             table
                 .set(&spec)
                 .map(|now| format!("limit set: {now}"))
                 .map_err(|e| e.to_string())
         }),
         Request::Unset { listener } => listener
-            .parse()
-            .map_err(|e: crate::listener::ListenerParseError| e.to_string())
+            .parse::<Listener>()
+            .map_err(|e| e.to_string())
             .and_then(|l| {
                 table
                     .unset(&l)

@@ -22,7 +22,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Prints a duration the way `parse` reads it.
 pub fn display(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1_000 == 0 {
+    if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")

@@ -92,12 +92,12 @@ impl LimitTable {
             }
             return Err(fail(format!("writing map {}: {e}", map_names::LISTENERS)));
         }
-        if existing.is_none() {
-            if let Err(e) = self.adjust_port(listener.port(), 1) {
-                let _ = self.maps.listeners.remove(&key);
-                self.free_slots.push(slot);
-                return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
-            }
+        if existing.is_none()
+            && let Err(e) = self.adjust_port(listener.port(), 1)
+        {
+            let _ = self.maps.listeners.remove(&key);
+            self.free_slots.push(slot);
+            return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
         }
         self.configured.insert(
             listener,

@@ -203,10 +203,11 @@ impl FromStr for LimitSpec {
 
 fn parse_limit(limit: &str) -> Result<u32, String> {
     let out_of_range = || format!("limit '{limit}' is out of range: expected 1-{}", u32::MAX);
-    if let Some(digits) = limit.strip_prefix('-') {
-        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(out_of_range());
-        }
+    if let Some(digits) = limit.strip_prefix('-')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(out_of_range());
     }
     if limit.is_empty() || !limit.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("limit '{limit}' is not a whole number"));

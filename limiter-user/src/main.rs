@@ -108,7 +108,17 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
+/// A verifier log can run to thousands of lines; its end says what was rejected.
+const MAX_ERROR_CHARS: usize = 1500;
+
 fn fail(code: u8, message: &str) -> ExitCode {
-    eprintln!("limiter: error: {}", message.replace('\n', " "));
+    let mut message = message.replace('\n', " ");
+    if message.len() > MAX_ERROR_CHARS {
+        let cut = message.len() - MAX_ERROR_CHARS / 2;
+        let cut = (cut..message.len()).find(|i| message.is_char_boundary(*i)).unwrap_or(cut);
+        let head_end = (0..=MAX_ERROR_CHARS / 2).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+        message = format!("{} [...] {}", &message[..head_end], &message[cut..]);
+    }
+    eprintln!("limiter: error: {message}");
     ExitCode::from(code)
 }
