@@ -30,7 +30,8 @@ pub mod map_names {
     pub const SOCKETS: &str = "SOCKETS";
     pub const PACKET_STATS: &str = "PACKET_STATS";
     pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
-    pub const ALL: [&str; 8] = [
+    pub const KEEPALIVE_POLICIES: &str = "KEEPALIVE_POLICIES";
+    pub const ALL: [&str; 9] = [
         LISTENERS,
         PORTS,
         SLOT_USAGE,
@@ -39,6 +40,7 @@ pub mod map_names {
         SOCKETS,
         PACKET_STATS,
         AGENT_CONFIG,
+        KEEPALIVE_POLICIES,
     ];
 }
 
@@ -46,9 +48,13 @@ pub mod map_names {
 pub mod program_names {
     /// XDP: where a SYN is admitted or refused.
     pub const ADMISSION: &str = "admission";
-    /// sock_ops: where the count goes up (established) and down (closed).
+    /// sock_ops: where the count goes up (established) and down (closed), and where keepalive
+    /// is set on connections of processes the agent does not own.
     pub const ACCOUNTING: &str = "accounting";
 }
+
+/// Keepalive policies for connections of unmodified processes (`--keepalive-for`).
+pub const MAX_KEEPALIVE_POLICIES: u32 = 1024;
 
 /// Address family tags used in keys. Not the kernel's `AF_*` values, so that a zeroed key
 /// (family 0) is never mistaken for a real IPv4 key.
@@ -65,6 +71,10 @@ pub mod action {
     pub const DROP: u32 = 0;
     /// Answered from XDP with a RST, so the client fails at once with "connection refused".
     pub const RESET: u32 = 1;
+    /// Proxy mode (Envoy/Gloo semantics): the handshake completes, and the agent's proxy holds
+    /// the connection for `delay-before-close`, then closes it. Admission happens when the
+    /// connection is established (accounting), and a held connection is never counted.
+    pub const CLOSE: u32 = 2;
 }
 
 /// A listener as the kernel programs see it: local address and port.
@@ -127,6 +137,9 @@ pub struct SlotStats {
     pub closed: u64,
     /// Connections that could not be tracked because the socket table was full (not counted).
     pub untracked: u64,
+    /// `close` listeners: connections established over the limit, left for the proxy to hold
+    /// and close (not counted).
+    pub held: u64,
 }
 
 /// A connection's 4-tuple from the server's point of view. The same key is built by XDP (from
@@ -152,6 +165,38 @@ pub struct Pending {
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the first SYN was admitted.
     pub since_ns: u64,
+}
+
+/// Destination of a keepalive policy, as the data of an LPM trie key. The prefix length counts
+/// `family` and `port` (32 bits, always matched) plus the address prefix. `port` 0 is a policy
+/// for every port (looked up second).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeepaliveTarget {
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// Network order, as in [`ListenerKey::addr`].
+    pub addr: [u32; 4],
+}
+
+impl KeepaliveTarget {
+    /// Bits of the LPM key before the address.
+    pub const HEADER_BITS: u32 = 32;
+}
+
+/// What a keepalive policy sets; 0 leaves the kernel's default for that field
+/// (`net.ipv4.tcp_keepalive_time` 7200 s, `_probes` 9, `_intvl` 75 s).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Idle seconds before the first probe (TCP_KEEPIDLE).
+    pub time_secs: u32,
+    /// Seconds between probes (TCP_KEEPINTVL).
+    pub interval_secs: u32,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub probes: u32,
+    pub _pad: u32,
 }
 
 /// Agent-wide settings read by the kernel programs.
@@ -183,7 +228,11 @@ pub mod packet_stat {
     pub const RESET_FELL_BACK_TO_DROP: u32 = 5;
     /// SYNs refused because the handshake table was full.
     pub const PENDING_TABLE_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Outgoing connections given keepalive by a `--keepalive-for` policy.
+    pub const KEEPALIVE_SET: u32 = 7;
+    /// Outgoing connections a policy matched but `bpf_setsockopt` refused.
+    pub const KEEPALIVE_FAILED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]
@@ -198,6 +247,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for AgentConfig {}
+    unsafe impl aya::Pod for KeepaliveTarget {}
+    unsafe impl aya::Pod for KeepaliveConfig {}
 }
 
 #[cfg(test)]
@@ -211,7 +262,9 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(size_of::<ListenerConfig>(), 16);
         assert_eq!(size_of::<SlotUsage>(), 16);
-        assert_eq!(size_of::<SlotStats>(), 64);
+        assert_eq!(size_of::<SlotStats>(), 72);
+        assert_eq!(size_of::<KeepaliveTarget>(), 20);
+        assert_eq!(size_of::<KeepaliveConfig>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<Pending>(), 16);
         assert_eq!(size_of::<AgentConfig>(), 16);

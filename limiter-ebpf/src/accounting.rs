@@ -8,20 +8,22 @@
 //!
 //! Down: when a tagged socket reaches CLOSE (FIN, RST or timeout, whichever side). Deleting the
 //! tag is what makes every decrement match exactly one increment.
+//!
+//! Outgoing connections (ACTIVE_ESTABLISHED) go to [`keepalive`].
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use limiter_common::{FlowKey, family};
+use limiter_common::{FlowKey, action, family};
 
 use crate::{
     atomic::Usage,
-    listeners,
+    keepalive, listeners,
     maps::{AGENT_CONFIG, PENDING, SOCKETS, count_slot},
 };
 
@@ -35,44 +37,65 @@ const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xFF, 0xFF]);
 pub fn accounting(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => keepalive::apply(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(&ctx),
         _ => {}
     }
     1
 }
 
+/// Whether the socket lives in the network namespace the agent enforces in.
 #[inline(always)]
-fn established(ctx: &SockOpsContext) {
+pub fn in_agent_netns(ctx: &SockOpsContext) -> bool {
     let Some(config) = AGENT_CONFIG.get(0) else {
-        return;
+        return false;
     };
     // SAFETY: the helper only reads the socket's network namespace.
     let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
-    if config.netns_cookie == 0 || netns != config.netns_cookie {
+    config.netns_cookie != 0 && netns == config.netns_cookie
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
+    if !in_agent_netns(ctx) {
         return;
     }
     let Some(flow) = flow_of(ctx) else {
         return;
     };
-    let (slot, had_reservation) = match take_reservation(&flow) {
-        Some(slot) => (slot, true),
+    let slot = match take_reservation(&flow) {
+        Some(slot) => slot,
         None => {
             if !listeners::port_is_limited(flow.local_port) {
                 return;
             }
-            match listeners::lookup(flow.family, &flow.local_addr, flow.local_port) {
-                Some(listener) => (listener.slot, false),
-                None => return,
+            let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
+            else {
+                return;
+            };
+            let Some(usage) = Usage::of(listener.slot) else {
+                return;
+            };
+            if listener.action == action::CLOSE {
+                // Proxy mode: admission happens here, with the same atomic reservation XDP
+                // uses. Over the limit the connection is left untagged: the proxy sees that,
+                // holds it for its delay and closes it, and it never counts as active.
+                if !usage.try_reserve(listener.limit) {
+                    count_slot(listener.slot, |s| &mut s.held);
+                    return;
+                }
+            } else {
+                // The SYN crossed no watched interface (e.g. loopback) or its reservation
+                // expired: the kernel holds the connection anyway, so it counts.
+                usage.reserve_unconditionally();
+                count_slot(listener.slot, |s| &mut s.established_unreserved);
             }
+            listener.slot
         }
     };
     let Some(usage) = Usage::of(slot) else {
         return;
     };
-    if !had_reservation {
-        usage.reserve_unconditionally();
-        count_slot(slot, |s| &mut s.established_unreserved);
-    }
     // SAFETY: the helper only reads the socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if SOCKETS.insert(&cookie, &slot, BPF_NOEXIST as u64).is_err() {
@@ -119,7 +142,7 @@ fn take_reservation(flow: &FlowKey) -> Option<u32> {
 /// The connection's 4-tuple as XDP saw it. An IPv4 connection accepted by a dual-stack
 /// (`[::]`) socket shows IPv4-mapped addresses here; it is folded back to IPv4.
 #[inline(always)]
-fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
+pub fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
     let (addr_family, local_addr, remote_addr) = match ctx.family() {
         AF_INET => (family::V4, [ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0]),
         AF_INET6 => {

@@ -37,6 +37,11 @@ pub fn admission(ctx: XdpContext) -> u32 {
     let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port) else {
         return pass(packet_stat::NOT_OURS);
     };
+    // Proxy mode (`close`): every handshake completes; accounting admits or holds the
+    // connection once it is established, and the proxy closes held ones after its delay.
+    if listener.action == action::CLOSE {
+        return pass(packet_stat::SYN_PASSED);
+    }
     // A retransmitted SYN whose first copy holds a slot: neither a second slot nor a refusal.
     if PENDING.get_ptr(flow).is_some() {
         count_slot(listener.slot, |s| &mut s.syn_retransmitted);

@@ -3,7 +3,8 @@
 //! - [`admission`]: XDP on the watched interfaces. A SYN to a limited listener reserves a slot or
 //!   is refused (dropped, or answered with a RST built in [`reset`]).
 //! - [`accounting`]: sock_ops on the cgroup v2 root. The count goes up when the kernel moves a
-//!   connection to ESTABLISHED and down when the socket reaches CLOSE.
+//!   connection to ESTABLISHED and down when the socket reaches CLOSE; [`keepalive`] sets TCP
+//!   keepalive on outgoing connections to selected destinations.
 //!
 //! Both share the maps declared once in [`maps`]; keys and values come from `limiter-common`.
 #![no_std]
@@ -15,6 +16,7 @@
 mod accounting;
 mod admission;
 mod atomic;
+mod keepalive;
 mod listeners;
 mod maps;
 mod packet;

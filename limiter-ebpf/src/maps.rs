@@ -2,11 +2,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use limiter_common::{
-    AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAX_LISTENERS, MAX_PENDING,
-    MAX_TRACKED_SOCKETS, PORT_TABLE_SIZE, Pending, SlotStats, SlotUsage, packet_stat,
+    AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
+    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED_SOCKETS, PORT_TABLE_SIZE,
+    Pending, SlotStats, SlotUsage, packet_stat,
 };
 
 /// Limited listeners and their settings; written only by the agent.
@@ -40,6 +41,11 @@ pub static SOCKETS: HashMap<u64, u32> =
 
 #[map]
 pub static PACKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(packet_stat::COUNT, 0);
+
+/// `--keepalive-for` policies: destination prefix and port → keepalive settings.
+#[map]
+pub static KEEPALIVE_POLICIES: LpmTrie<KeepaliveTarget, KeepaliveConfig> =
+    LpmTrie::with_max_entries(MAX_KEEPALIVE_POLICIES, 0);
 
 #[map]
 pub static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);

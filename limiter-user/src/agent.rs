@@ -12,6 +12,7 @@ use crate::{
     limits::LimitTable,
     pins::PinDir,
     preflight,
+    proxy::{Proxy, ProxySpec, ProxyStats, UpstreamPolicy},
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -24,9 +25,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
+    // Bound before anything is loaded: a port in use is an error that leaves nothing behind.
+    let proxies = bind_proxies(&args)?;
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
-    match enforce(&args, &cgroup, netns_cookie, pins.as_ref(), &control).await {
+    match enforce(&args, &cgroup, netns_cookie, pins.as_ref(), &control, proxies).await {
         Ok(keep) => {
             if let (Some(pins), false) = (&pins, keep) {
                 pins.remove().map_err(|source| AgentError::PinDir {
@@ -47,6 +50,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+fn bind_proxies(args: &RunArgs) -> Result<Vec<Proxy>, AgentError> {
+    let upstream_for = |spec: &ProxySpec| {
+        Arc::new(UpstreamPolicy::new(
+            spec.upstream,
+            args.connect_timeout,
+            args.upstream_keepalive,
+            args.max_upstream_connections,
+        ))
+    };
+    args.proxies
+        .iter()
+        .map(|spec| Proxy::bind(*spec, upstream_for(spec), args.delay_before_close))
+        .collect()
+}
+
+/// What the control socket reads and changes while the agent runs.
+pub struct AgentState {
+    pub table: Arc<Mutex<LimitTable>>,
+    pub proxies: Vec<(String, Arc<ProxyStats>)>,
+}
+
+impl AgentState {
+    pub fn report(&self) -> crate::stats::Report {
+        let mut report = self.table.lock().unwrap_or_else(|p| p.into_inner()).report();
+        report.proxies = self.proxies.iter().map(|(name, stats)| stats.report(name.clone())).collect();
+        report
+    }
+}
+
 fn pins_dir(args: &RunArgs) -> std::path::PathBuf {
     args.pin_dir.clone().unwrap_or_default()
 }
@@ -58,6 +90,7 @@ async fn enforce(
     netns_cookie: u64,
     pins: Option<&PinDir>,
     control: &ControlSocket,
+    proxies: Vec<Proxy>,
 ) -> anyhow::Result<bool> {
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
@@ -82,6 +115,10 @@ async fn enforce(
         let now = table.set(spec)?;
         eprintln!("limiter: limit set: {now}");
     }
+    for (destinations, keepalive) in args.keepalive_policies().map_err(anyhow::Error::msg)? {
+        table.set_keepalive_policy(&destinations, &keepalive)?;
+        eprintln!("limiter: keepalive for connections to {destinations}: {keepalive}");
+    }
     programs.attach_accounting(cgroup, pins)?;
     eprintln!(
         "limiter: counting connections (sock_ops on cgroup {})",
@@ -93,6 +130,15 @@ async fn enforce(
         args.ifaces.join(", ")
     );
     let table = Arc::new(Mutex::new(table));
+    let state = Arc::new(AgentState {
+        table: table.clone(),
+        proxies: proxies.iter().map(|p| (p.spec.to_string(), p.stats.clone())).collect(),
+    });
+    let mut proxy_tasks = tokio::task::JoinSet::new();
+    for proxy in proxies {
+        eprintln!("limiter: proxying {}", proxy.spec);
+        proxy_tasks.spawn(proxy.run(table.clone()));
+    }
 
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(AgentError::syscall("sigaction(SIGINT)"))?;
@@ -111,7 +157,7 @@ async fn enforce(
                 handshake::sweep(&mut table, args.handshake_timeout);
             }
             accepted = control.accept() => match accepted {
-                Ok(stream) => { tokio::spawn(control::serve(stream, table.clone())); }
+                Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }
                 Err(e) => eprintln!("limiter: control socket: accept: {e}"),
             },
         }
@@ -127,6 +173,7 @@ async fn enforce(
             args.ifaces.join(", ")
         );
     }
+    proxy_tasks.abort_all();
     drop(programs);
     Ok(args.keep_pinned)
 }

@@ -5,7 +5,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     duration,
+    keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
+    proxy::ProxySpec,
 };
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/limiter/limiter.sock";
@@ -73,6 +75,37 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
+    /// Run a forwarding proxy on LISTEN to UPSTREAM (repeatable), e.g.
+    /// '[::]:8000=198.18.0.3:1025'. LISTEN is written like a LISTENER (a bare port listens on
+    /// every address of both families); its limit is a --limit like any other.
+    #[arg(long = "proxy", value_name = "LISTEN=UPSTREAM")]
+    pub proxies: Vec<ProxySpec>,
+
+    /// With the close action: how long an over-limit connection is held open before it is closed
+    /// (Gloo's delayBeforeClose, Envoy Gateway's closeDelay). 0 closes at once.
+    #[arg(long, default_value = "0s", value_parser = duration::parse, value_name = "DURATION")]
+    pub delay_before_close: Duration,
+
+    /// TCP keepalive on every proxy upstream socket: time=D,probes=N,interval=D (Istio's
+    /// tcpKeepalive); fields left out keep the OS defaults (7200s, 9, 75s).
+    #[arg(long, value_name = "time=D,probes=N,interval=D")]
+    pub upstream_keepalive: Option<KeepaliveSpec>,
+
+    /// How long the proxy waits for an upstream to accept a connection (Istio's connectTimeout).
+    #[arg(long, default_value = "10s", value_parser = parse_connect_timeout, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Most upstream connections a proxy keeps at once (Istio's maxConnections); beyond it new
+    /// downstream connections are closed at once, nothing is queued. Default: unlimited.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_upstream_connections: Option<u32>,
+
+    /// Keepalive for connections of other processes in this network namespace to CIDR[:PORT]
+    /// (repeatable), set in the kernel when they connect, e.g.
+    /// --keepalive-for 198.18.0.0/15:5432 time=60s,probes=3,interval=5s
+    #[arg(long, num_args = 2, value_names = ["CIDR[:PORT]", "KEEPALIVE"])]
+    pub keepalive_for: Vec<String>,
+
     /// Pin maps and links under this bpffs directory: a restarted agent adopts them with their
     /// counts, and with --keep-pinned (or after SIGKILL) enforcement continues while no agent runs.
     #[arg(long, value_name = "DIR")]
@@ -124,6 +157,14 @@ pub enum XdpAttachMode {
     Generic,
 }
 
+fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = duration::parse(text)?;
+    if timeout.is_zero() {
+        return Err(format!("'{text}' must be more than 0"));
+    }
+    Ok(timeout)
+}
+
 const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -140,6 +181,19 @@ fn parse_handshake_timeout(text: &str) -> Result<Duration, String> {
 }
 
 impl RunArgs {
+    /// `--keepalive-for` pairs, parsed; errors name the flag.
+    pub fn keepalive_policies(&self) -> Result<Vec<(Destinations, KeepaliveSpec)>, String> {
+        self.keepalive_for
+            .chunks(2)
+            .map(|pair| {
+                let (dest, spec) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
+                let destinations = dest.parse::<Destinations>().map_err(|e| format!("--keepalive-for: {e}"))?;
+                let keepalive = spec.parse::<KeepaliveSpec>().map_err(|e| format!("--keepalive-for {dest}: {e}"))?;
+                Ok((destinations, keepalive))
+            })
+            .collect()
+    }
+
     /// Checks that need all flags at once; each error names the flag.
     pub fn validate(&self) -> Result<(), String> {
         for (i, spec) in self.limits.iter().enumerate() {
@@ -153,6 +207,21 @@ impl RunArgs {
                 ));
             }
         }
+        for (i, proxy) in self.proxies.iter().enumerate() {
+            if self.proxies[..i].iter().any(|earlier| earlier.listen == proxy.listen) {
+                return Err(format!("--proxy '{proxy}': {} already has a proxy", proxy.listen));
+            }
+        }
+        for spec in &self.limits {
+            let action = spec.action.unwrap_or(self.over_limit);
+            if action == Action::Close && !self.proxies.iter().any(|p| p.listen == spec.listener) {
+                return Err(format!(
+                    "--limit '{spec}': the close action needs a --proxy listening on {} (without a proxy use drop or reset)",
+                    spec.listener
+                ));
+            }
+        }
+        self.keepalive_policies()?;
         for (i, iface) in self.ifaces.iter().enumerate() {
             if self.ifaces[..i].contains(iface) {
                 return Err(format!("--iface '{iface}': interface is given twice"));
@@ -208,6 +277,19 @@ mod tests {
             run(&["--iface", "eth0"]).unwrap().handshake_timeout,
             Duration::from_secs(3)
         );
+        let proxy = run(&[
+            "--iface", "eth0", "--proxy", "[::]:8000=198.18.0.3:1025", "--limit", "[::]:8000=1",
+            "--over-limit", "close", "--delay-before-close", "2s",
+            "--upstream-keepalive", "time=700s,probes=20,interval=10s",
+            "--connect-timeout", "10s", "--max-upstream-connections", "100",
+            "--keepalive-for", "198.18.0.0/15:5432", "time=60s,probes=3,interval=5s",
+        ])
+        .unwrap();
+        assert_eq!(proxy.delay_before_close, Duration::from_secs(2));
+        assert_eq!(proxy.max_upstream_connections, Some(100));
+        let policies = proxy.keepalive_policies().unwrap();
+        assert_eq!(policies[0].0.to_string(), "198.18.0.0/15:5432");
+        assert_eq!(policies[0].1.probes, Some(3));
     }
 
     #[test]
@@ -227,6 +309,13 @@ mod tests {
                 "--handshake-timeout",
             ),
             (&["--limit", "8000=1"][..], "--iface"),
+            (&["--iface", "eth0", "--limit", "8000=1:close"][..], "needs a --proxy"),
+            (&["--iface", "eth0", "--proxy", "8000=198.18.0.3:1", "--proxy", "8000=198.18.0.4:1"][..], "already has a proxy"),
+            (&["--iface", "eth0", "--keepalive-for", "198.18.0.0/15:5432", "time=0s"][..], "--keepalive-for"),
+            (&["--iface", "eth0", "--keepalive-for", "198.18.0.0:5432", "time=5s"][..], "--keepalive-for"),
+            (&["--iface", "eth0", "--upstream-keepalive", "probes=0"][..], "--upstream-keepalive"),
+            (&["--iface", "eth0", "--connect-timeout", "0s"][..], "--connect-timeout"),
+            (&["--iface", "eth0", "--max-upstream-connections", "0"][..], "--max-upstream-connections"),
         ] {
             let err = run(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -5,7 +5,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,8 +17,8 @@ use tokio::{
 };
 
 use crate::{
+    agent::AgentState,
     error::AgentError,
-    limits::LimitTable,
     listener::{LimitSpec, Listener},
     stats::Report,
 };
@@ -85,7 +85,7 @@ impl Drop for ControlSocket {
 }
 
 /// Serves one client connection: one request, one response.
-pub async fn serve(stream: UnixStream, table: Arc<Mutex<LimitTable>>) {
+pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read);
@@ -93,7 +93,7 @@ pub async fn serve(stream: UnixStream, table: Arc<Mutex<LimitTable>>) {
         return;
     }
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, &table),
+        Ok(request) => handle(request, &state),
         Err(e) => Response {
             error: Some(format!("bad request: {e}")),
             ..Default::default()
@@ -104,45 +104,28 @@ pub async fn serve(stream: UnixStream, table: Arc<Mutex<LimitTable>>) {
     let _ = write.write_all(out.as_bytes()).await;
 }
 
-fn handle(request: Request, table: &Mutex<LimitTable>) -> Response {
-    let mut table = table
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+fn handle(request: Request, state: &AgentState) -> Response {
+    let mut table = state.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = match request {
         Request::Stats => {
-            return Response {
-                report: Some(table.report()),
-                ..Default::default()
-            };
+            drop(table);
+            return Response { report: Some(state.report()), ..Default::default() };
         }
         Request::Set { limit } => limit.parse::<LimitSpec>().and_then(|spec| {
-            table
-                .set(&spec)
-                .map(|now| format!("limit set: {now}"))
-                .map_err(|e| e.to_string())
+            table.set(&spec).map(|now| format!("limit set: {now}")).map_err(|e| e.to_string())
         }),
-        Request::Unset { listener } => listener
-            .parse::<Listener>()
-            .map_err(|e| e.to_string())
-            .and_then(|l| {
-                table
-                    .unset(&l)
-                    .map(|()| format!("limit removed: {l}"))
-                    .map_err(|e| e.to_string())
-            }),
+        Request::Unset { listener } => {
+            listener.parse::<Listener>().map_err(|e| e.to_string()).and_then(|l| {
+                table.unset(&l).map(|()| format!("limit removed: {l}")).map_err(|e| e.to_string())
+            })
+        }
     };
     match result {
         Ok(message) => {
             eprintln!("limiter: {message}");
-            Response {
-                message: Some(message),
-                ..Default::default()
-            }
+            Response { message: Some(message), ..Default::default() }
         }
-        Err(error) => Response {
-            error: Some(error),
-            ..Default::default()
-        },
+        Err(error) => Response { error: Some(error), ..Default::default() },
     }
 }
 

@@ -79,6 +79,12 @@ pub enum AgentError {
     #[error("--pin-dir: {what}: {source}")]
     Pin { what: String, source: io::Error },
 
+    #[error("--proxy {spec}: cannot listen: {source}")]
+    ProxyBind { spec: String, source: io::Error },
+
+    #[error("--keepalive-for {destinations}: {reason}")]
+    KeepalivePolicy { destinations: String, reason: String },
+
     #[error("listener {listener}: {reason}")]
     Listener { listener: String, reason: String },
 }

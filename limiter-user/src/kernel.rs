@@ -9,15 +9,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
         CgroupAttachMode, SockOps, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
 use limiter_common::{
-    AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotStats,
-    map_names, program_names,
+    AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
+    MAP_LAYOUT_VERSION, Pending, SlotStats, map_names, program_names,
 };
 
 use crate::{
@@ -35,6 +35,9 @@ pub struct Maps {
     pub slot_stats: PerCpuArray<MapData, SlotStats>,
     pub packet_stats: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, FlowKey, Pending>,
+    /// Counted sockets by cookie: how the proxy tells an admitted connection from a held one.
+    pub sockets: HashMap<MapData, u64, u32>,
+    pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
 }
 
@@ -122,6 +125,8 @@ pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps)
         slot_stats: take(&mut ebpf, map_names::SLOT_STATS)?,
         packet_stats: take(&mut ebpf, map_names::PACKET_STATS)?,
         pending: take(&mut ebpf, map_names::PENDING)?,
+        sockets: take(&mut ebpf, map_names::SOCKETS)?,
+        keepalive: take(&mut ebpf, map_names::KEEPALIVE_POLICIES)?,
         usage,
     };
     Ok((

@@ -12,11 +12,13 @@ pub mod control;
 pub mod duration;
 pub mod error;
 pub mod handshake;
+pub mod keepalive;
 pub mod kernel;
 pub mod limits;
 pub mod listener;
 pub mod pins;
 pub mod preflight;
+pub mod proxy;
 pub mod stats;
 pub mod usage;
 

@@ -204,6 +204,37 @@ impl LimitTable {
         self.configured.keys().copied().collect()
     }
 
+    /// The over-limit action for a local address, with the kernel's precedence: exact address,
+    /// then the family's wildcard, then the bare port.
+    pub fn action_for(&self, ip: std::net::IpAddr, port: u16) -> Option<Action> {
+        let wildcard = match ip {
+            std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        [Listener::Address(ip, port), Listener::Address(wildcard, port), Listener::AnyAddress(port)]
+            .iter()
+            .find_map(|l| self.configured.get(l))
+            .map(|limit| limit.action)
+    }
+
+    /// Whether the kernel counted the connection with this socket cookie.
+    pub fn is_counted(&self, cookie: u64) -> bool {
+        self.maps.sockets.get(&cookie, 0).is_ok()
+    }
+
+    pub fn set_keepalive_policy(
+        &mut self,
+        destinations: &crate::keepalive::Destinations,
+        spec: &crate::keepalive::KeepaliveSpec,
+    ) -> Result<(), AgentError> {
+        self.maps.keepalive.insert(&destinations.key(), spec.to_kernel(), 0).map_err(|e| {
+            AgentError::KeepalivePolicy {
+                destinations: destinations.to_string(),
+                reason: format!("writing map {}: {e}", map_names::KEEPALIVE_POLICIES),
+            }
+        })
+    }
+
     pub fn listeners(&self) -> Vec<Listener> {
         self.configured.keys().copied().collect()
     }
@@ -234,12 +265,14 @@ impl LimitTable {
                     handshake_timeout_total: self.handshake_timeouts[limit.slot as usize],
                     unreserved_total: stats.established_unreserved,
                     untracked_total: stats.untracked,
+                    held_total: stats.held,
                 }
             })
             .collect();
         Report {
             listeners,
             packets: PacketReport::from_counters(|i| self.packet_stat(i)),
+            proxies: Vec::new(),
         }
     }
 
@@ -256,6 +289,7 @@ impl LimitTable {
             sum.established_unreserved += cpu.established_unreserved;
             sum.closed += cpu.closed;
             sum.untracked += cpu.untracked;
+            sum.held += cpu.held;
             sum
         })
     }

@@ -131,6 +131,9 @@ pub enum Action {
     Drop,
     /// Answer with a RST from XDP; the client fails at once with "connection refused".
     Reset,
+    /// Proxy mode only: accept, hold for --delay-before-close, then close (Envoy/Gloo
+    /// semantics); held connections do not count as active.
+    Close,
 }
 
 impl Action {
@@ -138,14 +141,15 @@ impl Action {
         match self {
             Action::Drop => action::DROP,
             Action::Reset => action::RESET,
+            Action::Close => action::CLOSE,
         }
     }
 
     pub fn from_kernel(action: u32) -> Self {
-        if action == action::RESET {
-            Action::Reset
-        } else {
-            Action::Drop
+        match action {
+            action::RESET => Action::Reset,
+            action::CLOSE => Action::Close,
+            _ => Action::Drop,
         }
     }
 
@@ -153,6 +157,7 @@ impl Action {
         match self {
             Action::Drop => "drop",
             Action::Reset => "reset",
+            Action::Close => "close",
         }
     }
 }
@@ -164,8 +169,9 @@ impl FromStr for Action {
         match s {
             "drop" => Ok(Action::Drop),
             "reset" => Ok(Action::Reset),
+            "close" => Ok(Action::Close),
             other => Err(format!(
-                "'{other}' is not an over-limit action: expected drop or reset"
+                "'{other}' is not an over-limit action: expected drop, reset or close"
             )),
         }
     }

@@ -49,10 +49,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => {
             match control::request(&args.control.control_socket, &Request::Stats) {
                 Ok(response) => {
-                    let report: Report = response.report.unwrap_or_else(|| Report {
-                        listeners: vec![],
-                        packets: Default::default(),
-                    });
+                    let report: Report = response.report.unwrap_or_default();
                     if args.json {
                         println!("{}", serde_json::to_string(&report).unwrap_or_default());
                     } else {

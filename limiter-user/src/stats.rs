@@ -2,13 +2,15 @@
 //! JSON object (`--json`) or an aligned table.
 use serde::{Deserialize, Serialize};
 
-use crate::listener::Action;
+use crate::{listener::Action, proxy::stats::ProxyReport};
 use limiter_common::packet_stat;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Report {
     pub listeners: Vec<ListenerReport>,
     pub packets: PacketReport,
+    #[serde(default)]
+    pub proxies: Vec<ProxyReport>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +34,10 @@ pub struct ListenerReport {
     pub unreserved_total: u64,
     /// Connections the socket table had no room for (not counted).
     pub untracked_total: u64,
+    /// `close` listeners: connections established over the limit and left to the proxy to hold
+    /// and close (never counted as active).
+    #[serde(default)]
+    pub held_total: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +49,10 @@ pub struct PacketReport {
     pub syn_refused_total: u64,
     pub reset_fallback_drop_total: u64,
     pub pending_full_total: u64,
+    #[serde(default)]
+    pub keepalive_set_total: u64,
+    #[serde(default)]
+    pub keepalive_failed_total: u64,
 }
 
 impl PacketReport {
@@ -55,6 +65,8 @@ impl PacketReport {
             syn_refused_total: counter(packet_stat::SYN_REFUSED),
             reset_fallback_drop_total: counter(packet_stat::RESET_FELL_BACK_TO_DROP),
             pending_full_total: counter(packet_stat::PENDING_TABLE_FULL),
+            keepalive_set_total: counter(packet_stat::KEEPALIVE_SET),
+            keepalive_failed_total: counter(packet_stat::KEEPALIVE_FAILED),
         }
     }
 }
@@ -111,6 +123,18 @@ impl Report {
             p.syn_passed_total,
             p.syn_refused_total
         ));
+        for proxy in &self.proxies {
+            out.push_str(&format!(
+                "proxy {}: active {}, held {}, upstream failures {}, timeouts {}, overflow {}, keepalive deaths {}\n",
+                proxy.proxy,
+                proxy.active,
+                proxy.held,
+                proxy.upstream_connect_failures_total,
+                proxy.upstream_connect_timeouts_total,
+                proxy.upstream_overflow_total,
+                proxy.upstream_keepalive_deaths_total
+            ));
+        }
         out
     }
 }
@@ -134,6 +158,7 @@ mod tests {
             handshake_timeout_total: 0,
             unreserved_total: 0,
             untracked_total: 0,
+            held_total: 0,
         }
     }
 
@@ -145,6 +170,7 @@ mod tests {
                 listener("[fd00:1e:57::1]:443", 1000, 1000),
             ],
             packets: PacketReport::default(),
+            proxies: vec![],
         };
         let table = report.render_table();
         let lines: Vec<&str> = table.lines().collect();
@@ -162,6 +188,7 @@ mod tests {
         let report = Report {
             listeners: vec![listener("8000", 10, 5)],
             packets: PacketReport::default(),
+            proxies: vec![],
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         let l = &json["listeners"][0];

@@ -1,0 +1,211 @@
+//! The forwarding proxy (`--proxy LISTEN=UPSTREAM`), as a Gloo TCP gateway or an Envoy Gateway
+//! listener runs it: accept, connect upstream, copy both ways.
+//!
+//! Its listener is limited by the kernel programs like any other. With the `close` action the
+//! kernel admits or holds each connection when it is established; the proxy asks the kernel
+//! which (is the socket tagged as counted?), and holds an over-limit connection for
+//! `--delay-before-close` before closing it, passing no bytes upstream (Envoy's
+//! `connection_limit` behaviour, except that held connections never count as active).
+pub mod copy;
+pub mod stats;
+pub mod upstream;
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::AsyncReadExt as _,
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    error::AgentError,
+    limits::LimitTable,
+    listener::{Action, Listener},
+};
+
+pub use stats::ProxyStats;
+pub use upstream::UpstreamPolicy;
+
+/// `LISTEN=UPSTREAM`: `[::]:8000=198.18.0.3:1025`, `8000=[fd00::3]:1025`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxySpec {
+    pub listen: Listener,
+    pub upstream: SocketAddr,
+}
+
+impl FromStr for ProxySpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (listen, upstream) = text
+            .split_once('=')
+            .ok_or_else(|| format!("'{text}' is not LISTEN=UPSTREAM (e.g. '[::]:8000=198.18.0.3:1025')"))?;
+        let listen = listen.parse::<Listener>().map_err(|e| e.to_string())?;
+        let upstream = upstream
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("'{upstream}' is not an upstream IP:PORT or [IPv6]:PORT"))?;
+        if upstream.port() == 0 {
+            return Err(format!("'{upstream}': upstream port must be 1-65535"));
+        }
+        Ok(ProxySpec { listen, upstream })
+    }
+}
+
+impl fmt::Display for ProxySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.listen, self.upstream)
+    }
+}
+
+impl ProxySpec {
+    /// Where to bind: a bare port listens on every address of both families (`[::]`,
+    /// dual-stack).
+    pub fn bind_addr(&self) -> SocketAddr {
+        match self.listen {
+            Listener::AnyAddress(port) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            Listener::Address(ip, port) => SocketAddr::new(ip, port),
+        }
+    }
+}
+
+/// One running proxy.
+pub struct Proxy {
+    pub spec: ProxySpec,
+    pub stats: Arc<ProxyStats>,
+    listener: TcpListener,
+    upstream: Arc<UpstreamPolicy>,
+    delay_before_close: Duration,
+}
+
+impl Proxy {
+    pub fn bind(spec: ProxySpec, upstream: Arc<UpstreamPolicy>, delay_before_close: Duration) -> Result<Self, AgentError> {
+        let addr = spec.bind_addr();
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let listener = socket
+            .and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(addr)?;
+                s.listen(1024)
+            })
+            .map_err(|source| AgentError::ProxyBind { spec: spec.to_string(), source })?;
+        Ok(Proxy { spec, stats: Arc::new(ProxyStats::default()), listener, upstream, delay_before_close })
+    }
+
+    pub async fn run(self, table: Arc<Mutex<LimitTable>>) {
+        let this = Arc::new(self);
+        loop {
+            let (stream, _) = match this.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("limiter: proxy {}: accept: {e}", this.spec);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let held = is_held(&stream, &table);
+            let this = this.clone();
+            tokio::spawn(async move {
+                if held {
+                    this.hold(stream).await;
+                } else {
+                    this.forward(stream).await;
+                }
+            });
+        }
+    }
+
+    async fn forward(&self, downstream: TcpStream) {
+        let stats = &self.stats;
+        stats.accepted_total.inc();
+        let Some(upstream) = self.upstream.connect(stats).await else {
+            // Counted by `connect`; dropping the downstream closes it at once.
+            return;
+        };
+        stats.active.inc();
+        let result = copy::splice(downstream, upstream.stream, stats).await;
+        stats.active.dec();
+        if let Err(copy::SpliceError { side: copy::Side::Upstream, error }) = &result
+            && error.kind() == std::io::ErrorKind::TimedOut
+        {
+            // The kernel gave up on the upstream: keepalive probes (or retransmissions) went
+            // unanswered. Both sides are closed by now.
+            stats.upstream_keepalive_deaths_total.inc();
+        }
+    }
+
+    /// Over the limit (`close`): accept, pass nothing upstream, close after the delay.
+    async fn hold(&self, mut downstream: TcpStream) {
+        let stats = &self.stats;
+        stats.held.inc();
+        stats.held_total.inc();
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(self.delay_before_close, async {
+            // Swallow whatever the client sends (like Envoy) until the delay is over or it
+            // goes away.
+            while matches!(downstream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        stats.held.dec();
+    }
+}
+
+/// Whether the kernel held (did not count) this connection: only for listeners whose action is
+/// `close`; any other accepted connection was admitted.
+fn is_held(stream: &TcpStream, table: &Mutex<LimitTable>) -> bool {
+    let Ok(local) = stream.local_addr() else {
+        return false;
+    };
+    let table = table.lock().unwrap_or_else(|p| p.into_inner());
+    match table.action_for(local.ip().to_canonical(), local.port()) {
+        Some(Action::Close) => match socket_cookie(stream) {
+            Ok(cookie) => !table.is_counted(cookie),
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+fn socket_cookie(stream: &TcpStream) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    const SO_COOKIE: libc::c_int = 57;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, SO_COOKIE, (&raw mut cookie).cast(), &mut len)
+    };
+    if rc == 0 { Ok(cookie) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_specs() {
+        let spec: ProxySpec = "[::]:8000=198.18.0.3:1025".parse().unwrap();
+        assert_eq!(spec.bind_addr(), "[::]:8000".parse().unwrap());
+        assert_eq!(spec.to_string(), "[::]:8000=198.18.0.3:1025");
+        let bare: ProxySpec = "8000=[fd00:1e:57::3]:1025".parse().unwrap();
+        assert_eq!(bare.bind_addr(), "[::]:8000".parse().unwrap());
+        for (bad, needle) in [
+            ("8000", "LISTEN=UPSTREAM"),
+            ("8000=198.18.0.3", "upstream IP:PORT"),
+            ("8000=example.com:80", "upstream IP:PORT"),
+            ("8000=198.18.0.3:0", "1-65535"),
+            ("x=198.18.0.3:1", "not a listener"),
+        ] {
+            let err = bad.parse::<ProxySpec>().unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+}
