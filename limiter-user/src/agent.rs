@@ -29,7 +29,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let proxies = bind_proxies(&args)?;
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
-    match enforce(&args, &cgroup, netns_cookie, pins.as_ref(), &control, proxies).await {
+    match enforce(
+        &args,
+        &cgroup,
+        netns_cookie,
+        pins.as_ref(),
+        &control,
+        proxies,
+    )
+    .await
+    {
         Ok(keep) => {
             if let (Some(pins), false) = (&pins, keep) {
                 pins.remove().map_err(|source| AgentError::PinDir {
@@ -73,8 +82,16 @@ pub struct AgentState {
 
 impl AgentState {
     pub fn report(&self) -> crate::stats::Report {
-        let mut report = self.table.lock().unwrap_or_else(|p| p.into_inner()).report();
-        report.proxies = self.proxies.iter().map(|(name, stats)| stats.report(name.clone())).collect();
+        let mut report = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report();
+        report.proxies = self
+            .proxies
+            .iter()
+            .map(|(name, stats)| stats.report(name.clone()))
+            .collect();
         report
     }
 }
@@ -132,7 +149,10 @@ async fn enforce(
     let table = Arc::new(Mutex::new(table));
     let state = Arc::new(AgentState {
         table: table.clone(),
-        proxies: proxies.iter().map(|p| (p.spec.to_string(), p.stats.clone())).collect(),
+        proxies: proxies
+            .iter()
+            .map(|p| (p.spec.to_string(), p.stats.clone()))
+            .collect(),
     });
     let mut proxy_tasks = tokio::task::JoinSet::new();
     for proxy in proxies {

@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to interfaces and enforce limits until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print live numbers from the running agent.
     Stats(StatsArgs),
     /// Add or change a limit on the running agent (no reload, established connections untouched).
@@ -187,8 +187,12 @@ impl RunArgs {
             .chunks(2)
             .map(|pair| {
                 let (dest, spec) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
-                let destinations = dest.parse::<Destinations>().map_err(|e| format!("--keepalive-for: {e}"))?;
-                let keepalive = spec.parse::<KeepaliveSpec>().map_err(|e| format!("--keepalive-for {dest}: {e}"))?;
+                let destinations = dest
+                    .parse::<Destinations>()
+                    .map_err(|e| format!("--keepalive-for: {e}"))?;
+                let keepalive = spec
+                    .parse::<KeepaliveSpec>()
+                    .map_err(|e| format!("--keepalive-for {dest}: {e}"))?;
                 Ok((destinations, keepalive))
             })
             .collect()
@@ -208,8 +212,14 @@ impl RunArgs {
             }
         }
         for (i, proxy) in self.proxies.iter().enumerate() {
-            if self.proxies[..i].iter().any(|earlier| earlier.listen == proxy.listen) {
-                return Err(format!("--proxy '{proxy}': {} already has a proxy", proxy.listen));
+            if self.proxies[..i]
+                .iter()
+                .any(|earlier| earlier.listen == proxy.listen)
+            {
+                return Err(format!(
+                    "--proxy '{proxy}': {} already has a proxy",
+                    proxy.listen
+                ));
             }
         }
         for spec in &self.limits {
@@ -244,7 +254,7 @@ mod tests {
             unreachable!()
         };
         run.validate()?;
-        Ok(run)
+        Ok(*run)
     }
 
     #[test]
@@ -278,11 +288,25 @@ mod tests {
             Duration::from_secs(3)
         );
         let proxy = run(&[
-            "--iface", "eth0", "--proxy", "[::]:8000=198.18.0.3:1025", "--limit", "[::]:8000=1",
-            "--over-limit", "close", "--delay-before-close", "2s",
-            "--upstream-keepalive", "time=700s,probes=20,interval=10s",
-            "--connect-timeout", "10s", "--max-upstream-connections", "100",
-            "--keepalive-for", "198.18.0.0/15:5432", "time=60s,probes=3,interval=5s",
+            "--iface",
+            "eth0",
+            "--proxy",
+            "[::]:8000=198.18.0.3:1025",
+            "--limit",
+            "[::]:8000=1",
+            "--over-limit",
+            "close",
+            "--delay-before-close",
+            "2s",
+            "--upstream-keepalive",
+            "time=700s,probes=20,interval=10s",
+            "--connect-timeout",
+            "10s",
+            "--max-upstream-connections",
+            "100",
+            "--keepalive-for",
+            "198.18.0.0/15:5432",
+            "time=60s,probes=3,interval=5s",
         ])
         .unwrap();
         assert_eq!(proxy.delay_before_close, Duration::from_secs(2));
@@ -309,13 +333,53 @@ mod tests {
                 "--handshake-timeout",
             ),
             (&["--limit", "8000=1"][..], "--iface"),
-            (&["--iface", "eth0", "--limit", "8000=1:close"][..], "needs a --proxy"),
-            (&["--iface", "eth0", "--proxy", "8000=198.18.0.3:1", "--proxy", "8000=198.18.0.4:1"][..], "already has a proxy"),
-            (&["--iface", "eth0", "--keepalive-for", "198.18.0.0/15:5432", "time=0s"][..], "--keepalive-for"),
-            (&["--iface", "eth0", "--keepalive-for", "198.18.0.0:5432", "time=5s"][..], "--keepalive-for"),
-            (&["--iface", "eth0", "--upstream-keepalive", "probes=0"][..], "--upstream-keepalive"),
-            (&["--iface", "eth0", "--connect-timeout", "0s"][..], "--connect-timeout"),
-            (&["--iface", "eth0", "--max-upstream-connections", "0"][..], "--max-upstream-connections"),
+            (
+                &["--iface", "eth0", "--limit", "8000=1:close"][..],
+                "needs a --proxy",
+            ),
+            (
+                &[
+                    "--iface",
+                    "eth0",
+                    "--proxy",
+                    "8000=198.18.0.3:1",
+                    "--proxy",
+                    "8000=198.18.0.4:1",
+                ][..],
+                "already has a proxy",
+            ),
+            (
+                &[
+                    "--iface",
+                    "eth0",
+                    "--keepalive-for",
+                    "198.18.0.0/15:5432",
+                    "time=0s",
+                ][..],
+                "--keepalive-for",
+            ),
+            (
+                &[
+                    "--iface",
+                    "eth0",
+                    "--keepalive-for",
+                    "198.18.0.0:5432",
+                    "time=5s",
+                ][..],
+                "--keepalive-for",
+            ),
+            (
+                &["--iface", "eth0", "--upstream-keepalive", "probes=0"][..],
+                "--upstream-keepalive",
+            ),
+            (
+                &["--iface", "eth0", "--connect-timeout", "0s"][..],
+                "--connect-timeout",
+            ),
+            (
+                &["--iface", "eth0", "--max-upstream-connections", "0"][..],
+                "--max-upstream-connections",
+            ),
         ] {
             let err = run(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -105,27 +105,46 @@ pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
 }
 
 fn handle(request: Request, state: &AgentState) -> Response {
-    let mut table = state.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut table = state
+        .table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = match request {
         Request::Stats => {
             drop(table);
-            return Response { report: Some(state.report()), ..Default::default() };
+            return Response {
+                report: Some(state.report()),
+                ..Default::default()
+            };
         }
         Request::Set { limit } => limit.parse::<LimitSpec>().and_then(|spec| {
-            table.set(&spec).map(|now| format!("limit set: {now}")).map_err(|e| e.to_string())
+            table
+                .set(&spec)
+                .map(|now| format!("limit set: {now}"))
+                .map_err(|e| e.to_string())
         }),
-        Request::Unset { listener } => {
-            listener.parse::<Listener>().map_err(|e| e.to_string()).and_then(|l| {
-                table.unset(&l).map(|()| format!("limit removed: {l}")).map_err(|e| e.to_string())
-            })
-        }
+        Request::Unset { listener } => listener
+            .parse::<Listener>()
+            .map_err(|e| e.to_string())
+            .and_then(|l| {
+                table
+                    .unset(&l)
+                    .map(|()| format!("limit removed: {l}"))
+                    .map_err(|e| e.to_string())
+            }),
     };
     match result {
         Ok(message) => {
             eprintln!("limiter: {message}");
-            Response { message: Some(message), ..Default::default() }
+            Response {
+                message: Some(message),
+                ..Default::default()
+            }
         }
-        Err(error) => Response { error: Some(error), ..Default::default() },
+        Err(error) => Response {
+            error: Some(error),
+            ..Default::default()
+        },
     }
 }
 

@@ -83,7 +83,10 @@ pub enum AgentError {
     ProxyBind { spec: String, source: io::Error },
 
     #[error("--keepalive-for {destinations}: {reason}")]
-    KeepalivePolicy { destinations: String, reason: String },
+    KeepalivePolicy {
+        destinations: String,
+        reason: String,
+    },
 
     #[error("listener {listener}: {reason}")]
     Listener { listener: String, reason: String },

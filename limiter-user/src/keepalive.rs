@@ -37,9 +37,9 @@ impl FromStr for KeepaliveSpec {
             return Err("empty keepalive: expected e.g. time=700s,probes=20,interval=10s".into());
         }
         for field in text.split(',') {
-            let (name, value) = field
-                .split_once('=')
-                .ok_or_else(|| format!("'{field}' is not NAME=VALUE (time=, probes=, interval=)"))?;
+            let (name, value) = field.split_once('=').ok_or_else(|| {
+                format!("'{field}' is not NAME=VALUE (time=, probes=, interval=)")
+            })?;
             match name {
                 "time" => spec.time = Some(seconds(name, value)?),
                 "interval" => spec.interval = Some(seconds(name, value)?),
@@ -48,11 +48,17 @@ impl FromStr for KeepaliveSpec {
                         .parse()
                         .map_err(|_| format!("probes '{value}' is not a whole number"))?;
                     if !(1..=MAX_KEEPALIVE_PROBES).contains(&probes) {
-                        return Err(format!("probes {probes} is out of range: expected 1-{MAX_KEEPALIVE_PROBES}"));
+                        return Err(format!(
+                            "probes {probes} is out of range: expected 1-{MAX_KEEPALIVE_PROBES}"
+                        ));
                     }
                     spec.probes = Some(probes);
                 }
-                other => return Err(format!("unknown keepalive field '{other}': expected time, probes or interval")),
+                other => {
+                    return Err(format!(
+                        "unknown keepalive field '{other}': expected time, probes or interval"
+                    ));
+                }
             }
         }
         Ok(spec)
@@ -63,7 +69,9 @@ impl FromStr for KeepaliveSpec {
 fn seconds(name: &str, value: &str) -> Result<Duration, String> {
     let d = duration::parse(value).map_err(|e| format!("{name}: {e}"))?;
     if d < Duration::from_secs(1) || d.subsec_nanos() != 0 || d.as_secs() > MAX_KEEPALIVE_SECS {
-        return Err(format!("{name} '{value}' must be whole seconds from 1s to {MAX_KEEPALIVE_SECS}s"));
+        return Err(format!(
+            "{name} '{value}' must be whole seconds from 1s to {MAX_KEEPALIVE_SECS}s"
+        ));
     }
     Ok(d)
 }
@@ -124,7 +132,8 @@ impl FromStr for Destinations {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{text}' is not CIDR[:PORT] (e.g. 198.18.0.0/15:5432 or [fd00::/8]:5432)");
+        let bad =
+            || format!("'{text}' is not CIDR[:PORT] (e.g. 198.18.0.0/15:5432 or [fd00::/8]:5432)");
         let (cidr, port) = if let Some(rest) = text.strip_prefix('[') {
             let (cidr, port) = rest.split_once("]:").ok_or_else(bad)?;
             (cidr, Some(port))
@@ -139,17 +148,24 @@ impl FromStr for Destinations {
         let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
         let network: IpAddr = addr.parse().map_err(|_| bad())?;
         let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix_len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| {
-            format!("'{text}' has an invalid prefix length: expected 0-{max}")
-        })?;
+        let prefix_len: u8 =
+            len.parse().ok().filter(|l| *l <= max).ok_or_else(|| {
+                format!("'{text}' has an invalid prefix length: expected 0-{max}")
+            })?;
         let port = match port {
             None => 0,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                format!("'{text}' has an invalid port: expected 1-65535")
-            })?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("'{text}' has an invalid port: expected 1-65535"))?,
         };
         let network = mask(network, prefix_len);
-        Ok(Destinations { network, prefix_len, port })
+        Ok(Destinations {
+            network,
+            prefix_len,
+            port,
+        })
     }
 }
 
@@ -173,11 +189,18 @@ impl Destinations {
         let listener = Listener::Address(self.network, self.port);
         let key = listener.key();
         let target = KeepaliveTarget {
-            family: if self.network.is_ipv4() { family::V4 } else { family::V6 },
+            family: if self.network.is_ipv4() {
+                family::V4
+            } else {
+                family::V6
+            },
             port: self.port,
             addr: key.addr,
         };
-        aya::maps::lpm_trie::Key::new(KeepaliveTarget::HEADER_BITS + self.prefix_len as u32, target)
+        aya::maps::lpm_trie::Key::new(
+            KeepaliveTarget::HEADER_BITS + self.prefix_len as u32,
+            target,
+        )
     }
 }
 
@@ -204,7 +227,15 @@ mod tests {
         assert_eq!(spec.interval, Some(Duration::from_secs(10)));
         assert_eq!(spec.to_string(), "time=700s,probes=20,interval=10s");
         let partial: KeepaliveSpec = "time=60s".parse().unwrap();
-        assert_eq!(partial.to_kernel(), KeepaliveConfig { time_secs: 60, interval_secs: 0, probes: 0, _pad: 0 });
+        assert_eq!(
+            partial.to_kernel(),
+            KeepaliveConfig {
+                time_secs: 60,
+                interval_secs: 0,
+                probes: 0,
+                _pad: 0
+            }
+        );
     }
 
     #[test]
@@ -234,7 +265,13 @@ mod tests {
         let v6: Destinations = "[fd00:1e:57::/48]:5432".parse().unwrap();
         assert_eq!(v6.to_string(), "[fd00:1e:57::/48]:5432");
         assert_eq!(v6.key().prefix_len(), 32 + 48);
-        for bad in ["198.18.0.0", "198.18.0.0/33", "1.2.3.4/8:0", "[fd00::/48]", "x/8"] {
+        for bad in [
+            "198.18.0.0",
+            "198.18.0.0/33",
+            "1.2.3.4/8:0",
+            "[fd00::/48]",
+            "x/8",
+        ] {
             assert!(bad.parse::<Destinations>().is_err(), "{bad}");
         }
     }

@@ -211,10 +211,14 @@ impl LimitTable {
             std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         };
-        [Listener::Address(ip, port), Listener::Address(wildcard, port), Listener::AnyAddress(port)]
-            .iter()
-            .find_map(|l| self.configured.get(l))
-            .map(|limit| limit.action)
+        [
+            Listener::Address(ip, port),
+            Listener::Address(wildcard, port),
+            Listener::AnyAddress(port),
+        ]
+        .iter()
+        .find_map(|l| self.configured.get(l))
+        .map(|limit| limit.action)
     }
 
     /// Whether the kernel counted the connection with this socket cookie.
@@ -227,12 +231,13 @@ impl LimitTable {
         destinations: &crate::keepalive::Destinations,
         spec: &crate::keepalive::KeepaliveSpec,
     ) -> Result<(), AgentError> {
-        self.maps.keepalive.insert(&destinations.key(), spec.to_kernel(), 0).map_err(|e| {
-            AgentError::KeepalivePolicy {
+        self.maps
+            .keepalive
+            .insert(&destinations.key(), spec.to_kernel(), 0)
+            .map_err(|e| AgentError::KeepalivePolicy {
                 destinations: destinations.to_string(),
                 reason: format!("writing map {}: {e}", map_names::KEEPALIVE_POLICIES),
-            }
-        })
+            })
     }
 
     pub fn listeners(&self) -> Vec<Listener> {

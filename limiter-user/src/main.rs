@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(EXIT_RUNTIME, &format!("starting the async runtime: {e}")),
             };
-            match runtime.block_on(agent::run(args)) {
+            match runtime.block_on(agent::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
             }
@@ -112,8 +112,13 @@ fn fail(code: u8, message: &str) -> ExitCode {
     let mut message = message.replace('\n', " ");
     if message.len() > MAX_ERROR_CHARS {
         let cut = message.len() - MAX_ERROR_CHARS / 2;
-        let cut = (cut..message.len()).find(|i| message.is_char_boundary(*i)).unwrap_or(cut);
-        let head_end = (0..=MAX_ERROR_CHARS / 2).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (cut..message.len())
+            .find(|i| message.is_char_boundary(*i))
+            .unwrap_or(cut);
+        let head_end = (0..=MAX_ERROR_CHARS / 2)
+            .rev()
+            .find(|i| message.is_char_boundary(*i))
+            .unwrap_or(0);
         message = format!("{} [...] {}", &message[..head_end], &message[cut..]);
     }
     eprintln!("limiter: error: {message}");

@@ -25,13 +25,25 @@ pub struct SpliceError {
 
 const BUFFER: usize = 32 * 1024;
 
-pub async fn splice(downstream: TcpStream, upstream: TcpStream, stats: &ProxyStats) -> Result<(), SpliceError> {
+pub async fn splice(
+    downstream: TcpStream,
+    upstream: TcpStream,
+    stats: &ProxyStats,
+) -> Result<(), SpliceError> {
     let (mut down_read, mut down_write) = downstream.into_split();
     let (mut up_read, mut up_write) = upstream.into_split();
-    let to_upstream =
-        pipe(&mut down_read, &mut up_write, (Side::Downstream, Side::Upstream), &stats.bytes_to_upstream_total);
-    let to_downstream =
-        pipe(&mut up_read, &mut down_write, (Side::Upstream, Side::Downstream), &stats.bytes_to_downstream_total);
+    let to_upstream = pipe(
+        &mut down_read,
+        &mut up_write,
+        (Side::Downstream, Side::Upstream),
+        &stats.bytes_to_upstream_total,
+    );
+    let to_downstream = pipe(
+        &mut up_read,
+        &mut down_write,
+        (Side::Upstream, Side::Downstream),
+        &stats.bytes_to_downstream_total,
+    );
     tokio::pin!(to_upstream, to_downstream);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
@@ -45,18 +57,38 @@ pub async fn splice(downstream: TcpStream, upstream: TcpStream, stats: &ProxySta
 }
 
 /// Copies until EOF, then passes the FIN on. `sides` = (the side read from, the side written to).
-async fn pipe<R, W>(reader: &mut R, writer: &mut W, sides: (Side, Side), bytes: &Counter) -> Result<(), SpliceError>
+async fn pipe<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    sides: (Side, Side),
+    bytes: &Counter,
+) -> Result<(), SpliceError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buffer = vec![0u8; BUFFER];
     loop {
-        let n = reader.read(&mut buffer).await.map_err(|error| SpliceError { side: sides.0, error })?;
+        let n = reader
+            .read(&mut buffer)
+            .await
+            .map_err(|error| SpliceError {
+                side: sides.0,
+                error,
+            })?;
         if n == 0 {
-            return writer.shutdown().await.map_err(|error| SpliceError { side: sides.1, error });
+            return writer.shutdown().await.map_err(|error| SpliceError {
+                side: sides.1,
+                error,
+            });
         }
-        writer.write_all(&buffer[..n]).await.map_err(|error| SpliceError { side: sides.1, error })?;
+        writer
+            .write_all(&buffer[..n])
+            .await
+            .map_err(|error| SpliceError {
+                side: sides.1,
+                error,
+            })?;
         bytes.add(n as u64);
     }
 }

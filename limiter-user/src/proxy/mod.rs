@@ -43,9 +43,9 @@ impl FromStr for ProxySpec {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (listen, upstream) = text
-            .split_once('=')
-            .ok_or_else(|| format!("'{text}' is not LISTEN=UPSTREAM (e.g. '[::]:8000=198.18.0.3:1025')"))?;
+        let (listen, upstream) = text.split_once('=').ok_or_else(|| {
+            format!("'{text}' is not LISTEN=UPSTREAM (e.g. '[::]:8000=198.18.0.3:1025')")
+        })?;
         let listen = listen.parse::<Listener>().map_err(|e| e.to_string())?;
         let upstream = upstream
             .parse::<SocketAddr>()
@@ -84,7 +84,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn bind(spec: ProxySpec, upstream: Arc<UpstreamPolicy>, delay_before_close: Duration) -> Result<Self, AgentError> {
+    pub fn bind(
+        spec: ProxySpec,
+        upstream: Arc<UpstreamPolicy>,
+        delay_before_close: Duration,
+    ) -> Result<Self, AgentError> {
         let addr = spec.bind_addr();
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
@@ -96,8 +100,17 @@ impl Proxy {
                 s.bind(addr)?;
                 s.listen(1024)
             })
-            .map_err(|source| AgentError::ProxyBind { spec: spec.to_string(), source })?;
-        Ok(Proxy { spec, stats: Arc::new(ProxyStats::default()), listener, upstream, delay_before_close })
+            .map_err(|source| AgentError::ProxyBind {
+                spec: spec.to_string(),
+                source,
+            })?;
+        Ok(Proxy {
+            spec,
+            stats: Arc::new(ProxyStats::default()),
+            listener,
+            upstream,
+            delay_before_close,
+        })
     }
 
     pub async fn run(self, table: Arc<Mutex<LimitTable>>) {
@@ -133,7 +146,10 @@ impl Proxy {
         stats.active.inc();
         let result = copy::splice(downstream, upstream.stream, stats).await;
         stats.active.dec();
-        if let Err(copy::SpliceError { side: copy::Side::Upstream, error }) = &result
+        if let Err(copy::SpliceError {
+            side: copy::Side::Upstream,
+            error,
+        }) = &result
             && error.kind() == std::io::ErrorKind::TimedOut
         {
             // The kernel gave up on the upstream: keepalive probes (or retransmissions) went
@@ -181,9 +197,19 @@ fn socket_cookie(stream: &TcpStream) -> std::io::Result<u64> {
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd and out-pointers of the right size.
     let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, SO_COOKIE, (&raw mut cookie).cast(), &mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
     };
-    if rc == 0 { Ok(cookie) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

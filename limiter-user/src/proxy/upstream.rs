@@ -34,7 +34,12 @@ impl UpstreamPolicy {
         max_connections: Option<u32>,
     ) -> Self {
         let slots = max_connections.map(|n| Arc::new(Semaphore::new(n as usize)));
-        UpstreamPolicy { address, connect_timeout, keepalive, slots }
+        UpstreamPolicy {
+            address,
+            connect_timeout,
+            keepalive,
+            slots,
+        }
     }
 
     /// Connects, or counts why not and returns `None`.
@@ -67,7 +72,10 @@ impl UpstreamPolicy {
             return None;
         }
         match tokio::time::timeout(self.connect_timeout, socket.connect(self.address)).await {
-            Ok(Ok(stream)) => Some(Upstream { stream, _permit: permit }),
+            Ok(Ok(stream)) => Some(Upstream {
+                stream,
+                _permit: permit,
+            }),
             Ok(Err(_)) => {
                 stats.upstream_connect_failures_total.inc();
                 None
