@@ -103,7 +103,10 @@ fn established(ctx: &SockOpsContext) {
         count_slot(slot, |s| &mut s.untracked);
         return;
     }
-    if ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32).is_err() {
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .is_err()
+    {
         // Without state callbacks the close would never be seen: do not count it at all.
         let _ = SOCKETS.remove(&cookie);
         usage.release_reservation();
@@ -144,7 +147,11 @@ fn take_reservation(flow: &FlowKey) -> Option<u32> {
 #[inline(always)]
 pub fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
     let (addr_family, local_addr, remote_addr) = match ctx.family() {
-        AF_INET => (family::V4, [ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0]),
+        AF_INET => (
+            family::V4,
+            [ctx.local_ip4(), 0, 0, 0],
+            [ctx.remote_ip4(), 0, 0, 0],
+        ),
         AF_INET6 => {
             let (local, remote) = (ctx.local_ip6(), ctx.remote_ip6());
             if is_v4_mapped(&local) && is_v4_mapped(&remote) {

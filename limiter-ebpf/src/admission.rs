@@ -55,7 +55,11 @@ pub fn admission(ctx: XdpContext) -> u32 {
     }
     // SAFETY: a helper without arguments or side effects.
     let since_ns = unsafe { bpf_ktime_get_ns() };
-    let reservation = Pending { slot: listener.slot, _pad: 0, since_ns };
+    let reservation = Pending {
+        slot: listener.slot,
+        _pad: 0,
+        since_ns,
+    };
     match PENDING.insert(flow, &reservation, BPF_NOEXIST as u64) {
         Ok(()) => {
             count_slot(listener.slot, |s| &mut s.syn_admitted);

@@ -28,7 +28,11 @@ pub fn apply(ctx: &SockOpsContext) {
         return;
     };
     // From the client's side the destination is the "remote" end.
-    let mut target = KeepaliveTarget { family: flow.family, port: flow.remote_port, addr: flow.remote_addr };
+    let mut target = KeepaliveTarget {
+        family: flow.family,
+        port: flow.remote_port,
+        addr: flow.remote_addr,
+    };
     let prefix_len = KeepaliveTarget::HEADER_BITS + ADDRESS_BITS;
     let policy = match KEEPALIVE_POLICIES.get(Key::new(prefix_len, target)) {
         Some(policy) => *policy,
@@ -69,6 +73,12 @@ fn set(ctx: &SockOpsContext, level: i32, name: i32, value: u32) -> bool {
     let mut value = value as i32;
     // SAFETY: a locked full TCP socket in an *_ESTABLISHED_CB; `value` lives across the call.
     unsafe {
-        bpf_setsockopt(ctx.ops.cast(), level, name, (&raw mut value).cast(), size_of::<i32>() as i32) == 0
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            size_of::<i32>() as i32,
+        ) == 0
     }
 }

@@ -12,7 +12,11 @@ pub fn port_is_limited(port: u16) -> bool {
 
 #[inline(always)]
 pub fn lookup(addr_family: u16, addr: &[u32; 4], port: u16) -> Option<ListenerConfig> {
-    let mut key = ListenerKey { addr: *addr, port, family: addr_family };
+    let mut key = ListenerKey {
+        addr: *addr,
+        port,
+        family: addr_family,
+    };
     // SAFETY (all three `get`s): values are copied out at once; the agent replaces values
     // whole, so a copy is either the old or the new setting.
     if let Some(config) = unsafe { LISTENERS.get(&key) } {

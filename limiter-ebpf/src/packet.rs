@@ -159,7 +159,16 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     if payload_len < ext_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }
-    parse_tcp(ctx, l3, l4, payload_len - ext_len, family::V6, src, dst, ext_len == 0)
+    parse_tcp(
+        ctx,
+        l3,
+        l4,
+        payload_len - ext_len,
+        family::V6,
+        src,
+        dst,
+        ext_len == 0,
+    )
 }
 
 #[inline(always)]
