@@ -1,1 +1,35 @@
-//! Helpers for the integration tests.
+//! The harness for limiter's integration tests: real programs, real sockets, network
+//! namespaces. Everything here needs root (see `/work/shared/testing.md` for the rules these
+//! follow: unique names, guards that clean up on panic, bounded loops, polling with deadlines).
+//!
+//! - [`netns`]: [`TestBed`], a server and a client namespace joined by a veth pair.
+//! - [`agent`]: [`Agent`], the real `limiter` binary running in the server namespace.
+//! - [`client`]: servers and clients (the `netns-tool` helper) run inside the namespaces.
+//! - [`process`]: child processes with line-by-line output and kill-on-drop.
+//! - [`poll`]: waiting for a condition with a deadline.
+//! - [`frames`]: crafted Ethernet frames and a reference parser, for program tests.
+//! - [`program`]: the XDP program loaded from the real object and run with BPF_PROG_TEST_RUN.
+
+pub mod agent;
+pub mod client;
+pub mod frames;
+pub mod names;
+pub mod netns;
+pub mod poll;
+pub mod process;
+pub mod program;
+
+pub use agent::{Agent, ListenerStats, Stats};
+pub use netns::{Side, TestBed};
+pub use poll::eventually;
+
+/// Namespace and program tests need root; without it they fail (a skipped kernel test is a
+/// test that did not run).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)"
+    );
+}

@@ -1,0 +1,279 @@
+//! [`Agent`]: the real `limiter` binary, run the way a user would, in the bed's server
+//! namespace, and driven through its documented CLI (`docs/interface.md`).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Output},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    names,
+    netns::TestBed,
+    poll::eventually,
+    process::{Proc, run_bounded, stop},
+};
+
+/// How long the agent may take to load, attach and print `limiter: ready` (2 slow cores, other
+/// builds running).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `limiter stats/set/unset` call may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the agent may take to exit after SIGINT/SIGTERM, or after bad input.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `<target dir>/debug`, found from the running test binary (`.../debug/deps/<test>-<hash>`).
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// The agent binary: `$LIMITER_BIN`, else `<target dir>/debug/limiter`. Cargo does not build
+/// another package's binaries for these tests; `cargo build -p limiter-user` does.
+pub fn limiter_bin() -> PathBuf {
+    let path = std::env::var_os("LIMITER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_profile_dir().join("limiter"));
+    assert!(
+        path.is_file(),
+        "agent binary {} not found: run `cargo build -p limiter-user` first or set LIMITER_BIN",
+        path.display()
+    );
+    path
+}
+
+/// One listener's row of `limiter stats --json`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub listener: String,
+    pub limit: u64,
+    pub action: String,
+    pub active: u64,
+    pub pending: u64,
+    pub admitted_total: u64,
+    pub refused_total: u64,
+    pub refused_drop_total: u64,
+    pub refused_reset_total: u64,
+    pub syn_retransmit_total: u64,
+    pub handshake_timeout_total: u64,
+    pub unreserved_total: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct PacketStats {
+    pub seen_total: u64,
+    pub not_ours_total: u64,
+    pub malformed_total: u64,
+    pub syn_passed_total: u64,
+    pub syn_refused_total: u64,
+    pub reset_fallback_drop_total: u64,
+    pub pending_full_total: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub listeners: Vec<ListenerStats>,
+    pub packets: PacketStats,
+}
+
+impl Stats {
+    pub fn listener(&self, name: &str) -> Option<&ListenerStats> {
+        self.listeners.iter().find(|l| l.listener == name)
+    }
+}
+
+/// How a run of the agent that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stderr: Vec<String>,
+    pub stdout: Vec<String>,
+}
+
+impl Finished {
+    /// The lines starting with `limiter: error:`.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .iter()
+            .map(String::as_str)
+            .filter(|line| line.starts_with("limiter: error:"))
+            .collect()
+    }
+}
+
+pub struct Agent {
+    proc: Proc,
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    /// A fresh control socket path for one agent.
+    pub fn socket_path() -> PathBuf {
+        PathBuf::from(format!(
+            "/tmp/{}.sock",
+            names::unique("ctl", names::next_id())
+        ))
+    }
+
+    /// The command that runs the agent in the bed's server namespace: `nsenter --net` only, so
+    /// the host's cgroup2 and bpffs mounts stay visible (`ip netns exec` would hide them).
+    /// `args` follow `limiter`.
+    pub fn command(bed: &TestBed, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", bed.srv_netns_path().display()))
+            .arg(limiter_bin())
+            .args(args);
+        cmd
+    }
+
+    /// `limiter run --iface <server veth> ARGS --control-socket <fresh>`, waiting for
+    /// `limiter: ready`.
+    pub fn start(bed: &TestBed, args: &[&str]) -> Agent {
+        let socket = Agent::socket_path();
+        let socket_arg = socket.display().to_string();
+        let mut full = vec!["run", "--iface", &bed.srv_veth];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--control-socket", &socket_arg]);
+        let proc = bed.spawn("limiter run", Agent::command(bed, &full));
+        let ready = proc
+            .stderr
+            .next_matching(READY_TIMEOUT, |line| line == "limiter: ready");
+        if ready.is_none() {
+            panic!(
+                "agent not ready within {READY_TIMEOUT:?} (args {full:?}); exited: {:?}\n{}",
+                proc.try_wait(),
+                proc.transcript()
+            );
+        }
+        Agent { proc, socket }
+    }
+
+    /// Runs the agent with ARGS (after `limiter`) and waits for it to exit by itself, e.g.
+    /// after bad input. If it keeps running, it is stopped and the test fails.
+    pub fn run_to_exit(bed: &TestBed, args: &[&str]) -> Finished {
+        Agent::run_command_to_exit(bed, Agent::command(bed, args))
+    }
+
+    pub fn run_command_to_exit(bed: &TestBed, cmd: Command) -> Finished {
+        let description = format!("{cmd:?}");
+        let proc = bed.spawn("limiter", cmd);
+        let status = match eventually_exit(&proc) {
+            Some(status) => status,
+            None => panic!(
+                "{description} kept running for {EXIT_TIMEOUT:?}; it should have refused to start\n{}",
+                proc.transcript()
+            ),
+        };
+        Finished {
+            status,
+            stderr: proc.stderr.until_closed(Duration::from_secs(5)),
+            stdout: proc.stdout.until_closed(Duration::from_secs(5)),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Everything the agent logged so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.proc.stderr.all()
+    }
+
+    /// Runs `limiter ARGS --control-socket <ours>` (bounded).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(limiter_bin());
+        cmd.args(args).arg("--control-socket").arg(&self.socket);
+        run_bounded(cmd, CLI_TIMEOUT)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "`limiter {}` failed ({}): {}\nagent: {:?}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            self.stderr()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let json = self.cli_ok(&["stats", "--json"]);
+        serde_json::from_str(&json).unwrap_or_else(|err| {
+            panic!("`limiter stats --json` printed unparsable JSON ({err}):\n{json}")
+        })
+    }
+
+    /// The row of `listener` (canonical form); panics if it is not listed.
+    pub fn listener(&self, listener: &str) -> ListenerStats {
+        let stats = self.stats();
+        match stats.listener(listener) {
+            Some(row) => row.clone(),
+            None => panic!("listener {listener} not in stats: {stats:#?}"),
+        }
+    }
+
+    /// Polls the listener's row until `pred` holds; fails with the last row seen.
+    pub fn wait_listener(
+        &self,
+        listener: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ListenerStats) -> bool,
+    ) -> ListenerStats {
+        eventually(&format!("{listener}: {what}"), timeout, || {
+            let row = self.listener(listener);
+            if pred(&row) {
+                Ok(row)
+            } else {
+                Err(format!("{row:?}"))
+            }
+        })
+    }
+
+    /// `limiter set SPEC`, which must succeed.
+    pub fn set(&self, spec: &str) {
+        self.cli_ok(&["set", spec]);
+    }
+
+    /// `limiter unset LISTENER`, which must succeed.
+    pub fn unset(&self, listener: &str) {
+        self.cli_ok(&["unset", listener]);
+    }
+
+    /// Sends `signal` and waits for the agent to exit.
+    pub fn stop(&self, signal: i32) -> ExitStatus {
+        self.proc.signal(signal);
+        self.proc.wait_exit(EXIT_TIMEOUT)
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+fn eventually_exit(proc: &Proc) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    loop {
+        if let Some(status) = proc.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SIGTERM first so the agent detaches what it attached; SIGKILL only if it hangs.
+        stop(&self.proc.shared());
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

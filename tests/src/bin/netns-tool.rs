@@ -1,0 +1,508 @@
+//! `netns-tool`: the servers and clients the namespace tests run inside their namespaces (under
+//! `ip netns exec NS netns-tool ...`). Sockets have to live in the test's namespaces, so they
+//! cannot be opened by the test process itself.
+//!
+//! Every subcommand is bounded in count and in time, prints its results as one JSON line on
+//! stdout, and exits when its stdin closes, so a test that dies never leaves one running.
+//!
+//! ```text
+//! echo-server ADDR [echo|close-on-data]   threaded TCP echo; prints `listening ADDR` when bound
+//! hold N ADDR TIMEOUT_MS                  N concurrent connects, prints {connected, refused,
+//!                                         timed_out, other, ...}; then holds them; stdin lines:
+//!                                         `ping` (echo check), `close`, `rst` (SO_LINGER 0)
+//! churn TOTAL CONCURRENCY ADDR TIMEOUT_MS MAX_MS
+//!                                         TOTAL connect/close cycles (failed connects retried);
+//!                                         prints {succeeded, failed, ...}
+//! raw-syn SRC SPORT DST DPORT COUNT       COUNT identical bare IPv4 SYNs from a raw socket
+//! udp-echo-server ADDR                    UDP echo; prints `listening ADDR`
+//! udp-probe ADDR COUNT TIMEOUT_MS         COUNT datagrams, prints {sent, replied}
+//! xdp-pass IFACE                          attaches a 2-instruction XDP_PASS program to IFACE
+//!                                         (bpf_link) until stdin closes; prints `attached`
+//! ```
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, ErrorKind, Read, Write},
+    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    process::exit,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+/// Small stacks: `hold` may run hundreds of connecting threads at once.
+const THREAD_STACK: usize = 128 * 1024;
+/// How long a held connection waits for its echo in `ping`.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound on the connections `hold` and `churn` will open, whatever they are asked.
+const MAX_CONNECTIONS: u64 = 100_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    let result = match args.first().map(String::as_str) {
+        Some("echo-server") => echo_server(rest),
+        Some("hold") => hold(rest),
+        Some("churn") => churn(rest),
+        Some("raw-syn") => raw_syn(rest),
+        Some("udp-echo-server") => udp_echo_server(rest),
+        Some("udp-probe") => udp_probe(rest),
+        Some("xdp-pass") => xdp_pass(rest),
+        _ => Err(anyhow::anyhow!(
+            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|xdp-pass ..."
+        )),
+    };
+    if let Err(err) = result {
+        eprintln!("netns-tool: {err:#}");
+        exit(1);
+    }
+}
+
+fn arg<'a>(args: &'a [String], index: usize, name: &str) -> Result<&'a str> {
+    args.get(index)
+        .map(String::as_str)
+        .with_context(|| format!("missing argument {name}"))
+}
+
+fn parse<T: std::str::FromStr>(args: &[String], index: usize, name: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = arg(args, index, name)?;
+    text.parse()
+        .map_err(|err| anyhow::anyhow!("bad {name} {text:?}: {err}"))
+}
+
+fn say(line: impl std::fmt::Display) {
+    let mut out = io::stdout().lock();
+    // The test reads stdout line by line; flush so it sees each line at once.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Long-running servers exit when the test closes their stdin (or dies).
+fn exit_when_stdin_closes() {
+    thread::spawn(|| {
+        wait_for_stdin_eof();
+        exit(0);
+    });
+}
+
+/// Reads and discards stdin until it closes (in fixed-size chunks: stdin may be anything).
+fn wait_for_stdin_eof() {
+    let mut buf = [0u8; 4096];
+    let mut stdin = io::stdin().lock();
+    while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn bind_listener(addr: SocketAddr) -> Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let IpAddr::V6(ip) = addr.ip() {
+        // `[::]` is dual-stack on purpose: IPv4 connections then arrive as IPv4-mapped
+        // addresses, which the agent's accounting must fold back to IPv4.
+        socket.set_only_v6(!ip.is_unspecified())?;
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("bind {addr}"))?;
+    // Larger than any burst a test makes, so the accept queue never refuses a handshake the
+    // agent admitted.
+    socket.listen(4096)?;
+    Ok(socket)
+}
+
+fn echo_server(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let close_on_data = match args.get(1).map(String::as_str) {
+        None | Some("echo") => false,
+        Some("close-on-data") => true,
+        Some(other) => bail!("bad mode {other:?}"),
+    };
+    let listener: std::net::TcpListener = bind_listener(addr)?.into();
+    exit_when_stdin_closes();
+    say(format_args!("listening {addr}"));
+    loop {
+        let (stream, _) = match listener.accept() {
+            Ok(conn) => conn,
+            // E.g. ECONNABORTED for a connection reset in the accept queue: keep serving.
+            Err(_) => continue,
+        };
+        let spawned = thread::Builder::new()
+            .stack_size(THREAD_STACK)
+            .spawn(move || serve(stream, close_on_data));
+        // Out of threads: the connection is dropped (closed), which the test would see.
+        drop(spawned);
+    }
+}
+
+fn serve(mut stream: TcpStream, close_on_data: bool) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if close_on_data {
+                    // "Server closes first": a FIN from this side while the client still holds
+                    // its end.
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn error_name(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => format!("{:?} (os error {code})", err.kind()),
+        None => format!("{:?}", err.kind()),
+    }
+}
+
+fn hold(args: &[String]) -> Result<()> {
+    let count: u64 = parse(args, 0, "N")?;
+    let addr: SocketAddr = parse(args, 1, "ADDR")?;
+    let timeout = Duration::from_millis(parse(args, 2, "TIMEOUT_MS")?);
+    if count == 0 || count > MAX_CONNECTIONS {
+        bail!("N must be 1..={MAX_CONNECTIONS}");
+    }
+    // All threads connect at once, as a burst of clients would.
+    let barrier = Arc::new(Barrier::new(count as usize));
+    let mut workers = Vec::new();
+    for _ in 0..count {
+        let barrier = barrier.clone();
+        workers.push(
+            thread::Builder::new()
+                .stack_size(THREAD_STACK)
+                .spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let result = TcpStream::connect_timeout(&addr, timeout);
+                    (result, started.elapsed())
+                })?,
+        );
+    }
+    let mut streams = Vec::new();
+    let (mut refused, mut timed_out, mut other) = (0u64, 0u64, 0u64);
+    let mut max_refused_ms = 0u128;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        let (result, took) = worker.join().expect("connect thread panicked");
+        match result {
+            Ok(stream) => streams.push(stream),
+            Err(err) => {
+                *errors.entry(error_name(&err)).or_default() += 1;
+                match err.kind() {
+                    ErrorKind::ConnectionRefused => {
+                        refused += 1;
+                        max_refused_ms = max_refused_ms.max(took.as_millis());
+                    }
+                    ErrorKind::TimedOut => timed_out += 1,
+                    _ => other += 1,
+                }
+            }
+        }
+    }
+    say(json!({
+        "connected": streams.len(),
+        "refused": refused,
+        "timed_out": timed_out,
+        "other": other,
+        "max_refused_ms": max_refused_ms as u64,
+        "errors": errors,
+    }));
+
+    // Hold until told otherwise; stdin closing means the test is gone: close and exit.
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        match line.trim() {
+            "ping" => {
+                let (mut echoed, mut failed) = (0u64, 0u64);
+                for stream in &mut streams {
+                    if ping(stream).is_ok() {
+                        echoed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                say(json!({ "echoed": echoed, "failed": failed }));
+            }
+            "close" => {
+                streams.clear();
+                say("closed");
+                return Ok(());
+            }
+            "rst" => {
+                for stream in &streams {
+                    // SO_LINGER 0: close() sends a RST instead of a FIN.
+                    SockRef::from(stream).set_linger(Some(Duration::ZERO))?;
+                }
+                streams.clear();
+                say("closed");
+                return Ok(());
+            }
+            other => say(format_args!("unknown command {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn ping(stream: &mut TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(PING_TIMEOUT))?;
+    stream.write_all(b"p")?;
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply)?;
+    if reply != *b"p" {
+        return Err(io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+fn churn(args: &[String]) -> Result<()> {
+    let total: u64 = parse(args, 0, "TOTAL")?;
+    let concurrency: u64 = parse(args, 1, "CONCURRENCY")?;
+    let addr: SocketAddr = parse(args, 2, "ADDR")?;
+    let timeout = Duration::from_millis(parse(args, 3, "TIMEOUT_MS")?);
+    let max_time = Duration::from_millis(parse(args, 4, "MAX_MS")?);
+    if total > MAX_CONNECTIONS || concurrency == 0 || concurrency > 256 {
+        bail!("TOTAL must be <= {MAX_CONNECTIONS}, CONCURRENCY 1..=256");
+    }
+    exit_when_stdin_closes();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let succeeded = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, succeeded, failed) = (next.clone(), succeeded.clone(), failed.clone());
+        workers.push(
+            thread::Builder::new()
+                .stack_size(THREAD_STACK)
+                .spawn(move || {
+                    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                    // One ticket per connection wanted; a refused attempt is retried (after
+                    // 1 ms, so a full listener is not hammered) until it connects or time is up.
+                    'tickets: while started.elapsed() < max_time
+                        && next.fetch_add(1, Ordering::Relaxed) < total
+                    {
+                        while started.elapsed() < max_time {
+                            match TcpStream::connect_timeout(&addr, timeout) {
+                                // Connect, then close at once (client closes first).
+                                Ok(stream) => {
+                                    succeeded.fetch_add(1, Ordering::Relaxed);
+                                    drop(stream);
+                                    continue 'tickets;
+                                }
+                                Err(err) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                    *errors.entry(error_name(&err)).or_default() += 1;
+                                    thread::sleep(Duration::from_millis(1));
+                                }
+                            }
+                        }
+                    }
+                    errors
+                })?,
+        );
+    }
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        for (name, n) in worker.join().expect("churn thread panicked") {
+            *errors.entry(name).or_default() += n;
+        }
+    }
+    let succeeded = succeeded.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    say(json!({
+        "attempts": succeeded + failed,
+        "succeeded": succeeded,
+        "failed": failed,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+        "stopped_by_time": succeeded < total,
+        "errors": errors,
+    }));
+    Ok(())
+}
+
+/// One's-complement sum of big-endian 16-bit words.
+fn checksum_add(bytes: &[u8], mut sum: u32) -> u32 {
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    sum
+}
+
+fn checksum_fold(mut sum: u32) -> u16 {
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends COUNT identical SYNs (same 4-tuple, same sequence number: a retransmission as far as
+/// the server can tell) from a raw socket; the handshake is never completed.
+///
+/// The client kernel has no socket for SPORT, so it would answer the server's SYN-ACK with a
+/// RST; the test harness installs an nftables rule in the client namespace that drops
+/// everything arriving for SPORT first (see `TestBed::drop_incoming_tcp_port`).
+fn raw_syn(args: &[String]) -> Result<()> {
+    let src: Ipv4Addr = parse(args, 0, "SRC")?;
+    let sport: u16 = parse(args, 1, "SPORT")?;
+    let dst: Ipv4Addr = parse(args, 2, "DST")?;
+    let dport: u16 = parse(args, 3, "DPORT")?;
+    let count: u32 = parse(args, 4, "COUNT")?;
+    if count == 0 || count > 100 {
+        bail!("COUNT must be 1..=100");
+    }
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    socket.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
+    // TCP header with one MSS option (kind 2, length 4, 1460).
+    let mut tcp = [0u8; 24];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[12] = (24 / 4) << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xB4]);
+    let mut sum = checksum_add(&src.octets(), 0);
+    sum = checksum_add(&dst.octets(), sum);
+    sum += 6 + tcp.len() as u32;
+    let checksum = checksum_fold(checksum_add(&tcp, sum));
+    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let to = SockAddr::from(SocketAddrV4::new(dst, 0));
+    for _ in 0..count {
+        socket.send_to(&tcp, &to).context("send SYN")?;
+    }
+    say(format_args!("sent {count}"));
+    Ok(())
+}
+
+fn udp_echo_server(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let socket = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+    exit_when_stdin_closes();
+    say(format_args!("listening {addr}"));
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    }
+}
+
+fn udp_probe(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let count: u32 = parse(args, 1, "COUNT")?;
+    let timeout = Duration::from_millis(parse(args, 2, "TIMEOUT_MS")?);
+    if count > 10_000 {
+        bail!("COUNT must be <= 10000");
+    }
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut replied = 0u32;
+    let mut buf = [0u8; 64];
+    for i in 0..count {
+        let message = format!("probe {i}");
+        socket.send(message.as_bytes())?;
+        if let Ok(n) = socket.recv(&mut buf)
+            && buf[..n] == *message.as_bytes()
+        {
+            replied += 1;
+        }
+    }
+    say(json!({ "sent": count, "replied": replied }));
+    Ok(())
+}
+
+/// Attaches `r0 = XDP_PASS; exit` to IFACE in this namespace with a bpf_link, held until stdin
+/// closes (or the process dies: closing the link fd detaches it).
+///
+/// Why: a veth delivers the frames that an XDP program on one end sends with XDP_TX to the
+/// peer's ring, but (Linux 6.18, `veth_xdp_flush`) only wakes the peer's NAPI when the PEER has
+/// an XDP program too; with GRO alone the agent's RSTs sit in the ring until other traffic
+/// happens to flush them. On a real NIC there is no such peer, so this is purely a test-bed
+/// need, and a pass-everything program on the client end changes nothing else.
+fn xdp_pass(args: &[String]) -> Result<()> {
+    use std::{ffi::CString, os::fd::FromRawFd as _};
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const XDP_PASS: u32 = 2;
+    let iface = arg(args, 0, "IFACE")?;
+    let name = CString::new(iface)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface}: {}", io::Error::last_os_error());
+    }
+    // mov64 r0, XDP_PASS; exit
+    let mut insns = [0u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&XDP_PASS.to_le_bytes());
+    insns[8] = 0x95;
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, then zeroes (no log).
+    let mut attr = [0u64; 16];
+    attr[0] = BPF_PROG_TYPE_XDP as u64 | (2u64 << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // SAFETY: attr is a zero-padded bpf_attr for BPF_PROG_LOAD; the pointers outlive the call.
+    let prog_fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if prog_fd < 0 {
+        bail!("BPF_PROG_LOAD: {}", io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let _prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog_fd as i32) };
+    // union bpf_attr, BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags (0: native
+    // mode where the driver has it, as veth does).
+    let mut attr = [0u64; 16];
+    attr[0] = prog_fd as u64 | ((ifindex as u64) << 32);
+    attr[1] = BPF_XDP as u64;
+    // SAFETY: attr is a zero-padded bpf_attr for BPF_LINK_CREATE.
+    let link_fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if link_fd < 0 {
+        bail!("BPF_LINK_CREATE on {iface}: {}", io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own; dropping it (at exit) detaches the program.
+    let _link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link_fd as i32) };
+    say("attached");
+    wait_for_stdin_eof();
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! [`TestBed`]: a server namespace and a client namespace joined by a veth pair, with IPv4 and
+//! IPv6 addresses, deleted (with everything started in it) when the guard drops, even on panic.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    process::Command,
+    sync::Mutex,
+    time::Duration,
+};
+
+use crate::{
+    names,
+    poll::eventually,
+    process::{Proc, SharedChild, run_bounded, run_ok, stop},
+    require_root,
+};
+
+/// Which end of the bed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Where the agent and the servers run.
+    Server,
+    /// Where the clients run.
+    Client,
+}
+
+pub struct TestBed {
+    pub id: u32,
+    pub srv_ns: String,
+    pub cli_ns: String,
+    pub srv_veth: String,
+    pub cli_veth: String,
+    pub srv_v4: Ipv4Addr,
+    pub cli_v4: Ipv4Addr,
+    pub srv_v6: Ipv6Addr,
+    pub cli_v6: Ipv6Addr,
+    /// Every process started in the bed, stopped when it drops.
+    children: Mutex<Vec<SharedChild>>,
+    /// Namespaces created so far (a half-built bed is cleaned up too).
+    created: Mutex<Vec<String>>,
+    /// The XDP_PASS program on the client end (see [`TestBed::new`]).
+    client_xdp: Option<Proc>,
+}
+
+impl TestBed {
+    /// Builds the two namespaces and the veth pair between them. Addresses: a distinct /30 of
+    /// 198.18.0.0/15 and a distinct /64 of fd00:1e:57::/48 per bed (derived from the counter;
+    /// the namespaces isolate them anyway, but distinct addresses keep logs unambiguous).
+    pub fn new() -> TestBed {
+        require_root();
+        let id = names::next_id();
+        let block = id % 32_768;
+        let (second, third, fourth) = (18 + block / 16_384, (block / 64) % 256, (block % 64) * 4);
+        let mut bed = TestBed {
+            id,
+            srv_ns: names::unique("srv", id),
+            cli_ns: names::unique("cli", id),
+            srv_veth: names::ifname('s', id),
+            cli_veth: names::ifname('c', id),
+            srv_v4: Ipv4Addr::new(198, second as u8, third as u8, fourth as u8 + 1),
+            cli_v4: Ipv4Addr::new(198, second as u8, third as u8, fourth as u8 + 2),
+            srv_v6: format!("fd00:1e:57:{id:x}::1").parse().unwrap(),
+            cli_v6: format!("fd00:1e:57:{id:x}::2").parse().unwrap(),
+            children: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
+            client_xdp: None,
+        };
+        for ns in [&bed.srv_ns, &bed.cli_ns] {
+            run_ok("ip", &["netns", "add", ns]);
+            bed.created.lock().unwrap().push(ns.clone());
+        }
+        // Created directly inside the namespaces: no interface of ours ever exists on the host.
+        run_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &bed.srv_veth,
+                "netns",
+                &bed.srv_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &bed.cli_veth,
+                "netns",
+                &bed.cli_ns,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&bed.srv_ns, &bed.srv_veth, bed.srv_v4, bed.srv_v6),
+            (&bed.cli_ns, &bed.cli_veth, bed.cli_v4, bed.cli_v6),
+        ] {
+            run_ok(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev],
+            );
+            // nodad: the address is usable at once instead of after duplicate detection.
+            run_ok(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        // XDP_TX on a veth (the agent's RSTs for `reset`) puts the frame on the peer's ring,
+        // which needs NAPI on the client end (GRO on) and, on Linux 6.18, an XDP program there
+        // too: `veth_xdp_flush` only wakes the peer's NAPI if the peer has one, so without it
+        // the RSTs wait until unrelated traffic flushes the ring (measured: connects then time
+        // out instead of being refused). A pass-everything program on the client end is a
+        // test-bed need only; on a real NIC the RST simply leaves the wire.
+        bed.exec_ok(Side::Client, "ethtool", &["-K", &bed.cli_veth, "gro", "on"]);
+        let pass = bed.spawn(
+            "xdp-pass",
+            bed.command(
+                Side::Client,
+                crate::client::netns_tool_bin()
+                    .to_str()
+                    .expect("utf-8 path"),
+                &["xdp-pass", &bed.cli_veth],
+            ),
+        );
+        pass.expect_line("`attached`", Duration::from_secs(15), |l| l == "attached");
+        bed.client_xdp = Some(pass);
+        let (ns, dev) = (bed.srv_ns.clone(), bed.srv_veth.clone());
+        eventually("the veth pair to come up", Duration::from_secs(10), || {
+            let link = run_ok("ip", &["-n", &ns, "-o", "link", "show", &dev]);
+            if link.contains("LOWER_UP") {
+                Ok(())
+            } else {
+                Err(link)
+            }
+        });
+        bed
+    }
+
+    pub fn ns(&self, side: Side) -> &str {
+        match side {
+            Side::Server => &self.srv_ns,
+            Side::Client => &self.cli_ns,
+        }
+    }
+
+    /// `/run/netns/<srv>`, for `nsenter --net=` (the agent must keep the host's mounts).
+    pub fn srv_netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.srv_ns)
+    }
+
+    /// A command to run inside a namespace (`ip netns exec`: fine for clients and servers,
+    /// not for the agent, which needs the host's cgroup2 and bpffs mounts).
+    pub fn command(&self, side: Side, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(side), program])
+            .args(args);
+        cmd
+    }
+
+    /// Runs a command inside a namespace to completion (bounded), asserting success.
+    pub fn exec_ok(&self, side: Side, program: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", self.ns(side), program];
+        full.extend_from_slice(args);
+        run_ok("ip", &full)
+    }
+
+    /// Starts a long-running process that the bed stops when it drops.
+    pub fn spawn(&self, name: &str, cmd: Command) -> Proc {
+        let proc = Proc::spawn(name, cmd);
+        self.track(proc.shared());
+        proc
+    }
+
+    pub fn track(&self, child: SharedChild) {
+        self.children.lock().unwrap().push(child);
+    }
+
+    /// Server-side sockets in ESTABLISHED on `port`, as the server namespace's kernel lists them.
+    pub fn established_on(&self, port: u16) -> usize {
+        let filter = format!("( sport = :{port} )");
+        let out = self.exec_ok(
+            Side::Server,
+            "ss",
+            &["-H", "-t", "-n", "state", "established", &filter],
+        );
+        out.lines().filter(|line| !line.trim().is_empty()).count()
+    }
+
+    /// `ip -o link show` in the server namespace: what shows whether XDP is attached.
+    pub fn srv_links(&self) -> String {
+        run_ok("ip", &["-n", &self.srv_ns, "-o", "link", "show"])
+    }
+
+    /// Asserts that no XDP program is attached to anything in the server namespace.
+    pub fn assert_no_xdp(&self, context: &str) {
+        let links = self.srv_links();
+        assert!(
+            !links.contains("xdp"),
+            "{context}: XDP still attached in {}:\n{links}",
+            self.srv_ns
+        );
+    }
+
+    /// Drops every TCP segment arriving in `side` for `port` (nftables, input hook). Used so a
+    /// raw SYN's SYN-ACK is neither answered with a RST by the client kernel (there is no
+    /// socket for it) nor delivered: the handshake then stays half-open on the server.
+    pub fn drop_incoming_tcp_port(&self, side: Side, port: u16) {
+        let table = format!("lim_drop_{port}");
+        let port = port.to_string();
+        self.exec_ok(side, "nft", &["add", "table", "inet", &table]);
+        self.exec_ok(
+            side,
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                &table,
+                "input",
+                "{ type filter hook input priority 0; policy accept; }",
+            ],
+        );
+        self.exec_ok(
+            side,
+            "nft",
+            &[
+                "add", "rule", "inet", &table, "input", "tcp", "dport", &port, "drop",
+            ],
+        );
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        // Processes first (the agent gets SIGTERM and detaches), then the namespaces; deleting
+        // a namespace deletes the veth pair in it.
+        for child in self.children.lock().unwrap().drain(..) {
+            stop(&child);
+        }
+        for ns in self.created.lock().unwrap().drain(..) {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "del", &ns]);
+            let output = run_bounded(cmd, Duration::from_secs(30));
+            if !output.status.success() {
+                eprintln!(
+                    "cleanup: ip netns del {ns} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+}
+
+impl Default for TestBed {
+    fn default() -> Self {
+        TestBed::new()
+    }
+}

@@ -1,0 +1,230 @@
+//! Bad input and a bad environment (design.md semantics 8): one line on stderr starting with
+//! `limiter: error:` that names the flag, value or missing piece, a non-zero exit (2 for bad
+//! flags and values, 1 for the environment), and nothing attached afterwards. Needs root.
+use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, process::Command};
+
+use limiter_tests::{
+    Agent, TestBed,
+    agent::{Finished, limiter_bin},
+    names,
+};
+
+/// Runs `limiter run --iface <server veth> ARGS --control-socket <fresh>`, expects it to exit
+/// with `code` and one error line containing one of `needles` (case-insensitive), and checks
+/// that nothing was left behind.
+fn expect_refusal(args: &[&str], code: i32, needles: &[&str]) {
+    let bed = TestBed::new();
+    let socket = Agent::socket_path();
+    let socket_arg = socket.display().to_string();
+    let mut full = vec!["run", "--iface", &bed.srv_veth];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--control-socket", &socket_arg]);
+    let finished = Agent::run_to_exit(&bed, &full);
+    check_refusal(&bed, &finished, &format!("{full:?}"), code, needles);
+    assert!(
+        !socket.exists(),
+        "{full:?}: control socket {} left behind",
+        socket.display()
+    );
+}
+
+fn check_refusal(bed: &TestBed, finished: &Finished, what: &str, code: i32, needles: &[&str]) {
+    let errors = finished.error_lines();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: want exactly one `limiter: error:` line; stderr: {:#?}",
+        finished.stderr
+    );
+    let line = errors[0].to_lowercase();
+    assert!(
+        needles.iter().any(|n| line.contains(&n.to_lowercase())),
+        "{what}: error line should name one of {needles:?}: {:?}",
+        errors[0]
+    );
+    assert_eq!(
+        finished.status.code(),
+        Some(code),
+        "{what}: exit status {} (stderr {:?})",
+        finished.status,
+        finished.stderr
+    );
+    bed.assert_no_xdp(what);
+}
+
+#[test]
+fn root_bad_listener_syntax() {
+    expect_refusal(
+        &["--limit", "198.18.0.1:http=5"],
+        2,
+        &["--limit", "198.18.0.1:http"],
+    );
+}
+
+#[test]
+fn root_bad_listener_address() {
+    expect_refusal(
+        &["--limit", "198.18.0.300:8000=5"],
+        2,
+        &["--limit", "198.18.0.300"],
+    );
+}
+
+#[test]
+fn root_bad_listener_port() {
+    expect_refusal(&["--limit", "70000=5"], 2, &["--limit", "70000"]);
+}
+
+#[test]
+fn root_limit_zero() {
+    expect_refusal(&["--limit", "8000=0"], 2, &["--limit", "8000=0"]);
+}
+
+#[test]
+fn root_limit_negative() {
+    expect_refusal(&["--limit", "8000=-1"], 2, &["--limit", "-1"]);
+}
+
+#[test]
+fn root_limit_above_u32() {
+    expect_refusal(
+        &["--limit", "8000=4294967296"],
+        2,
+        &["--limit", "4294967296"],
+    );
+}
+
+#[test]
+fn root_limit_bad_action() {
+    expect_refusal(&["--limit", "8000=5:explode"], 2, &["--limit", "explode"]);
+}
+
+#[test]
+fn root_duplicate_listener() {
+    expect_refusal(
+        &["--limit", "8000=5", "--limit", "8000=6"],
+        2,
+        &["duplicate", "8000"],
+    );
+}
+
+#[test]
+fn root_bad_over_limit() {
+    expect_refusal(
+        &["--limit", "8000=5", "--over-limit", "maybe"],
+        2,
+        &["--over-limit", "maybe"],
+    );
+}
+
+#[test]
+fn root_bad_handshake_timeout() {
+    expect_refusal(
+        &["--limit", "8000=5", "--handshake-timeout", "soon"],
+        2,
+        &["--handshake-timeout", "soon"],
+    );
+}
+
+#[test]
+fn root_unknown_interface() {
+    let bed = TestBed::new();
+    let socket = Agent::socket_path().display().to_string();
+    let missing = format!("nope{}", names::next_id());
+    let args = [
+        "run",
+        "--iface",
+        &missing,
+        "--limit",
+        "8000=5",
+        "--control-socket",
+        &socket,
+    ];
+    let finished = Agent::run_to_exit(&bed, &args);
+    check_refusal(&bed, &finished, "unknown interface", 1, &[&missing]);
+}
+
+/// A second, real interface after a missing one: the one that exists must not stay attached.
+#[test]
+fn root_unknown_second_interface_leaves_nothing_attached() {
+    let bed = TestBed::new();
+    let socket = Agent::socket_path().display().to_string();
+    let missing = format!("nope{}", names::next_id());
+    let args = [
+        "run",
+        "--iface",
+        &bed.srv_veth,
+        "--iface",
+        &missing,
+        "--limit",
+        "8000=5",
+        "--control-socket",
+        &socket,
+    ];
+    let finished = Agent::run_to_exit(&bed, &args);
+    check_refusal(&bed, &finished, "unknown second interface", 1, &[&missing]);
+}
+
+#[test]
+fn root_cgroup_path_missing() {
+    expect_refusal(
+        &["--limit", "8000=5", "--cgroup", "/nonexistent-lim-cgroup"],
+        1,
+        &["cgroup v2", "cgroup2"],
+    );
+}
+
+#[test]
+fn root_cgroup_path_not_cgroup2() {
+    expect_refusal(
+        &["--limit", "8000=5", "--cgroup", "/tmp"],
+        1,
+        &["cgroup v2", "cgroup2"],
+    );
+}
+
+/// Without root (uid 65534, no capabilities) the agent says it lacks privileges.
+#[test]
+fn root_no_privileges() {
+    let bed = TestBed::new();
+    // A copy any user can execute, whatever the permissions on the way to the target dir.
+    let dir = PathBuf::from(format!("/tmp/{}", names::unique("bin", names::next_id())));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let _cleanup = RemoveDir(dir.clone());
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.join("limiter");
+    fs::copy(limiter_bin(), &bin).expect("copy agent");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod agent");
+    let socket = dir.join("ctl.sock");
+
+    // nsenter (as root) enters the namespace, then setpriv drops to nobody with no capabilities.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", bed.srv_netns_path().display()))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args([
+            "run",
+            "--iface",
+            &bed.srv_veth,
+            "--limit",
+            "8000=5",
+            "--control-socket",
+        ])
+        .arg(&socket);
+    let finished = Agent::run_command_to_exit(&bed, cmd);
+    check_refusal(&bed, &finished, "no privileges", 1, &["privilege", "cap_"]);
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

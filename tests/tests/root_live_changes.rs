@@ -1,0 +1,131 @@
+//! Live changes (design.md semantics 4): `limiter set` raises or lowers a limit at once,
+//! lowering below the current count keeps established connections and refuses new ones, and
+//! `limiter unset` lifts the limit. Needs root.
+use std::time::Duration;
+
+use limiter_tests::{
+    Agent, Side, TestBed,
+    client::{EchoServer, Hold, ServerMode, addr},
+};
+
+const PORT: u16 = 8000;
+const SETTLE: Duration = Duration::from_secs(20);
+
+#[test]
+fn root_set_raises_and_lowers_at_once() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=2:reset")]);
+
+    let mut a = Hold::open(&bed, 4, &server, 5000);
+    assert_eq!(
+        (a.result.connected, a.result.refused),
+        (2, 2),
+        "limit 2: {:?}",
+        a.result
+    );
+    agent.wait_listener(&listener, "2 active", SETTLE, |l| l.active == 2);
+
+    // Raise: in force as soon as `set` returns.
+    agent.set(&format!("{listener}=5:reset"));
+    assert_eq!(agent.listener(&listener).limit, 5);
+    let mut b = Hold::open(&bed, 4, &server, 5000);
+    assert_eq!(
+        (b.result.connected, b.result.refused),
+        (3, 1),
+        "limit 5: {:?}",
+        b.result
+    );
+    agent.wait_listener(&listener, "5 active", SETTLE, |l| l.active == 5);
+
+    // Lower below the count: the 5 established connections stay and still echo...
+    agent.set(&format!("{listener}=1:reset"));
+    let row = agent.listener(&listener);
+    assert_eq!((row.limit, row.active), (1, 5), "{row:?}");
+    assert_eq!(a.ping().echoed, 2);
+    assert_eq!(b.ping().echoed, 3);
+    // ...and new ones are refused until the count falls under the limit.
+    let c = Hold::open(&bed, 1, &server, 5000);
+    assert_eq!(
+        c.result.refused, 1,
+        "over the lowered limit: {:?}",
+        c.result
+    );
+    b.close();
+    agent.wait_listener(&listener, "2 active", SETTLE, |l| l.active == 2);
+    let d = Hold::open(&bed, 1, &server, 5000);
+    assert_eq!(d.result.refused, 1, "still 2 >= 1: {:?}", d.result);
+    a.close();
+    agent.wait_listener(&listener, "0 active", SETTLE, |l| l.active == 0);
+    let e = Hold::open(&bed, 2, &server, 5000);
+    assert_eq!(
+        (e.result.connected, e.result.refused),
+        (1, 1),
+        "limit 1 again: {:?}",
+        e.result
+    );
+    let row = agent.wait_listener(&listener, "1 active", SETTLE, |l| l.active == 1);
+    assert_eq!(row.admitted_total, 6, "{row:?}");
+}
+
+#[test]
+fn root_unset_lifts_the_limit() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=1:reset")]);
+    let first = Hold::open(&bed, 3, &server, 5000);
+    assert_eq!(
+        (first.result.connected, first.result.refused),
+        (1, 2),
+        "{:?}",
+        first.result
+    );
+
+    agent.unset(&listener);
+    let stats = agent.stats();
+    assert!(
+        stats.listener(&listener).is_none(),
+        "unset listener still listed: {stats:?}"
+    );
+    let mut after = Hold::open(&bed, 20, &server, 5000);
+    assert_eq!(
+        after.result.connected, 20,
+        "no limit any more: {:?}",
+        after.result
+    );
+    assert_eq!(after.ping().echoed, 20);
+    assert_eq!(
+        agent.stats().packets.syn_refused_total,
+        2,
+        "only the two refusals before unset"
+    );
+
+    // Set again: the listener comes back and counts from the kernel's state onwards.
+    agent.set(&format!("{listener}=2:reset"));
+    assert_eq!(agent.listener(&listener).limit, 2);
+}
+
+/// `set` on a listener that had no limit adds one, live.
+#[test]
+fn root_set_adds_a_listener() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let other = format!("{}:{}", bed.srv_v4, PORT + 1);
+    let agent = Agent::start(&bed, &["--limit", &format!("{other}=1")]);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    agent.set(&format!("{listener}=2:reset"));
+    let hold = Hold::open(&bed, 4, &server, 5000);
+    assert_eq!(
+        (hold.result.connected, hold.result.refused),
+        (2, 2),
+        "{:?}",
+        hold.result
+    );
+    let row = agent.wait_listener(&listener, "2 active", SETTLE, |l| l.active == 2);
+    assert_eq!(row.admitted_total, 2, "{row:?}");
+}
