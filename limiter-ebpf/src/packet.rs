@@ -119,6 +119,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
         ctx,
         l3,
         l4,
+        l3 + total_len,
         payload_len,
         family::V4,
         [src, 0, 0, 0],
@@ -163,6 +164,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
         ctx,
         l3,
         l4,
+        l3 + IPV6_HLEN + payload_len,
         payload_len - ext_len,
         family::V6,
         src,
@@ -177,6 +179,7 @@ fn parse_tcp(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
+    ip_end: usize,
     segment_len: usize,
     addr_family: u16,
     src: [u32; 4],
@@ -187,6 +190,12 @@ fn parse_tcp(
     let header: [u8; TCP_MIN_HLEN] = or_malformed!(load(ctx, l4));
     let data_offset = ((header[12] >> 4) as usize) * 4;
     if data_offset < TCP_MIN_HLEN || data_offset > segment_len {
+        return Frame::Malformed;
+    }
+    // Cut short of what the IP header announces (e.g. inside the TCP options): the kernel drops
+    // it, so it must not take a slot. `black_box` keeps LLVM from using this check to drop the
+    // bounds check of the header load above (it implies it), which the verifier needs.
+    if ctx.data() + core::hint::black_box(ip_end) > ctx.data_end() {
         return Frame::Malformed;
     }
     let flags = header[13];
