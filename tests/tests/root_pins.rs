@@ -1,0 +1,302 @@
+//! `--pin-dir` (design.md semantics 9): pinned maps and links outlive the agent; a restarted
+//! agent adopts them with the counts intact and no gap in enforcement; pins of another layout
+//! and a directory that is not on bpffs are refused with a clear error, and nothing is left
+//! behind. Needs root.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use limiter_tests::{
+    Agent, Side, TestBed,
+    client::{EchoServer, Hold, ServerMode, addr},
+    names,
+};
+
+const PORT: u16 = 8000;
+const LIMIT: u32 = 3;
+
+/// A unique pin directory on bpffs, removed (with whatever an agent left in it) when dropped,
+/// even if the test panics.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> PinDir {
+        ensure_bpffs();
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/{}",
+            names::unique("pins", names::next_id())
+        )))
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// bpffs is not mounted on a fresh machine; the test setup mounts it, as a node's would be.
+fn ensure_bpffs() {
+    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "mounting bpffs: {status:?}"
+        );
+    }
+}
+
+fn pins_exist(dir: &Path) -> bool {
+    dir.join("v1/maps/LISTENERS").exists() && dir.join("v1/links/accounting").exists()
+}
+
+#[test]
+fn root_restart_after_sigkill_keeps_counts_and_enforcement() {
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let args = [
+        "--limit",
+        &format!("{listener}={LIMIT}"),
+        "--pin-dir",
+        &pins.arg(),
+    ];
+    let agent = Agent::start(&bed, &args);
+
+    let mut held = Hold::open(&bed, LIMIT, &server, 3000);
+    assert_eq!(held.result.connected, LIMIT as u64, "{:?}", held.result);
+    agent.wait_listener(&listener, "active == limit", Duration::from_secs(5), |l| {
+        l.active == LIMIT as u64
+    });
+
+    let status = agent.stop(libc::SIGKILL);
+    assert_eq!(status.code(), None, "SIGKILL: {status}");
+    assert!(pins_exist(&pins.0), "pins gone after SIGKILL");
+    assert!(
+        bed.srv_links().contains("xdp"),
+        "XDP detached by SIGKILL:\n{}",
+        bed.srv_links()
+    );
+
+    // No agent runs, yet the limit holds: a new connection is refused (dropped).
+    let refused = Hold::open(&bed, 1, &server, 1500);
+    assert_eq!(
+        (refused.result.connected, refused.result.timed_out),
+        (0, 1),
+        "{:?}",
+        refused.result
+    );
+
+    let agent = Agent::start(&bed, &args);
+    assert!(
+        agent.stderr().iter().any(|l| l.contains("adopted 1 limit")),
+        "restart did not adopt: {:?}",
+        agent.stderr()
+    );
+    let row = agent.listener(&listener);
+    assert_eq!(
+        (row.active, row.limit),
+        (LIMIT as u64, LIMIT as u64),
+        "counts after restart: {row:?}"
+    );
+    assert_eq!(
+        held.ping().echoed,
+        LIMIT as u64,
+        "held connections broken by the restart"
+    );
+
+    held.close();
+    let row = agent.wait_listener(
+        &listener,
+        "active back to 0",
+        Duration::from_secs(10),
+        |l| l.active == 0 && l.pending == 0,
+    );
+    assert_eq!(row.admitted_total, LIMIT as u64, "{row:?}");
+    // Capacity is back: exactly LIMIT new connections fit.
+    let again = Hold::open(&bed, LIMIT + 1, &server, 1500);
+    assert_eq!(again.result.connected, LIMIT as u64, "{:?}", again.result);
+    drop(again);
+
+    let status = agent.stop(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status}; {:?}", agent.stderr());
+    bed.assert_no_xdp("after SIGTERM without --keep-pinned");
+    assert!(
+        !pins.0.exists(),
+        "pins left behind after SIGTERM without --keep-pinned"
+    );
+}
+
+#[test]
+fn root_keep_pinned_leaves_enforcement_running() {
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let spec = format!("{listener}=1:reset");
+    let agent = Agent::start(
+        &bed,
+        &["--limit", &spec, "--pin-dir", &pins.arg(), "--keep-pinned"],
+    );
+    let held = Hold::open(&bed, 1, &server, 3000);
+    assert_eq!(held.result.connected, 1, "{:?}", held.result);
+
+    let status = agent.stop(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status}; {:?}", agent.stderr());
+    assert!(pins_exist(&pins.0), "--keep-pinned removed the pins");
+    let refused = Hold::open(&bed, 1, &server, 3000);
+    assert_eq!(
+        refused.result.refused, 1,
+        "not enforced while no agent runs: {:?}",
+        refused.result
+    );
+
+    // A new agent with other flags adopts the pins; the flags win.
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--limit",
+            &format!("{listener}=2"),
+            "--pin-dir",
+            &pins.arg(),
+        ],
+    );
+    let row = agent.listener(&listener);
+    assert_eq!(
+        (row.limit, row.active, row.action.as_str()),
+        (2, 1, "drop"),
+        "{row:?}"
+    );
+    drop(held);
+    agent.wait_listener(
+        &listener,
+        "active back to 0",
+        Duration::from_secs(10),
+        |l| l.active == 0,
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+    assert!(!pins.0.exists(), "pins left behind");
+    bed.assert_no_xdp("after the adopting agent stopped");
+}
+
+#[test]
+fn root_pin_dir_not_on_bpffs_is_refused() {
+    let bed = TestBed::new();
+    let dir = PathBuf::from(format!(
+        "/tmp/{}",
+        names::unique("notbpf", names::next_id())
+    ));
+    let dir_arg = dir.display().to_string();
+    let socket = Agent::socket_path().display().to_string();
+    let out = Agent::run_to_exit(
+        &bed,
+        &[
+            "run",
+            "--iface",
+            &bed.srv_veth,
+            "--limit",
+            "8000=1",
+            "--pin-dir",
+            &dir_arg,
+            "--control-socket",
+            &socket,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(
+        errors[0].contains("--pin-dir") && errors[0].contains("bpf filesystem"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !dir.exists(),
+        "a directory was created on the wrong filesystem"
+    );
+    bed.assert_no_xdp("after a refused --pin-dir");
+}
+
+#[test]
+fn root_pins_of_another_layout_are_refused_not_misread() {
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let foreign = pins.0.join("v0");
+    fs::create_dir_all(&foreign).expect("creating a foreign layout directory on bpffs");
+    let socket = Agent::socket_path().display().to_string();
+    let out = Agent::run_to_exit(
+        &bed,
+        &[
+            "run",
+            "--iface",
+            &bed.srv_veth,
+            "--limit",
+            "8000=1",
+            "--pin-dir",
+            &pins.arg(),
+            "--control-socket",
+            &socket,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(
+        errors[0].contains("--pin-dir") && errors[0].contains("v1"),
+        "{}",
+        errors[0]
+    );
+    assert!(foreign.exists(), "the foreign pins were touched");
+    assert!(
+        !pins.0.join("v1").exists(),
+        "pins created next to a foreign layout"
+    );
+    bed.assert_no_xdp("after refusing foreign pins");
+}
+
+#[test]
+fn root_bad_input_with_pin_dir_leaves_no_pins() {
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let socket = Agent::socket_path().display().to_string();
+    for bad in [
+        vec!["--iface", "lim-no-such-if0"],
+        vec!["--iface", bed.srv_veth.as_str(), "--cgroup", "/tmp"],
+    ] {
+        let mut args = vec!["run"];
+        args.extend(bad.iter().copied());
+        args.extend([
+            "--limit",
+            "8000=1",
+            "--pin-dir",
+            &pins.0.to_str().unwrap(),
+            "--control-socket",
+            &socket,
+        ]);
+        let out = Agent::run_to_exit(&bed, &args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert_eq!(out.error_lines().len(), 1, "{args:?}: {out:?}");
+        assert!(
+            !pins.0.exists(),
+            "{args:?} left {} behind",
+            pins.0.display()
+        );
+        bed.assert_no_xdp(&format!("after {args:?}"));
+    }
+}
