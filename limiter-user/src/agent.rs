@@ -115,8 +115,9 @@ async fn enforce(
     let mut table = LimitTable::new(maps, args.over_limit);
     if pins.is_some_and(|p| p.adopting) {
         let adopted = table.adopt();
-        eprintln!(
-            "limiter: adopted {} limit(s) with their live counts from --pin-dir",
+        tracing::info!(
+            pin_dir = %pins_dir(args).display(),
+            "adopted {} limit(s) with their live counts",
             adopted.len()
         );
         // The flags say what is in force now: drop adopted limits they no longer name.
@@ -125,27 +126,23 @@ async fn enforce(
             .filter(|l| !args.limits.iter().any(|s| s.listener == **l))
         {
             table.unset(listener)?;
-            eprintln!("limiter: limit removed: {listener} (not in --limit)");
+            tracing::info!(%listener, "limit removed (no longer configured)");
         }
     }
     for spec in &args.limits {
         let now = table.set(spec)?;
-        eprintln!("limiter: limit set: {now}");
+        tracing::info!("limit set: {now}");
     }
     for (destinations, keepalive) in args.keepalive_policies().map_err(anyhow::Error::msg)? {
         table.set_keepalive_policy(&destinations, &keepalive)?;
-        eprintln!("limiter: keepalive for connections to {destinations}: {keepalive}");
+        tracing::info!(%destinations, %keepalive, "keepalive policy set");
     }
     programs.attach_accounting(cgroup, pins)?;
-    eprintln!(
-        "limiter: counting connections (sock_ops on cgroup {})",
-        cgroup.display()
-    );
+    tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
     programs.attach_admission(&args.ifaces, args.xdp_mode, pins)?;
-    eprintln!(
-        "limiter: admitting SYNs (XDP on {})",
-        args.ifaces.join(", ")
-    );
+    for iface in &args.ifaces {
+        tracing::info!(%iface, mode = ?args.xdp_mode, "attached: admitting SYNs (XDP)");
+    }
     let table = Arc::new(Mutex::new(table));
     let state = Arc::new(AgentState {
         table: table.clone(),
@@ -156,7 +153,7 @@ async fn enforce(
     });
     let mut proxy_tasks = tokio::task::JoinSet::new();
     for proxy in proxies {
-        eprintln!("limiter: proxying {}", proxy.spec);
+        tracing::info!(proxy = %proxy.spec, "proxy listening");
         proxy_tasks.spawn(proxy.run(table.clone()));
     }
 
@@ -166,7 +163,7 @@ async fn enforce(
         signal(SignalKind::terminate()).map_err(AgentError::syscall("sigaction(SIGTERM)"))?;
     let mut sweep = tokio::time::interval(handshake::sweep_interval(args.handshake_timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    eprintln!("limiter: ready");
+    tracing::info!("ready");
 
     let signal_name = loop {
         tokio::select! {
@@ -178,20 +175,20 @@ async fn enforce(
             }
             accepted = control.accept() => match accepted {
                 Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }
-                Err(e) => eprintln!("limiter: control socket: accept: {e}"),
+                Err(e) => tracing::warn!(error = %e, "control socket: accept failed"),
             },
         }
     };
     if args.keep_pinned {
-        eprintln!(
-            "limiter: {signal_name}: exiting, programs stay attached and pinned in {}",
-            pins_dir(args).display()
+        tracing::info!(
+            signal = signal_name,
+            pin_dir = %pins_dir(args).display(),
+            "exiting; programs stay attached and pinned"
         );
     } else {
-        eprintln!(
-            "limiter: {signal_name}: detaching from {}",
-            args.ifaces.join(", ")
-        );
+        for iface in &args.ifaces {
+            tracing::info!(signal = signal_name, %iface, "detaching");
+        }
     }
     proxy_tasks.abort_all();
     drop(programs);

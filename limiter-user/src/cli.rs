@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     duration,
+    logging::LogFormat,
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
     proxy::ProxySpec,
@@ -105,6 +106,10 @@ pub struct RunArgs {
     /// --keepalive-for 198.18.0.0/15:5432 time=60s,probes=3,interval=5s
     #[arg(long, num_args = 2, value_names = ["CIDR[:PORT]", "KEEPALIVE"])]
     pub keepalive_for: Vec<String>,
+
+    /// Log lines as `limiter: message key=value` (human) or one JSON object each (json).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 
     /// Pin maps and links under this bpffs directory: a restarted agent adopts them with their
     /// counts, and with --keep-pinned (or after SIGKILL) enforcement continues while no agent runs.

@@ -135,7 +135,7 @@ fn handle(request: Request, state: &AgentState) -> Response {
     };
     match result {
         Ok(message) => {
-            eprintln!("limiter: {message}");
+            tracing::info!("{message}");
             Response {
                 message: Some(message),
                 ..Default::default()

@@ -16,6 +16,8 @@ pub mod keepalive;
 pub mod kernel;
 pub mod limits;
 pub mod listener;
+pub mod logging;
+pub mod metrics;
 pub mod pins;
 pub mod preflight;
 pub mod proxy;

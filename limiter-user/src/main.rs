@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             if let Err(message) = args.validate() {
                 return fail(EXIT_USAGE, &message);
             }
+            limiter::logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -119,7 +119,7 @@ impl Proxy {
             let (stream, _) = match this.listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    eprintln!("limiter: proxy {}: accept: {e}", this.spec);
+                    tracing::warn!(proxy = %this.spec, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
