@@ -128,8 +128,16 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// One JSON object instead of the table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+
+    /// Redraw the table in place every --interval until interrupted (like `watch`).
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Refresh period for --watch.
+    #[arg(long, default_value = "1s", value_parser = parse_connect_timeout, value_name = "DURATION", requires = "watch")]
+    pub interval: Duration,
 
     #[command(flatten)]
     pub control: ControlArgs,

@@ -47,20 +47,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
             }
         }
-        Command::Stats(args) => {
-            match control::request(&args.control.control_socket, &Request::Stats) {
-                Ok(response) => {
-                    let report: Report = response.report.unwrap_or_default();
-                    if args.json {
-                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                    } else {
-                        print!("{}", report.render_table());
-                    }
-                    ExitCode::SUCCESS
+        Command::Stats(args) if args.watch => watch(&args.control.control_socket, args.interval),
+        Command::Stats(args) => match fetch_report(&args.control.control_socket) {
+            Ok(report) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{}", report.render_table());
                 }
-                Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+        },
         Command::Set(args) => reply(control::request(
             &args.control.control_socket,
             &Request::Set {
@@ -73,6 +71,32 @@ fn main() -> ExitCode {
                 listener: args.listener.to_string(),
             },
         )),
+    }
+}
+
+fn fetch_report(socket: &std::path::Path) -> anyhow::Result<Report> {
+    control::request(socket, &Request::Stats).map(|response| response.report.unwrap_or_default())
+}
+
+/// `limiter stats --watch`: clear the screen and redraw, like `watch limiter stats`, until
+/// interrupted (Ctrl-C ends the process) or the agent goes away.
+fn watch(socket: &std::path::Path, interval: std::time::Duration) -> ExitCode {
+    use std::io::Write as _;
+    loop {
+        let report = match fetch_report(socket) {
+            Ok(report) => report,
+            Err(e) => return fail(EXIT_RUNTIME, &one_line(&e)),
+        };
+        // Home the cursor and clear: the table is redrawn in place.
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\x1b[H\x1b[2J{}", report.render_table());
+        let _ = writeln!(out, "\n(every {}; Ctrl-C to stop)", limiter::duration::display(interval));
+        if out.flush().is_err() {
+            // stdout closed (e.g. piped into `head`): stop quietly.
+            return ExitCode::SUCCESS;
+        }
+        drop(out);
+        std::thread::sleep(interval);
     }
 }
 
