@@ -10,11 +10,14 @@ use crate::error::AgentError;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// CAP_BPF (or CAP_SYS_ADMIN on its behalf) loads the programs; CAP_NET_ADMIN attaches XDP and
-/// cgroup programs.
+/// CAP_BPF (or CAP_SYS_ADMIN on its behalf) loads the programs; CAP_PERFMON lets the verifier
+/// accept their pointer arithmetic on map values and packets (without it the load fails with a
+/// verifier error); CAP_NET_ADMIN attaches XDP and cgroup programs. Checked up front so that a
+/// missing one is named instead of surfacing as EPERM from the verifier.
 pub fn check_capabilities() -> Result<(), AgentError> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(AgentError::syscall("reading /proc/self/status"))?;
@@ -27,6 +30,9 @@ pub fn check_capabilities() -> Result<(), AgentError> {
     let mut missing = Vec::new();
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
