@@ -1,6 +1,9 @@
 //! `limiter run`: check the environment, load and attach (or adopt pinned state), enforce until
 //! SIGINT/SIGTERM, detach.
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -10,6 +13,7 @@ use crate::{
     error::AgentError,
     handshake, kernel,
     limits::LimitTable,
+    metrics::{self, MetricsSource},
     pins::PinDir,
     preflight,
     proxy::{Proxy, ProxySpec, ProxyStats, UpstreamPolicy},
@@ -27,6 +31,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let control = ControlSocket::bind(&args.control.control_socket)?;
     // Bound before anything is loaded: a port in use is an error that leaves nothing behind.
     let proxies = bind_proxies(&args)?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::MetricsBind { addr, source })?,
+        ),
+        None => None,
+    };
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
     match enforce(
@@ -36,6 +48,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pins.as_ref(),
         &control,
         proxies,
+        metrics,
     )
     .await
     {
@@ -74,10 +87,22 @@ fn bind_proxies(args: &RunArgs) -> Result<Vec<Proxy>, AgentError> {
         .collect()
 }
 
-/// What the control socket reads and changes while the agent runs.
+/// What the control socket and the metrics endpoint read and change while the agent runs.
 pub struct AgentState {
     pub table: Arc<Mutex<LimitTable>>,
     pub proxies: Vec<(String, Arc<ProxyStats>)>,
+    /// Programs attached (cleared when detaching): what /readyz reports.
+    pub attached: AtomicBool,
+}
+
+impl MetricsSource for AgentState {
+    fn report(&self) -> Result<crate::stats::Report, String> {
+        Ok(AgentState::report(self))
+    }
+
+    fn attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed)
+    }
 }
 
 impl AgentState {
@@ -108,6 +133,7 @@ async fn enforce(
     pins: Option<&PinDir>,
     control: &ControlSocket,
     proxies: Vec<Proxy>,
+    metrics: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<bool> {
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
@@ -150,6 +176,12 @@ async fn enforce(
             .iter()
             .map(|p| (p.spec.to_string(), p.stats.clone()))
             .collect(),
+        attached: AtomicBool::new(true),
+    });
+    let metrics_task = metrics.map(|listener| {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "serving metrics and probes");
+        tokio::spawn(metrics::serve(listener, state.clone()))
     });
     let mut proxy_tasks = tokio::task::JoinSet::new();
     for proxy in proxies {
@@ -190,7 +222,11 @@ async fn enforce(
             tracing::info!(signal = signal_name, %iface, "detaching");
         }
     }
+    state.attached.store(false, Ordering::Relaxed);
     proxy_tasks.abort_all();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     drop(programs);
     Ok(args.keep_pinned)
 }

@@ -107,6 +107,11 @@ pub struct RunArgs {
     #[arg(long, num_args = 2, value_names = ["CIDR[:PORT]", "KEEPALIVE"])]
     pub keepalive_for: Vec<String>,
 
+    /// Where to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz); `off` to
+    /// serve none. Loopback by default: expose it on purpose.
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr, value_name = "ADDR|off")]
+    pub metrics_addr: MetricsAddr,
+
     /// Log lines as `limiter: message key=value` (human) or one JSON object each (json).
     #[arg(long, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
     pub log_format: LogFormat,
@@ -168,6 +173,18 @@ pub enum XdpAttachMode {
     Auto,
     Native,
     Generic,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+pub type MetricsAddr = Option<std::net::SocketAddr>;
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("'{text}' is not IP:PORT, [IPv6]:PORT or off"))
 }
 
 fn parse_connect_timeout(text: &str) -> Result<Duration, String> {

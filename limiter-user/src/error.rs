@@ -79,6 +79,9 @@ pub enum AgentError {
     #[error("--pin-dir: {what}: {source}")]
     Pin { what: String, source: io::Error },
 
+    #[error("--metrics-addr {addr}: cannot listen: {source}")]
+    MetricsBind { addr: std::net::SocketAddr, source: io::Error },
+
     #[error("--proxy {spec}: cannot listen: {source}")]
     ProxyBind { spec: String, source: io::Error },
 
