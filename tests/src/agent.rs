@@ -59,6 +59,9 @@ pub struct ListenerStats {
     pub syn_retransmit_total: u64,
     pub handshake_timeout_total: u64,
     pub unreserved_total: u64,
+    /// `close` listeners (proxy mode): connections held over the limit, never counted active.
+    #[serde(default)]
+    pub held_total: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -70,17 +73,46 @@ pub struct PacketStats {
     pub syn_refused_total: u64,
     pub reset_fallback_drop_total: u64,
     pub pending_full_total: u64,
+    /// Outgoing connections given keepalive by `--keepalive-for` (and those it failed on).
+    #[serde(default)]
+    pub keepalive_set_total: u64,
+    #[serde(default)]
+    pub keepalive_failed_total: u64,
+}
+
+/// One proxy's row of `limiter stats --json` (`--proxy LISTEN=UPSTREAM`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ProxyStats {
+    /// `LISTEN=UPSTREAM`, the listener in canonical form.
+    pub proxy: String,
+    pub active: u64,
+    pub held: u64,
+    pub held_total: u64,
+    pub accepted_total: u64,
+    pub upstream_connect_failures_total: u64,
+    pub upstream_connect_timeouts_total: u64,
+    pub upstream_overflow_total: u64,
+    pub upstream_keepalive_deaths_total: u64,
+    pub bytes_to_upstream_total: u64,
+    pub bytes_to_downstream_total: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     pub listeners: Vec<ListenerStats>,
     pub packets: PacketStats,
+    #[serde(default)]
+    pub proxies: Vec<ProxyStats>,
 }
 
 impl Stats {
     pub fn listener(&self, name: &str) -> Option<&ListenerStats> {
         self.listeners.iter().find(|l| l.listener == name)
+    }
+
+    pub fn proxy(&self, name: &str) -> Option<&ProxyStats> {
+        self.proxies.iter().find(|p| p.proxy == name)
     }
 }
 
@@ -228,6 +260,33 @@ impl Agent {
     ) -> ListenerStats {
         eventually(&format!("{listener}: {what}"), timeout, || {
             let row = self.listener(listener);
+            if pred(&row) {
+                Ok(row)
+            } else {
+                Err(format!("{row:?}"))
+            }
+        })
+    }
+
+    /// The row of proxy `name` (`LISTEN=UPSTREAM`, canonical); panics if it is not listed.
+    pub fn proxy(&self, name: &str) -> ProxyStats {
+        let stats = self.stats();
+        match stats.proxy(name) {
+            Some(row) => row.clone(),
+            None => panic!("proxy {name} not in stats: {stats:#?}"),
+        }
+    }
+
+    /// Polls the proxy's row until `pred` holds; fails with the last row seen.
+    pub fn wait_proxy(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ProxyStats) -> bool,
+    ) -> ProxyStats {
+        eventually(&format!("proxy {name}: {what}"), timeout, || {
+            let row = self.proxy(name);
             if pred(&row) {
                 Ok(row)
             } else {

@@ -44,6 +44,19 @@ pub enum ServerMode {
     Echo,
     /// Close as soon as the client sends anything (server closes first).
     CloseOnData,
+    /// Read until the client's FIN, then answer `received N` (N = bytes read) and close: the
+    /// reply only arrives if the half-closed connection still carries the other direction.
+    CountAfterEof,
+}
+
+impl ServerMode {
+    fn arg(self) -> &'static str {
+        match self {
+            ServerMode::Echo => "echo",
+            ServerMode::CloseOnData => "close-on-data",
+            ServerMode::CountAfterEof => "count-after-eof",
+        }
+    }
 }
 
 /// A threaded TCP echo server; stopped when dropped (or with the bed).
@@ -54,14 +67,30 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(bed: &TestBed, side: Side, addr: &str, mode: ServerMode) -> EchoServer {
-        let mode_arg = match mode {
-            ServerMode::Echo => "echo",
-            ServerMode::CloseOnData => "close-on-data",
-        };
+        let mode_arg = mode.arg();
         let proc = bed.spawn(
             &format!("echo-server {addr}"),
             tool(bed, side, &["echo-server", addr, mode_arg]),
         );
+        proc.expect_line("`listening`", START_TIMEOUT, |l| l.starts_with("listening"));
+        EchoServer {
+            proc,
+            addr: addr.to_owned(),
+        }
+    }
+}
+
+impl EchoServer {
+    /// [`EchoServer::start`] in any namespace of the bed by name (e.g. an
+    /// [`UpstreamNs`](crate::netns::UpstreamNs)).
+    pub fn start_in(bed: &TestBed, ns: &str, addr: &str, mode: ServerMode) -> EchoServer {
+        let bin = netns_tool_bin();
+        let cmd = bed.command_in(
+            ns,
+            bin.to_str().expect("utf-8 path"),
+            &["echo-server", addr, mode.arg()],
+        );
+        let proc = bed.spawn(&format!("echo-server {addr} in {ns}"), cmd);
         proc.expect_line("`listening`", START_TIMEOUT, |l| l.starts_with("listening"));
         EchoServer {
             proc,
@@ -253,4 +282,133 @@ pub fn udp_probe(bed: &TestBed, addr: &str, count: u32) -> UdpResult {
     let limit = Duration::from_secs(30 + 2 * count as u64);
     let line = proc.expect_line("the UDP result", limit, |l| l.starts_with('{'));
     serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad udp-probe output {line:?}: {err}"))
+}
+
+/// What `session` printed after its connect.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SessionConnect {
+    pub connected: bool,
+    pub connect_ms: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SessionEcho {
+    pub echoed: bool,
+    pub received: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SessionSend {
+    pub sent: u64,
+    pub error: Option<String>,
+}
+
+/// How `read-eof` ended: `end` is `eof`, `reset`, `timeout` or `error: ...`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SessionRead {
+    pub received: u64,
+    /// The first 200 bytes received.
+    pub text: String,
+    pub end: String,
+    /// From the `read-eof` command to the end.
+    pub ms: u64,
+    /// From the connect to the end.
+    pub since_connect_ms: u64,
+}
+
+/// One client connection (netns-tool `session`), driven step by step: the test can act
+/// between steps and time what the other end does.
+pub struct Session {
+    pub proc: Proc,
+    pub connect: SessionConnect,
+}
+
+impl Session {
+    /// Connects from `side` to `addr` (connect timeout `timeout_ms`) and waits for the result.
+    pub fn open(bed: &TestBed, side: Side, addr: &str, timeout_ms: u64) -> Session {
+        let proc = bed.spawn(
+            &format!("session {addr}"),
+            tool(bed, side, &["session", addr, &timeout_ms.to_string()]),
+        );
+        let limit = Duration::from_millis(timeout_ms) + START_TIMEOUT;
+        let line = proc.expect_line("the connect result", limit, |l| l.starts_with('{'));
+        let connect = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("bad session output {line:?}: {err}"));
+        Session { proc, connect }
+    }
+
+    fn command<T: serde::de::DeserializeOwned>(&mut self, line: &str, limit: Duration) -> T {
+        self.proc.send_line(line);
+        let reply = self
+            .proc
+            .expect_line(&format!("the result of `{line}`"), limit, |l| {
+                l.starts_with('{')
+            });
+        serde_json::from_str(&reply)
+            .unwrap_or_else(|err| panic!("bad session output {reply:?} for {line:?}: {err}"))
+    }
+
+    /// Sends `n` bytes and waits (3 s) for all of them to come back.
+    pub fn echo(&mut self, n: usize) -> SessionEcho {
+        self.command(&format!("echo {n}"), Duration::from_secs(30))
+    }
+
+    /// Sends `n` bytes.
+    pub fn send(&mut self, n: usize) -> SessionSend {
+        self.command(&format!("send {n}"), Duration::from_secs(30))
+    }
+
+    /// shutdown(SHUT_WR): the client's FIN, the other direction stays open.
+    pub fn shut_wr(&mut self) {
+        #[derive(Deserialize)]
+        struct Shut {
+            shut: bool,
+            error: Option<String>,
+        }
+        let shut: Shut = self.command("shut-wr", Duration::from_secs(30));
+        assert!(
+            shut.shut,
+            "shutdown(SHUT_WR) failed: {:?}\n{}",
+            shut.error,
+            self.proc.transcript()
+        );
+    }
+
+    /// Reads until EOF, an error, or `timeout` (at most 120 s).
+    pub fn read_to_end(&mut self, timeout: Duration) -> SessionRead {
+        let ms = timeout.as_millis() as u64;
+        self.command(&format!("read-eof {ms}"), timeout + Duration::from_secs(30))
+    }
+
+    /// Closes the connection and waits for the tool to exit.
+    pub fn close(mut self) {
+        self.proc.send_line("close");
+        self.proc
+            .expect_line("`closed`", Duration::from_secs(30), |l| l == "closed");
+        self.proc.wait_exit(Duration::from_secs(30));
+    }
+}
+
+/// A plain client in `side` (a process that sets no socket option) connects to `addr` and
+/// reports the keepalive settings its socket has once connected.
+pub fn connect_sockopts(
+    bed: &TestBed,
+    side: Side,
+    addr: &str,
+    timeout_ms: u64,
+) -> crate::sockopt::Keepalive {
+    let proc = bed.spawn(
+        &format!("connect-sockopts {addr}"),
+        tool(
+            bed,
+            side,
+            &["connect-sockopts", addr, &timeout_ms.to_string()],
+        ),
+    );
+    let limit = Duration::from_millis(timeout_ms) + START_TIMEOUT;
+    let line = proc.expect_line("the socket options", limit, |l| l.starts_with('{'));
+    serde_json::from_str(&line)
+        .unwrap_or_else(|err| panic!("bad connect-sockopts output {line:?}: {err}"))
 }

@@ -9,6 +9,7 @@
 //! - [`poll`]: waiting for a condition with a deadline.
 //! - [`frames`]: crafted Ethernet frames and a reference parser, for program tests.
 //! - [`program`]: the XDP program loaded from the real object and run with BPF_PROG_TEST_RUN.
+//! - [`sockopt`]: another process's sockets (pidfd_getfd) and their keepalive options.
 
 pub mod agent;
 pub mod client;
@@ -18,9 +19,10 @@ pub mod netns;
 pub mod poll;
 pub mod process;
 pub mod program;
+pub mod sockopt;
 
-pub use agent::{Agent, ListenerStats, Stats};
-pub use netns::{Side, TestBed};
+pub use agent::{Agent, ListenerStats, ProxyStats, Stats};
+pub use netns::{Side, TestBed, UpstreamNs};
 pub use poll::eventually;
 
 /// Namespace and program tests need root; without it they fail (a skipped kernel test is a

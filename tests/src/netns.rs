@@ -238,6 +238,194 @@ impl TestBed {
     }
 }
 
+/// A third namespace, "upstream", joined to the bed's server namespace by a second veth pair
+/// with its own /30 of 198.18.0.0/15 and /64 of fd00:1e:57::/48: where a proxy's upstream
+/// runs, so that it can be cut off (or made to ignore SYNs) without touching the client side.
+/// Made by [`TestBed::add_upstream`]; its namespace is deleted with the bed (after the bed's
+/// processes are stopped), so it needs no guard of its own.
+#[derive(Clone, Debug)]
+pub struct UpstreamNs {
+    pub ns: String,
+    /// The end in the server namespace.
+    pub srv_veth: String,
+    /// The end in the upstream namespace.
+    pub ups_veth: String,
+    /// The server namespace's addresses on this link (the proxy's upstream sockets use them).
+    pub srv_v4: Ipv4Addr,
+    pub srv_v6: Ipv6Addr,
+    /// The upstream namespace's addresses (where upstream servers listen).
+    pub ups_v4: Ipv4Addr,
+    pub ups_v6: Ipv6Addr,
+}
+
+impl TestBed {
+    /// Adds the "upstream" namespace ([`UpstreamNs`]); the server namespace reaches it over
+    /// its directly connected /30 and /64, no routes needed.
+    pub fn add_upstream(&self) -> UpstreamNs {
+        let id = names::next_id();
+        let block = id % 32_768;
+        let (second, third, fourth) = (18 + block / 16_384, (block / 64) % 256, (block % 64) * 4);
+        let ups = UpstreamNs {
+            ns: names::unique("ups", id),
+            srv_veth: names::ifname('p', id),
+            ups_veth: names::ifname('u', id),
+            srv_v4: Ipv4Addr::new(198, second as u8, third as u8, fourth as u8 + 1),
+            ups_v4: Ipv4Addr::new(198, second as u8, third as u8, fourth as u8 + 2),
+            srv_v6: format!("fd00:1e:57:{id:x}::1").parse().unwrap(),
+            ups_v6: format!("fd00:1e:57:{id:x}::2").parse().unwrap(),
+        };
+        run_ok("ip", &["netns", "add", &ups.ns]);
+        self.created.lock().unwrap().push(ups.ns.clone());
+        run_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ups.srv_veth,
+                "netns",
+                &self.srv_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ups.ups_veth,
+                "netns",
+                &ups.ns,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&self.srv_ns, &ups.srv_veth, ups.srv_v4, ups.srv_v6),
+            (&ups.ns, &ups.ups_veth, ups.ups_v4, ups.ups_v6),
+        ] {
+            run_ok(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev],
+            );
+            run_ok(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        for (ns, dev) in [(&self.srv_ns, &ups.srv_veth), (&ups.ns, &ups.ups_veth)] {
+            eventually(
+                "the upstream veth pair to come up",
+                Duration::from_secs(10),
+                || {
+                    let link = run_ok("ip", &["-n", ns, "-o", "link", "show", dev]);
+                    if link.contains("LOWER_UP") {
+                        Ok(())
+                    } else {
+                        Err(link)
+                    }
+                },
+            );
+        }
+        ups
+    }
+
+    /// [`TestBed::command`] for any namespace of the bed by name (e.g. [`UpstreamNs::ns`]).
+    pub fn command_in(&self, ns: &str, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]).args(args);
+        cmd
+    }
+
+    /// [`TestBed::exec_ok`] for any namespace of the bed by name.
+    pub fn exec_in_ok(&self, ns: &str, program: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", ns, program];
+        full.extend_from_slice(args);
+        run_ok("ip", &full)
+    }
+}
+
+impl UpstreamNs {
+    /// Drops every packet in and out of the upstream namespace (nftables, input and output
+    /// hooks, policy drop): the peer silently vanishes, nothing (not even a RST) comes back.
+    pub fn cut_off(&self, bed: &TestBed) {
+        let table = "lim_cut_off";
+        bed.exec_in_ok(&self.ns, "nft", &["add", "table", "inet", table]);
+        for hook in ["input", "output"] {
+            bed.exec_in_ok(
+                &self.ns,
+                "nft",
+                &[
+                    "add",
+                    "chain",
+                    "inet",
+                    table,
+                    hook,
+                    &format!("{{ type filter hook {hook} priority 0; policy drop; }}"),
+                ],
+            );
+        }
+    }
+
+    /// Drops every TCP SYN (without ACK) arriving in the upstream namespace for `port`: an
+    /// upstream that never answers a connect.
+    pub fn drop_syns_to(&self, bed: &TestBed, port: u16) {
+        let table = format!("lim_drop_syn_{port}");
+        let port = port.to_string();
+        bed.exec_in_ok(&self.ns, "nft", &["add", "table", "inet", &table]);
+        bed.exec_in_ok(
+            &self.ns,
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                &table,
+                "input",
+                "{ type filter hook input priority 0; policy accept; }",
+            ],
+        );
+        bed.exec_in_ok(
+            &self.ns,
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                &table,
+                "input",
+                "tcp",
+                "dport",
+                &port,
+                "tcp",
+                "flags",
+                "&",
+                "(syn|ack)",
+                "==",
+                "syn",
+                "drop",
+            ],
+        );
+    }
+
+    /// Sockets in ESTABLISHED in the upstream namespace with local port `port` (the upstream
+    /// server's side of each proxied connection).
+    pub fn established_on(&self, bed: &TestBed, port: u16) -> usize {
+        let filter = format!("( sport = :{port} )");
+        let out = bed.exec_in_ok(
+            &self.ns,
+            "ss",
+            &["-H", "-t", "-n", "state", "established", &filter],
+        );
+        out.lines().filter(|line| !line.trim().is_empty()).count()
+    }
+}
+
 impl Drop for TestBed {
     fn drop(&mut self) {
         // Processes first (the agent gets SIGTERM and detaches), then the namespaces; deleting

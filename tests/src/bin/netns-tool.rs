@@ -6,7 +6,10 @@
 //! stdout, and exits when its stdin closes, so a test that dies never leaves one running.
 //!
 //! ```text
-//! echo-server ADDR [echo|close-on-data]   threaded TCP echo; prints `listening ADDR` when bound
+//! echo-server ADDR [echo|close-on-data|count-after-eof]
+//!                                         threaded TCP echo; prints `listening ADDR` when bound;
+//!                                         count-after-eof reads to EOF, then writes back
+//!                                         `received N` and closes (a half-close check)
 //! hold N ADDR TIMEOUT_MS                  N concurrent connects, prints {connected, refused,
 //!                                         timed_out, other, ...}; then holds them; stdin lines:
 //!                                         `ping` (echo check), `close`, `rst` (SO_LINGER 0)
@@ -16,6 +19,12 @@
 //! raw-syn SRC SPORT DST DPORT COUNT       COUNT identical bare IPv4 SYNs from a raw socket
 //! udp-echo-server ADDR                    UDP echo; prints `listening ADDR`
 //! udp-probe ADDR COUNT TIMEOUT_MS         COUNT datagrams, prints {sent, replied}
+//! session ADDR TIMEOUT_MS                 one connection, driven line by line from stdin; prints
+//!                                         {connected, connect_ms, error}; then `echo N`,
+//!                                         `send N`, `shut-wr`, `read-eof TIMEOUT_MS`, `close`
+//!                                         (see `session`)
+//! connect-sockopts ADDR TIMEOUT_MS        a plain connect (no options set), then prints the
+//!                                         socket's {keepalive, idle, intvl, cnt} and closes
 //! xdp-pass IFACE                          attaches a 2-instruction XDP_PASS program to IFACE
 //!                                         (bpf_link) until stdin closes; prints `attached`
 //! ```
@@ -42,6 +51,10 @@ const THREAD_STACK: usize = 128 * 1024;
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Upper bound on the connections `hold` and `churn` will open, whatever they are asked.
 const MAX_CONNECTIONS: u64 = 100_000;
+/// Upper bound on any single wait in `session` (and on `count-after-eof`'s wait for EOF).
+const SESSION_MAX_WAIT: Duration = Duration::from_secs(120);
+/// Upper bound on the bytes one `session` command sends.
+const SESSION_MAX_BYTES: usize = 1 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,8 +67,10 @@ fn main() {
         Some("udp-echo-server") => udp_echo_server(rest),
         Some("udp-probe") => udp_probe(rest),
         Some("xdp-pass") => xdp_pass(rest),
+        Some("session") => session(rest),
+        Some("connect-sockopts") => connect_sockopts(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|xdp-pass ..."
+            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|xdp-pass|session|connect-sockopts ..."
         )),
     };
     if let Err(err) = result {
@@ -120,9 +135,10 @@ fn bind_listener(addr: SocketAddr) -> Result<Socket> {
 
 fn echo_server(args: &[String]) -> Result<()> {
     let addr: SocketAddr = parse(args, 0, "ADDR")?;
-    let close_on_data = match args.get(1).map(String::as_str) {
-        None | Some("echo") => false,
-        Some("close-on-data") => true,
+    let mode = match args.get(1).map(String::as_str) {
+        None | Some("echo") => Mode::Echo,
+        Some("close-on-data") => Mode::CloseOnData,
+        Some("count-after-eof") => Mode::CountAfterEof,
         Some(other) => bail!("bad mode {other:?}"),
     };
     let listener: std::net::TcpListener = bind_listener(addr)?.into();
@@ -136,10 +152,39 @@ fn echo_server(args: &[String]) -> Result<()> {
         };
         let spawned = thread::Builder::new()
             .stack_size(THREAD_STACK)
-            .spawn(move || serve(stream, close_on_data));
+            .spawn(move || match mode {
+                Mode::Echo => serve(stream, false),
+                Mode::CloseOnData => serve(stream, true),
+                Mode::CountAfterEof => count_after_eof(stream),
+            });
         // Out of threads: the connection is dropped (closed), which the test would see.
         drop(spawned);
     }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Echo,
+    CloseOnData,
+    CountAfterEof,
+}
+
+/// Reads until the client's FIN (its write half closed), then answers `received N` on the
+/// still-open other direction and closes: what a proxy must let through after a half-close.
+fn count_after_eof(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(SESSION_MAX_WAIT));
+    let mut buf = [0u8; 4096];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            // No EOF in time, or a reset: no answer (the test sees it).
+            Err(_) => return,
+        }
+    }
+    let _ = stream.write_all(format!("received {total}").as_bytes());
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 fn serve(mut stream: TcpStream, close_on_data: bool) {
@@ -504,5 +549,184 @@ fn xdp_pass(args: &[String]) -> Result<()> {
     let _link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link_fd as i32) };
     say("attached");
     wait_for_stdin_eof();
+    Ok(())
+}
+
+/// How a read loop ended.
+fn read_end(err: &io::Error) -> String {
+    match err.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "timeout".to_owned(),
+        ErrorKind::ConnectionReset => "reset".to_owned(),
+        _ => format!("error: {}", error_name(err)),
+    }
+}
+
+/// One client connection driven line by line from stdin, so a test can act between steps
+/// (cut a link, look at the stats) and time what the other end does:
+///
+/// - `echo N`: sends N bytes and reads N back (3 s); prints {echoed, received, error}
+/// - `send N`: sends N bytes; prints {sent, error}
+/// - `shut-wr`: shutdown(SHUT_WR), a half-close; prints {shut, error}
+/// - `read-eof TIMEOUT_MS`: reads until EOF, an error or the timeout; prints {received, text,
+///   end: eof|reset|timeout|error: ..., ms, since_connect_ms}
+/// - `close`: closes and exits (as does stdin closing)
+fn session(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let timeout = Duration::from_millis(parse(args, 1, "TIMEOUT_MS")?);
+    if timeout.is_zero() || timeout > SESSION_MAX_WAIT {
+        bail!("TIMEOUT_MS must be 1..={}", SESSION_MAX_WAIT.as_millis());
+    }
+    let started = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(stream) => stream,
+        Err(err) => {
+            say(json!({
+                "connected": false,
+                "connect_ms": started.elapsed().as_millis() as u64,
+                "error": error_name(&err),
+            }));
+            return Ok(());
+        }
+    };
+    let connected = Instant::now();
+    // A write that cannot finish (nobody reads the other end) fails instead of hanging.
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    say(json!({
+        "connected": true,
+        "connect_ms": started.elapsed().as_millis() as u64,
+        "error": null,
+    }));
+    for line in io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["echo", n] => {
+                let n: usize = n.parse().context("echo N")?;
+                if n > SESSION_MAX_BYTES {
+                    bail!("echo N must be <= {SESSION_MAX_BYTES}");
+                }
+                stream.set_read_timeout(Some(PING_TIMEOUT))?;
+                let sent = vec![b'e'; n];
+                let mut got = vec![0u8; n];
+                let mut received = 0usize;
+                let mut error = None;
+                if let Err(err) = stream.write_all(&sent) {
+                    error = Some(error_name(&err));
+                }
+                while error.is_none() && received < n {
+                    match stream.read(&mut got[received..]) {
+                        Ok(0) => error = Some("eof".to_owned()),
+                        Ok(k) => received += k,
+                        Err(err) => error = Some(read_end(&err)),
+                    }
+                }
+                say(json!({
+                    "echoed": error.is_none() && got == sent,
+                    "received": received,
+                    "error": error,
+                }));
+            }
+            ["send", n] => {
+                let n: usize = n.parse().context("send N")?;
+                if n > SESSION_MAX_BYTES {
+                    bail!("send N must be <= {SESSION_MAX_BYTES}");
+                }
+                let result = stream.write_all(&vec![b's'; n]);
+                say(json!({
+                    "sent": if result.is_ok() { n } else { 0 },
+                    "error": result.err().map(|e| error_name(&e)),
+                }));
+            }
+            ["shut-wr"] => {
+                let result = stream.shutdown(Shutdown::Write);
+                say(json!({
+                    "shut": result.is_ok(),
+                    "error": result.err().map(|e| error_name(&e)),
+                }));
+            }
+            ["read-eof", ms] => {
+                let wait = Duration::from_millis(ms.parse().context("read-eof TIMEOUT_MS")?);
+                if wait.is_zero() || wait > SESSION_MAX_WAIT {
+                    bail!(
+                        "read-eof TIMEOUT_MS must be 1..={}",
+                        SESSION_MAX_WAIT.as_millis()
+                    );
+                }
+                let begun = Instant::now();
+                let deadline = begun + wait;
+                // The first bytes are kept for the report; all are counted.
+                let mut head = Vec::new();
+                let mut received = 0usize;
+                let mut buf = [0u8; 4096];
+                let end = loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break "timeout".to_owned();
+                    }
+                    stream.set_read_timeout(Some(left))?;
+                    match stream.read(&mut buf) {
+                        Ok(0) => break "eof".to_owned(),
+                        Ok(k) => {
+                            received += k;
+                            let keep = k.min(200usize.saturating_sub(head.len()));
+                            head.extend_from_slice(&buf[..keep]);
+                        }
+                        Err(err) => break read_end(&err),
+                    }
+                };
+                say(json!({
+                    "received": received,
+                    "text": String::from_utf8_lossy(&head),
+                    "end": end,
+                    "ms": begun.elapsed().as_millis() as u64,
+                    "since_connect_ms": connected.elapsed().as_millis() as u64,
+                }));
+            }
+            ["close"] => {
+                drop(stream);
+                say("closed");
+                return Ok(());
+            }
+            _ => say(format_args!("unknown command {line:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// A plain client: connects without setting any socket option and reports the keepalive
+/// settings the socket ended up with (what `--keepalive-for` sets from the kernel).
+fn connect_sockopts(args: &[String]) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let timeout = Duration::from_millis(parse(args, 1, "TIMEOUT_MS")?);
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    let get = |level: libc::c_int, name: libc::c_int| -> Result<i32> {
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket fd and out-pointers of the right size.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                level,
+                name,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "getsockopt({level}, {name}): {}",
+                io::Error::last_os_error()
+            );
+        }
+        Ok(value)
+    };
+    say(json!({
+        "keepalive": get(libc::SOL_SOCKET, libc::SO_KEEPALIVE)?,
+        "idle": get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE)?,
+        "intvl": get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL)?,
+        "cnt": get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT)?,
+    }));
     Ok(())
 }
