@@ -8,6 +8,7 @@
 //! - [`stats`], [`cli`], [`listener`], [`duration`], [`preflight`], [`error`].
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod duration;
 pub mod error;

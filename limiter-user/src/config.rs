@@ -1,0 +1,1936 @@
+//! `limiter run --config FILE`: the agent's settings as a YAML file, with field names lifted
+//! from the gateway and mesh configurations users already have, so a Gloo Gateway `Gateway`,
+//! an Envoy Gateway `ClientTrafficPolicy` or an Istio / Gloo Mesh `tcp` connection pool can be
+//! copied over nearly as is. Every value goes through the same parser as the matching flag
+//! (`listener`, `duration`, `keepalive`, `proxy`), so the file and the command line accept and
+//! reject the same things, with the same messages.
+//!
+//! ```yaml
+//! interfaces: [eth0]              # --iface
+//! overLimit: drop                 # --over-limit: drop | reset | close
+//! handshakeTimeout: 3s            # --handshake-timeout (100ms to 300s)
+//! metricsAddr: 127.0.0.1:9464     # where /metrics listens (IP:PORT)
+//! listeners:
+//!   - bindAddress: '::'           # Gloo Gateway style: bindAddress (optional) + bindPort ...
+//!     bindPort: 8000
+//!     options:                    # ... with Gloo's connectionLimit,
+//!       connectionLimit: { maxActiveConnections: 1, delayBeforeClose: 2s }
+//!     proxy:
+//!       upstream: 198.18.0.3:1025
+//!       tcp:                      # Istio DestinationRule / Gloo Mesh connectionPool.tcp
+//!         maxConnections: 100
+//!         connectTimeout: 10s
+//!         tcpKeepalive: { time: 700s, probes: 20, interval: 10s }
+//!   - listener: 198.18.0.1:9000   # limiter style (as --limit) ...
+//!     connection:                 # ... with Envoy Gateway's connectionLimit
+//!       connectionLimit: { value: 5 }
+//!     action: reset
+//! keepalivePolicies:              # --keepalive-for
+//!   - destinations: 198.18.0.0/15:5432
+//!     tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
+//! ```
+//!
+//! Semantics (each rule is checked, and a broken one is reported with the field it is about):
+//!
+//! - Every key is optional except where noted, and unknown keys are errors anywhere (a
+//!   misspelled limit must not silently leave a listener unlimited). A file with no settings
+//!   at all is an error too.
+//! - A listener is written one of two ways, never both: `listener` (`PORT`, `IPv4:PORT` or
+//!   `[IPv6]:PORT`, exactly as for `--limit`), or Gloo's `bindPort` with an optional
+//!   `bindAddress`: `bindAddress: '::'` is `[::]:P`, `'0.0.0.0'` is `0.0.0.0:P`, another address
+//!   is that address, and no `bindAddress` is the bare port `P` (every address of both families).
+//!   As on the command line, `[::]:P` limits IPv6 clients only: Envoy's `'::'` listener is
+//!   dual-stack, so to limit IPv4 clients too leave `bindAddress` out. (`'::'` must be quoted:
+//!   unquoted it is not valid YAML.)
+//! - The limit is Gloo Gateway's `options.connectionLimit {maxActiveConnections,
+//!   delayBeforeClose}` or Envoy Gateway's `connection.connectionLimit {value, closeDelay}`, not
+//!   both. The count is required and is 1 to 4294967295 (both gateways reject 0).
+//! - The over-limit action of a listener is its `action` if given; else `close` if it has a
+//!   delay (the delay only means something when an over-limit connection is accepted, then
+//!   closed); else the file's `overLimit` (or `--over-limit`). `close` and a delay need a
+//!   `proxy` on that listener: without one, limiter refuses the SYN itself and there is nothing
+//!   to hold. A delay with `action: drop|reset` is a contradiction and an error. An `action`
+//!   needs a limit, and a listener needs a limit or a proxy (else it does nothing).
+//! - `proxy.upstream` is `IP:PORT` or `[IPv6]:PORT`; the proxy listens on the listener's address.
+//!   `proxy.tcp` is per proxy what `--max-upstream-connections` (`maxConnections`, at least 1),
+//!   `--connect-timeout` (`connectTimeout`, more than 0) and `--upstream-keepalive`
+//!   (`tcpKeepalive`) are for all of them; left out, the flag's value applies.
+//! - `tcpKeepalive` fields left out keep the OS default; `tcpKeepalive: {}` turns keepalive on
+//!   with the OS defaults (as in Istio). `keepalivePolicies[].destinations` is `CIDR[:PORT]` as
+//!   for `--keepalive-for` (quote a bracketed IPv6 one: `'[fd00:1e:57::/48]:5432'`).
+//! - A listener, a proxy address and a keepalive destination may each appear only once.
+//! - Durations are `500ms`, `3s`, `2m`, `1h` (a bare number is seconds); numbers may be quoted.
+//!
+//! How the file combines with flags is the agent's business; [`FileConfig`] keeps "not given"
+//! (`None`, empty) apart from "given" so that flags can fill in or override.
+//!
+//! serde-saphyr reports where an error is (line, column), not which field; a second pass over
+//! the document's parse events (`PathIndex`) maps positions to field paths and back, so every
+//! error can say both.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_saphyr::{
+    MessageFormatter as _, UserMessageFormatter,
+    granit_parser::{Event, Parser},
+};
+
+use crate::{
+    duration,
+    keepalive::{Destinations, KeepaliveSpec},
+    listener::{Action, LimitSpec, Listener, ListenerParseError},
+    proxy::ProxySpec,
+};
+
+/// What a config file sets. Empty / `None`: not set in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    pub interfaces: Vec<String>,
+    pub over_limit: Option<Action>,
+    pub handshake_timeout: Option<Duration>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// In file order; `action: None` means the over-limit default.
+    pub limits: Vec<LimitSpec>,
+    pub proxies: Vec<ProxyConfig>,
+    pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
+}
+
+/// One proxy and its own settings; `None` fields fall back to the matching flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub spec: ProxySpec,
+    /// Gloo's `delayBeforeClose` / Envoy Gateway's `closeDelay` (`--delay-before-close`).
+    pub delay_before_close: Option<Duration>,
+    /// `tcp.connectTimeout` (`--connect-timeout`).
+    pub connect_timeout: Option<Duration>,
+    /// `tcp.maxConnections` (`--max-upstream-connections`).
+    pub max_connections: Option<u32>,
+    /// `tcp.tcpKeepalive` (`--upstream-keepalive`).
+    pub keepalive: Option<KeepaliveSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {origin}: cannot read it: {source}")]
+    Read {
+        origin: String,
+        source: std::io::Error,
+    },
+    /// Anything wrong with the content. Displayed as one line:
+    /// `config FILE: line L, column C: field `PATH`: MESSAGE`, leaving out what is not known.
+    #[error("{}", invalid_line(.origin, .position, .field.as_deref(), .message))]
+    Invalid {
+        origin: String,
+        /// 1-based line and column (characters).
+        position: Option<(u64, u64)>,
+        /// The field's path, e.g. `listeners[0].bindPort`.
+        field: Option<String>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The path of the field the error is about, e.g. `listeners[0].bindPort`.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => field.as_deref(),
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// 1-based line the error is on.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            ConfigError::Invalid { position, .. } => position.map(|(line, _)| line),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+fn invalid_line(
+    origin: &str,
+    position: &Option<(u64, u64)>,
+    field: Option<&str>,
+    message: &str,
+) -> String {
+    let mut line = format!("config {origin}");
+    if let Some((l, c)) = position {
+        line.push_str(&format!(": line {l}, column {c}"));
+    }
+    if let Some(field) = field {
+        line.push_str(&format!(": field `{field}`"));
+    }
+    // Messages quote user input, which may hold line breaks (a quoted YAML scalar); the error
+    // is one line.
+    line.push_str(": ");
+    line.push_str(&message.replace(['\n', '\r'], " "));
+    line
+}
+
+/// Reads, parses and checks a config file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        origin: origin.clone(),
+        source,
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses and checks config text; `origin` names it in errors (the file's path).
+pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+    let index = PathIndex::build(text);
+    let check = Checker { origin, index };
+    if check.index.nodes.is_empty() && !check.index.broken {
+        return Err(check.error(
+            None,
+            None,
+            "the file has no settings: expected a mapping of interfaces, overLimit, \
+             handshakeTimeout, metricsAddr, listeners, keepalivePolicies"
+                .into(),
+        ));
+    }
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| check.yaml_error(&e))?;
+    check.config(&raw)
+}
+
+// The file's shape. Scalars are read as text and handed to the flag parsers, so values and
+// messages match the command line (and a quoted number is as good as a bare one).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    interfaces: Option<Vec<String>>,
+    over_limit: Option<String>,
+    handshake_timeout: Option<String>,
+    metrics_addr: Option<String>,
+    listeners: Option<Vec<RawListener>>,
+    keepalive_policies: Option<Vec<RawKeepalivePolicy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawListener {
+    listener: Option<String>,
+    bind_address: Option<String>,
+    bind_port: Option<String>,
+    /// Gloo Gateway: `options.connectionLimit`.
+    options: Option<RawGlooOptions>,
+    /// Envoy Gateway: `connection.connectionLimit`.
+    connection: Option<RawEnvoyConnection>,
+    action: Option<String>,
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGlooOptions {
+    connection_limit: RawGlooLimit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGlooLimit {
+    max_active_connections: String,
+    delay_before_close: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawEnvoyConnection {
+    connection_limit: RawEnvoyLimit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawEnvoyLimit {
+    value: String,
+    close_delay: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawProxy {
+    upstream: String,
+    tcp: Option<RawTcp>,
+}
+
+/// Istio's `connectionPool.tcp` (as Gloo Mesh's ConnectionPolicy writes it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTcp {
+    max_connections: Option<String>,
+    connect_timeout: Option<String>,
+    tcp_keepalive: Option<RawKeepalive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKeepalive {
+    time: Option<String>,
+    probes: Option<String>,
+    interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawKeepalivePolicy {
+    destinations: String,
+    tcp_keepalive: RawKeepalive,
+}
+
+/// Same bounds as `--handshake-timeout` (cli.rs keeps its parser private).
+const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest interface name Linux takes (IFNAMSIZ less the NUL).
+const MAX_IFACE_NAME: usize = 15;
+
+/// A limit as written in either gateway's style.
+struct RawLimit<'a> {
+    value: &'a str,
+    value_field: String,
+    delay: Option<(&'a str, String)>,
+}
+
+/// Turns the raw file into a [`FileConfig`], reporting errors with field and position.
+struct Checker<'a> {
+    origin: &'a str,
+    index: PathIndex,
+}
+
+impl Checker<'_> {
+    fn error(&self, field: Option<String>, position: Option<Pos>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_owned(),
+            position: position.map(|p| (p.line, p.column)),
+            field,
+            message,
+        }
+    }
+
+    /// An error about `field`, placed where the file has it.
+    fn at(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        let position = self.index.position_of(field);
+        self.error(Some(field.to_owned()), position, message.into())
+    }
+
+    /// serde-saphyr's error, with the field found from its position.
+    fn yaml_error(&self, error: &serde_saphyr::Error) -> ConfigError {
+        let position = error.location().and_then(|l| {
+            (l.line() > 0).then(|| Pos {
+                line: l.line(),
+                column: l.column(),
+            })
+        });
+        let inner = innermost(error);
+        let (field, message) = match inner {
+            serde_saphyr::Error::SerdeUnknownField { expected, .. } => (
+                position.and_then(|p| self.index.path_at(p, Want::Key)),
+                if expected.is_empty() {
+                    "unknown field: this mapping takes none".to_owned()
+                } else {
+                    format!("unknown field: expected one of {}", expected.join(", "))
+                },
+            ),
+            serde_saphyr::Error::SerdeMissingField { field, .. } => (
+                position
+                    .and_then(|p| self.index.path_at(p, Want::Mapping))
+                    .map(|mapping| join(&mapping, field)),
+                "missing: this field is required".to_owned(),
+            ),
+            serde_saphyr::Error::DuplicateMappingKey { .. } => (
+                position.and_then(|p| self.index.path_at(p, Want::Key)),
+                "given twice in the same mapping".to_owned(),
+            ),
+            serde_saphyr::Error::Unexpected { expected, .. } => (
+                position.and_then(|p| self.index.path_at(p, Want::Value)),
+                match *expected {
+                    "sequence start" => "expected a list".to_owned(),
+                    "mapping start" => "expected a mapping".to_owned(),
+                    // `[::]:8000` unquoted is a list: the likely slip.
+                    "string scalar" => match position.and_then(|p| self.index.kind_at(p)) {
+                        Some(NodeKind::Sequence) => "expected a single value, not a list \
+                             (quote a value that starts with '[', e.g. '[::]:8000')"
+                            .to_owned(),
+                        _ => "expected a single value, not a list or a mapping".to_owned(),
+                    },
+                    other => format!("expected {other}"),
+                },
+            ),
+            serde_saphyr::Error::NullIntoString { .. } => (
+                position.and_then(|p| self.index.path_at(p, Want::Value)),
+                "has no value".to_owned(),
+            ),
+            other => {
+                let mut message = UserMessageFormatter.format_message(other).into_owned();
+                // What `bindAddress: ::` (Gloo's '::' without its quotes) gives.
+                if message.starts_with("mapping values are not allowed") {
+                    message.push_str(" (a value such as '::' must be quoted)");
+                }
+                (
+                    position.and_then(|p| self.index.path_at(p, Want::Value)),
+                    message,
+                )
+            }
+        };
+        self.error(field, position, message)
+    }
+
+    fn config(&self, raw: &RawConfig) -> Result<FileConfig, ConfigError> {
+        let mut config = FileConfig {
+            interfaces: self.interfaces(raw.interfaces.as_deref().unwrap_or_default())?,
+            ..FileConfig::default()
+        };
+        if let Some(text) = &raw.over_limit {
+            config.over_limit = Some(
+                text.parse::<Action>()
+                    .map_err(|e| self.at("overLimit", e))?,
+            );
+        }
+        if let Some(text) = &raw.handshake_timeout {
+            config.handshake_timeout = Some(self.handshake_timeout(text)?);
+        }
+        if let Some(text) = &raw.metrics_addr {
+            config.metrics_addr = Some(self.metrics_addr(text)?);
+        }
+        // Every listener so far, by index: each may appear once.
+        let mut seen = Vec::new();
+        for (i, listener) in raw.listeners.iter().flatten().enumerate() {
+            self.listener(i, listener, &mut seen, &mut config)?;
+        }
+        for (i, policy) in raw.keepalive_policies.iter().flatten().enumerate() {
+            let path = format!("keepalivePolicies[{i}]");
+            let field = format!("{path}.destinations");
+            let destinations = policy
+                .destinations
+                .parse::<Destinations>()
+                .map_err(|e| self.at(&field, e))?;
+            if let Some(first) = config
+                .keepalive_for
+                .iter()
+                .position(|(d, _)| *d == destinations)
+            {
+                return Err(self.at(
+                    &field,
+                    format!("{destinations} is already given in keepalivePolicies[{first}]"),
+                ));
+            }
+            let keepalive =
+                self.keepalive(&format!("{path}.tcpKeepalive"), &policy.tcp_keepalive)?;
+            config.keepalive_for.push((destinations, keepalive));
+        }
+        Ok(config)
+    }
+
+    fn interfaces(&self, names: &[String]) -> Result<Vec<String>, ConfigError> {
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("interfaces[{i}]");
+            if name.is_empty() || name.len() > MAX_IFACE_NAME || name.contains(['/', ' ']) {
+                return Err(self.at(
+                    &field,
+                    format!(
+                        "'{name}' is not an interface name (1 to {MAX_IFACE_NAME} characters, \
+                         no '/' or spaces)"
+                    ),
+                ));
+            }
+            if names[..i].contains(name) {
+                return Err(self.at(&field, format!("interface '{name}' is given twice")));
+            }
+        }
+        Ok(names.to_vec())
+    }
+
+    fn handshake_timeout(&self, text: &str) -> Result<Duration, ConfigError> {
+        let timeout = duration::parse(text).map_err(|e| self.at("handshakeTimeout", e))?;
+        if !(MIN_HANDSHAKE_TIMEOUT..=MAX_HANDSHAKE_TIMEOUT).contains(&timeout) {
+            return Err(self.at(
+                "handshakeTimeout",
+                format!(
+                    "'{text}' is out of range: expected {} to {}",
+                    duration::display(MIN_HANDSHAKE_TIMEOUT),
+                    duration::display(MAX_HANDSHAKE_TIMEOUT)
+                ),
+            ));
+        }
+        Ok(timeout)
+    }
+
+    fn metrics_addr(&self, text: &str) -> Result<SocketAddr, ConfigError> {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => Ok(addr),
+            _ => Err(self.at(
+                "metricsAddr",
+                format!("'{text}' is not IP:PORT or [IPv6]:PORT (e.g. 127.0.0.1:9464)"),
+            )),
+        }
+    }
+
+    fn listener(
+        &self,
+        i: usize,
+        raw: &RawListener,
+        seen: &mut Vec<Listener>,
+        config: &mut FileConfig,
+    ) -> Result<(), ConfigError> {
+        let path = format!("listeners[{i}]");
+        let (listener, listener_field) = self.listener_address(&path, raw)?;
+        if let Some(first) = seen.iter().position(|l| *l == listener) {
+            return Err(self.at(
+                &listener_field,
+                format!("listener {listener} is already given in listeners[{first}]"),
+            ));
+        }
+        seen.push(listener);
+
+        let limit = match (&raw.options, &raw.connection) {
+            (Some(_), Some(_)) => {
+                return Err(self.at(
+                    &format!("{path}.connection"),
+                    "a listener has one limit: options.connectionLimit (Gloo Gateway) or \
+                     connection.connectionLimit (Envoy Gateway), not both",
+                ));
+            }
+            (Some(options), None) => {
+                let base = format!("{path}.options.connectionLimit");
+                let limit = &options.connection_limit;
+                Some(RawLimit {
+                    value: &limit.max_active_connections,
+                    value_field: format!("{base}.maxActiveConnections"),
+                    delay: limit
+                        .delay_before_close
+                        .as_deref()
+                        .map(|d| (d, format!("{base}.delayBeforeClose"))),
+                })
+            }
+            (None, Some(connection)) => {
+                let base = format!("{path}.connection.connectionLimit");
+                let limit = &connection.connection_limit;
+                Some(RawLimit {
+                    value: &limit.value,
+                    value_field: format!("{base}.value"),
+                    delay: limit
+                        .close_delay
+                        .as_deref()
+                        .map(|d| (d, format!("{base}.closeDelay"))),
+                })
+            }
+            (None, None) => None,
+        };
+
+        let action_field = format!("{path}.action");
+        let action = match &raw.action {
+            Some(text) => Some(
+                text.parse::<Action>()
+                    .map_err(|e| self.at(&action_field, e))?,
+            ),
+            None => None,
+        };
+
+        let proxy = match &raw.proxy {
+            Some(proxy) => Some(self.proxy(&format!("{path}.proxy"), listener, proxy)?),
+            None => None,
+        };
+
+        let limit = match limit {
+            Some(limit) => Some(self.limit(listener, &limit, action, proxy.is_some())?),
+            None => None,
+        };
+        let delay = limit.and_then(|(_, delay)| delay);
+        let limit = limit.map(|(spec, _)| spec);
+
+        // What the listener amounts to, and whether the action in force can work here.
+        match (&limit, proxy.is_some()) {
+            (None, false) => {
+                return Err(self.at(
+                    &path,
+                    "nothing to do: give it a limit (options.connectionLimit or \
+                     connection.connectionLimit), a proxy, or both",
+                ));
+            }
+            (None, true) if action.is_some() => {
+                return Err(self.at(
+                    &action_field,
+                    "an action needs a limit on this listener (options.connectionLimit or \
+                     connection.connectionLimit)",
+                ));
+            }
+            (Some(spec), false) => {
+                if spec.action == Some(Action::Close) {
+                    return Err(self.at(
+                        &action_field,
+                        "the close action needs a proxy on this listener (proxy.upstream); \
+                         without one limiter refuses the SYN itself: use drop or reset",
+                    ));
+                }
+                if spec.action.is_none() && config.over_limit == Some(Action::Close) {
+                    return Err(self.at(
+                        &path,
+                        "overLimit is close, which needs a proxy on this listener \
+                         (proxy.upstream); give it one, or an action drop or reset",
+                    ));
+                }
+            }
+            _ => {}
+        }
+
+        config.limits.extend(limit);
+        if let Some(mut proxy) = proxy {
+            if let Some(earlier) = config
+                .proxies
+                .iter()
+                .find(|p| p.spec.bind_addr() == proxy.spec.bind_addr())
+            {
+                return Err(self.at(
+                    &format!("{path}.proxy"),
+                    format!(
+                        "a proxy on {} would bind {}, as the proxy on {} does",
+                        proxy.spec.listen,
+                        proxy.spec.bind_addr(),
+                        earlier.spec.listen
+                    ),
+                ));
+            }
+            proxy.delay_before_close = delay;
+            config.proxies.push(proxy);
+        }
+        Ok(())
+    }
+
+    /// The listener in either style, and the field that gives it (for later errors).
+    fn listener_address(
+        &self,
+        path: &str,
+        raw: &RawListener,
+    ) -> Result<(Listener, String), ConfigError> {
+        match (&raw.listener, &raw.bind_address, &raw.bind_port) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(self.at(
+                &format!("{path}.listener"),
+                "give either listener, or bindPort with an optional bindAddress, not both",
+            )),
+            (Some(text), None, None) => {
+                let field = format!("{path}.listener");
+                let listener = text
+                    .parse::<Listener>()
+                    .map_err(|e| self.at(&field, e.to_string()))?;
+                Ok((listener, field))
+            }
+            (None, Some(_), None) => Err(self.at(
+                &format!("{path}.bindAddress"),
+                "bindAddress needs a bindPort",
+            )),
+            (None, None, None) => Err(self.at(
+                path,
+                "missing listener (PORT, IPv4:PORT or [IPv6]:PORT) or bindPort (with an optional \
+                 bindAddress)",
+            )),
+            (None, address, Some(port)) => {
+                let port_field = format!("{path}.bindPort");
+                // A bare port is a listener of its own (every address); anything else is not
+                // a port.
+                let port = match port.parse::<Listener>() {
+                    Ok(Listener::AnyAddress(port)) => port,
+                    Err(e @ ListenerParseError::Port(_)) => {
+                        return Err(self.at(&port_field, e.to_string()));
+                    }
+                    _ => {
+                        return Err(self.at(
+                            &port_field,
+                            format!("'{port}' is not a port: expected 1-65535"),
+                        ));
+                    }
+                };
+                match address {
+                    None => Ok((Listener::AnyAddress(port), port_field)),
+                    Some(address) => {
+                        let ip = address.parse::<IpAddr>().map_err(|_| {
+                            self.at(
+                                &format!("{path}.bindAddress"),
+                                format!(
+                                    "'{address}' is not an IP address (e.g. '::', '0.0.0.0', \
+                                     198.18.0.1)"
+                                ),
+                            )
+                        })?;
+                        Ok((Listener::Address(ip, port), port_field))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The limit of a listener and the delay that goes with it.
+    fn limit(
+        &self,
+        listener: Listener,
+        raw: &RawLimit<'_>,
+        action: Option<Action>,
+        has_proxy: bool,
+    ) -> Result<(LimitSpec, Option<Duration>), ConfigError> {
+        // `--limit`'s own parser checks the number; a `:` or `=` would make it read an action
+        // or another listener, so such a value is not a number here.
+        if raw.value.contains([':', '=']) {
+            return Err(self.at(
+                &raw.value_field,
+                format!("limit '{}' is not a whole number", raw.value),
+            ));
+        }
+        let mut spec = format!("{listener}={}", raw.value)
+            .parse::<LimitSpec>()
+            .map_err(|e| self.at(&raw.value_field, e))?;
+        spec.action = action;
+        let Some((text, field)) = &raw.delay else {
+            return Ok((spec, None));
+        };
+        let delay = duration::parse(text).map_err(|e| self.at(field, e))?;
+        if !has_proxy {
+            return Err(self.at(
+                field,
+                "a delay before close needs a proxy on this listener (proxy.upstream): without \
+                 one limiter refuses the SYN itself (drop or reset), so nothing is held",
+            ));
+        }
+        match action {
+            Some(other @ (Action::Drop | Action::Reset)) => {
+                return Err(self.at(
+                    field,
+                    format!(
+                        "a delay before close applies to the close action only, and action is {}",
+                        other.as_str()
+                    ),
+                ));
+            }
+            // The delay says what the gateways do over the limit: accept, wait, close.
+            _ => spec.action = Some(Action::Close),
+        }
+        Ok((spec, Some(delay)))
+    }
+
+    fn proxy(
+        &self,
+        path: &str,
+        listener: Listener,
+        raw: &RawProxy,
+    ) -> Result<ProxyConfig, ConfigError> {
+        let upstream_field = format!("{path}.upstream");
+        if raw.upstream.contains('=') {
+            return Err(self.at(
+                &upstream_field,
+                format!(
+                    "'{}' is not an upstream IP:PORT or [IPv6]:PORT",
+                    raw.upstream
+                ),
+            ));
+        }
+        let spec = format!("{listener}={}", raw.upstream)
+            .parse::<ProxySpec>()
+            .map_err(|e| self.at(&upstream_field, e))?;
+        let mut proxy = ProxyConfig {
+            spec,
+            delay_before_close: None,
+            connect_timeout: None,
+            max_connections: None,
+            keepalive: None,
+        };
+        let Some(tcp) = &raw.tcp else {
+            return Ok(proxy);
+        };
+        if let Some(text) = &tcp.max_connections {
+            let field = format!("{path}.tcp.maxConnections");
+            proxy.max_connections = Some(match text.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(self.at(
+                        &field,
+                        format!(
+                            "'{text}' is not a connection count: expected 1-{}",
+                            u32::MAX
+                        ),
+                    ));
+                }
+            });
+        }
+        if let Some(text) = &tcp.connect_timeout {
+            let field = format!("{path}.tcp.connectTimeout");
+            let timeout = duration::parse(text).map_err(|e| self.at(&field, e))?;
+            if timeout.is_zero() {
+                return Err(self.at(&field, format!("'{text}' must be more than 0")));
+            }
+            proxy.connect_timeout = Some(timeout);
+        }
+        if let Some(keepalive) = &tcp.tcp_keepalive {
+            proxy.keepalive = Some(self.keepalive(&format!("{path}.tcp.tcpKeepalive"), keepalive)?);
+        }
+        Ok(proxy)
+    }
+
+    /// Each field through `--upstream-keepalive`'s parser on its own, so an error names the
+    /// field it is about.
+    fn keepalive(&self, path: &str, raw: &RawKeepalive) -> Result<KeepaliveSpec, ConfigError> {
+        let mut spec = KeepaliveSpec::default();
+        for (name, value) in [
+            ("time", &raw.time),
+            ("probes", &raw.probes),
+            ("interval", &raw.interval),
+        ] {
+            let Some(value) = value else { continue };
+            let field = format!("{path}.{name}");
+            // `,` and `=` separate fields in the flag's syntax: not part of one value.
+            if value.contains([',', '=']) {
+                return Err(self.at(&field, format!("{name} '{value}' is not a single value")));
+            }
+            let one = format!("{name}={value}")
+                .parse::<KeepaliveSpec>()
+                .map_err(|e| self.at(&field, e))?;
+            spec.time = spec.time.or(one.time);
+            spec.probes = spec.probes.or(one.probes);
+            spec.interval = spec.interval.or(one.interval);
+        }
+        Ok(spec)
+    }
+}
+
+/// The error serde-saphyr's wrappers (source snippet, alias) carry.
+fn innermost(error: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    match error.without_snippet() {
+        serde_saphyr::Error::AliasError { error, .. } => innermost(error),
+        other => other,
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A 1-based line and column (characters), as serde-saphyr counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    line: u64,
+    column: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeKind {
+    Scalar,
+    Sequence,
+    Mapping,
+}
+
+/// A value in the document and its field path (`listeners[0].bindPort`).
+#[derive(Debug)]
+struct Node {
+    path: String,
+    /// Where its key is, for a mapping's value.
+    key: Option<Pos>,
+    /// `path[..parent]` is the path of the mapping or sequence it is in.
+    parent: usize,
+    /// Where the value starts (a block mapping starts at its first key).
+    value: Pos,
+    kind: NodeKind,
+}
+
+/// Which node an error position stands for.
+#[derive(Clone, Copy)]
+enum Want {
+    /// The field whose key is there (unknown or duplicate field).
+    Key,
+    /// The mapping that starts there (a field missing from it).
+    Mapping,
+    /// The value that starts there (wrong type or value).
+    Value,
+}
+
+/// Every value of the document with its path and position, from the parser's events.
+#[derive(Debug, Default)]
+struct PathIndex {
+    nodes: Vec<Node>,
+    /// The document has a syntax error: the index stops there.
+    broken: bool,
+}
+
+/// Where the walk is inside a container.
+enum Frame {
+    /// `key`: the key just read, whose value comes next; `None` while a key is expected.
+    Mapping {
+        path: String,
+        key: Option<(String, Pos)>,
+    },
+    Sequence {
+        path: String,
+        next: usize,
+    },
+    /// Inside a mapping or sequence used as a key: no paths in there.
+    Key {
+        start: Pos,
+    },
+}
+
+impl PathIndex {
+    fn build(text: &str) -> Self {
+        let mut index = PathIndex::default();
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut parser = Parser::new_from_str(text);
+        while let Some(event) = parser.next_event() {
+            let Ok((event, span)) = event else {
+                index.broken = true;
+                break;
+            };
+            let pos = Pos {
+                line: span.start.line() as u64,
+                column: span.start.col() as u64 + 1,
+            };
+            match event {
+                // One document is all a config has; serde-saphyr rejects more.
+                Event::DocumentEnd => break,
+                Event::Scalar(text, ..) => {
+                    index.enter(&stack, pos, NodeKind::Scalar);
+                    finish(&mut stack, Some(&text), pos);
+                }
+                Event::Alias(_) => {
+                    index.enter(&stack, pos, NodeKind::Scalar);
+                    finish(&mut stack, None, pos);
+                }
+                Event::SequenceStart(..) | Event::MappingStart(..) => {
+                    let kind = if matches!(event, Event::MappingStart(..)) {
+                        NodeKind::Mapping
+                    } else {
+                        NodeKind::Sequence
+                    };
+                    let frame = match index.enter(&stack, pos, kind) {
+                        None => Frame::Key { start: pos },
+                        Some(path) if kind == NodeKind::Mapping => {
+                            Frame::Mapping { path, key: None }
+                        }
+                        Some(path) => Frame::Sequence { path, next: 0 },
+                    };
+                    stack.push(frame);
+                }
+                Event::SequenceEnd | Event::MappingEnd => {
+                    let start = match stack.pop() {
+                        Some(Frame::Key { start }) => start,
+                        _ => pos,
+                    };
+                    finish(&mut stack, None, start);
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+
+    /// Records a node starting at `pos`; its path, or `None` for a key (keys are not fields).
+    fn enter(&mut self, stack: &[Frame], pos: Pos, kind: NodeKind) -> Option<String> {
+        let (path, key, parent) = match stack.last() {
+            None => (String::new(), None, 0),
+            Some(Frame::Mapping { key: None, .. } | Frame::Key { .. }) => return None,
+            Some(Frame::Mapping {
+                path,
+                key: Some((name, at)),
+            }) => (join(path, name), Some(*at), path.len()),
+            Some(Frame::Sequence { path, next }) => (format!("{path}[{next}]"), None, path.len()),
+        };
+        self.nodes.push(Node {
+            path: path.clone(),
+            key,
+            parent,
+            value: pos,
+            kind,
+        });
+        Some(path)
+    }
+
+    /// Where to point for an error about `path`: at a scalar itself, at a container's key
+    /// (its value may start lines below).
+    fn position_of(&self, path: &str) -> Option<Pos> {
+        let node = self.nodes.iter().find(|n| n.path == path)?;
+        Some(match node.kind {
+            NodeKind::Scalar => node.value,
+            _ => node.key.unwrap_or(node.value),
+        })
+    }
+
+    /// What the innermost node starting at `pos` is.
+    fn kind_at(&self, pos: Pos) -> Option<NodeKind> {
+        self.nodes.iter().rfind(|n| n.value == pos).map(|n| n.kind)
+    }
+
+    /// The path of the node an error at `pos` is about.
+    fn path_at(&self, pos: Pos, want: Want) -> Option<String> {
+        let path = match want {
+            Want::Key => self
+                .nodes
+                .iter()
+                .find(|n| n.key == Some(pos))
+                .map(|n| n.path.clone()),
+            // A block mapping starts at its first key, a flow mapping at its `{` (serde-saphyr
+            // then points at the first key). Nodes are in document order: the last mapping
+            // starting here is the innermost.
+            Want::Mapping => self
+                .nodes
+                .iter()
+                .rfind(|n| n.kind == NodeKind::Mapping && n.value == pos)
+                .map(|n| n.path.clone())
+                .or_else(|| {
+                    let first_key = self.nodes.iter().find(|n| n.key == Some(pos))?;
+                    Some(first_key.path[..first_key.parent].to_owned())
+                }),
+            Want::Value => self
+                .nodes
+                .iter()
+                .rfind(|n| n.value == pos)
+                .or_else(|| self.nodes.iter().find(|n| n.key == Some(pos)))
+                // A syntax error is between nodes: the last field started on its line
+                // before it is what the broken text belongs to.
+                .or_else(|| {
+                    self.nodes.iter().rfind(|n| {
+                        let start = n.key.unwrap_or(n.value);
+                        start.line == pos.line && start <= pos
+                    })
+                })
+                .map(|n| n.path.clone()),
+        };
+        // The document itself is no field.
+        path.filter(|path| !path.is_empty())
+    }
+}
+
+/// A node ended: the mapping or sequence around it moves on.
+fn finish(stack: &mut [Frame], key_text: Option<&str>, start: Pos) {
+    match stack.last_mut() {
+        Some(Frame::Mapping { key, .. }) => {
+            *key = match key.take() {
+                None => Some((key_text.unwrap_or("?").to_owned(), start)),
+                Some(_) => None,
+            }
+        }
+        Some(Frame::Sequence { next, .. }) => *next += 1,
+        Some(Frame::Key { .. }) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    fn ok(yaml: &str) -> FileConfig {
+        parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Asserts the error names `field` (exactly), is on `line`, and says `needle`.
+    #[track_caller]
+    fn fails(yaml: &str, field: Option<&str>, line: Option<u64>, needle: &str) -> ConfigError {
+        let err = parse(yaml, "test.yaml").expect_err("should fail");
+        let text = err.to_string();
+        assert_eq!(err.field(), field, "{text}");
+        assert_eq!(err.line(), line, "{text}");
+        assert!(text.contains(needle), "{text} lacks {needle:?}");
+        assert!(!text.contains('\n'), "{text}");
+        if let Some(field) = field {
+            assert!(text.contains(&format!("field `{field}`: ")), "{text}");
+        }
+        err
+    }
+
+    fn limit(spec: &str) -> LimitSpec {
+        spec.parse().unwrap()
+    }
+
+    const GLOO: &str = include_str!("../../examples/gloo-gateway-connection-limit.yaml");
+    const ENVOY: &str = include_str!("../../examples/envoy-gateway-connection-limit.yaml");
+    const MESH: &str = include_str!("../../examples/gloo-mesh-tcp-connection-policy.yaml");
+
+    #[test]
+    fn gloo_gateway_example() {
+        let config = ok(GLOO);
+        assert_eq!(
+            config,
+            FileConfig {
+                interfaces: vec!["eth0".into()],
+                limits: vec![limit("[::]:8000=1:close")],
+                proxies: vec![ProxyConfig {
+                    spec: "[::]:8000=198.18.0.3:1025".parse().unwrap(),
+                    delay_before_close: Some(Duration::from_secs(2)),
+                    connect_timeout: None,
+                    max_connections: None,
+                    keepalive: None,
+                }],
+                ..FileConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn envoy_gateway_example() {
+        assert_eq!(
+            ok(ENVOY),
+            FileConfig {
+                interfaces: vec!["eth0".into()],
+                over_limit: Some(Action::Drop),
+                limits: vec![limit("8000=5")],
+                ..FileConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn gloo_mesh_example() {
+        let config = ok(MESH);
+        assert!(config.limits.is_empty());
+        assert_eq!(
+            config.proxies,
+            [ProxyConfig {
+                spec: "198.18.0.1:9080=198.18.0.5:9080".parse().unwrap(),
+                delay_before_close: None,
+                connect_timeout: Some(Duration::from_secs(10)),
+                max_connections: Some(100),
+                keepalive: Some("time=700s,probes=20,interval=10s".parse().unwrap()),
+            }]
+        );
+        assert_eq!(
+            config.keepalive_for,
+            [(
+                "198.18.0.0/15:5432".parse().unwrap(),
+                "time=60s,probes=3,interval=5s".parse().unwrap()
+            )]
+        );
+    }
+
+    #[test]
+    fn examples_load_from_disk() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        for path in names {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn module_doc_sample() {
+        let config = ok("
+interfaces: [eth0]
+overLimit: drop
+handshakeTimeout: 3s
+metricsAddr: 127.0.0.1:9464
+listeners:
+  - bindAddress: '::'
+    bindPort: 8000
+    options:
+      connectionLimit: { maxActiveConnections: 1, delayBeforeClose: 2s }
+    proxy:
+      upstream: 198.18.0.3:1025
+      tcp:
+        maxConnections: 100
+        connectTimeout: 10s
+        tcpKeepalive: { time: 700s, probes: 20, interval: 10s }
+  - listener: 198.18.0.1:9000
+    connection:
+      connectionLimit: { value: 5 }
+    action: reset
+keepalivePolicies:
+  - destinations: 198.18.0.0/15:5432
+    tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
+");
+        assert_eq!(config.over_limit, Some(Action::Drop));
+        assert_eq!(config.handshake_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            config.limits,
+            [limit("[::]:8000=1:close"), limit("198.18.0.1:9000=5:reset")]
+        );
+        assert_eq!(config.proxies[0].max_connections, Some(100));
+        assert_eq!(config.keepalive_for.len(), 1);
+    }
+
+    #[test]
+    fn bind_address_and_port_make_the_cli_listener() {
+        for (address, expected) in [
+            ("bindAddress: '::'\n    ", "[::]:8000"),
+            ("bindAddress: \"::\"\n    ", "[::]:8000"),
+            ("bindAddress: 0.0.0.0\n    ", "0.0.0.0:8000"),
+            ("bindAddress: 198.18.0.1\n    ", "198.18.0.1:8000"),
+            ("bindAddress: 'fd00:1e:57::1'\n    ", "[fd00:1e:57::1]:8000"),
+            ("", "8000"),
+        ] {
+            let yaml = format!(
+                "listeners:\n  - {address}bindPort: 8000\n    options: {{connectionLimit: {{maxActiveConnections: 3}}}}\n"
+            );
+            assert_eq!(
+                ok(&yaml).limits,
+                [limit(&format!("{expected}=3"))],
+                "{yaml}"
+            );
+        }
+        assert_eq!(
+            ok("listeners: [{bindPort: '8000', bindAddress: '::', connection: {connectionLimit: {value: 2}}}]")
+                .limits[0]
+                .listener,
+            Listener::Address(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8000)
+        );
+    }
+
+    #[test]
+    fn limiter_style_listeners() {
+        for spec in [
+            "8000",
+            "0.0.0.0:80",
+            "198.18.0.1:8000",
+            "[::]:8000",
+            "[fd00:1e:57::1]:443",
+        ] {
+            let yaml = format!(
+                "listeners:\n  - listener: '{spec}'\n    connection: {{connectionLimit: {{value: 1}}}}\n"
+            );
+            assert_eq!(ok(&yaml).limits, [limit(&format!("{spec}=1"))]);
+        }
+        // A bare port needs no quotes.
+        assert_eq!(
+            ok("listeners: [{listener: 8000, connection: {connectionLimit: {value: 4294967295}}}]")
+                .limits,
+            [limit("8000=4294967295")]
+        );
+    }
+
+    #[test]
+    fn display_is_one_line_with_origin_position_and_field() {
+        let err = fails(
+            "interfaces: [eth0]\nlisteners:\n  - bindPort: 0\n",
+            Some("listeners[0].bindPort"),
+            Some(3),
+            "invalid port",
+        );
+        assert_eq!(
+            err.to_string(),
+            "config test.yaml: line 3, column 15: field `listeners[0].bindPort`: '0' has an invalid port: expected 1-65535"
+        );
+        // A quoted value with a line break is still one line.
+        fails(
+            "listeners:\n  - listener: \"80\\n00\"\n",
+            Some("listeners[0].listener"),
+            Some(2),
+            "not a listener",
+        );
+    }
+
+    #[test]
+    fn unknown_fields_anywhere_are_named() {
+        fails(
+            "interfaces: [eth0]\nlimits: []\n",
+            Some("limits"),
+            Some(2),
+            "unknown field: expected one of interfaces, overLimit",
+        );
+        fails(
+            "listeners:\n  - bindPort: 8000\n    tcpGateway: {}\n",
+            Some("listeners[0].tcpGateway"),
+            Some(3),
+            "expected one of listener, bindAddress, bindPort, options, connection, action, proxy",
+        );
+        fails(
+            "listeners:\n  - bindPort: 8000\n    options:\n      connectionLimit:\n        maxActiveConnections: 1\n        maxActiveConnection: 2\n",
+            Some("listeners[0].options.connectionLimit.maxActiveConnection"),
+            Some(6),
+            "expected one of maxActiveConnections, delayBeforeClose",
+        );
+        // Gloo's field in Envoy Gateway's block.
+        fails(
+            "listeners:\n  - listener: 8000\n    connection:\n      connectionLimit: {value: 1, delayBeforeClose: 2s}\n",
+            Some("listeners[0].connection.connectionLimit.delayBeforeClose"),
+            Some(4),
+            "expected one of value, closeDelay",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    proxy:\n      upstream: 198.18.0.3:1\n      tcp:\n        maxConnections: 1\n        idleTimeout: 1h\n",
+            Some("listeners[0].proxy.tcp.idleTimeout"),
+            Some(7),
+            "unknown field",
+        );
+        fails(
+            "keepalivePolicies:\n  - destinations: 198.18.0.0/15\n    tcpKeepalive: {time: 60s, retries: 3}\n",
+            Some("keepalivePolicies[0].tcpKeepalive.retries"),
+            Some(3),
+            "expected one of time, probes, interval",
+        );
+    }
+
+    #[test]
+    fn unknown_field_column() {
+        let err = fails(
+            "listeners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 1, bogus: 1}}\n",
+            Some("listeners[0].connection.connectionLimit.bogus"),
+            Some(3),
+            "unknown field",
+        );
+        assert!(err.to_string().contains("line 3, column 46"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        fails(
+            "interfaces: eth0\n",
+            Some("interfaces"),
+            Some(1),
+            "expected a list",
+        );
+        fails(
+            "interfaces: [eth0, [eth1]]\n",
+            Some("interfaces[1]"),
+            Some(1),
+            "single value",
+        );
+        fails(
+            "listeners: 8000\n",
+            Some("listeners"),
+            Some(1),
+            "expected a list",
+        );
+        fails(
+            "listeners:\n  - 8000\n",
+            Some("listeners[0]"),
+            Some(2),
+            "expected a mapping",
+        );
+        fails(
+            "listeners:\n  - bindPort: [8000]\n",
+            Some("listeners[0].bindPort"),
+            Some(2),
+            "single value",
+        );
+        fails(
+            "listeners:\n  - bindPort: 8000\n    options: 5\n",
+            Some("listeners[0].options"),
+            Some(3),
+            "expected a mapping",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    proxy: 198.18.0.3:1025\n",
+            Some("listeners[0].proxy"),
+            Some(3),
+            "expected a mapping",
+        );
+        fails(
+            "keepalivePolicies:\n  - destinations: 198.18.0.0/15\n    tcpKeepalive:\n      time: {s: 5}\n",
+            Some("keepalivePolicies[0].tcpKeepalive.time"),
+            Some(4),
+            "single value",
+        );
+        fails("- eth0\n", None, Some(1), "expected a mapping");
+        fails(
+            "overLimit:\n  - drop\n",
+            Some("overLimit"),
+            Some(2),
+            "single value",
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        fails(
+            "listeners:\n  - bindPort: 8000\n    options:\n      connectionLimit:\n        delayBeforeClose: 2s\n",
+            Some("listeners[0].options.connectionLimit.maxActiveConnections"),
+            Some(5),
+            "missing: this field is required",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    connection: {connectionLimit: {closeDelay: 1s}}\n",
+            Some("listeners[0].connection.connectionLimit.value"),
+            Some(3),
+            "required",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    options: {}\n",
+            Some("listeners[0].options.connectionLimit"),
+            Some(3),
+            "required",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    proxy:\n      tcp: {maxConnections: 1}\n",
+            Some("listeners[0].proxy.upstream"),
+            Some(4),
+            "required",
+        );
+        fails(
+            "keepalivePolicies:\n  - tcpKeepalive: {time: 5s}\n",
+            Some("keepalivePolicies[0].destinations"),
+            Some(2),
+            "required",
+        );
+        fails(
+            "keepalivePolicies:\n  - destinations: 198.18.0.0/15\n",
+            Some("keepalivePolicies[0].tcpKeepalive"),
+            Some(2),
+            "required",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    connection:\n      connectionLimit:\n        value:\n",
+            Some("listeners[0].connection.connectionLimit.value"),
+            Some(5),
+            "has no value",
+        );
+    }
+
+    #[test]
+    fn limit_values_are_checked_like_the_flag() {
+        for (value, needle) in [
+            ("0", "limit '0' is out of range: expected 1-4294967295"),
+            ("-1", "out of range"),
+            ("4294967296", "out of range"),
+            ("ten", "limit 'ten' is not a whole number"),
+            ("1.5", "not a whole number"),
+            ("'5:reset'", "limit '5:reset' is not a whole number"),
+            ("''", "not a whole number"),
+        ] {
+            fails(
+                &format!(
+                    "listeners:\n  - bindPort: 8000\n    options:\n      connectionLimit:\n        maxActiveConnections: {value}\n"
+                ),
+                Some("listeners[0].options.connectionLimit.maxActiveConnections"),
+                Some(5),
+                needle,
+            );
+            fails(
+                &format!(
+                    "listeners:\n  - listener: 8000\n    connection:\n      connectionLimit:\n        value: {value}\n"
+                ),
+                Some("listeners[0].connection.connectionLimit.value"),
+                Some(5),
+                needle,
+            );
+        }
+        // Quoted numbers are numbers.
+        assert_eq!(
+            ok("listeners: [{listener: 8000, connection: {connectionLimit: {value: '7'}}}]").limits,
+            [limit("8000=7")]
+        );
+    }
+
+    #[test]
+    fn one_limit_style_per_listener() {
+        fails(
+            "listeners:\n  - listener: 8000\n    options: {connectionLimit: {maxActiveConnections: 1}}\n    connection: {connectionLimit: {value: 1}}\n",
+            Some("listeners[0].connection"),
+            Some(4),
+            "not both",
+        );
+    }
+
+    #[test]
+    fn exactly_one_listener_style() {
+        fails(
+            "listeners:\n  - listener: 8000\n    bindPort: 8000\n    connection: {connectionLimit: {value: 1}}\n",
+            Some("listeners[0].listener"),
+            Some(2),
+            "not both",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    bindAddress: '::'\n",
+            Some("listeners[0].listener"),
+            Some(2),
+            "not both",
+        );
+        fails(
+            "listeners:\n  - connection: {connectionLimit: {value: 1}}\n",
+            Some("listeners[0]"),
+            Some(2),
+            "missing listener",
+        );
+        fails(
+            "listeners:\n  - bindAddress: '::'\n    connection: {connectionLimit: {value: 1}}\n",
+            Some("listeners[0].bindAddress"),
+            Some(2),
+            "needs a bindPort",
+        );
+    }
+
+    #[test]
+    fn bad_listeners_pass_the_parsers_message() {
+        let limit = "    connection: {connectionLimit: {value: 1}}\n";
+        for (port, needle) in [
+            ("0", "'0' has an invalid port"),
+            ("65536", "'65536' has an invalid port"),
+            ("http", "'http' is not a port"),
+            ("'198.18.0.1:80'", "is not a port"),
+        ] {
+            fails(
+                &format!("listeners:\n  - bindPort: {port}\n{limit}"),
+                Some("listeners[0].bindPort"),
+                Some(2),
+                needle,
+            );
+        }
+        fails(
+            &format!("listeners:\n  - bindAddress: 198.18.0\n    bindPort: 80\n{limit}"),
+            Some("listeners[0].bindAddress"),
+            Some(2),
+            "'198.18.0' is not an IP address",
+        );
+        fails(
+            &format!("listeners:\n  - bindAddress: '[::]'\n    bindPort: 80\n{limit}"),
+            Some("listeners[0].bindAddress"),
+            Some(2),
+            "not an IP address",
+        );
+        for (spec, needle) in [
+            ("'::1:80'", "is not a listener"),
+            ("198.18.0.1:0", "invalid port"),
+            ("'[zz::]:80'", "invalid address"),
+        ] {
+            fails(
+                &format!("listeners:\n  - listener: {spec}\n{limit}"),
+                Some("listeners[0].listener"),
+                Some(2),
+                needle,
+            );
+        }
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        // Envoy Gateway's own golden error case.
+        let err = fails(
+            "listeners:\n  - listener: 8000\n    connection:\n      connectionLimit:\n        value: 5\n        closeDelay: 10mib\n    proxy: {upstream: 198.18.0.3:1025}\n",
+            Some("listeners[0].connection.connectionLimit.closeDelay"),
+            Some(6),
+            "'10mib' is not a duration",
+        );
+        assert!(err.to_string().contains("column 21"), "{err}");
+        fails(
+            "listeners:\n  - listener: 8000\n    options: {connectionLimit: {maxActiveConnections: 1, delayBeforeClose: 1.5s}}\n    proxy: {upstream: 198.18.0.3:1025}\n",
+            Some("listeners[0].options.connectionLimit.delayBeforeClose"),
+            Some(3),
+            "'1.5s' is not a duration",
+        );
+        fails(
+            "handshakeTimeout: soon\n",
+            Some("handshakeTimeout"),
+            Some(1),
+            "not a duration",
+        );
+        fails(
+            "handshakeTimeout: 50ms\n",
+            Some("handshakeTimeout"),
+            Some(1),
+            "'50ms' is out of range: expected 100ms to 300s",
+        );
+        fails(
+            "\nhandshakeTimeout: 10m\n",
+            Some("handshakeTimeout"),
+            Some(2),
+            "out of range",
+        );
+        assert_eq!(
+            ok("handshakeTimeout: 500ms\n").handshake_timeout,
+            Some(Duration::from_millis(500))
+        );
+        // A bare number is seconds, as for the flags.
+        assert_eq!(
+            ok("handshakeTimeout: 5\n").handshake_timeout,
+            Some(Duration::from_secs(5))
+        );
+        let proxy = "listeners:\n  - listener: 8000\n    proxy:\n      upstream: 198.18.0.3:1025\n      tcp:\n        connectTimeout: ";
+        fails(
+            &format!("{proxy}0s\n"),
+            Some("listeners[0].proxy.tcp.connectTimeout"),
+            Some(6),
+            "'0s' must be more than 0",
+        );
+        fails(
+            &format!("{proxy}fast\n"),
+            Some("listeners[0].proxy.tcp.connectTimeout"),
+            Some(6),
+            "not a duration",
+        );
+        assert_eq!(
+            ok(&format!("{proxy}1ms\n")).proxies[0].connect_timeout,
+            Some(Duration::from_millis(1))
+        );
+    }
+
+    #[test]
+    fn delay_and_close_need_a_proxy() {
+        fails(
+            "listeners:\n  - bindPort: 8000\n    options:\n      connectionLimit:\n        maxActiveConnections: 1\n        delayBeforeClose: 2s\n",
+            Some("listeners[0].options.connectionLimit.delayBeforeClose"),
+            Some(6),
+            "needs a proxy",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 5, closeDelay: 1s}}\n",
+            Some("listeners[0].connection.connectionLimit.closeDelay"),
+            Some(3),
+            "needs a proxy",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 5}}\n    action: close\n",
+            Some("listeners[0].action"),
+            Some(4),
+            "the close action needs a proxy",
+        );
+        fails(
+            "overLimit: close\nlisteners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 5}}\n",
+            Some("listeners[0]"),
+            Some(3),
+            "overLimit is close",
+        );
+        // With its own action the listener does not depend on overLimit.
+        assert_eq!(
+            ok("overLimit: close\nlisteners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 5}}\n    action: reset\n").limits,
+            [limit("8000=5:reset")]
+        );
+    }
+
+    #[test]
+    fn a_delay_means_close_and_contradicts_drop() {
+        let proxied = |extra: &str| {
+            format!(
+                "listeners:\n  - listener: 8000\n    options:\n      connectionLimit: {{maxActiveConnections: 1, delayBeforeClose: 0s}}\n    proxy: {{upstream: '[fd00:1e:57::3]:1025'}}\n{extra}"
+            )
+        };
+        let config = ok(&proxied(""));
+        assert_eq!(config.limits, [limit("8000=1:close")]);
+        assert_eq!(config.proxies[0].delay_before_close, Some(Duration::ZERO));
+        assert_eq!(
+            config.proxies[0].spec.upstream,
+            "[fd00:1e:57::3]:1025".parse().unwrap()
+        );
+        assert_eq!(
+            ok(&proxied("    action: close\n")).limits,
+            [limit("8000=1:close")]
+        );
+        fails(
+            &proxied("    action: drop\n"),
+            Some("listeners[0].options.connectionLimit.delayBeforeClose"),
+            Some(4),
+            "close action only, and action is drop",
+        );
+        // close without a delay: the flag's delay applies.
+        let config = ok(
+            "listeners:\n  - listener: 8000\n    options: {connectionLimit: {maxActiveConnections: 1}}\n    action: close\n    proxy: {upstream: 198.18.0.3:1}\n",
+        );
+        assert_eq!(config.limits, [limit("8000=1:close")]);
+        assert_eq!(config.proxies[0].delay_before_close, None);
+        // No action, no delay: the over-limit default, whatever it ends up being.
+        let config = ok(
+            "listeners:\n  - listener: 8000\n    options: {connectionLimit: {maxActiveConnections: 1}}\n    proxy: {upstream: 198.18.0.3:1}\n",
+        );
+        assert_eq!(config.limits[0].action, None);
+    }
+
+    #[test]
+    fn a_listener_must_do_something() {
+        fails(
+            "listeners:\n  - listener: 8000\n",
+            Some("listeners[0]"),
+            Some(2),
+            "nothing to do",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    action: reset\n    proxy: {upstream: 198.18.0.3:1}\n",
+            Some("listeners[0].action"),
+            Some(3),
+            "an action needs a limit",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    action: bounce\n",
+            Some("listeners[0].action"),
+            Some(3),
+            "'bounce' is not an over-limit action: expected drop, reset or close",
+        );
+        // A proxy alone is fine: it forwards, and nothing is limited.
+        let config = ok("listeners:\n  - listener: 8000\n    proxy: {upstream: 198.18.0.3:1}\n");
+        assert!(config.limits.is_empty());
+        assert_eq!(config.proxies.len(), 1);
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        fails(
+            "listeners:\n  - listener: '[::]:8000'\n    connection: {connectionLimit: {value: 1}}\n  - bindAddress: '::'\n    bindPort: 8000\n    connection: {connectionLimit: {value: 2}}\n",
+            Some("listeners[1].bindPort"),
+            Some(5),
+            "listener [::]:8000 is already given in listeners[0]",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    proxy: {upstream: 198.18.0.3:1}\n  - listener: '[::]:8000'\n    proxy: {upstream: 198.18.0.3:2}\n",
+            Some("listeners[1].proxy"),
+            Some(5),
+            "would bind [::]:8000, as the proxy on 8000 does",
+        );
+        fails(
+            "keepalivePolicies:\n  - destinations: 198.18.0.0/15:5432\n    tcpKeepalive: {time: 5s}\n  - destinations: 198.19.1.1/15:5432\n    tcpKeepalive: {time: 6s}\n",
+            Some("keepalivePolicies[1].destinations"),
+            Some(4),
+            "198.18.0.0/15:5432 is already given in keepalivePolicies[0]",
+        );
+        fails(
+            "interfaces: [eth0, eth1, eth0]\n",
+            Some("interfaces[2]"),
+            Some(1),
+            "interface 'eth0' is given twice",
+        );
+        fails(
+            "listeners:\n  - listener: 8000\n    listener: 8001\n",
+            Some("listeners[0].listener"),
+            Some(3),
+            "given twice in the same mapping",
+        );
+        // Different listeners on one port are different limits, as on the command line.
+        assert_eq!(
+            ok("listeners:\n  - {listener: 8000, connection: {connectionLimit: {value: 1}}}\n  - {listener: '0.0.0.0:8000', connection: {connectionLimit: {value: 2}}}\n").limits.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn keepalive_values_pass_the_parsers_message() {
+        let policy = |keepalive: &str| {
+            format!(
+                "keepalivePolicies:\n  - destinations: 198.18.0.0/15\n    tcpKeepalive:\n      {keepalive}\n"
+            )
+        };
+        for (field, keepalive, needle) in [
+            (
+                "time",
+                "time: 500ms",
+                "time '500ms' must be whole seconds from 1s to 32767s",
+            ),
+            ("time", "time: 10mib", "time: '10mib' is not a duration"),
+            (
+                "interval",
+                "interval: 0s",
+                "interval '0s' must be whole seconds",
+            ),
+            (
+                "probes",
+                "probes: 0",
+                "probes 0 is out of range: expected 1-127",
+            ),
+            (
+                "probes",
+                "probes: many",
+                "probes 'many' is not a whole number",
+            ),
+            (
+                "time",
+                "time: '5s,probes=3'",
+                "time '5s,probes=3' is not a single value",
+            ),
+        ] {
+            fails(
+                &policy(keepalive),
+                Some(&format!("keepalivePolicies[0].tcpKeepalive.{field}")),
+                Some(4),
+                needle,
+            );
+        }
+        // The same parser under a proxy.
+        fails(
+            "listeners:\n  - listener: 8000\n    proxy:\n      upstream: 198.18.0.3:1\n      tcp:\n        tcpKeepalive: {time: 700s, probes: 200}\n",
+            Some("listeners[0].proxy.tcp.tcpKeepalive.probes"),
+            Some(6),
+            "probes 200 is out of range",
+        );
+        // Fields left out keep the OS default; an empty one still turns keepalive on.
+        let config = ok(&policy("{}"));
+        assert_eq!(config.keepalive_for[0].1, KeepaliveSpec::default());
+        let config = ok(&policy("probes: 4"));
+        assert_eq!(config.keepalive_for[0].1, "probes=4".parse().unwrap());
+    }
+
+    #[test]
+    fn destinations_pass_the_parsers_message() {
+        for (destinations, needle) in [
+            ("198.18.0.0", "'198.18.0.0' is not CIDR[:PORT]"),
+            ("198.18.0.0/33", "invalid prefix length: expected 0-32"),
+            ("198.18.0.0/15:0", "invalid port"),
+            ("'[fd00:1e:57::/48]'", "is not CIDR[:PORT]"),
+        ] {
+            fails(
+                &format!(
+                    "keepalivePolicies:\n  - tcpKeepalive: {{time: 5s}}\n    destinations: {destinations}\n"
+                ),
+                Some("keepalivePolicies[0].destinations"),
+                Some(3),
+                needle,
+            );
+        }
+        // Unquoted, a bracketed IPv6 destination is a YAML list.
+        fails(
+            "keepalivePolicies:\n  - destinations: [fd00:1e:57::/48]:5432\n    tcpKeepalive: {time: 5s}\n",
+            Some("keepalivePolicies[0].destinations"),
+            Some(2),
+            "quote a value that starts with '['",
+        );
+        let config = ok(
+            "keepalivePolicies:\n  - destinations: '[fd00:1e:57::/48]:5432'\n    tcpKeepalive: {time: 5s}\n",
+        );
+        assert_eq!(
+            config.keepalive_for[0].0.to_string(),
+            "[fd00:1e:57::/48]:5432"
+        );
+    }
+
+    #[test]
+    fn upstreams_and_pool_limits_are_checked() {
+        let proxy = |upstream: &str| {
+            format!("listeners:\n  - listener: 8000\n    proxy:\n      upstream: {upstream}\n")
+        };
+        for (upstream, needle) in [
+            ("tcp-echo", "'tcp-echo' is not an upstream IP:PORT"),
+            ("198.18.0.3", "not an upstream"),
+            ("198.18.0.3:0", "upstream port must be 1-65535"),
+            ("'a=b'", "not an upstream"),
+        ] {
+            fails(
+                &proxy(upstream),
+                Some("listeners[0].proxy.upstream"),
+                Some(4),
+                needle,
+            );
+        }
+        let pool = |max: &str| {
+            format!(
+                "{}      tcp: {{maxConnections: {max}}}\n",
+                proxy("198.18.0.3:1")
+            )
+        };
+        for max in ["0", "-1", "4294967296", "lots"] {
+            fails(
+                &pool(max),
+                Some("listeners[0].proxy.tcp.maxConnections"),
+                Some(5),
+                "is not a connection count: expected 1-4294967295",
+            );
+        }
+        assert_eq!(
+            ok(&pool("4294967295")).proxies[0].max_connections,
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn top_level_values() {
+        fails(
+            "overLimit: bounce\n",
+            Some("overLimit"),
+            Some(1),
+            "not an over-limit action",
+        );
+        assert_eq!(ok("overLimit: reset\n").over_limit, Some(Action::Reset));
+        fails(
+            "metricsAddr: localhost:9464\n",
+            Some("metricsAddr"),
+            Some(1),
+            "'localhost:9464' is not IP:PORT",
+        );
+        fails(
+            "metricsAddr: 127.0.0.1:0\n",
+            Some("metricsAddr"),
+            Some(1),
+            "is not IP:PORT",
+        );
+        assert_eq!(
+            ok("metricsAddr: '[::1]:9464'\n").metrics_addr,
+            Some("[::1]:9464".parse().unwrap())
+        );
+        fails(
+            "interfaces: ['']\n",
+            Some("interfaces[0]"),
+            Some(1),
+            "not an interface name",
+        );
+        fails(
+            "interfaces: [a-very-long-interface]\n",
+            Some("interfaces[0]"),
+            Some(1),
+            "1 to 15 characters",
+        );
+        assert_eq!(
+            ok("interfaces: [eth0, veth-a]\n").interfaces,
+            ["eth0", "veth-a"]
+        );
+    }
+
+    #[test]
+    fn empty_and_broken_files() {
+        for empty in ["", "\n", "# nothing yet\n"] {
+            let err = fails(empty, None, None, "the file has no settings");
+            assert!(
+                err.to_string()
+                    .starts_with("config test.yaml: the file has no settings"),
+                "{err}"
+            );
+        }
+        fails("~\n", None, Some(1), "expected a mapping");
+        // Unquoted '::' is a YAML syntax error: pointed at, with the field it is in.
+        fails(
+            "listeners:\n  - bindAddress: ::\n    bindPort: 8000\n",
+            Some("listeners[0].bindAddress"),
+            Some(2),
+            "must be quoted",
+        );
+        fails(
+            "interfaces: [eth0\n",
+            Some("interfaces"),
+            Some(1),
+            "interfaces",
+        );
+        fails(
+            "interfaces: [eth0]\n---\ninterfaces: [eth1]\n",
+            None,
+            Some(3),
+            "",
+        );
+    }
+
+    #[test]
+    fn anchors_and_aliases_work() {
+        let config = ok(
+            "keepalivePolicies:\n  - destinations: 198.18.0.0/15:5432\n    tcpKeepalive: &db {time: 60s, probes: 3}\n  - destinations: 198.18.0.0/15:6432\n    tcpKeepalive: *db\n",
+        );
+        assert_eq!(config.keepalive_for[0].1, config.keepalive_for[1].1);
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let err = load(Path::new("/nonexistent/limiter.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config /nonexistent/limiter.yaml: cannot read it: "),
+            "{err}"
+        );
+        let dir = std::env::temp_dir().join(format!("limiter-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(
+            &path,
+            "interfaces: [eth0]\nlisteners:\n  - bindPort: 8000\n",
+        )
+        .unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            err,
+            format!(
+                "config {}: line 3, column 5: field `listeners[0]`: nothing to do: give it a limit (options.connectionLimit or connection.connectionLimit), a proxy, or both",
+                path.display()
+            )
+        );
+    }
+}
