@@ -1,5 +1,6 @@
 //! `limiter run`: check the environment, load and attach (or adopt pinned state), enforce until
-//! SIGINT/SIGTERM, detach.
+//! SIGINT/SIGTERM, detach. SIGHUP (or `limiter reload`) re-reads `--config` and applies the
+//! difference without reloading programs.
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, Ordering},
@@ -16,22 +17,27 @@ use crate::{
     metrics::{self, MetricsSource},
     pins::PinDir,
     preflight,
-    proxy::{Proxy, ProxySpec, ProxyStats, UpstreamPolicy},
+    proxy::{Proxy, ProxyStats, UpstreamPolicy},
+    settings::{Change, Settings},
 };
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Everything that can be checked before touching the kernel is, so a bad flag or a missing
+/// The proxy's default connect timeout (Istio's).
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `settings` are the flags merged over `--config` ([`Settings::load`]), already validated.
+pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
+    // Everything that can be checked before touching the kernel is, so bad input or a missing
     // piece never leaves anything half-attached.
     preflight::check_capabilities()?;
-    for iface in &args.ifaces {
+    for iface in &settings.ifaces {
         preflight::check_interface(iface)?;
     }
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
     // Bound before anything is loaded: a port in use is an error that leaves nothing behind.
-    let proxies = bind_proxies(&args)?;
-    let metrics = match args.metrics_addr {
+    let proxies = bind_proxies(&settings)?;
+    let metrics = match settings.metrics_addr {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -41,17 +47,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
-    match enforce(
-        &args,
-        &cgroup,
+    let setup = Setup {
+        args: &args,
+        cgroup: &cgroup,
         netns_cookie,
-        pins.as_ref(),
-        &control,
-        proxies,
-        metrics,
-    )
-    .await
-    {
+        pins: pins.as_ref(),
+        control: &control,
+    };
+    match enforce(setup, settings, proxies, metrics).await {
         Ok(keep) => {
             if let (Some(pins), false) = (&pins, keep) {
                 pins.remove().map_err(|source| AgentError::PinDir {
@@ -72,18 +75,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn bind_proxies(args: &RunArgs) -> Result<Vec<Proxy>, AgentError> {
-    let upstream_for = |spec: &ProxySpec| {
-        Arc::new(UpstreamPolicy::new(
-            spec.upstream,
-            args.connect_timeout,
-            args.upstream_keepalive,
-            args.max_upstream_connections,
-        ))
-    };
-    args.proxies
+fn bind_proxies(settings: &Settings) -> Result<Vec<Proxy>, AgentError> {
+    settings
+        .proxies
         .iter()
-        .map(|spec| Proxy::bind(*spec, upstream_for(spec), args.delay_before_close))
+        .map(|proxy| {
+            let upstream = UpstreamPolicy::new(
+                proxy.spec.upstream,
+                proxy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                proxy.keepalive,
+                proxy.max_connections,
+            );
+            Proxy::bind(
+                proxy.spec,
+                Arc::new(upstream),
+                proxy.delay_before_close.unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -93,6 +101,9 @@ pub struct AgentState {
     pub proxies: Vec<(String, Arc<ProxyStats>)>,
     /// Programs attached (cleared when detaching): what /readyz reports.
     pub attached: AtomicBool,
+    /// The flags, and the settings in force (flags over `--config`), for reloads.
+    flags: RunArgs,
+    settings: Mutex<Settings>,
 }
 
 impl MetricsSource for AgentState {
@@ -119,26 +130,92 @@ impl AgentState {
             .collect();
         report
     }
+
+    /// Re-reads `--config`, validates all of it first (a bad file changes nothing), then applies
+    /// only the difference: limits and keepalive policies, in place, without reloading programs
+    /// or touching established connections. Returns what was done, for the log and the reply.
+    pub fn reload(&self) -> Result<String, String> {
+        let Some(path) = self.flags.config.as_ref() else {
+            return Err("nothing to reload: the agent was started without --config".into());
+        };
+        let new = Settings::load(&self.flags)
+            .map_err(|e| format!("reload rejected, nothing changed: {e}"))?;
+        let mut current = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        let change = Change::between(&current, &new);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = Vec::new();
+        for listener in &change.unset {
+            table.unset(listener).map_err(|e| e.to_string())?;
+            done.push(format!("limit removed: {listener}"));
+        }
+        for spec in &change.set {
+            done.push(format!(
+                "limit set: {}",
+                table.set(spec).map_err(|e| e.to_string())?
+            ));
+        }
+        for destinations in &change.keepalive_removed {
+            table
+                .remove_keepalive_policy(destinations)
+                .map_err(|e| e.to_string())?;
+            done.push(format!("keepalive policy removed: {destinations}"));
+        }
+        for (destinations, keepalive) in &change.keepalive_set {
+            table
+                .set_keepalive_policy(destinations, keepalive)
+                .map_err(|e| e.to_string())?;
+            done.push(format!("keepalive policy set: {destinations} {keepalive}"));
+        }
+        let mut summary = if done.is_empty() {
+            format!("reloaded {}: no change", path.display())
+        } else {
+            format!("reloaded {}: {}", path.display(), done.join("; "))
+        };
+        if !change.needs_restart.is_empty() {
+            summary.push_str(&format!(
+                " (changed but not applied until restart: {})",
+                change.needs_restart.join(", ")
+            ));
+        }
+        // What is in force now: the new limits and policies, the old everything else.
+        current.limits = new.limits;
+        current.keepalive_for = new.keepalive_for;
+        Ok(summary)
+    }
 }
 
 fn pins_dir(args: &RunArgs) -> std::path::PathBuf {
     args.pin_dir.clone().unwrap_or_default()
 }
 
+/// What `run` checked and prepared before anything was loaded.
+struct Setup<'a> {
+    args: &'a RunArgs,
+    cgroup: &'a std::path::Path,
+    netns_cookie: u64,
+    pins: Option<&'a PinDir>,
+    control: &'a ControlSocket,
+}
+
 /// Runs until a signal; returns whether the pins are to be kept.
 async fn enforce(
-    args: &RunArgs,
-    cgroup: &std::path::Path,
-    netns_cookie: u64,
-    pins: Option<&PinDir>,
-    control: &ControlSocket,
+    setup: Setup<'_>,
+    settings: Settings,
     proxies: Vec<Proxy>,
     metrics: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<bool> {
+    let Setup {
+        args,
+        cgroup,
+        netns_cookie,
+        pins,
+        control,
+    } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
     let (mut programs, maps) = kernel::load(netns_cookie, pins)?;
-    let mut table = LimitTable::new(maps, args.over_limit);
+    let mut table = LimitTable::new(maps, settings.over_limit);
+    table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
     if pins.is_some_and(|p| p.adopting) {
         let adopted = table.adopt();
         tracing::info!(
@@ -146,30 +223,29 @@ async fn enforce(
             "adopted {} limit(s) with their live counts",
             adopted.len()
         );
-        // The flags say what is in force now: drop adopted limits they no longer name.
-        for listener in adopted
-            .iter()
-            .filter(|l| !args.limits.iter().any(|s| s.listener == **l))
-        {
+        // The settings say what is in force now: drop adopted limits they no longer name.
+        for listener in adopted.iter().filter(|l| settings.limit_for(l).is_none()) {
             table.unset(listener)?;
             tracing::info!(%listener, "limit removed (no longer configured)");
         }
     }
-    for spec in &args.limits {
+    for spec in &settings.limits {
         let now = table.set(spec)?;
         tracing::info!("limit set: {now}");
     }
-    for (destinations, keepalive) in args.keepalive_policies().map_err(anyhow::Error::msg)? {
-        table.set_keepalive_policy(&destinations, &keepalive)?;
+    for (destinations, keepalive) in &settings.keepalive_for {
+        table.set_keepalive_policy(destinations, keepalive)?;
         tracing::info!(%destinations, %keepalive, "keepalive policy set");
     }
     programs.attach_accounting(cgroup, pins)?;
     tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
-    programs.attach_admission(&args.ifaces, args.xdp_mode, pins)?;
-    for iface in &args.ifaces {
+    programs.attach_admission(&settings.ifaces, args.xdp_mode, pins)?;
+    for iface in &settings.ifaces {
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached: admitting SYNs (XDP)");
     }
     let table = Arc::new(Mutex::new(table));
+    let handshake_timeout = settings.handshake_timeout;
+    let ifaces = settings.ifaces.clone();
     let state = Arc::new(AgentState {
         table: table.clone(),
         proxies: proxies
@@ -177,9 +253,14 @@ async fn enforce(
             .map(|p| (p.spec.to_string(), p.stats.clone()))
             .collect(),
         attached: AtomicBool::new(true),
+        flags: args.clone(),
+        settings: Mutex::new(settings),
     });
     let metrics_task = metrics.map(|listener| {
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tracing::info!(%addr, "serving metrics and probes");
         tokio::spawn(metrics::serve(listener, state.clone()))
     });
@@ -193,7 +274,9 @@ async fn enforce(
         signal(SignalKind::interrupt()).map_err(AgentError::syscall("sigaction(SIGINT)"))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(AgentError::syscall("sigaction(SIGTERM)"))?;
-    let mut sweep = tokio::time::interval(handshake::sweep_interval(args.handshake_timeout));
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(AgentError::syscall("sigaction(SIGHUP)"))?;
+    let mut sweep = tokio::time::interval(handshake::sweep_interval(handshake_timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!("ready");
 
@@ -201,9 +284,13 @@ async fn enforce(
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
+            _ = sighup.recv() => match state.reload() {
+                Ok(summary) => tracing::info!(signal = "SIGHUP", "{summary}"),
+                Err(error) => tracing::error!(signal = "SIGHUP", "{error}"),
+            },
             _ = sweep.tick() => {
                 let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
-                handshake::sweep(&mut table, args.handshake_timeout);
+                handshake::sweep(&mut table, handshake_timeout);
             }
             accepted = control.accept() => match accepted {
                 Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }
@@ -211,6 +298,7 @@ async fn enforce(
             },
         }
     };
+    state.attached.store(false, Ordering::Relaxed);
     if args.keep_pinned {
         tracing::info!(
             signal = signal_name,
@@ -218,11 +306,10 @@ async fn enforce(
             "exiting; programs stay attached and pinned"
         );
     } else {
-        for iface in &args.ifaces {
+        for iface in &ifaces {
             tracing::info!(signal = signal_name, %iface, "detaching");
         }
     }
-    state.attached.store(false, Ordering::Relaxed);
     proxy_tasks.abort_all();
     if let Some(task) = metrics_task {
         task.abort();

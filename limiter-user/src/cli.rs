@@ -5,9 +5,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     duration,
-    logging::LogFormat,
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
+    logging::LogFormat,
     proxy::ProxySpec,
 };
 
@@ -33,22 +33,34 @@ pub enum Command {
     Stats(StatsArgs),
     /// Add or change a limit on the running agent (no reload, established connections untouched).
     Set(SetArgs),
+    /// Re-read the running agent's --config file and apply the difference (like SIGHUP).
+    Reload(ControlArgs),
     /// Remove a listener's limit on the running agent.
     Unset(UnsetArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ControlArgs {
     /// Control socket of the running agent.
     #[arg(long, env = "LIMITER_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
     pub control_socket: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     /// Interface whose incoming SYNs are admitted or refused (repeat for several).
-    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    #[arg(
+        long = "iface",
+        value_name = "IFACE",
+        required_unless_present = "config"
+    )]
     pub ifaces: Vec<String>,
+
+    /// YAML file with interfaces, listeners, limits, proxies and keepalive policies, in the
+    /// seeds' field names (see examples/). Flags win over the file; SIGHUP or `limiter reload`
+    /// re-reads it and applies the difference.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// A listener's limit: LISTENER=N[:ACTION] (repeatable). LISTENER is PORT (every local
     /// address), IPv4:PORT or [IPv6]:PORT (0.0.0.0:P and [::]:P: every address of that family).
@@ -59,12 +71,14 @@ pub struct RunArgs {
 
     /// What happens to a SYN over the limit: drop it silently, or answer with a RST so the
     /// client fails at once.
-    #[arg(long, value_enum, default_value_t = Action::Drop, value_name = "ACTION")]
-    pub over_limit: Action,
+    /// [default: drop]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub over_limit: Option<Action>,
 
     /// How long a SYN's reservation is held for a handshake that does not complete.
-    #[arg(long, default_value = "3s", value_parser = parse_handshake_timeout, value_name = "DURATION")]
-    pub handshake_timeout: Duration,
+    /// [default: 3s]
+    #[arg(long, value_parser = parse_handshake_timeout, value_name = "DURATION")]
+    pub handshake_timeout: Option<Duration>,
 
     /// How XDP runs: native (in the driver, fastest), generic (in the kernel stack, works on
     /// any device), or auto (native where the driver supports it).
@@ -109,8 +123,9 @@ pub struct RunArgs {
 
     /// Where to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz); `off` to
     /// serve none. Loopback by default: expose it on purpose.
-    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr, value_name = "ADDR|off")]
-    pub metrics_addr: MetricsAddr,
+    /// [default: 127.0.0.1:9464]
+    #[arg(long, value_parser = parse_metrics_addr, value_name = "ADDR|off")]
+    pub metrics_addr: Option<MetricsAddr>,
 
     /// Log lines as `limiter: message key=value` (human) or one JSON object each (json).
     #[arg(long, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
@@ -252,15 +267,6 @@ impl RunArgs {
                 ));
             }
         }
-        for spec in &self.limits {
-            let action = spec.action.unwrap_or(self.over_limit);
-            if action == Action::Close && !self.proxies.iter().any(|p| p.listen == spec.listener) {
-                return Err(format!(
-                    "--limit '{spec}': the close action needs a --proxy listening on {} (without a proxy use drop or reset)",
-                    spec.listener
-                ));
-            }
-        }
         self.keepalive_policies()?;
         for (i, iface) in self.ifaces.iter().enumerate() {
             if self.ifaces[..i].contains(iface) {
@@ -311,12 +317,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.ifaces, ["eth0", "eth1"]);
         assert_eq!(args.limits.len(), 2);
-        assert_eq!(args.over_limit, Action::Reset);
-        assert_eq!(args.handshake_timeout, Duration::from_millis(500));
-        assert_eq!(
-            run(&["--iface", "eth0"]).unwrap().handshake_timeout,
-            Duration::from_secs(3)
-        );
+        assert_eq!(args.over_limit, Some(Action::Reset));
+        assert_eq!(args.handshake_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(run(&["--iface", "eth0"]).unwrap().handshake_timeout, None);
         let proxy = run(&[
             "--iface",
             "eth0",
@@ -363,10 +366,6 @@ mod tests {
                 "--handshake-timeout",
             ),
             (&["--limit", "8000=1"][..], "--iface"),
-            (
-                &["--iface", "eth0", "--limit", "8000=1:close"][..],
-                "needs a --proxy",
-            ),
             (
                 &[
                     "--iface",

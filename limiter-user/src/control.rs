@@ -27,6 +27,7 @@ use crate::{
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Stats,
+    Reload,
     Set { limit: String },
     Unset { listener: String },
 }
@@ -110,6 +111,10 @@ fn handle(request: Request, state: &AgentState) -> Response {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = match request {
+        Request::Reload => {
+            drop(table);
+            state.reload()
+        }
         Request::Stats => {
             drop(table);
             return Response {

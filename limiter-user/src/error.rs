@@ -80,7 +80,10 @@ pub enum AgentError {
     Pin { what: String, source: io::Error },
 
     #[error("--metrics-addr {addr}: cannot listen: {source}")]
-    MetricsBind { addr: std::net::SocketAddr, source: io::Error },
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 
     #[error("--proxy {spec}: cannot listen: {source}")]
     ProxyBind { spec: String, source: io::Error },

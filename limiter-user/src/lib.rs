@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pins;
 pub mod preflight;
 pub mod proxy;
+pub mod settings;
 pub mod stats;
 pub mod usage;
 

@@ -38,6 +38,10 @@ pub struct LimitTable {
     next_slot: u32,
     /// Reservations released by the agent because the handshake never completed, per slot.
     handshake_timeouts: Vec<u64>,
+    /// Listeners the agent runs a proxy on: the only ones the `close` action can apply to
+    /// (the kernel lets every handshake of a `close` listener complete and relies on the proxy
+    /// to close the held ones; without a proxy the limit would silently not be enforced).
+    proxied: Vec<Listener>,
 }
 
 impl LimitTable {
@@ -51,7 +55,12 @@ impl LimitTable {
             free_slots: Vec::new(),
             next_slot: 0,
             handshake_timeouts: vec![0; MAX_LISTENERS as usize],
+            proxied: Vec::new(),
         }
+    }
+
+    pub fn set_proxied(&mut self, listeners: Vec<Listener>) {
+        self.proxied = listeners;
     }
 
     pub fn maps(&self) -> &Maps {
@@ -70,6 +79,11 @@ impl LimitTable {
             listener: listener.to_string(),
             reason,
         };
+        if action == Action::Close && !self.proxied.contains(&listener) {
+            return Err(fail(
+                "the close action needs a --proxy listening on it (without a proxy use drop or reset)".into(),
+            ));
+        }
         let existing = self.configured.get(&listener).copied();
         let slot = match existing {
             Some(limit) => limit.slot,
@@ -237,6 +251,19 @@ impl LimitTable {
             .map_err(|e| AgentError::KeepalivePolicy {
                 destinations: destinations.to_string(),
                 reason: format!("writing map {}: {e}", map_names::KEEPALIVE_POLICIES),
+            })
+    }
+
+    pub fn remove_keepalive_policy(
+        &mut self,
+        destinations: &crate::keepalive::Destinations,
+    ) -> Result<(), AgentError> {
+        self.maps
+            .keepalive
+            .remove(&destinations.key())
+            .map_err(|e| AgentError::KeepalivePolicy {
+                destinations: destinations.to_string(),
+                reason: format!("removing from map {}: {e}", map_names::KEEPALIVE_POLICIES),
             })
     }
 

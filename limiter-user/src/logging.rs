@@ -18,11 +18,17 @@ pub enum LogFormat {
 }
 
 pub fn init(format: LogFormat) {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
     // A second init (tests, or a library user) keeps the first subscriber.
     let _ = match format {
         LogFormat::Human => builder.event_format(Human).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
 }
 
@@ -35,10 +41,19 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         write!(writer, "limiter: ")?;
         if *event.metadata().level() <= tracing::Level::WARN {
-            write!(writer, "{}: ", event.metadata().level().as_str().to_lowercase())?;
+            write!(
+                writer,
+                "{}: ",
+                event.metadata().level().as_str().to_lowercase()
+            )?;
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)

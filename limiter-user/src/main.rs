@@ -33,6 +33,10 @@ fn main() -> ExitCode {
             if let Err(message) = args.validate() {
                 return fail(EXIT_USAGE, &message);
             }
+            let settings = match limiter::settings::Settings::load(&args) {
+                Ok(settings) => settings,
+                Err(message) => return fail(EXIT_USAGE, &message),
+            };
             limiter::logging::init(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => return fail(EXIT_RUNTIME, &format!("starting the async runtime: {e}")),
             };
-            match runtime.block_on(agent::run(*args)) {
+            match runtime.block_on(agent::run(*args, settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
             }
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
         },
+        Command::Reload(control) => {
+            reply(control::request(&control.control_socket, &Request::Reload))
+        }
         Command::Set(args) => reply(control::request(
             &args.control.control_socket,
             &Request::Set {
@@ -90,7 +97,11 @@ fn watch(socket: &std::path::Path, interval: std::time::Duration) -> ExitCode {
         // Home the cursor and clear: the table is redrawn in place.
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "\x1b[H\x1b[2J{}", report.render_table());
-        let _ = writeln!(out, "\n(every {}; Ctrl-C to stop)", limiter::duration::display(interval));
+        let _ = writeln!(
+            out,
+            "\n(every {}; Ctrl-C to stop)",
+            limiter::duration::display(interval)
+        );
         if out.flush().is_err() {
             // stdout closed (e.g. piped into `head`): stop quietly.
             return ExitCode::SUCCESS;

@@ -285,7 +285,7 @@ fn root_bad_input_with_pin_dir_leaves_no_pins() {
             "--limit",
             "8000=1",
             "--pin-dir",
-            &pins.0.to_str().unwrap(),
+            pins.0.to_str().unwrap(),
             "--control-socket",
             &socket,
         ]);

@@ -1,0 +1,224 @@
+//! The settings in force: the command-line flags merged over the `--config` file (flags win),
+//! checked as a whole, and the difference between two of them, which is all a reload applies.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::{
+    cli::RunArgs,
+    config::{self, FileConfig, ProxyConfig},
+    keepalive::{Destinations, KeepaliveSpec},
+    listener::{Action, LimitSpec, Listener},
+};
+
+pub const DEFAULT_OVER_LIMIT: Action = Action::Drop;
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub ifaces: Vec<String>,
+    pub over_limit: Action,
+    pub handshake_timeout: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Every limit with its action resolved.
+    pub limits: Vec<LimitSpec>,
+    pub proxies: Vec<ProxyConfig>,
+    pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
+}
+
+impl Settings {
+    /// Reads `--config` (if any) and merges the flags over it.
+    pub fn load(flags: &RunArgs) -> Result<Settings, String> {
+        let file = match &flags.config {
+            Some(path) => Some(config::load(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Settings::merge(flags, file)
+    }
+
+    pub fn merge(flags: &RunArgs, file: Option<FileConfig>) -> Result<Settings, String> {
+        let file = file.unwrap_or_else(empty_file);
+        let ifaces = if flags.ifaces.is_empty() {
+            file.interfaces
+        } else {
+            flags.ifaces.clone()
+        };
+        if ifaces.is_empty() {
+            return Err(
+                "--iface: no interface given (pass --iface, or `interfaces:` in --config)".into(),
+            );
+        }
+        let over_limit = flags
+            .over_limit
+            .or(file.over_limit)
+            .unwrap_or(DEFAULT_OVER_LIMIT);
+        let handshake_timeout = flags
+            .handshake_timeout
+            .or(file.handshake_timeout)
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        let metrics_addr = match flags.metrics_addr {
+            Some(flag) => flag,
+            None => Some(
+                file.metrics_addr
+                    .unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("valid default")),
+            ),
+        };
+
+        // A listener's limit from the flags replaces the file's for that listener.
+        let mut limits: Vec<LimitSpec> = file
+            .limits
+            .into_iter()
+            .filter(|l| !flags.limits.iter().any(|f| f.listener == l.listener))
+            .chain(flags.limits.iter().copied())
+            .collect();
+        for limit in &mut limits {
+            limit.action = Some(limit.action.unwrap_or(over_limit));
+        }
+
+        let flag_proxies = flags.proxies.iter().map(|spec| ProxyConfig {
+            spec: *spec,
+            delay_before_close: Some(flags.delay_before_close),
+            connect_timeout: Some(flags.connect_timeout),
+            max_connections: flags.max_upstream_connections,
+            keepalive: flags.upstream_keepalive,
+        });
+        // A file proxy's `tcp` settings left out take the flags' values, as for flag proxies.
+        let proxies: Vec<ProxyConfig> = file
+            .proxies
+            .into_iter()
+            .filter(|p| !flags.proxies.iter().any(|f| f.listen == p.spec.listen))
+            .map(|p| ProxyConfig {
+                delay_before_close: p.delay_before_close.or(Some(flags.delay_before_close)),
+                connect_timeout: p.connect_timeout.or(Some(flags.connect_timeout)),
+                max_connections: p.max_connections.or(flags.max_upstream_connections),
+                keepalive: p.keepalive.or(flags.upstream_keepalive),
+                ..p
+            })
+            .chain(flag_proxies)
+            .collect();
+
+        let flag_policies = flags.keepalive_policies()?;
+        let keepalive_for = file
+            .keepalive_for
+            .into_iter()
+            .filter(|(d, _)| !flag_policies.iter().any(|(f, _)| f == d))
+            .chain(flag_policies.clone())
+            .collect();
+
+        let settings = Settings {
+            ifaces,
+            over_limit,
+            handshake_timeout,
+            metrics_addr,
+            limits,
+            proxies,
+            keepalive_for,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that need everything at once.
+    fn validate(&self) -> Result<(), String> {
+        for spec in &self.limits {
+            if spec.action == Some(Action::Close)
+                && !self.proxies.iter().any(|p| p.spec.listen == spec.listener)
+            {
+                return Err(format!(
+                    "--limit '{spec}': the close action needs a --proxy listening on {} (without a proxy use drop or reset)",
+                    spec.listener
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn limit_for(&self, listener: &Listener) -> Option<&LimitSpec> {
+        self.limits.iter().find(|l| l.listener == *listener)
+    }
+}
+
+fn empty_file() -> FileConfig {
+    FileConfig {
+        interfaces: Vec::new(),
+        over_limit: None,
+        handshake_timeout: None,
+        metrics_addr: None,
+        limits: Vec::new(),
+        proxies: Vec::new(),
+        keepalive_for: Vec::new(),
+    }
+}
+
+/// What a reload changes: only limits and keepalive policies are applied live; anything else
+/// that differs is reported as needing a restart.
+#[derive(Debug, Default, PartialEq)]
+pub struct Change {
+    pub set: Vec<LimitSpec>,
+    pub unset: Vec<Listener>,
+    pub keepalive_set: Vec<(Destinations, KeepaliveSpec)>,
+    pub keepalive_removed: Vec<Destinations>,
+    /// Settings that differ but are not changed on a running agent.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Change {
+    pub fn between(old: &Settings, new: &Settings) -> Change {
+        let set = new
+            .limits
+            .iter()
+            .filter(|l| old.limit_for(&l.listener) != Some(l))
+            .copied()
+            .collect();
+        let unset = old
+            .limits
+            .iter()
+            .filter(|l| new.limit_for(&l.listener).is_none())
+            .map(|l| l.listener)
+            .collect();
+        let keepalive_set = new
+            .keepalive_for
+            .iter()
+            .filter(|p| !old.keepalive_for.contains(p))
+            .copied()
+            .collect();
+        let keepalive_removed = old
+            .keepalive_for
+            .iter()
+            .filter(|(d, _)| !new.keepalive_for.iter().any(|(n, _)| n == d))
+            .map(|(d, _)| *d)
+            .collect();
+        let mut needs_restart = Vec::new();
+        for (differs, what) in [
+            (old.ifaces != new.ifaces, "interfaces"),
+            (old.proxies != new.proxies, "proxies"),
+            (old.metrics_addr != new.metrics_addr, "metricsAddr"),
+            (
+                old.handshake_timeout != new.handshake_timeout,
+                "handshakeTimeout",
+            ),
+        ] {
+            if differs {
+                needs_restart.push(what);
+            }
+        }
+        Change {
+            set,
+            unset,
+            keepalive_set,
+            keepalive_removed,
+            needs_restart,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+            && self.unset.is_empty()
+            && self.keepalive_set.is_empty()
+            && self.keepalive_removed.is_empty()
+    }
+}
+
+/// The file a reload re-reads.
+pub fn config_path(flags: &RunArgs) -> Option<&PathBuf> {
+    flags.config.as_ref()
+}

@@ -1,0 +1,328 @@
+//! Operations: Prometheus metrics and probes scraped from a running agent, the `--config` file
+//! (flags win), live reload on SIGHUP and `limiter reload` (a bad file changes nothing), and
+//! `limiter stats --watch`. Needs root.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use limiter_tests::{
+    Agent, Side, TestBed,
+    agent::limiter_bin,
+    client::{EchoServer, Hold, ServerMode, addr},
+    eventually, names,
+};
+
+const PORT: u16 = 8000;
+
+/// GETs `path` from the agent's metrics address (loopback of the server namespace).
+fn http_get(bed: &TestBed, path: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('http://127.0.0.1:9464{path}', timeout=5); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+    );
+    let out = bed.exec_ok(Side::Server, "python3", &["-c", &script]);
+    let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (
+        status
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad HTTP answer: {out}")),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `name{labels}` in a text exposition.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn root_metrics_and_probes_match_what_happened() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=2:reset")]);
+
+    let (status, body) = http_get(&bed, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&bed, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(&bed, "/nope").0, 404);
+
+    let held = Hold::open(&bed, 3, &server, 3000);
+    assert_eq!(
+        (held.result.connected, held.result.refused),
+        (2, 1),
+        "{:?}",
+        held.result
+    );
+    let label = format!("{{listener=\"{listener}\"}}");
+    let text = eventually("metrics show 2 active", Duration::from_secs(5), || {
+        let (status, text) = http_get(&bed, "/metrics");
+        match sample(
+            &text,
+            &format!("limiter_listener_active_connections{label}"),
+        ) {
+            Some(v) if status == 200 && v == 2.0 => Ok(text),
+            other => Err(format!("status {status}, active {other:?}")),
+        }
+    });
+    let expect = [
+        (
+            format!("limiter_listener_limit{{listener=\"{listener}\",action=\"reset\"}}"),
+            2.0,
+        ),
+        (
+            format!("limiter_listener_admitted_connections_total{label}"),
+            2.0,
+        ),
+        (
+            format!(
+                "limiter_listener_refused_syns_total{{listener=\"{listener}\",action=\"reset\"}}"
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "limiter_listener_refused_syns_total{{listener=\"{listener}\",action=\"drop\"}}"
+            ),
+            0.0,
+        ),
+        (format!("limiter_listener_pending_handshakes{label}"), 0.0),
+    ];
+    for (series, value) in &expect {
+        assert_eq!(sample(&text, series), Some(*value), "{series} in:\n{text}");
+    }
+    for family in [
+        "limiter_packets_total{result=\"seen\"}",
+        "limiter_packets_total{result=\"malformed\"}",
+    ] {
+        assert!(sample(&text, family).is_some(), "{family} missing:\n{text}");
+    }
+    // The agent's own stats say the same.
+    let row = agent.listener(&listener);
+    assert_eq!(
+        (row.active, row.admitted_total, row.refused_reset_total),
+        (2, 2, 1),
+        "{row:?}"
+    );
+    drop(held);
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn config_file(text: &str) -> TempFile {
+    let path = PathBuf::from(format!(
+        "/tmp/{}.yaml",
+        names::unique("cfg", names::next_id())
+    ));
+    fs::write(&path, text).expect("writing the config file");
+    TempFile(path)
+}
+
+/// An Envoy Gateway style listener with `value` as its limit.
+fn envoy_style(listener: &str, value: u32) -> String {
+    format!(
+        "listeners:\n  - listener: \"{listener}\"\n    connection:\n      connectionLimit:\n        value: {value}\n"
+    )
+}
+
+#[test]
+fn root_config_file_reload_applies_only_valid_files() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let file = config_file(&envoy_style(&listener, 1));
+    let path = file.0.display().to_string();
+    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    assert_eq!(agent.listener(&listener).limit, 1);
+    let mut first = Hold::open(&bed, 2, &server, 1500);
+    assert_eq!(first.result.connected, 1, "{:?}", first.result);
+
+    // SIGHUP: the new limit applies at once, established connections untouched.
+    fs::write(&file.0, envoy_style(&listener, 3)).unwrap();
+    // SAFETY: signalling the agent process this test started.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    agent.wait_listener(
+        &listener,
+        "limit 3 after SIGHUP",
+        Duration::from_secs(5),
+        |l| l.limit == 3,
+    );
+    assert_eq!(
+        first.ping().echoed,
+        1,
+        "held connection broken by the reload"
+    );
+    let more = Hold::open(&bed, 3, &server, 1500);
+    assert_eq!(more.result.connected, 2, "{:?}", more.result);
+    drop(more);
+
+    // A bad file is reported and changes nothing.
+    fs::write(
+        &file.0,
+        format!("{}    maxActiveConnectionz: 7\n", envoy_style(&listener, 9)),
+    )
+    .unwrap();
+    let out = agent.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a bad file was accepted: {stderr}");
+    assert!(
+        stderr.starts_with("limiter: error:") && stderr.contains("maxActiveConnectionz"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line"),
+        "error does not give the line: {stderr}"
+    );
+    assert_eq!(
+        agent.listener(&listener).limit,
+        3,
+        "a rejected reload changed the limit"
+    );
+
+    // `limiter reload` with the listener gone: its limit is lifted.
+    fs::write(&file.0, "listeners: []\nkeepalivePolicies:\n  - destinations: 198.18.0.0/15:5432\n    tcpKeepalive: {time: 60s}\n").unwrap();
+    let out = agent.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        agent.stats().listener(&listener).is_none(),
+        "limit still listed after removal"
+    );
+    let free = Hold::open(&bed, 4, &server, 1500);
+    assert_eq!(free.result.connected, 4, "{:?}", free.result);
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
+
+#[test]
+fn root_config_flags_win_and_bad_files_are_refused_at_start() {
+    let bed = TestBed::new();
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let file = config_file(&envoy_style(&listener, 1));
+    let path = file.0.display().to_string();
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--config",
+            &path,
+            "--limit",
+            &format!("{listener}=2"),
+            "--metrics-addr",
+            "off",
+        ],
+    );
+    assert_eq!(
+        agent.listener(&listener).limit,
+        2,
+        "the flag did not win over the file"
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+
+    let bad = config_file(&format!("{}\nlisteners2: []\n", envoy_style(&listener, 1)));
+    let bad_path = bad.0.display().to_string();
+    let socket = Agent::socket_path().display().to_string();
+    let out = Agent::run_to_exit(
+        &bed,
+        &[
+            "run",
+            "--iface",
+            &bed.srv_veth,
+            "--config",
+            &bad_path,
+            "--control-socket",
+            &socket,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(
+        errors[0].contains("listeners2") && errors[0].contains("line"),
+        "{}",
+        errors[0]
+    );
+    bed.assert_no_xdp("after a refused config file");
+}
+
+#[test]
+fn root_stats_watch_redraws_in_place() {
+    use std::{
+        io::Read as _,
+        sync::{Arc, Mutex},
+    };
+    let bed = TestBed::new();
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=4")]);
+    let mut watch = Command::new(limiter_bin())
+        .args([
+            "stats",
+            "--watch",
+            "--interval",
+            "100ms",
+            "--control-socket",
+        ])
+        .arg(agent.control_socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("limiter stats --watch");
+    let pid = watch.id();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = watch.stdout.take().unwrap();
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        // Bounded: stops at EOF (the watch was interrupted) or after 1 MiB.
+        for _ in 0..256 {
+            match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n])),
+            }
+        }
+    });
+    let redraws = eventually("three redraws", Duration::from_secs(10), || {
+        let n = seen.lock().unwrap().matches("\x1b[H\x1b[2J").count();
+        if n >= 3 {
+            Ok(n)
+        } else {
+            Err(format!("{n} redraws"))
+        }
+    });
+    // Stopped like a user's Ctrl-C.
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let _ = watch.wait();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    assert!(redraws >= 3);
+    assert!(
+        out.contains("LISTENER") && out.contains(&listener) && out.contains("USE"),
+        "{out}"
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
