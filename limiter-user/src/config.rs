@@ -37,11 +37,10 @@
 //!   at all is an error too.
 //! - A listener is written one of two ways, never both: `listener` (`PORT`, `IPv4:PORT` or
 //!   `[IPv6]:PORT`, exactly as for `--limit`), or Gloo's `bindPort` with an optional
-//!   `bindAddress`: `bindAddress: '::'` is `[::]:P`, `'0.0.0.0'` is `0.0.0.0:P`, another address
-//!   is that address, and no `bindAddress` is the bare port `P` (every address of both families).
-//!   As on the command line, `[::]:P` limits IPv6 clients only: Envoy's `'::'` listener is
-//!   dual-stack, so to limit IPv4 clients too leave `bindAddress` out. (`'::'` must be quoted:
-//!   unquoted it is not valid YAML.)
+//!   `bindAddress`: `bindAddress: '::'` is the bare port `P` (Gloo's and Envoy's `'::'` listener
+//!   is dual-stack, and its limit covers IPv4 and IPv6 clients alike), as is no `bindAddress`;
+//!   `'0.0.0.0'` is `0.0.0.0:P`, another address is that address. To limit IPv6 clients only,
+//!   write `listener: '[::]:P'`. (`'::'` must be quoted: unquoted it is not valid YAML.)
 //! - The limit is Gloo Gateway's `options.connectionLimit {maxActiveConnections,
 //!   delayBeforeClose}` or Envoy Gateway's `connection.connectionLimit {value, closeDelay}`, not
 //!   both. The count is required and is 1 to 4294967295 (both gateways reject 0).
@@ -657,6 +656,11 @@ impl Checker<'_> {
                                 ),
                             )
                         })?;
+                        // Gloo's (Envoy's) '::' listener is dual-stack: its connection limit
+                        // covers IPv4 and IPv6 clients alike, which is limiter's bare port.
+                        if ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+                            return Ok((Listener::AnyAddress(port), port_field));
+                        }
                         Ok((Listener::Address(ip, port), port_field))
                     }
                 }
@@ -1057,9 +1061,9 @@ mod tests {
             config,
             FileConfig {
                 interfaces: vec!["eth0".into()],
-                limits: vec![limit("[::]:8000=1:close")],
+                limits: vec![limit("8000=1:close")],
                 proxies: vec![ProxyConfig {
-                    spec: "[::]:8000=198.18.0.3:1025".parse().unwrap(),
+                    spec: "8000=198.18.0.3:1025".parse().unwrap(),
                     delay_before_close: Some(Duration::from_secs(2)),
                     connect_timeout: None,
                     max_connections: None,
@@ -1152,7 +1156,7 @@ keepalivePolicies:
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             config.limits,
-            [limit("[::]:8000=1:close"), limit("198.18.0.1:9000=5:reset")]
+            [limit("8000=1:close"), limit("198.18.0.1:9000=5:reset")]
         );
         assert_eq!(config.proxies[0].max_connections, Some(100));
         assert_eq!(config.keepalive_for.len(), 1);
@@ -1161,8 +1165,8 @@ keepalivePolicies:
     #[test]
     fn bind_address_and_port_make_the_cli_listener() {
         for (address, expected) in [
-            ("bindAddress: '::'\n    ", "[::]:8000"),
-            ("bindAddress: \"::\"\n    ", "[::]:8000"),
+            ("bindAddress: '::'\n    ", "8000"),
+            ("bindAddress: \"::\"\n    ", "8000"),
             ("bindAddress: 0.0.0.0\n    ", "0.0.0.0:8000"),
             ("bindAddress: 198.18.0.1\n    ", "198.18.0.1:8000"),
             ("bindAddress: 'fd00:1e:57::1'\n    ", "[fd00:1e:57::1]:8000"),
@@ -1181,7 +1185,7 @@ keepalivePolicies:
             ok("listeners: [{bindPort: '8000', bindAddress: '::', connection: {connectionLimit: {value: 2}}}]")
                 .limits[0]
                 .listener,
-            Listener::Address(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8000)
+            Listener::AnyAddress(8000)
         );
     }
 
@@ -1661,10 +1665,10 @@ keepalivePolicies:
     #[test]
     fn duplicates_are_rejected() {
         fails(
-            "listeners:\n  - listener: '[::]:8000'\n    connection: {connectionLimit: {value: 1}}\n  - bindAddress: '::'\n    bindPort: 8000\n    connection: {connectionLimit: {value: 2}}\n",
+            "listeners:\n  - listener: '8000'\n    connection: {connectionLimit: {value: 1}}\n  - bindAddress: '::'\n    bindPort: 8000\n    connection: {connectionLimit: {value: 2}}\n",
             Some("listeners[1].bindPort"),
             Some(5),
-            "listener [::]:8000 is already given in listeners[0]",
+            "listener 8000 is already given in listeners[0]",
         );
         fails(
             "listeners:\n  - listener: 8000\n    proxy: {upstream: 198.18.0.3:1}\n  - listener: '[::]:8000'\n    proxy: {upstream: 198.18.0.3:2}\n",
