@@ -326,3 +326,68 @@ fn root_stats_watch_redraws_in_place() {
     );
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
 }
+
+#[test]
+fn root_json_logs_one_object_per_lifecycle_event() {
+    let bed = TestBed::new();
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let socket = Agent::socket_path().display().to_string();
+    let limit = format!("{listener}=2");
+    let args = [
+        "run",
+        "--iface",
+        &bed.srv_veth,
+        "--limit",
+        &limit,
+        "--control-socket",
+        &socket,
+        "--log-format",
+        "json",
+    ];
+    let proc = bed.spawn("limiter run (json logs)", Agent::command(&bed, &args));
+    let ready = proc.stderr.next_matching(Duration::from_secs(30), |l| {
+        l.contains("\"message\":\"ready\"")
+    });
+    assert!(
+        ready.is_some(),
+        "no JSON ready line:\n{}",
+        proc.transcript()
+    );
+    let set = Command::new(limiter_bin())
+        .args(["set", &format!("{listener}=3"), "--control-socket", &socket])
+        .output()
+        .expect("limiter set");
+    assert!(set.status.success(), "{set:?}");
+    proc.stderr
+        .next_matching(Duration::from_secs(10), |l| {
+            l.contains("limit set") && l.contains("=3")
+        })
+        .unwrap_or_else(|| panic!("no log line for the change:\n{}", proc.transcript()));
+    proc.signal(libc::SIGTERM);
+    assert_eq!(proc.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    let lines = proc.stderr.until_closed(Duration::from_secs(5));
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let has = |message: &str, key: &str, value: &str| {
+        events.iter().any(|e| {
+            e["message"].as_str().is_some_and(|m| m.contains(message))
+                && e[key].as_str() == Some(value)
+        })
+    };
+    assert!(has("admitting SYNs", "iface", &bed.srv_veth), "{lines:#?}");
+    assert!(has("detaching", "iface", &bed.srv_veth), "{lines:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["level"].is_string() && e["timestamp"].is_string()),
+        "{lines:#?}"
+    );
+    // One line per lifecycle event, nothing per packet: a handful, whatever the traffic.
+    assert!(
+        events.len() <= 10,
+        "{} log lines:\n{lines:#?}",
+        events.len()
+    );
+}
