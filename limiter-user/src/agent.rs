@@ -25,10 +25,11 @@ use crate::{
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `settings` are the flags merged over `--config` ([`Settings::load`]), already validated.
-pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
     // Everything that can be checked before touching the kernel is, so bad input or a missing
     // piece never leaves anything half-attached.
     preflight::check_capabilities()?;
+    settings.ifaces = preflight::resolve_interfaces(&settings.ifaces)?;
     for iface in &settings.ifaces {
         preflight::check_interface(iface)?;
     }

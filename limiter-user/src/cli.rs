@@ -48,7 +48,8 @@ pub struct ControlArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// Interface whose incoming SYNs are admitted or refused (repeat for several).
+    /// Interface whose incoming SYNs are admitted or refused (repeat for several);
+    /// `default-route` is the interface of this network namespace's default route.
     #[arg(
         long = "iface",
         value_name = "IFACE",

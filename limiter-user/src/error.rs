@@ -13,6 +13,11 @@ pub enum AgentError {
     NoInterface(String),
 
     #[error(
+        "--iface default-route: this network namespace has no default route (name the interface instead)"
+    )]
+    NoDefaultRoute,
+
+    #[error(
         "cgroup v2 is not mounted: mount it (e.g. `mount -t cgroup2 none /sys/fs/cgroup`) or pass --cgroup DIR"
     )]
     NoCgroup2,

@@ -46,6 +46,62 @@ pub fn check_capabilities() -> Result<(), AgentError> {
     }
 }
 
+/// `--iface default-route`: the interface of this namespace's default route, so one DaemonSet
+/// spec fits nodes whose NICs are named differently.
+pub const DEFAULT_ROUTE: &str = "default-route";
+
+/// Resolves `default-route` (IPv4 default route first, then IPv6) and drops repeats.
+pub fn resolve_interfaces(ifaces: &[String]) -> Result<Vec<String>, AgentError> {
+    let mut resolved: Vec<String> = Vec::new();
+    for iface in ifaces {
+        let name = if iface == DEFAULT_ROUTE {
+            let v4 = fs::read_to_string("/proc/net/route").unwrap_or_default();
+            let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+            default_route_v4(&v4)
+                .or_else(|| default_route_v6(&v6))
+                .ok_or(AgentError::NoDefaultRoute)?
+        } else {
+            iface.clone()
+        };
+        if !resolved.contains(&name) {
+            resolved.push(name);
+        }
+    }
+    Ok(resolved)
+}
+
+/// `/proc/net/route`: Iface, Destination, Gateway, Flags, RefCnt, Use, Metric, Mask, ...; the
+/// default route has destination and mask 0. The lowest metric wins, as in the kernel.
+fn default_route_v4(table: &str) -> Option<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let up = u32::from_str_radix(f.get(3)?, 16).ok()? & 1 != 0;
+            (up && *f.get(1)? == "00000000" && *f.get(7)? == "00000000")
+                .then(|| Some((f.get(6)?.parse::<u32>().ok()?, f[0].to_owned())))?
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// `/proc/net/ipv6_route`: dest, dest prefix len, src, src len, next hop, metric, refcnt, use,
+/// flags, iface. The default route is `::/0`; the loopback "unreachable" default is skipped.
+fn default_route_v6(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let default = f.first()?.bytes().all(|b| b == b'0') && *f.get(1)? == "00";
+            let iface = *f.get(9)?;
+            (default && iface != "lo")
+                .then(|| Some((u32::from_str_radix(f.get(5)?, 16).ok()?, iface.to_owned())))?
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
 pub fn check_interface(iface: &str) -> Result<u32, AgentError> {
     let name =
         std::ffi::CString::new(iface).map_err(|_| AgentError::NoInterface(iface.to_owned()))?;
@@ -132,6 +188,20 @@ pub fn netns_cookie() -> Result<u64, AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_default_route_interface() {
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth1\t00000000\t0112A8C6\t0003\t0\t0\t200\t00000000\t0\t0\t0
+ens5\t00000000\t0112A8C6\t0003\t0\t0\t100\t00000000\t0\t0\t0
+ens5\t0012A8C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0";
+        assert_eq!(default_route_v4(v4).as_deref(), Some("ens5"));
+        assert_eq!(default_route_v4("Iface\tDestination\n"), None);
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd001e57000000000000000000000001 00000400 00000001 00000000 00000003     eth2";
+        assert_eq!(default_route_v6(v6).as_deref(), Some("eth2"));
+    }
 
     #[test]
     fn finds_the_cgroup2_root_in_mountinfo() {
