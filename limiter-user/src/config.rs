@@ -1023,7 +1023,6 @@ fn finish(stack: &mut [Frame], key_text: Option<&str>, start: Pos) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
 
     use super::*;
 
