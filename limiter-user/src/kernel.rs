@@ -156,18 +156,7 @@ impl Programs {
         pins: Option<&PinDir>,
     ) -> Result<(), AgentError> {
         let name = program_names::ACCOUNTING;
-        let program: &mut SockOps = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(AgentError::MissingFromObject {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| AgentError::LoadProgram {
-                program: name,
-                source,
-            })?;
+        let program: &mut SockOps = program(&mut self.ebpf, name)?;
         program.load().map_err(|source| AgentError::LoadProgram {
             program: name,
             source,
@@ -198,12 +187,8 @@ impl Programs {
                     path: cgroup.to_owned(),
                     source,
                 })?;
-            let link = FdLink::try_from(link)
-                .map_err(|e| pin_error(&pin, std::io::Error::other(e.to_string())))?;
             self.pinned_links
-                .push(PinnedOrAdopted::Pinned(link.pin(&pin).map_err(|e| {
-                    pin_error(&pin, std::io::Error::other(e.to_string()))
-                })?));
+                .push(pin_link(FdLink::try_from(link), &pin)?);
         }
         Ok(())
     }
@@ -216,18 +201,7 @@ impl Programs {
         pins: Option<&PinDir>,
     ) -> Result<(), AgentError> {
         let name = program_names::ADMISSION;
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(AgentError::MissingFromObject {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| AgentError::LoadProgram {
-                program: name,
-                source,
-            })?;
+        let program: &mut Xdp = program(&mut self.ebpf, name)?;
         program.load().map_err(|source| AgentError::LoadProgram {
             program: name,
             source,
@@ -259,22 +233,43 @@ impl Programs {
                         iface: iface.clone(),
                         source,
                     })?;
-                let link = FdLink::try_from(link).map_err(|e| {
-                    pin_error(
-                        &pin,
-                        std::io::Error::other(format!(
-                            "{e} (XDP via netlink cannot be pinned; Linux 5.9+ uses bpf_link)"
-                        )),
-                    )
-                })?;
                 self.pinned_links
-                    .push(PinnedOrAdopted::Pinned(link.pin(&pin).map_err(|e| {
-                        pin_error(&pin, std::io::Error::other(e.to_string()))
-                    })?));
+                    .push(pin_link(FdLink::try_from(link), &pin)?);
             }
         }
         Ok(())
     }
+}
+
+/// The program `name` of the object, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, AgentError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(AgentError::MissingFromObject {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| AgentError::LoadProgram {
+            program: name,
+            source,
+        })
+}
+
+/// Pins a freshly attached link so it outlives the agent. Only bpf_link attachments can be
+/// pinned (XDP through netlink, before Linux 5.9, cannot).
+fn pin_link(
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    pin: &Path,
+) -> Result<PinnedOrAdopted, AgentError> {
+    let link =
+        link.map_err(|e| pin_error(pin, std::io::Error::other(format!("{e} (not a bpf_link)"))))?;
+    let pinned = link
+        .pin(pin)
+        .map_err(|e| pin_error(pin, std::io::Error::other(e.to_string())))?;
+    Ok(PinnedOrAdopted::Pinned(pinned))
 }
 
 fn pin_error(path: &Path, source: std::io::Error) -> AgentError {
