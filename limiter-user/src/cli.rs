@@ -203,7 +203,7 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| format!("'{text}' is not IP:PORT, [IPv6]:PORT or off"))
 }
 
-fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
+pub fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
     let timeout = duration::parse(text)?;
     if timeout.is_zero() {
         return Err(format!("'{text}' must be more than 0"));
@@ -214,7 +214,7 @@ fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
 const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn parse_handshake_timeout(text: &str) -> Result<Duration, String> {
+pub fn parse_handshake_timeout(text: &str) -> Result<Duration, String> {
     let timeout = duration::parse(text)?;
     if !(MIN_HANDSHAKE_TIMEOUT..=MAX_HANDSHAKE_TIMEOUT).contains(&timeout) {
         return Err(format!(

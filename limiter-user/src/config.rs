@@ -79,6 +79,7 @@ use serde_saphyr::{
 };
 
 use crate::{
+    cli,
     duration,
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener, ListenerParseError},
@@ -282,9 +283,6 @@ struct RawKeepalivePolicy {
     tcp_keepalive: RawKeepalive,
 }
 
-/// Same bounds as `--handshake-timeout` (cli.rs keeps its parser private).
-const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
-const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The longest interface name Linux takes (IFNAMSIZ less the NUL).
 const MAX_IFACE_NAME: usize = 15;
@@ -446,18 +444,7 @@ impl Checker<'_> {
     }
 
     fn handshake_timeout(&self, text: &str) -> Result<Duration, ConfigError> {
-        let timeout = duration::parse(text).map_err(|e| self.at("handshakeTimeout", e))?;
-        if !(MIN_HANDSHAKE_TIMEOUT..=MAX_HANDSHAKE_TIMEOUT).contains(&timeout) {
-            return Err(self.at(
-                "handshakeTimeout",
-                format!(
-                    "'{text}' is out of range: expected {} to {}",
-                    duration::display(MIN_HANDSHAKE_TIMEOUT),
-                    duration::display(MAX_HANDSHAKE_TIMEOUT)
-                ),
-            ));
-        }
-        Ok(timeout)
+        cli::parse_handshake_timeout(text).map_err(|e| self.at("handshakeTimeout", e))
     }
 
     fn metrics_addr(&self, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -761,11 +748,8 @@ impl Checker<'_> {
         }
         if let Some(text) = &tcp.connect_timeout {
             let field = format!("{path}.tcp.connectTimeout");
-            let timeout = duration::parse(text).map_err(|e| self.at(&field, e))?;
-            if timeout.is_zero() {
-                return Err(self.at(&field, format!("'{text}' must be more than 0")));
-            }
-            proxy.connect_timeout = Some(timeout);
+            proxy.connect_timeout =
+                Some(cli::parse_connect_timeout(text).map_err(|e| self.at(&field, e))?);
         }
         if let Some(keepalive) = &tcp.tcp_keepalive {
             proxy.keepalive = Some(self.keepalive(&format!("{path}.tcp.tcpKeepalive"), keepalive)?);

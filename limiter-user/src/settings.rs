@@ -36,7 +36,7 @@ impl Settings {
     }
 
     pub fn merge(flags: &RunArgs, file: Option<FileConfig>) -> Result<Settings, String> {
-        let file = file.unwrap_or_else(empty_file);
+        let file = file.unwrap_or_default();
         let ifaces = if flags.ifaces.is_empty() {
             file.interfaces
         } else {
@@ -137,16 +137,6 @@ impl Settings {
     }
 }
 
-fn empty_file() -> FileConfig {
-    FileConfig {
-        interfaces: Vec::new(),
-        over_limit: None,
-        handshake_timeout: None,
-        metrics_addr: None,
-        limits: Vec::new(),
-        proxies: Vec::new(),
-        keepalive_for: Vec::new(),
-    }
 }
 
 /// What a reload changes: only limits and keepalive policies are applied live; anything else
