@@ -79,8 +79,7 @@ use serde_saphyr::{
 };
 
 use crate::{
-    cli,
-    duration,
+    cli, duration,
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener, ListenerParseError},
     proxy::ProxySpec,
@@ -282,7 +281,6 @@ struct RawKeepalivePolicy {
     destinations: String,
     tcp_keepalive: RawKeepalive,
 }
-
 
 /// The longest interface name Linux takes (IFNAMSIZ less the NUL).
 const MAX_IFACE_NAME: usize = 15;

@@ -137,8 +137,6 @@ impl Settings {
     }
 }
 
-}
-
 /// What a reload changes: only limits and keepalive policies are applied live; anything else
 /// that differs is reported as needing a restart.
 #[derive(Debug, Default, PartialEq)]
