@@ -6,6 +6,9 @@
 //!   service, telnet clients): `--limit 198.18.0.1:8000=1`.
 //! - Envoy Gateway "Connection Limit Example" (`connectionLimit.value: 5`, 10 concurrent clients):
 //!   `limiter set 198.18.0.1:8000=5`.
+//! - The Gloo guide's `delayBeforeClose: 2s`, as Gloo's gateway-proxy does it: limiter's own proxy
+//!   on port 9000 (`--proxy 9000=198.18.0.1:8000 --limit 9000=1:close --delay-before-close 2s`);
+//!   the second client's connection opens, then is closed after 2 s.
 mod background;
 
 use std::{
@@ -42,6 +45,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// A refusal by RST arrives in well under this.
 const AT_ONCE: Duration = Duration::from_secs(1);
+/// The proxy of the delayed-close walkthrough: a bare port (both families), forwarding to the
+/// echo server.
+const PROXY_PORT: u16 = 9000;
+const PROXY_LISTENER: &str = "9000";
+const DELAY_BEFORE_CLOSE: Duration = Duration::from_secs(2);
 
 pub fn main() -> Result<()> {
     if !cmd::is_root() {
@@ -163,6 +171,8 @@ impl Demo {
             .context("replaying the Gloo Gateway guide")?;
         self.envoy_gateway_example()
             .context("replaying the Envoy Gateway example")?;
+        self.gloo_gateway_delayed_close()
+            .context("replaying the Gloo Gateway guide's delayed close")?;
         self.stop_agent().context("stopping the agent")?;
         Ok(())
     }
@@ -291,6 +301,9 @@ impl Demo {
         say(
             "limiter:      `--limit 198.18.0.1:8000=1` (over the limit: drop the SYN, the default)",
         );
+        say(&format!(
+            "and a forwarding proxy on port {PROXY_PORT} for the guide's `delayBeforeClose: 2s` (used last)"
+        ));
         say("nsenter --net enters only the network namespace, so the agent still sees the host's");
         say("cgroup v2 and bpffs mounts (`ip netns exec` would hide them).");
         let mut agent = command("nsenter");
@@ -299,6 +312,12 @@ impl Demo {
             .arg(&self.agent_binary)
             .args(["run", "--iface", &self.server_veth])
             .args(["--limit", &format!("{LISTENER}=1")])
+            .args(["--proxy", &format!("{PROXY_PORT}={SERVER_ADDR}:{PORT}")])
+            .args(["--limit", &format!("{PROXY_LISTENER}=1:close")])
+            .args([
+                "--delay-before-close",
+                &format!("{}s", DELAY_BEFORE_CLOSE.as_secs()),
+            ])
             .arg("--control-socket")
             .arg(&self.control_socket);
         self.socket_ours = true;
@@ -414,6 +433,50 @@ impl Demo {
         Ok(())
     }
 
+    fn gloo_gateway_delayed_close(&mut self) -> Result<()> {
+        step(&format!(
+            "Gloo Gateway guide with `delayBeforeClose: 2s`: through limiter's proxy on port {PROXY_PORT}"
+        ));
+        say(
+            "Gloo's gateway-proxy accepts the over-limit connection and closes it after the delay;",
+        );
+        say("limiter's proxy does the same, and the held connection never counts as active.");
+        let (holder, outcomes) = self.clients_to(PROXY_PORT, "client 1", 1, true)?;
+        self.holders.extend(holder);
+        println!("client 1: {}", outcomes[0].describe());
+        expect(
+            outcomes[0].echoed_hello(),
+            "client 1 connects through the proxy and its hello is echoed",
+        )?;
+        self.wait_for_active_of(PROXY_LISTENER, 1)?;
+
+        step("A second telnet: `Connected`, then `Connection closed by foreign host` after 2 s");
+        let (_, outcomes) = self.clients_to(PROXY_PORT, "client 2", 1, false)?;
+        let second = &outcomes[0];
+        println!("client 2: {}", second.describe());
+        let held_for = second.elapsed;
+        expect(
+            second.connected
+                && second.error.is_none()
+                && second.echo.as_deref() == Some("")
+                && held_for >= DELAY_BEFORE_CLOSE - Duration::from_millis(200)
+                && held_for < DELAY_BEFORE_CLOSE * 2,
+            "client 2 connects, gets nothing back, and is closed after about 2 s",
+        )?;
+        self.show_stats()?;
+        let stats = self.stats_of(PROXY_LISTENER)?;
+        expect(
+            stats.get("active")? == 1,
+            "active is 1: the held connection was not counted",
+        )?;
+        expect(stats.get("held_total")? == 1, "held_total is 1 (client 2)")?;
+
+        step("Close client 1: the count goes back to 0");
+        self.close_holders()?;
+        self.wait_for_active_of(PROXY_LISTENER, 0)?;
+        Ok(())
+    }
+
     fn stop_agent(&mut self) -> Result<()> {
         step("Stop the agent with SIGTERM: it detaches everything and exits 0");
         let Some(agent) = self.agent.as_mut() else {
@@ -447,10 +510,21 @@ impl Demo {
         count: usize,
         hold: bool,
     ) -> Result<(Option<Background>, Vec<Outcome>)> {
+        self.clients_to(PORT, label, count, hold)
+    }
+
+    /// [`Self::clients`] to another port of the server.
+    fn clients_to(
+        &self,
+        port: u16,
+        label: &str,
+        count: usize,
+        hold: bool,
+    ) -> Result<(Option<Background>, Vec<Outcome>)> {
         let mut client = command("ip");
         client
             .args(["netns", "exec", &self.client_ns, "python3", "-c", CLIENT_PY])
-            .args([SERVER_ADDR, &PORT.to_string(), &count.to_string()])
+            .args([SERVER_ADDR, &port.to_string(), &count.to_string()])
             .arg(CONNECT_TIMEOUT.as_secs().to_string())
             .arg(if hold { "hold" } else { "close" });
         let mut process = Background::spawn(label, &mut client, Watch::Stdout, None, hold)?;
@@ -532,12 +606,20 @@ impl Demo {
 
     /// This demo's listener in `limiter stats --json` (not echoed: used for checks and polls).
     fn stats(&self) -> Result<ListenerStats> {
+        self.stats_of(LISTENER)
+    }
+
+    fn stats_of(&self, listener: &str) -> Result<ListenerStats> {
         let json = cmd::output_quiet(&mut self.stats_command())?;
-        listener_stats(&json, LISTENER)
+        listener_stats(&json, listener)
     }
 
     /// Poll `limiter stats --json` until the listener's `active` is `want`.
     fn wait_for_active(&self, want: u64) -> Result<()> {
+        self.wait_for_active_of(LISTENER, want)
+    }
+
+    fn wait_for_active_of(&self, listener: &str, want: u64) -> Result<()> {
         println!("waiting for active = {want}:");
         cmd::echo(&self.stats_command());
         cmd::poll_until(
@@ -545,7 +627,7 @@ impl Demo {
             SETTLE_TIMEOUT,
             POLL_INTERVAL,
             || {
-                let stats = self.stats()?;
+                let stats = self.stats_of(listener)?;
                 let active = stats.get("active")?;
                 Ok(if active == want {
                     Check::Done(())
