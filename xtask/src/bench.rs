@@ -1,8 +1,318 @@
-//! `cargo xtask bench`: not written yet. It must print measured numbers or nothing, so for now it
-//! says so and fails.
-use std::process::ExitCode;
+//! `cargo xtask bench`: measures limiter against baselines and other limiters in one run, on one
+//! machine, and writes a report (Markdown, JSON, SVG chart) to `bench/results/`. Never part of
+//! the test run.
+//!
+//! 1. Per-packet cost with BPF_PROG_TEST_RUN: limiter's XDP program on each of its paths next to
+//!    an empty XDP_PASS program and a minimal "drop SYN to port P" program; again with 10,000
+//!    listener limits configured ([`pktcost`]).
+//! 2. SYN flood at the limit: server CPU time per refused SYN, frames generated with
+//!    BPF_PROG_TEST_RUN live frames into a veth, for limiter, a bare XDP drop program, nftables
+//!    `ct count`, iptables `connlimit`, a plain nftables drop and no filter ([`flood`]).
+//! 3. Exactness under a burst of connects: the most connections ever established at once with
+//!    limit 50 and 300 simultaneous connects, for limiter and the netfilter limiters ([`burst`]).
+//! 4. Overhead when not limiting: connections per second with limiter attached but never at its
+//!    limit, against no program ([`cps`]).
+//! 5. Scale: kernel map memory per tracked connection, handshake and listener; time to apply
+//!    10,000 listener limits from a config file ([`scale`]).
+//!
+//! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
+//! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
+//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale` (which parts; default all),
+//! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
+//! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
+//! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
+mod agent;
+mod burst;
+mod cps;
+mod flood;
+mod frames;
+mod netns;
+mod pktcost;
+mod process;
+mod progs;
+mod report;
+mod scale;
+mod sys;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use self::{
+    progs::Scratch,
+    report::{Part, Report},
+};
+use crate::{
+    build,
+    cmd::{self, command},
+    setup,
+};
+
+/// Everything the parts share.
+pub struct Ctx {
+    /// `target/release/limiter`.
+    pub agent: PathBuf,
+    /// The eBPF object the agent embeds (from the release build's OUT_DIR).
+    pub object: PathBuf,
+    pub objects: Objects,
+    pub scratch: Scratch,
+    pub quick: bool,
+    pub cores: usize,
+    pub has_iptables: bool,
+}
+
+/// The baseline programs, compiled at bench time.
+pub struct Objects {
+    pub pass: PathBuf,
+    /// Drops SYNs to part 1's full port.
+    pub drop_syn: PathBuf,
+    /// Drops SYNs to the flood's port.
+    pub drop_syn_flood: PathBuf,
+    pub generator: PathBuf,
+    pub generator_rx: PathBuf,
+}
+
+const ALL_PARTS: [&str; 5] = ["packet", "flood", "burst", "cps", "scale"];
+/// The bench waits this long at most for other test runs on the machine to finish.
+const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
 
 pub fn main() -> ExitCode {
-    eprintln!("not yet implemented: see issue 6");
-    ExitCode::FAILURE
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Ok(true) when every selected part was measured (targets may still be missed: the report
+/// says which).
+fn run() -> Result<bool> {
+    if !cmd::is_root() {
+        bail!("the bench needs root (BPF programs, network namespaces, nftables)");
+    }
+    let quick = env_flag("LIMITER_BENCH_QUICK");
+    let parts: Vec<String> = match std::env::var("LIMITER_BENCH_PARTS") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|p| p.trim().to_string()).collect()
+        }
+        _ => ALL_PARTS.iter().map(|p| p.to_string()).collect(),
+    };
+    for p in &parts {
+        if !ALL_PARTS.contains(&p.as_str()) {
+            bail!(
+                "LIMITER_BENCH_PARTS: unknown part `{p}` (parts: {})",
+                ALL_PARTS.join(",")
+            );
+        }
+    }
+    let out = std::env::var_os("LIMITER_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cmd::workspace_root().join("bench/results"));
+    cmd::catch_interrupts()?;
+
+    println!("==> Prerequisites");
+    setup::run()?;
+    let has_iptables = bench_packages()?;
+    let agent = build::build_agent(true)?;
+    let object = ebpf_object()?;
+    println!(
+        "bench: agent {}, eBPF object {}",
+        agent.display(),
+        object.display()
+    );
+
+    if !env_flag("LIMITER_BENCH_FORCE") {
+        sys::wait_until_quiet(QUIET_WAIT)?;
+    }
+    let machine = sys::Machine::probe();
+    println!(
+        "bench: {} ({} cores), Linux {}",
+        machine.cpu_model, machine.cores, machine.kernel
+    );
+    let scratch = Scratch::new()?;
+    println!("==> Baseline programs (clang -O2 -target bpf)");
+    let objects = Objects {
+        pass: scratch.compile(progs::XDP_PASS_C, 0, "xdp_pass")?,
+        drop_syn: scratch.compile(
+            progs::XDP_DROP_SYN_C,
+            pktcost::PORT_FULL_DROP,
+            "xdp_drop_syn",
+        )?,
+        drop_syn_flood: scratch.compile(
+            progs::XDP_DROP_SYN_C,
+            flood::PORT,
+            "xdp_drop_syn_flood",
+        )?,
+        generator: scratch.compile(progs::XDP_GEN_C, 0, "xdp_gen")?,
+        generator_rx: scratch.compile(progs::XDP_GEN_RX_C, 0, "xdp_gen_rx")?,
+    };
+    let ctx = Ctx {
+        agent,
+        object,
+        objects,
+        scratch,
+        quick,
+        cores: machine.cores,
+        has_iptables,
+    };
+    if ctx.cores < 2 {
+        bail!("the bench needs at least 2 CPUs (generator and server on different ones)");
+    }
+
+    let started = Instant::now();
+    let mut done: Vec<Part> = Vec::new();
+    let mut missing: Vec<(String, String)> = Vec::new();
+    let mut noise: Vec<(String, Value)> = Vec::new();
+    let mut all_ok = true;
+    for name in ALL_PARTS {
+        if !parts.iter().any(|p| p == name) {
+            missing.push((
+                name.to_string(),
+                "not selected (LIMITER_BENCH_PARTS)".into(),
+            ));
+            continue;
+        }
+        if cmd::interrupted() {
+            missing.push((name.to_string(), "interrupted before it started".into()));
+            all_ok = false;
+            continue;
+        }
+        println!("==> Part {name}");
+        noise.push((format!("before {name}"), sys::noise_snapshot()));
+        let t = Instant::now();
+        let result = match name {
+            "packet" => pktcost::run(&ctx),
+            "flood" => flood::run(&ctx),
+            "burst" => burst::run(&ctx),
+            "cps" => cps::run(&ctx),
+            "scale" => scale::run(&ctx),
+            _ => unreachable!("checked above"),
+        };
+        noise.push((format!("after {name}"), sys::noise_snapshot()));
+        match result {
+            Ok(part) => {
+                println!(
+                    "bench: part {name} done in {:.0} s",
+                    t.elapsed().as_secs_f64()
+                );
+                for target in &part.targets {
+                    println!(
+                        "  {}: {} {} -> {}",
+                        target.what,
+                        target.goal,
+                        target.measured,
+                        target.status()
+                    );
+                }
+                done.push(part);
+            }
+            Err(e) => {
+                eprintln!("bench: part {name} failed: {e:#}");
+                missing.push((name.to_string(), format!("failed: {e:#}")));
+                all_ok = false;
+            }
+        }
+    }
+    let mut settings = vec![(
+        "mode".to_string(),
+        if quick {
+            "QUICK (LIMITER_BENCH_QUICK=1: short windows, few repetitions; not for comparison)"
+                .to_string()
+        } else {
+            "full".to_string()
+        },
+    )];
+    settings.push(("parts".into(), parts.join(", ")));
+    let report = Report {
+        machine,
+        settings,
+        parts: done,
+        missing,
+        noise,
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    let files = report.write(&out)?;
+    println!("==> Report");
+    for t in report.targets() {
+        println!("  [{}] {} {}: {}", t.status(), t.what, t.goal, t.measured);
+    }
+    for f in files {
+        println!("bench: wrote {}", f.display());
+    }
+    drop(ctx);
+    Ok(all_ok)
+}
+
+/// nftables and iptables (the peers measured side by side); installed with apt when missing.
+/// Returns whether iptables (with the connlimit match) is usable.
+fn bench_packages() -> Result<bool> {
+    let installed = |p: &str| {
+        cmd::capture(command("dpkg-query").args(["-W", "-f=${Status}", p]))
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = ["nftables", "iptables"]
+        .into_iter()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "bench: installing {} (the netfilter limiters measured next to limiter)",
+            missing.join(" ")
+        );
+        let apt = |args: &[&str]| {
+            let mut c = command("apt-get");
+            c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+            c
+        };
+        cmd::run(&mut apt(&["update"]))?;
+        cmd::run(apt(&["install", "-y"]).args(&missing))?;
+    }
+    if !installed("nftables") {
+        bail!("nftables is not installed");
+    }
+    Ok(installed("iptables"))
+}
+
+/// The eBPF object of the release build: limiter-user's build script writes it to its OUT_DIR,
+/// which cargo reports (`--message-format=json`).
+fn ebpf_object() -> Result<PathBuf> {
+    let text = cmd::output_quiet(cmd::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "limiter-user",
+        "--message-format=json-render-diagnostics",
+    ]))
+    .context("asking cargo where the release build put the eBPF object")?;
+    for line in text.lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "build-script-executed"
+            && msg["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("limiter-user"))
+            && let Some(dir) = msg["out_dir"].as_str()
+        {
+            let object = PathBuf::from(dir).join("limiter");
+            if object.is_file() {
+                return Ok(object);
+            }
+            bail!("{} does not exist", object.display());
+        }
+    }
+    bail!("cargo did not report limiter-user's build script output directory")
 }

@@ -1,0 +1,95 @@
+//! The real agent (`target/release/limiter`), run the way a user runs it for a namespace:
+//! `nsenter --net=/run/netns/NS limiter run ...`, with its own control socket in the bench's
+//! scratch directory and no metrics listener. Dropping it stops it (SIGTERM; the agent detaches
+//! everything it attached and removes its socket).
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::process::Process;
+use crate::cmd::{self, command};
+
+static AGENTS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Agent {
+    process: Process,
+    binary: PathBuf,
+    socket: PathBuf,
+    /// From spawning the process to its `limiter: ready` line.
+    pub ready_after: Duration,
+}
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Agent {
+    /// Starts `limiter run` in namespace `ns` with `args` (plus the bench's control socket,
+    /// `--metrics-addr off`), and waits for `limiter: ready`.
+    pub fn start(binary: &Path, scratch: &Path, ns: &str, args: &[String]) -> Result<Agent> {
+        let n = AGENTS.fetch_add(1, Ordering::SeqCst);
+        let socket = scratch.join(format!("agent-{n}.sock"));
+        let mut command = command("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(binary)
+            .arg("run")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&socket)
+            .args(["--metrics-addr", "off"]);
+        let mut process = Process::spawn("the agent", &mut command)?;
+        let ready_after = process.wait_for_line("`limiter: ready`", READY_TIMEOUT, |l| {
+            l.trim() == "limiter: ready"
+        })?;
+        Ok(Agent {
+            process,
+            binary: binary.to_path_buf(),
+            socket,
+            ready_after,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// `limiter stats --json` through the control socket.
+    pub fn stats(&self) -> Result<Value> {
+        let text = cmd::output_quiet(
+            command(&self.binary)
+                .args(["stats", "--json", "--control-socket"])
+                .arg(&self.socket),
+        )?;
+        serde_json::from_str(&text).context("parsing `limiter stats --json`")
+    }
+
+    /// One listener's entry in `limiter stats --json`.
+    pub fn listener(&self, name: &str) -> Result<Value> {
+        let stats = self.stats()?;
+        stats["listeners"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["listener"] == name))
+            .cloned()
+            .with_context(|| format!("no listener {name} in limiter stats"))
+    }
+
+    pub fn counter(&self, listener: &str, field: &str) -> Result<u64> {
+        let l = self.listener(listener)?;
+        l[field]
+            .as_u64()
+            .with_context(|| format!("`{field}` is not a number in {l}"))
+    }
+
+    /// SIGTERM; the agent must exit 0 (it detached everything).
+    pub fn stop(mut self) -> Result<()> {
+        let status = self.process.stop(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("the agent exited with {status}:\n{}", self.process.tail());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,531 @@
+//! The test bed: a server and a client (generator) network namespace joined by a veth pair, as
+//! the namespace tests and the demo build it, plus the sockets the bench opens inside them.
+//! Dropping a [`TestBed`] deletes both namespaces, and with them the veth pair, every address,
+//! route, nftables/iptables rule and XDP program in them.
+use std::{
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd as _,
+    path::Path,
+    sync::{
+        Arc, Barrier,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys;
+use crate::cmd::{self, command};
+
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The made-up next hop the server routes the flood's sources through (the generator veth).
+pub const FLOOD_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The flood's source addresses: 198.19.0.0/16 (inside 198.18.0.0/15).
+pub const FLOOD_NET: &str = "198.19.0.0/16";
+pub const SERVER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x12, 0x00, 0x01];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x12, 0x00, 0x02];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub struct TestBed {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub server_veth: String,
+    pub client_veth: String,
+    /// Namespaces created so far (only these are deleted).
+    namespaces: Vec<String>,
+}
+
+impl TestBed {
+    /// Two namespaces, a veth pair with fixed MACs, 198.18.0.1/24 (server) and 198.18.0.2/24
+    /// (client), TSO/GSO off on both ends, loopback up, and a route from the server back to the
+    /// flood's sources through the generator veth (a permanent neighbour entry, so replies to
+    /// them cost no ARP).
+    pub fn create() -> Result<TestBed> {
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let mut bed = TestBed {
+            server_ns: format!("lim-bench-srv-{pid}-{n}"),
+            client_ns: format!("lim-bench-cli-{pid}-{n}"),
+            // At most 15 bytes: "lbS" + pid (7 digits at most) + counter.
+            server_veth: format!("lbS{pid}{n}"),
+            client_veth: format!("lbC{pid}{n}"),
+            namespaces: Vec::new(),
+        };
+        for ns in [bed.server_ns.clone(), bed.client_ns.clone()] {
+            quiet(command("ip").args(["netns", "add", &ns]))?;
+            bed.namespaces.push(ns);
+        }
+        quiet(command("ip").args([
+            "-n",
+            &bed.server_ns,
+            "link",
+            "add",
+            &bed.server_veth,
+            "address",
+            &mac_text(SERVER_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &bed.client_veth,
+            "address",
+            &mac_text(CLIENT_MAC),
+            "netns",
+            &bed.client_ns,
+        ]))?;
+        for (ns, veth, addr) in [
+            (&bed.server_ns, &bed.server_veth, SERVER_IP),
+            (&bed.client_ns, &bed.client_veth, CLIENT_IP),
+        ] {
+            quiet(command("ip").args([
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                veth,
+            ]))?;
+            quiet(command("ip").args(["-n", ns, "link", "set", veth, "up"]))?;
+            quiet(command("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+            bed.exec(ns, &["ethtool", "-K", veth, "tso", "off", "gso", "off"])?;
+        }
+        quiet(command("ip").args([
+            "-n",
+            &bed.server_ns,
+            "neigh",
+            "replace",
+            &FLOOD_GATEWAY.to_string(),
+            "lladdr",
+            &mac_text(CLIENT_MAC),
+            "dev",
+            &bed.server_veth,
+            "nud",
+            "permanent",
+        ]))?;
+        quiet(command("ip").args([
+            "-n",
+            &bed.server_ns,
+            "route",
+            "add",
+            FLOOD_NET,
+            "via",
+            &FLOOD_GATEWAY.to_string(),
+            "dev",
+            &bed.server_veth,
+        ]))?;
+        // The client connects from many ports in the connection-rate part.
+        bed.exec(
+            &bed.client_ns.clone(),
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_local_port_range=1024 65535",
+            ],
+        )?;
+        Ok(bed)
+    }
+
+    /// Runs a command inside namespace `ns` (`ip netns exec`, which also gives it that
+    /// namespace's /sys); fails with its stderr.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
+        cmd::output_quiet(command("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    /// Attaches an XDP object (section `xdp`) in native mode, replacing what was there.
+    pub fn attach_xdp(&self, server_side: bool, object: &Path) -> Result<()> {
+        let (ns, veth) = self.side(server_side);
+        quiet(
+            command("ip")
+                .args(["-n", ns, "link", "set", "dev", veth, "xdpdrv", "obj"])
+                .arg(object)
+                .args(["sec", "xdp"]),
+        )
+        .with_context(|| format!("attaching {} to {veth}", object.display()))
+    }
+
+    pub fn detach_xdp(&self, server_side: bool) -> Result<()> {
+        let (ns, veth) = self.side(server_side);
+        quiet(command("ip").args(["-n", ns, "link", "set", "dev", veth, "xdpdrv", "off"]))
+    }
+
+    fn side(&self, server_side: bool) -> (&str, &str) {
+        if server_side {
+            (&self.server_ns, &self.server_veth)
+        } else {
+            (&self.client_ns, &self.client_veth)
+        }
+    }
+
+    /// Threaded NAPI for a veth (it has NAPI only while it runs XDP): its receive work runs in
+    /// kernel thread `napi/DEV-ID`, which can be pinned to a CPU and whose CPU time is exactly
+    /// the cost of receiving on that veth. Returns the thread's pid, pinned to `cpu` and made
+    /// SCHED_FIFO (see [`sys::realtime`]).
+    pub fn threaded_napi(&self, server_side: bool, cpu: usize) -> Result<u32> {
+        let (ns, veth) = self.side(server_side);
+        self.exec(
+            ns,
+            &[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{veth}/threaded"),
+            ],
+        )?;
+        let pid = cmd::poll_until(
+            &format!("the NAPI thread of {veth}"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                Ok(match sys::napi_thread(veth) {
+                    Some(pid) => cmd::Check::Done(pid),
+                    None => cmd::Check::NotYet("no napi/ thread yet".into()),
+                })
+            },
+        )?;
+        sys::pin(pid as libc::pid_t, cpu)?;
+        sys::realtime(pid)?;
+        Ok(pid)
+    }
+
+    /// The server veth's per-queue XDP counters (`ethtool -S`): (name, value).
+    pub fn veth_stats(&self, server_side: bool) -> Result<Vec<(String, u64)>> {
+        let (ns, veth) = self.side(server_side);
+        let text = self.exec(ns, &["ethtool", "-S", veth])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    pub fn veth_stat(&self, server_side: bool, name: &str) -> Result<u64> {
+        self.veth_stats(server_side)?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .with_context(|| format!("no `{name}` in ethtool -S"))
+    }
+
+    /// Runs an nft script (commands separated by newlines) in the server namespace.
+    pub fn nft(&self, script: &str) -> Result<String> {
+        self.exec(&self.server_ns.clone(), &["nft", script])
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = quiet(command("ip").args(["netns", "del", &ns])) {
+                eprintln!("bench: cleanup: deleting namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+fn quiet(cmd: &mut std::process::Command) -> Result<()> {
+    cmd::output_quiet(cmd).map(|_| ())
+}
+
+/// What the server does with an accepted connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnAccept {
+    /// Keep it open until the server stops.
+    Hold,
+    /// Close it at once with a RST (SO_LINGER 0): no TIME_WAIT on either side, so a rate test
+    /// never runs out of 4-tuples.
+    Reset,
+}
+
+/// A TCP server in the server namespace: a thread accepting on `SERVER_IP:port`.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+/// A server thread never outlives this, whatever happens to the bench.
+const SERVER_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+impl Server {
+    pub fn start(ns: &str, port: u16, on_accept: OnAccept) -> Result<Server> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let ns_name = ns.to_string();
+        let stop2 = Arc::clone(&stop);
+        let thread = thread::spawn(move || -> Result<()> {
+            let listener = (|| -> Result<Socket> {
+                sys::enter_netns(&ns_name)?;
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
+                socket.listen(4096)?;
+                socket.set_nonblocking(true)?;
+                Ok(socket)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut held = Vec::new();
+            let end = Instant::now() + SERVER_LIFETIME;
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
+                let mut fds = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut fds, 1, 20) };
+                loop {
+                    match listener.accept() {
+                        Ok((conn, _)) => match on_accept {
+                            OnAccept::Hold => held.push(conn),
+                            OnAccept::Reset => {
+                                conn.set_linger(Some(Duration::ZERO)).ok();
+                                drop(conn);
+                            }
+                        },
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e).context("accept"),
+                    }
+                }
+            }
+            drop(held);
+            Ok(())
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e).context(format!("listening on {SERVER_IP}:{port}")),
+            Err(_) => bail!("the server thread did not start listening"),
+        }
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting and closes every held connection (and the listener).
+    pub fn stop(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| bail!("the server thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            eprintln!("bench: cleanup: server: {e:#}");
+        }
+    }
+}
+
+/// Opens `count` connections to `SERVER_IP:port` from the client namespace, all at once (every
+/// SYN is sent before any handshake is waited for), split over `threads` threads pinned to
+/// different CPUs and released together. Returns the connections that were established within
+/// `timeout` (the others are closed).
+pub fn connect_many(
+    ns: &str,
+    port: u16,
+    count: usize,
+    threads: usize,
+    timeout: Duration,
+) -> Result<Vec<Socket>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let barrier = Barrier::new(threads);
+    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
+    let results: Vec<Result<Vec<Socket>>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let n = count / threads + usize::from(t < count % threads);
+                let (barrier, target) = (&barrier, &target);
+                scope.spawn(move || -> Result<Vec<Socket>> {
+                    sys::enter_netns(ns)?;
+                    sys::pin_this_thread(t % cpus)?;
+                    let mut sockets = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                        s.set_nonblocking(true)?;
+                        sockets.push(s);
+                    }
+                    barrier.wait();
+                    for s in &sockets {
+                        match s.connect(target) {
+                            Ok(()) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                            Err(e) => return Err(e).context("connect"),
+                        }
+                    }
+                    Ok(wait_connected(sockets, timeout))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a client thread panicked"))
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+/// Polls non-blocking connects until each has succeeded or failed, or `timeout` passes; keeps
+/// the established ones.
+fn wait_connected(sockets: Vec<Socket>, timeout: Duration) -> Vec<Socket> {
+    let deadline = Instant::now() + timeout;
+    let mut waiting = sockets;
+    let mut done = Vec::new();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || cmd::interrupted() {
+            break;
+        }
+        let mut fds: Vec<libc::pollfd> = waiting
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        let ms = left.as_millis().clamp(1, 50) as libc::c_int;
+        // SAFETY: `fds` is a valid array of its length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let mut still = Vec::new();
+        for (s, fd) in waiting.into_iter().zip(&fds) {
+            if fd.revents == 0 {
+                still.push(s);
+            } else if matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok() {
+                done.push(s);
+            }
+            // Otherwise refused or reset: dropped (closed).
+        }
+        waiting = still;
+    }
+    done
+}
+
+/// Established TCP sockets in the server namespace with local port `port` (server side only:
+/// the client's sockets are in the other namespace), read from /proc/thread-self/net/tcp. Call
+/// from a thread inside the server namespace.
+pub fn established_here(port: u16) -> Result<usize> {
+    let mut text = String::new();
+    std::fs::File::open("/proc/thread-self/net/tcp")
+        .context("opening /proc/thread-self/net/tcp")?
+        .read_to_string(&mut text)?;
+    let wanted = format!(":{port:04X}");
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1).unwrap_or_default();
+            let state = f.nth(1).unwrap_or_default();
+            local.ends_with(&wanted) && state == "01"
+        })
+        .count())
+}
+
+/// Connection churn from the client namespace: `threads` threads, each in a loop of connect,
+/// wait for the server's reset (or EOF), close, until `window` has passed. Returns (completed,
+/// failed) connections.
+pub fn churn(ns: &str, port: u16, threads: usize, window: Duration) -> Result<(u64, u64)> {
+    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
+    let barrier = Barrier::new(threads);
+    let results: Vec<Result<(u64, u64)>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (barrier, target) = (&barrier, &target);
+                scope.spawn(move || -> Result<(u64, u64)> {
+                    sys::enter_netns(ns)?;
+                    barrier.wait();
+                    let end = Instant::now() + window;
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut buf = [0u8; 16];
+                    while Instant::now() < end && !cmd::interrupted() {
+                        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                        match s.connect_timeout(target, Duration::from_secs(1)) {
+                            Ok(()) => {}
+                            // Established, accepted and reset by the server before connect
+                            // looked at the socket: a completed connection.
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                ok += 1;
+                                continue;
+                            }
+                            Err(e) => {
+                                if failed == 0 {
+                                    eprintln!("  a connect failed: {e}");
+                                }
+                                failed += 1;
+                                continue;
+                            }
+                        }
+                        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                        let mut r = &s;
+                        match r.read(&mut buf) {
+                            Ok(0) => ok += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ok += 1,
+                            other => {
+                                if failed == 0 {
+                                    eprintln!("  a connection did not end with the server's reset: {other:?}");
+                                }
+                                failed += 1
+                            }
+                        }
+                    }
+                    Ok((ok, failed))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a client thread panicked"))
+            })
+            .collect()
+    });
+    let (mut ok, mut failed) = (0, 0);
+    for r in results {
+        let (o, f) = r?;
+        ok += o;
+        failed += f;
+    }
+    Ok((ok, failed))
+}

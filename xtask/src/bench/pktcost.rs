@@ -1,0 +1,583 @@
+//! Part 1: per-packet cost with BPF_PROG_TEST_RUN. limiter's XDP program, loaded from the
+//! agent's own release object with its maps set up as the agent sets them, next to an empty
+//! XDP_PASS program and a minimal "drop SYN to port P" program compiled in the same run. Every
+//! measurement checks its verdict, and for limiter that every one of its runs took the intended
+//! path (the program's own per-path counters grew by exactly the number of runs).
+use std::{net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use limiter_common::{action, packet_stat};
+use serde_json::json;
+
+use super::{
+    Ctx, frames,
+    frames::{Ends, TCP_ACK, TCP_SYN},
+    netns::{CLIENT_MAC, SERVER_MAC},
+    progs::{Limiter, Loaded, XDP_DROP, XDP_PASS, XDP_TX, expect_verdict},
+    report::{Bar, Chart, Part, Table, Target, number, spread},
+    sys,
+};
+use crate::cmd;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Limited, with room to spare (slot 0): SYN admitted, SYN retransmitted, non-SYN pass.
+const PORT_OPEN: u16 = 8000;
+/// Limited and full, `drop` (slot 1). The minimal drop program drops SYNs to this port too.
+pub const PORT_FULL_DROP: u16 = 8001;
+/// Limited and full, `reset` (slot 2).
+const PORT_FULL_RESET: u16 = 8002;
+/// Not limited.
+const PORT_OTHER: u16 = 9999;
+/// Listeners configured in the "many listeners" phase.
+const MANY_LISTENERS: u32 = 10_000;
+
+fn ends(src: Ipv4Addr) -> Ends {
+    Ends {
+        src_mac: CLIENT_MAC,
+        dst_mac: SERVER_MAC,
+        src,
+        dst: SERVER,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prog {
+    Pass,
+    DropSyn,
+    Limiter,
+}
+
+/// A path measured with `repeat` runs of one frame (the path is the same on every run).
+struct Repeated {
+    key: &'static str,
+    label: &'static str,
+    prog: Prog,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// limiter's packet counter that every run must add one to.
+    counter: Option<u32>,
+}
+
+/// A path that changes the program's state or the frame (admission takes a slot and records
+/// the 4-tuple; a RST is written over the SYN), so each run needs a fresh frame: measured as
+/// many single runs (repeat = 1), each on its own frame, next to the baselines measured the
+/// same way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Single {
+    Pass,
+    DropSyn,
+    Admitted,
+    Reset,
+}
+
+impl Single {
+    fn key(self) -> &'static str {
+        match self {
+            Single::Pass => "empty_pass_single",
+            Single::DropSyn => "minimal_drop_single",
+            Single::Admitted => "limiter_syn_admitted",
+            Single::Reset => "limiter_syn_refused_reset",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Single::Pass => "empty XDP_PASS (repeat=1)",
+            Single::DropSyn => "minimal drop-SYN: SYN dropped (repeat=1)",
+            Single::Admitted => "limiter: SYN admitted (new 4-tuple each run)",
+            Single::Reset => "limiter: SYN refused, reset (XDP_TX)",
+        }
+    }
+}
+
+struct Programs {
+    pass: Loaded,
+    drop_syn: Loaded,
+    limiter: Limiter,
+}
+
+impl Programs {
+    fn load(ctx: &Ctx, listeners: u32) -> Result<Programs> {
+        let mut limiter = Limiter::load(&ctx.object)?;
+        limiter.add_listener(SERVER, PORT_OPEN, 0, u64::MAX / 2, action::DROP)?;
+        limiter.add_listener(SERVER, PORT_FULL_DROP, 1, 1, action::DROP)?;
+        limiter.set_reserved(1, 1)?;
+        limiter.add_listener(SERVER, PORT_FULL_RESET, 2, 1, action::RESET)?;
+        limiter.set_reserved(2, 1)?;
+        // More listeners (other ports of the same address, each its own slot), as a node
+        // with many limited services would have.
+        for i in 3..listeners {
+            limiter.add_listener(SERVER, 10_000 + i as u16, i, 100, action::DROP)?;
+        }
+        Ok(Programs {
+            pass: Loaded::load(&ctx.objects.pass, "xdp_pass")?,
+            drop_syn: Loaded::load(&ctx.objects.drop_syn, "xdp_drop_syn")?,
+            limiter,
+        })
+    }
+
+    fn run(&self, prog: Prog, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+        match prog {
+            Prog::Pass => self.pass.run(frame, repeat),
+            Prog::DropSyn => self.drop_syn.run(frame, repeat),
+            Prog::Limiter => self.limiter.run(frame, repeat),
+        }
+    }
+}
+
+fn repeated_cases() -> Vec<Repeated> {
+    let c = ends(CLIENT);
+    vec![
+        Repeated {
+            key: "empty_pass",
+            label: "empty XDP_PASS",
+            prog: Prog::Pass,
+            frame: frames::tcp(c, 40_000, PORT_OPEN, TCP_ACK),
+            verdict: XDP_PASS,
+            counter: None,
+        },
+        Repeated {
+            key: "minimal_drop",
+            label: "minimal drop-SYN: SYN dropped",
+            prog: Prog::DropSyn,
+            frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
+            verdict: XDP_DROP,
+            counter: None,
+        },
+        Repeated {
+            key: "limiter_non_tcp",
+            label: "limiter: non-TCP (UDP) passed",
+            prog: Prog::Limiter,
+            frame: frames::udp(c, 40_000, PORT_OPEN),
+            verdict: XDP_PASS,
+            counter: Some(packet_stat::NOT_OURS),
+        },
+        Repeated {
+            key: "limiter_non_syn",
+            label: "limiter: TCP non-SYN to a limited port passed",
+            prog: Prog::Limiter,
+            frame: frames::tcp(c, 40_000, PORT_OPEN, TCP_ACK),
+            verdict: XDP_PASS,
+            counter: Some(packet_stat::NOT_OURS),
+        },
+        Repeated {
+            key: "limiter_syn_unlimited_port",
+            label: "limiter: SYN to a port without a limit",
+            prog: Prog::Limiter,
+            frame: frames::tcp(c, 40_000, PORT_OTHER, TCP_SYN),
+            verdict: XDP_PASS,
+            counter: Some(packet_stat::NOT_OURS),
+        },
+        Repeated {
+            key: "limiter_syn_retransmit",
+            label: "limiter: SYN retransmit (slot already held)",
+            prog: Prog::Limiter,
+            // Admitted once before the measurement; every measured run finds its reservation.
+            frame: frames::tcp(c, 40_001, PORT_OPEN, TCP_SYN),
+            verdict: XDP_PASS,
+            counter: Some(packet_stat::SYN_PASSED),
+        },
+        Repeated {
+            key: "limiter_syn_refused_drop",
+            label: "limiter: SYN refused, drop",
+            prog: Prog::Limiter,
+            frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
+            verdict: XDP_DROP,
+            counter: Some(packet_stat::SYN_REFUSED),
+        },
+    ]
+}
+
+/// One phase's numbers: key -> ns/packet of each run.
+#[derive(Default)]
+struct Phase {
+    repeated: Vec<(&'static str, &'static str, Vec<f64>, Vec<f64>)>,
+    single: Vec<(&'static str, &'static str, Vec<f64>)>,
+}
+
+impl Phase {
+    fn median(&self, key: &str) -> f64 {
+        self.repeated
+            .iter()
+            .find(|r| r.0 == key)
+            .map(|r| spread(&r.2).1)
+            .or_else(|| {
+                self.single
+                    .iter()
+                    .find(|r| r.0 == key)
+                    .map(|r| spread(&r.2).1)
+            })
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// A source address and port for the n-th distinct SYN of the run.
+fn distinct_flow(n: u32) -> (Ipv4Addr, u16) {
+    let port = 1024 + (n % 60_000) as u16;
+    let host = n / 60_000;
+    (
+        Ipv4Addr::new(198, 18, 10 + (host / 250) as u8, 1 + (host % 250) as u8),
+        port,
+    )
+}
+
+fn measure_phase(
+    ctx: &Ctx,
+    listeners: u32,
+    runs: usize,
+    repeat: u32,
+    calls: u32,
+    flows: &mut u32,
+) -> Result<Phase> {
+    let progs = Programs::load(ctx, listeners)?;
+    let cases = repeated_cases();
+    // The retransmit frame takes its slot once, before anything is measured.
+    let retransmit = cases
+        .iter()
+        .find(|c| c.key == "limiter_syn_retransmit")
+        .context("retransmit case")?;
+    let (v, _) = progs.limiter.run(&retransmit.frame, 1)?;
+    expect_verdict("first SYN of the retransmit flow", v, XDP_PASS)?;
+    let mut phase = Phase::default();
+    for c in &cases {
+        phase
+            .repeated
+            .push((c.key, c.label, Vec::new(), Vec::new()));
+    }
+    let singles = [
+        Single::Pass,
+        Single::DropSyn,
+        Single::Admitted,
+        Single::Reset,
+    ];
+    for s in singles {
+        phase.single.push((s.key(), s.label(), Vec::new()));
+    }
+    let reset_frame = frames::tcp(ends(CLIENT), 40_000, PORT_FULL_RESET, TCP_SYN);
+    let drop_frame = frames::tcp(ends(CLIENT), 40_000, PORT_FULL_DROP, TCP_SYN);
+    let pass_frame = frames::tcp(ends(CLIENT), 40_000, PORT_OPEN, TCP_ACK);
+    // Interleaved: run r of every case, then run r+1, so drift on the shared machine touches
+    // every case alike.
+    for _ in 0..runs {
+        cmd::check_interrupted()?;
+        for (i, c) in cases.iter().enumerate() {
+            let before = progs.limiter.packets()?;
+            let wall = Instant::now();
+            let (verdict, ns) = progs.run(c.prog, &c.frame, repeat)?;
+            let wall_ns = wall.elapsed().as_nanos() as f64 / f64::from(repeat);
+            expect_verdict(c.label, verdict, c.verdict)?;
+            if let Some(counter) = c.counter {
+                let after = progs.limiter.packets()?;
+                let grew = after[counter as usize] - before[counter as usize];
+                let seen = after[packet_stat::SEEN as usize] - before[packet_stat::SEEN as usize];
+                if grew != u64::from(repeat) || seen != u64::from(repeat) {
+                    bail!(
+                        "{}: {seen} runs seen, {grew} on the intended path, of {repeat}: not \
+                         every run took the path meant to be measured",
+                        c.label
+                    );
+                }
+            }
+            phase.repeated[i].2.push(ns);
+            phase.repeated[i].3.push(wall_ns);
+        }
+        for (i, s) in singles.iter().enumerate() {
+            let mut total = 0.0;
+            let slot_before = progs.limiter.slot_stats(0)?.syn_admitted;
+            let reset_before = progs.limiter.slot_stats(2)?.refused_reset;
+            for _ in 0..calls {
+                let (verdict, ns) = match s {
+                    Single::Pass => {
+                        let (v, ns) = progs.pass.run(&pass_frame, 1)?;
+                        expect_verdict(s.label(), v, XDP_PASS)?;
+                        (v, ns)
+                    }
+                    Single::DropSyn => {
+                        let (v, ns) = progs.drop_syn.run(&drop_frame, 1)?;
+                        expect_verdict(s.label(), v, XDP_DROP)?;
+                        (v, ns)
+                    }
+                    Single::Admitted => {
+                        let (src, sport) = distinct_flow(*flows);
+                        *flows += 1;
+                        let frame = frames::tcp(ends(src), sport, PORT_OPEN, TCP_SYN);
+                        let (v, ns) = progs.limiter.run(&frame, 1)?;
+                        expect_verdict(s.label(), v, XDP_PASS)?;
+                        (v, ns)
+                    }
+                    Single::Reset => {
+                        let (v, ns) = progs.limiter.run(&reset_frame, 1)?;
+                        expect_verdict(s.label(), v, XDP_TX)?;
+                        (v, ns)
+                    }
+                };
+                let _ = verdict;
+                total += ns;
+            }
+            match s {
+                Single::Admitted => {
+                    let admitted = progs.limiter.slot_stats(0)?.syn_admitted - slot_before;
+                    if admitted != u64::from(calls) {
+                        bail!("SYN admitted: {admitted} of {calls} runs took a new slot");
+                    }
+                }
+                Single::Reset => {
+                    let reset = progs.limiter.slot_stats(2)?.refused_reset - reset_before;
+                    if reset != u64::from(calls) {
+                        bail!("SYN refused, reset: {reset} of {calls} runs answered with a RST");
+                    }
+                }
+                _ => {}
+            }
+            phase.single[i].2.push(total / f64::from(calls));
+        }
+    }
+    Ok(phase)
+}
+
+pub fn run(ctx: &Ctx) -> Result<Part> {
+    let runs = if ctx.quick { 3 } else { 9 };
+    let repeat: u32 = 1_000_000;
+    let calls: u32 = if ctx.quick { 5_000 } else { 12_000 };
+    let cpu = ctx.cores.saturating_sub(1);
+    let (one, many) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<(Phase, Phase)> {
+                // The whole part runs on one CPU, so every program is measured on the same one.
+                sys::pin_this_thread(cpu)?;
+                let mut flows = 0;
+                let one = measure_phase(ctx, 3, runs, repeat, calls, &mut flows)
+                    .context("with 3 listeners")?;
+                let many = measure_phase(ctx, MANY_LISTENERS, runs, repeat, calls, &mut flows)
+                    .context("with 10,000 listeners")?;
+                Ok((one, many))
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the measuring thread panicked"))
+    })?;
+    Ok(report(&one, &many, runs, repeat, calls, cpu))
+}
+
+fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: usize) -> Part {
+    let mut part = Part::new("packet_cost", "1. Per-packet cost (BPF_PROG_TEST_RUN)");
+    part.method = vec![
+        format!(
+            "limiter's XDP program `admission` is loaded from the release build's object (the one \
+             the agent embeds) and never attached; its maps are filled as the agent fills them: \
+             listener 198.18.0.1:{PORT_OPEN} with a limit of 2^63 (room to spare), \
+             198.18.0.1:{PORT_FULL_DROP} full with action `drop`, 198.18.0.1:{PORT_FULL_RESET} \
+             full with action `reset`. The baselines are compiled from C with `clang -O2 -target \
+             bpf` in the same run (`xtask/src/bench/xdp_pass.c`, `xdp_drop_syn.c`): an empty \
+             XDP_PASS program and a minimal program that drops a SYN to port {PORT_FULL_DROP} \
+             (Ethernet, IPv4, TCP, no state)."
+        ),
+        format!(
+            "Paths whose every run is the same are measured with `repeat` = {repeat} runs of one \
+             frame per BPF_PROG_TEST_RUN call; the kernel returns the mean ns per run (whole ns). \
+             {runs} such calls per path, interleaved across paths (run 1 of every path, then run 2, \
+             ...); the table gives min / median / max of the {runs}. Each call's verdict is checked, \
+             and for limiter its own per-path counters must have grown by exactly {repeat}, so \
+             every run took the path named. All on CPU {cpu} (the measuring thread is pinned)."
+        ),
+        format!(
+            "Two paths cannot be repeated on one frame: **SYN admitted** takes a slot and records \
+             the 4-tuple (a second run of the same frame is a retransmit, measured separately as \
+             *SYN retransmit*), and **SYN refused, reset** writes the RST over the SYN in place (a \
+             second run would see a RST). They are measured as {calls} calls with `repeat` = 1, \
+             each on a fresh frame (admitted: a new source address/port every time, limit 2^63, so \
+             nothing else varies), and compared with the empty and minimal-drop programs measured \
+             exactly the same way. A single run's figure includes the test harness' own timer \
+             reads, which is why the repeat=1 baselines are higher than the repeated ones; compare \
+             within a column, not across."
+        ),
+        format!(
+            "The same measurements are then repeated with {MANY_LISTENERS} listener limits \
+             configured (ports 10003–19999 on 198.18.0.1, one slot each, plus the three above) in \
+             a freshly loaded program."
+        ),
+    ];
+    let mut table = Table::new(
+        "ns per packet as the kernel measures it (BPF_PROG_TEST_RUN's mean over `repeat` runs; \
+         min / **median** / max over the calls), and the median against the empty program's",
+        &[
+            "path",
+            "3 listeners",
+            "× empty pass",
+            "10,000 listeners",
+            "× empty pass",
+        ],
+    );
+    let empty1 = one.median("empty_pass");
+    let empty_many = many.median("empty_pass");
+    let mut json_rows = Vec::new();
+    for (i, (key, label, ns1, wall1)) in one.repeated.iter().enumerate() {
+        let (a, b, c) = spread(ns1);
+        let (d, e, f) = spread(&many.repeated[i].2);
+        table.row(vec![
+            label.to_string(),
+            format!("{} / **{}** / {}", number(a), number(b), number(c)),
+            format!("{:.2}", b / empty1),
+            format!("{} / **{}** / {}", number(d), number(e), number(f)),
+            format!("{:.2}", e / empty_many),
+        ]);
+        json_rows.push(json!({
+            "path": key, "label": label, "mode": "repeated", "repeat": repeat,
+            "listeners_3": {"ns_per_packet_runs": ns1, "wall_ns_per_packet_runs": wall1},
+            "listeners_10000": {"ns_per_packet_runs": many.repeated[i].2, "wall_ns_per_packet_runs": many.repeated[i].3},
+        }));
+    }
+    part.tables.push(table);
+    let mut single = Table::new(
+        &format!(
+            "ns per packet for the paths measured one run per call (mean of {calls} calls with \
+             repeat = 1; min / median / max over the runs)"
+        ),
+        &[
+            "path",
+            "3 listeners",
+            "× empty pass (repeat=1)",
+            "10,000 listeners",
+            "× empty pass (repeat=1)",
+        ],
+    );
+    let e1 = one.median("empty_pass_single");
+    let e2 = many.median("empty_pass_single");
+    for (i, (key, label, ns1)) in one.single.iter().enumerate() {
+        let (a, b, c) = spread(ns1);
+        let (d, e, f) = spread(&many.single[i].2);
+        single.row(vec![
+            label.to_string(),
+            format!("{} / **{}** / {}", number(a), number(b), number(c)),
+            format!("{:.2}", b / e1),
+            format!("{} / **{}** / {}", number(d), number(e), number(f)),
+            format!("{:.2}", e / e2),
+        ]);
+        json_rows.push(json!({
+            "path": key, "label": label, "mode": "single", "calls_per_run": calls,
+            "listeners_3": {"ns_per_packet_runs": ns1},
+            "listeners_10000": {"ns_per_packet_runs": many.single[i].2},
+        }));
+    }
+    part.tables.push(single);
+
+    // Targets: ratios of the kernel-timed medians.
+    let ratio = |p: &Phase, key: &str, base: &str| p.median(key) / p.median(base);
+    for (key, what) in [
+        (
+            "limiter_non_syn",
+            "TCP non-SYN pass (limited port) vs empty XDP_PASS",
+        ),
+        ("limiter_non_tcp", "non-TCP pass vs empty XDP_PASS"),
+    ] {
+        part.targets.push(Target::at_most(
+            what,
+            ratio(one, key, "empty_pass"),
+            1.3,
+            &format!("{} vs {} ns", number(one.median(key)), number(empty1)),
+        ));
+    }
+    part.targets.push(Target::at_most(
+        "SYN refused (drop) vs minimal drop-SYN program",
+        ratio(one, "limiter_syn_refused_drop", "minimal_drop"),
+        1.5,
+        &format!(
+            "{} vs {} ns",
+            number(one.median("limiter_syn_refused_drop")),
+            number(one.median("minimal_drop"))
+        ),
+    ));
+    let r = one.median("limiter_syn_refused_reset") / one.median("minimal_drop_single");
+    part.targets.push(Target::at_most(
+        "SYN refused (reset, RST built in place) vs minimal drop-SYN program, both repeat=1",
+        r,
+        1.5,
+        &format!(
+            "{} vs {} ns; net of the empty program's {} ns: {} vs {} ns",
+            number(one.median("limiter_syn_refused_reset")),
+            number(one.median("minimal_drop_single")),
+            number(e1),
+            number(one.median("limiter_syn_refused_reset") - e1),
+            number(one.median("minimal_drop_single") - e1)
+        ),
+    ));
+    // Flat with 10,000 listeners: each limiter path's cost relative to the empty program in
+    // the same phase, 10,000 listeners against 3.
+    let mut worst = (0.0_f64, "");
+    for (key, _, _, _) in one.repeated.iter().filter(|r| r.0.starts_with("limiter")) {
+        let change = ratio(many, key, "empty_pass") / ratio(one, key, "empty_pass");
+        if change > worst.0 {
+            worst = (change, key);
+        }
+    }
+    for (key, _, _) in one.single.iter().filter(|r| r.0.starts_with("limiter")) {
+        let change = ratio(many, key, "empty_pass_single") / ratio(one, key, "empty_pass_single");
+        if change > worst.0 {
+            worst = (change, key);
+        }
+    }
+    part.targets.push(Target::at_most(
+        "cost with 10,000 listener limits vs 3 (flat: worst limiter path, each relative to the empty program in its phase)",
+        worst.0,
+        1.15,
+        &format!("worst: {}", worst.1),
+    ));
+    part.notes.push(format!(
+        "Reading the ratios: even the empty program costs {} ns per run here (the test \
+         harness' loop, and this VM's indirect-branch mitigations), so a ratio against it \
+         compares whole per-packet costs, not only what the program adds. The kernel reports \
+         whole ns (about 2% of the empty program's cost). Timing the same calls from user space \
+         adds a fixed ~15 ms per call (the kernel swaps the program into the XDP dispatcher \
+         around each test run, outside its own timing), so those figures are kept in \
+         report.json only.",
+        number(empty1)
+    ));
+    part.notes.push(format!(
+        "SYN admitted costs {} ns net of the empty program (repeat=1): it reserves the slot with \
+         an atomic fetch-add and inserts the 4-tuple into the PENDING hash (BPF_F_NO_PREALLOC, so \
+         one allocation per new handshake). Only one such SYN per connection is ever processed.",
+        number(one.median("limiter_syn_admitted") - e1)
+    ));
+    part.json = json!({
+        "repeat": repeat, "runs": runs, "single_calls_per_run": calls, "cpu": cpu,
+        "many_listeners": MANY_LISTENERS,
+        "paths": json_rows,
+    });
+    let bars = |phase: &Phase| -> Vec<Bar> {
+        phase
+            .repeated
+            .iter()
+            .map(|(key, label, ns, _)| {
+                let (lo, med, hi) = spread(ns);
+                Bar {
+                    label: label.to_string(),
+                    value: med,
+                    low: lo,
+                    high: hi,
+                    ours: key.starts_with("limiter"),
+                }
+            })
+            .chain(phase.single.iter().map(|(key, label, ns)| {
+                let (lo, med, hi) = spread(ns);
+                Bar {
+                    label: label.to_string(),
+                    value: med,
+                    low: lo,
+                    high: hi,
+                    ours: key.starts_with("limiter"),
+                }
+            }))
+            .collect()
+    };
+    part.charts.push(Chart {
+        title: "1. Per-packet cost, BPF_PROG_TEST_RUN (3 listeners)".into(),
+        unit: "ns".into(),
+        bars: bars(one),
+    });
+    part.charts.push(Chart {
+        title: "1. Per-packet cost with 10,000 listener limits".into(),
+        unit: "ns".into(),
+        bars: bars(many),
+    });
+    part
+}

@@ -1,0 +1,468 @@
+//! What the bench found, and the three files it writes: Markdown (tables), JSON (every number)
+//! and an SVG chart (drawn here, no plotting library).
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use super::sys::Machine;
+
+/// One part of the bench, as measured.
+pub struct Part {
+    pub key: &'static str,
+    pub title: String,
+    /// What was measured and how (Markdown, one paragraph or bullet per entry).
+    pub method: Vec<String>,
+    pub tables: Vec<Table>,
+    pub targets: Vec<Target>,
+    /// Caveats and observations (Markdown).
+    pub notes: Vec<String>,
+    pub json: Value,
+    pub charts: Vec<Chart>,
+}
+
+impl Part {
+    pub fn new(key: &'static str, title: &str) -> Part {
+        Part {
+            key,
+            title: title.to_string(),
+            method: Vec::new(),
+            tables: Vec::new(),
+            targets: Vec::new(),
+            notes: Vec::new(),
+            json: json!({}),
+            charts: Vec::new(),
+        }
+    }
+}
+
+pub struct Table {
+    pub caption: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(caption: &str, header: &[&str]) -> Table {
+        Table {
+            caption: caption.to_string(),
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+/// A target from the issue and whether this run met it.
+#[derive(Clone)]
+pub struct Target {
+    pub what: String,
+    pub goal: String,
+    pub measured: String,
+    /// None: could not be decided (not measured).
+    pub met: Option<bool>,
+}
+
+impl Target {
+    /// `value <= limit` (a ratio that must stay low).
+    pub fn at_most(what: &str, value: f64, limit: f64, detail: &str) -> Target {
+        Target {
+            what: what.to_string(),
+            goal: format!("≤ {limit}×"),
+            measured: format!("{value:.2}× ({detail})"),
+            met: Some(value.is_finite() && value <= limit),
+        }
+    }
+
+    /// `value >= limit` (a ratio that must stay high).
+    pub fn at_least(what: &str, value: f64, limit: f64, detail: &str) -> Target {
+        Target {
+            what: what.to_string(),
+            goal: format!("≥ {limit}×"),
+            measured: format!("{value:.2}× ({detail})"),
+            met: Some(value.is_finite() && value >= limit),
+        }
+    }
+
+    pub fn status(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "**MISSED**",
+            None => "not measured",
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({ "what": self.what, "goal": self.goal, "measured": self.measured, "met": self.met })
+    }
+}
+
+/// A horizontal bar chart: one bar per entry, with a min–max whisker.
+pub struct Chart {
+    pub title: String,
+    pub unit: String,
+    pub bars: Vec<Bar>,
+}
+
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+    /// Drawn in the accent colour (limiter itself).
+    pub ours: bool,
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Vec<(String, String)>,
+    pub parts: Vec<Part>,
+    /// Parts that were not measured: (part, why).
+    pub missing: Vec<(String, String)>,
+    pub noise: Vec<(String, Value)>,
+    pub duration_s: f64,
+}
+
+impl Report {
+    pub fn targets(&self) -> Vec<&Target> {
+        self.parts.iter().flat_map(|p| &p.targets).collect()
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let md = dir.join("report.md");
+        let js = dir.join("report.json");
+        let svg = dir.join("report.svg");
+        std::fs::write(&md, self.markdown())?;
+        std::fs::write(&js, serde_json::to_string_pretty(&self.json())? + "\n")?;
+        std::fs::write(&svg, self.svg())?;
+        Ok(vec![md, js, svg])
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "machine": self.machine.json(),
+            "settings": self.settings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "duration_s": (self.duration_s * 10.0).round() / 10.0,
+            "targets": self.targets().iter().map(|t| t.json()).collect::<Vec<_>>(),
+            "parts": self.parts.iter().map(|p| (p.key.to_string(), json!({
+                "title": p.title,
+                "results": p.json,
+                "targets": p.targets.iter().map(Target::json).collect::<Vec<_>>(),
+                "notes": p.notes,
+            }))).collect::<serde_json::Map<_, _>>(),
+            "not_measured": self.missing.iter().map(|(p, why)| json!({"part": p, "why": why})).collect::<Vec<_>>(),
+            "machine_load": self.noise.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut s = String::new();
+        let _ = writeln!(s, "# limiter benchmark report\n");
+        let _ = writeln!(
+            s,
+            "Written by `cargo xtask bench` (xtask/src/bench.rs). Every figure that matters is a \
+             ratio against a baseline measured in the same run, on the same machine, side by \
+             side; absolute numbers are noisy on a shared 2-core VM and are given for context \
+             only. `report.json` has every number, `report.svg` the charts.\n"
+        );
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(
+            s,
+            "| machine | {} ({} cores{}), {:.1} GiB |",
+            m.cpu_model,
+            m.cores,
+            if m.hypervisor {
+                ", virtual machine"
+            } else {
+                ""
+            },
+            m.memory_gib
+        );
+        let _ = writeln!(s, "| kernel | Linux {} `{}` |", m.kernel, m.kernel_version);
+        let _ = writeln!(s, "| date | {} |", m.date_utc);
+        let _ = writeln!(s, "| limiter commit | {} |", m.git_commit);
+        for (k, v) in &m.tools {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        for (k, v) in &self.settings {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        let _ = writeln!(s, "| bench duration | {:.0} s |", self.duration_s);
+        let _ = writeln!(s);
+
+        let _ = writeln!(s, "## Targets\n");
+        let _ = writeln!(
+            s,
+            "| target | goal | measured | result |\n|---|---|---|---|"
+        );
+        for t in self.targets() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.goal,
+                t.measured,
+                t.status()
+            );
+        }
+        let missed = self
+            .targets()
+            .iter()
+            .filter(|t| t.met == Some(false))
+            .count();
+        let _ = writeln!(
+            s,
+            "\n{} of {} targets met{}.\n",
+            self.targets().len() - missed,
+            self.targets().len(),
+            if missed > 0 {
+                format!("; {missed} missed (see the parts below for what was measured)")
+            } else {
+                String::new()
+            }
+        );
+        if !self.missing.is_empty() {
+            let _ = writeln!(s, "## Not measured\n");
+            for (part, why) in &self.missing {
+                let _ = writeln!(s, "- **{part}**: {why}");
+            }
+            let _ = writeln!(s);
+        }
+        for part in &self.parts {
+            let _ = writeln!(s, "## {}\n", part.title);
+            for m in &part.method {
+                let _ = writeln!(s, "{m}\n");
+            }
+            for t in &part.tables {
+                let _ = writeln!(s, "{}\n", t.caption);
+                let _ = writeln!(s, "| {} |", t.header.join(" | "));
+                let _ = writeln!(
+                    s,
+                    "|{}|",
+                    t.header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+                );
+                for r in &t.rows {
+                    let _ = writeln!(s, "| {} |", r.join(" | "));
+                }
+                let _ = writeln!(s);
+            }
+            if !part.targets.is_empty() {
+                for t in &part.targets {
+                    let _ = writeln!(
+                        s,
+                        "- Target: {} {} — measured {} — {}",
+                        t.what,
+                        t.goal,
+                        t.measured,
+                        t.status()
+                    );
+                }
+                let _ = writeln!(s);
+            }
+            for n in &part.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+            if !part.notes.is_empty() {
+                let _ = writeln!(s);
+            }
+        }
+        if !self.noise.is_empty() {
+            let _ = writeln!(s, "## Machine load around each part\n");
+            let _ = writeln!(
+                s,
+                "The machine is shared: other sessions build and test on it. 1-minute load \
+                 average and the number of rustc and test processes, sampled before and after \
+                 each part (the bench waits for other test runs to finish before it starts).\n"
+            );
+            let _ = writeln!(
+                s,
+                "| when | load (1 min) | rustc | tests |\n|---|---|---|---|"
+            );
+            for (k, v) in &self.noise {
+                let _ = writeln!(
+                    s,
+                    "| {k} | {} | {} | {} |",
+                    v["loadavg_1m"], v["rustc_processes"], v["test_processes"]
+                );
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+
+    pub fn svg(&self) -> String {
+        let charts: Vec<&Chart> = self.parts.iter().flat_map(|p| &p.charts).collect();
+        render_svg(
+            &format!(
+                "limiter bench — {} ({} cores), Linux {}, {}",
+                self.machine.cpu_model,
+                self.machine.cores,
+                self.machine.kernel,
+                self.machine.date_utc
+            ),
+            &charts,
+        )
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Stacks the charts vertically into one SVG document.
+pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
+    const WIDTH: f64 = 960.0;
+    const LABEL_W: f64 = 330.0;
+    const BAR_H: f64 = 20.0;
+    const GAP: f64 = 8.0;
+    const RIGHT: f64 = 130.0;
+    let mut body = String::new();
+    let mut y = 50.0;
+    for chart in charts {
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{y}" font-size="15" font-weight="bold">{}</text>"#,
+            escape(&chart.title)
+        );
+        y += 12.0;
+        let max = chart
+            .bars
+            .iter()
+            .map(|b| b.high.max(b.value))
+            .fold(0.0_f64, f64::max)
+            .max(f64::MIN_POSITIVE);
+        let scale = (WIDTH - LABEL_W - RIGHT) / max;
+        for bar in &chart.bars {
+            y += GAP;
+            let w = (bar.value * scale).max(1.0);
+            let colour = if bar.ours { "#d9480f" } else { "#5c7cfa" };
+            let _ = writeln!(
+                body,
+                r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
+                LABEL_W - 8.0,
+                y + BAR_H * 0.7,
+                escape(&bar.label)
+            );
+            let _ = writeln!(
+                body,
+                r#"<rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{colour}"/>"#
+            );
+            if bar.high > bar.low {
+                let (x1, x2, ym) = (
+                    LABEL_W + bar.low * scale,
+                    LABEL_W + bar.high * scale,
+                    y + BAR_H / 2.0,
+                );
+                let _ = writeln!(
+                    body,
+                    r#"<path d="M{x1:.1} {ym:.1} H{x2:.1} M{x1:.1} {:.1} V{:.1} M{x2:.1} {:.1} V{:.1}" stroke="black" stroke-width="1.2"/>"#,
+                    ym - 5.0,
+                    ym + 5.0,
+                    ym - 5.0,
+                    ym + 5.0
+                );
+            }
+            let _ = writeln!(
+                body,
+                r#"<text x="{:.1}" y="{:.1}" font-size="12">{} {}</text>"#,
+                LABEL_W + bar.high.max(bar.value) * scale + 6.0,
+                y + BAR_H * 0.7,
+                number(bar.value),
+                escape(&chart.unit)
+            );
+            y += BAR_H;
+        }
+        y += 36.0;
+    }
+    let _ = writeln!(
+        body,
+        r##"<text x="10" y="{:.1}" font-size="11" fill="#555">Bars: median; whiskers: min–max over repetitions. Orange: limiter. Ratios against baselines measured in the same run are in report.md.</text>"##,
+        y - 14.0
+    );
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{:.0}" viewBox="0 0 {WIDTH} {:.0}" font-family="DejaVu Sans, Arial, sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="26" font-size="17" font-weight="bold">{}</text>
+{body}</svg>
+"#,
+        y,
+        y,
+        escape(heading)
+    )
+}
+
+/// A number with as many decimals as its size calls for.
+pub fn number(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// min, median, max of some values (NaN for none).
+pub fn spread(values: &[f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (v[0], median, v[v.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_min_median_max() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
+        assert!(spread(&[]).1.is_nan());
+    }
+
+    #[test]
+    fn targets_say_met_or_missed() {
+        assert_eq!(Target::at_most("x", 1.2, 1.3, "").status(), "met");
+        assert_eq!(Target::at_most("x", 1.4, 1.3, "").status(), "**MISSED**");
+        assert_eq!(Target::at_least("x", 7.0, 6.0, "").status(), "met");
+        assert_eq!(
+            Target::at_least("x", f64::NAN, 6.0, "").status(),
+            "**MISSED**"
+        );
+    }
+
+    #[test]
+    fn svg_is_one_document() {
+        let chart = Chart {
+            title: "t <1>".into(),
+            unit: "ns".into(),
+            bars: vec![Bar {
+                label: "a & b".into(),
+                value: 2.0,
+                low: 1.0,
+                high: 3.0,
+                ours: true,
+            }],
+        };
+        let svg = render_svg("h", &[&chart]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("t &lt;1&gt;") && svg.contains("a &amp; b"));
+    }
+}
