@@ -186,10 +186,14 @@ fn parse_tcp(
     dst: [u32; 4],
     plain_ip: bool,
 ) -> Frame {
-    // Reading the whole fixed header up front also proves the frame is not truncated.
-    let header: [u8; TCP_MIN_HLEN] = or_malformed!(load(ctx, l4));
-    let data_offset = ((header[12] >> 4) as usize) * 4;
-    if data_offset < TCP_MIN_HLEN || data_offset > segment_len {
+    // The header must be whole whatever the segment; then the flags decide, before anything
+    // else is read: most TCP segments are not connection-opening SYNs.
+    let [offset_byte, flags]: [u8; 2] = or_malformed!(load(ctx, l4 + 12));
+    let data_offset = ((offset_byte >> 4) as usize) * 4;
+    if ctx.data() + l4 + TCP_MIN_HLEN > ctx.data_end()
+        || data_offset < TCP_MIN_HLEN
+        || data_offset > segment_len
+    {
         return Frame::Malformed;
     }
     // Cut short of what the IP header announces (e.g. inside the TCP options): the kernel drops
@@ -198,12 +202,12 @@ fn parse_tcp(
     if ctx.data() + core::hint::black_box(ip_end) > ctx.data_end() {
         return Frame::Malformed;
     }
-    let flags = header[13];
     if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN {
         return Frame::NotOurs;
     }
-    let src_port = u16::from_be_bytes([header[0], header[1]]);
-    let dst_port = u16::from_be_bytes([header[2], header[3]]);
+    let ports: [u16; 2] = or_malformed!(load(ctx, l4));
+    let seq: u32 = or_malformed!(load(ctx, l4 + 4));
+    let (src_port, dst_port) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
     Frame::Syn(Syn {
         flow: FlowKey {
             local_addr: dst,
@@ -215,7 +219,7 @@ fn parse_tcp(
         },
         l3,
         l4,
-        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        seq: u32::from_be(seq),
         seq_len: (segment_len - data_offset) as u32 + 1,
         plain_ip,
     })
