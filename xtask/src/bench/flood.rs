@@ -40,6 +40,8 @@ const RATE: f64 = 100_000.0;
 /// Frames per BPF_PROG_TEST_RUN call of the generator (one batch, one flush into the veth: a
 /// server wakes up to a burst of this many SYNs, as after a NIC interrupt).
 const BURST: u32 = 128;
+/// Frames per call when the generator runs flat out (about 20–50 ms of work).
+const FLAT_OUT_CALL: u32 = 1 << 16;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Config {
@@ -100,6 +102,11 @@ struct Sample {
 }
 
 impl Sample {
+    /// How busy the server's NAPI thread was over the window.
+    fn busy(&self) -> f64 {
+        self.napi_ns as f64 / (self.window_s * 1e9)
+    }
+
     /// Server CPU per SYN the filter refused (per SYN received without a filter).
     fn ns_per_syn(&self) -> f64 {
         let n = self.refused.unwrap_or(self.received);
@@ -158,34 +165,65 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let generator = Generator::start(ctx, &bed)?;
     // Warm-up (not measured): the first window of a run is otherwise slower.
     bed.attach_xdp(true, &ctx.objects.drop_syn_flood)?;
-    generator.run(Duration::from_secs(1), rate)?;
+    generator.run(Duration::from_secs(1), Some(rate))?;
     bed.detach_xdp(true)?;
-    let mut samples: Vec<(Config, Vec<Sample>)> =
-        configs.iter().map(|c| (*c, Vec::new())).collect();
+    let saturation_window = if ctx.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    };
+    let plan = Plan {
+        window,
+        rate,
+        flat_out: saturation_window,
+    };
+    #[allow(clippy::type_complexity)]
+    let mut samples: Vec<(Config, Vec<Sample>, Vec<Sample>)> = configs
+        .iter()
+        .map(|c| (*c, Vec::new(), Vec::new()))
+        .collect();
     let mut napi_pid = None;
     for rep in 0..reps {
         for (i, config) in configs.iter().enumerate() {
             cmd::check_interrupted()?;
             println!("  flood {}/{reps}: {}", rep + 1, config.label());
-            let sample = measure(ctx, &bed, *config, window, rate, &generator, &mut napi_pid)
+            let (paced, saturated) = measure(ctx, &bed, *config, &plan, &generator, &mut napi_pid)
                 .with_context(|| format!("flood against {}", config.label()))?;
-            println!(
-                "    {:.2} M frames offered, {:.2} M received, refused {:?}, server NAPI {:.0}% busy, {} ns per SYN",
-                sample.offered as f64 / 1e6,
-                sample.received as f64 / 1e6,
-                sample.refused,
-                sample.napi_ns as f64 / (sample.window_s * 1e9) * 100.0,
-                number(sample.ns_per_syn())
-            );
-            if std::env::var_os("LIMITER_BENCH_VERBOSE").is_some() {
-                println!("    {:?}", sample);
+            for (what, sample) in [("paced", &paced), ("flat out", &saturated)] {
+                println!(
+                    "    {what}: {:.2} M SYNs offered, {:.2} M received, refused {:?}, server NAPI {:.0}% busy, {} ns per SYN",
+                    sample.offered as f64 / 1e6,
+                    sample.received as f64 / 1e6,
+                    sample.refused,
+                    sample.busy() * 100.0,
+                    number(sample.ns_per_syn())
+                );
+                if std::env::var_os("LIMITER_BENCH_VERBOSE").is_some() {
+                    println!("    {sample:?}");
+                }
             }
-            samples[i].1.push(sample);
+            samples[i].1.push(paced);
+            samples[i].2.push(saturated);
         }
     }
     drop(generator);
     drop(bed);
-    Ok(report(&samples, window, reps, rate, &left_out))
+    Ok(report(
+        &samples,
+        window,
+        saturation_window,
+        reps,
+        rate,
+        &left_out,
+    ))
+}
+
+/// The windows of one configuration: `window` at `rate` SYN/s, then `flat_out` as fast as the
+/// generator goes.
+struct Plan {
+    window: Duration,
+    rate: f64,
+    flat_out: Duration,
 }
 
 /// The server veth's NAPI thread: a new one each time XDP is attached from none.
@@ -394,24 +432,42 @@ fn measure(
     ctx: &Ctx,
     bed: &TestBed,
     config: Config,
-    window: Duration,
-    rate: f64,
+    plan: &Plan,
     generator: &Generator,
     napi_pid: &mut Option<u32>,
-) -> Result<Sample> {
+) -> Result<(Sample, Sample)> {
     let setup = set_up(ctx, bed, config)?;
     let napi = server_napi(bed, *napi_pid)?;
     *napi_pid = Some(napi);
     let agent_pid = setup.agent.as_ref().map(Agent::pid);
 
+    let paced = sample_window(bed, &setup, napi, agent_pid, || {
+        generator.run(plan.window, Some(plan.rate))
+    })?;
+    let saturated = sample_window(bed, &setup, napi, agent_pid, || {
+        generator.run(plan.flat_out, None)
+    })?;
+    drop(setup);
+    Ok((paced, saturated))
+}
+
+/// One window: the counters before, the generator's run, the server's queue drained, the
+/// counters after.
+fn sample_window(
+    bed: &TestBed,
+    setup: &Setup<'_>,
+    napi: u32,
+    agent_pid: Option<u32>,
+    run: impl FnOnce() -> Result<u64>,
+) -> Result<Sample> {
     let stats0 = bed.veth_stats(true)?;
-    let refused0 = refused_counter(bed, &setup)?;
+    let refused0 = refused_counter(bed, setup)?;
     let napi0 = sys::task_cpu_ns(napi)?;
     let cpu0 = sys::CpuTimes::read(SERVER_CPU)?;
     let agent0 = agent_pid.and_then(process_cpu_ns);
     let started = Instant::now();
 
-    let offered = generator.run(window, rate)?;
+    let offered = run()?;
     let elapsed = started.elapsed();
     // Let the server's queue drain: the received count stops moving.
     let mut last = bed.veth_stat(true, "rx_queue_0_xdp_packets")?;
@@ -433,9 +489,8 @@ fn measure(
     let napi1 = sys::task_cpu_ns(napi)?;
     let cpu1 = sys::CpuTimes::read(SERVER_CPU)?;
     let agent1 = agent_pid.and_then(process_cpu_ns);
-    let refused1 = refused_counter(bed, &setup)?;
+    let refused1 = refused_counter(bed, setup)?;
     let stats1 = bed.veth_stats(true)?;
-    drop(setup);
 
     let delta: Vec<(String, i64)> = stats1
         .iter()
@@ -475,7 +530,7 @@ fn measure(
 /// the flood). Attaching the generator program to a spare veth in the generator namespace keeps
 /// it in the dispatcher, so each call costs microseconds and bursts can be paced.
 pub struct Generator {
-    commands: mpsc::Sender<(Duration, f64)>,
+    commands: mpsc::Sender<(Duration, Option<f64>)>,
     results: mpsc::Receiver<Result<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -513,7 +568,7 @@ impl Generator {
             PORT,
             TCP_SYN,
         );
-        let (commands, inbox) = mpsc::channel::<(Duration, f64)>();
+        let (commands, inbox) = mpsc::channel::<(Duration, Option<f64>)>();
         let (outbox, results) = mpsc::channel();
         let (ns, veth, object) = (
             bed.client_ns.clone(),
@@ -549,7 +604,10 @@ impl Generator {
             };
             // Bounded: one window per command, and the sender goes away with the part.
             while let Ok((window, rate)) = inbox.recv() {
-                let _ = outbox.send(paced(&program, &template, ifindex, window, rate));
+                let _ = outbox.send(match rate {
+                    Some(rate) => paced(&program, &template, ifindex, window, rate),
+                    None => flat_out(&program, &template, ifindex, window),
+                });
             }
         });
         let generator = Generator {
@@ -564,8 +622,8 @@ impl Generator {
         Ok(generator)
     }
 
-    /// Sends SYNs at `rate` for `window`; returns the number sent.
-    pub fn run(&self, window: Duration, rate: f64) -> Result<u64> {
+    /// Sends SYNs at `rate` (None: as fast as it can) for `window`; returns the number sent.
+    pub fn run(&self, window: Duration, rate: Option<f64>) -> Result<u64> {
         self.commands
             .send((window, rate))
             .context("the generator thread is gone")?;
@@ -621,9 +679,48 @@ fn paced(
     Ok(sent)
 }
 
+#[allow(clippy::too_many_arguments)]
+fn table_row_flat(
+    table: &mut Table,
+    config: &Config,
+    lo: f64,
+    med: f64,
+    hi: f64,
+    limiter: f64,
+    busy: f64,
+    per: f64,
+    offered: f64,
+) {
+    let bound = if busy < 0.9 { "≥ " } else { "" };
+    table.row(vec![
+        if config.limits() || matches!(config, Config::XdpDrop | Config::NftDrop) {
+            config.label().to_string()
+        } else {
+            format!("{} (SYNs answered)", config.label())
+        },
+        format!("{bound}**{med:.2}** ({lo:.2}–{hi:.2})"),
+        format!("{:.2}", med / limiter),
+        format!("{:.0}%", busy * 100.0),
+        number(per),
+        format!("{offered:.2}"),
+    ]);
+}
+
+/// As many frames as the generator can make, in calls of FLAT_OUT_CALL frames, for `window`.
+fn flat_out(program: &Loaded, template: &[u8], ifindex: u32, window: Duration) -> Result<u64> {
+    let end = Instant::now() + window;
+    let mut sent = 0;
+    while Instant::now() < end && !cmd::interrupted() {
+        program.run_live(template, FLAT_OUT_CALL, ifindex, 64)?;
+        sent += u64::from(FLAT_OUT_CALL);
+    }
+    Ok(sent)
+}
+
 fn report(
-    samples: &[(Config, Vec<Sample>)],
+    samples: &[(Config, Vec<Sample>, Vec<Sample>)],
     window: Duration,
+    saturation_window: Duration,
     reps: usize,
     rate: f64,
     left_out: &[String],
@@ -687,15 +784,15 @@ fn report(
     let median = |c: Config| {
         samples
             .iter()
-            .find(|(k, _)| *k == c)
-            .map_or(f64::NAN, |(_, s)| {
+            .find(|(k, _, _)| *k == c)
+            .map_or(f64::NAN, |(_, s, _)| {
                 spread(&s.iter().map(Sample::ns_per_syn).collect::<Vec<_>>()).1
             })
     };
     let lim = median(Config::Limiter);
     let mut bars = Vec::new();
     let mut json_configs = serde_json::Map::new();
-    for (config, s) in samples {
+    for (config, s, _) in samples {
         let per: Vec<f64> = s.iter().map(Sample::ns_per_syn).collect();
         let (lo, med, hi) = spread(&per);
         let rate = spread(
@@ -748,24 +845,123 @@ fn report(
                 "label": config.label(),
                 "ns_per_refused_syn_median": med,
                 "samples": s.iter().map(Sample::json).collect::<Vec<_>>(),
+                "flat_out_samples": samples.iter().find(|x| x.0 == *config).map(|x| x.2.iter().map(Sample::json).collect::<Vec<_>>()),
             }),
         );
     }
     part.tables.push(table);
+    // Flat out: how many SYNs a second the server gets through with its CPU fully busy.
+    let mut flat = Table::new(
+        &format!(
+            "Flat out ({} s windows right after each paced one, generator as fast as it goes): SYNs              per second the server took and refused, its NAPI thread's load, and CPU per refused              SYN at that load. Where the NAPI thread is not close to 100% busy, the generator was              the limit and the rate is a lower bound (≥).",
+            saturation_window.as_secs()
+        ),
+        &[
+            "configuration",
+            "refused (M SYN/s)",
+            "× limiter",
+            "server NAPI busy",
+            "ns per refused SYN",
+            "offered (M SYN/s)",
+        ],
+    );
+    let flat_rate = |x: &Sample| x.refused.unwrap_or(x.received) as f64 / x.window_s / 1e6;
+    let mut flat_bars = Vec::new();
+    let lim_flat = samples
+        .iter()
+        .find(|x| x.0 == Config::Limiter)
+        .map_or(f64::NAN, |x| {
+            spread(&x.2.iter().map(flat_rate).collect::<Vec<_>>()).1
+        });
+    for (config, _, f) in samples {
+        let (lo, med, hi) = spread(&f.iter().map(flat_rate).collect::<Vec<_>>());
+        let busy = spread(&f.iter().map(Sample::busy).collect::<Vec<_>>()).1;
+        let per = spread(&f.iter().map(Sample::ns_per_syn).collect::<Vec<_>>()).1;
+        let offered = spread(
+            &f.iter()
+                .map(|x| x.offered as f64 / x.window_s / 1e6)
+                .collect::<Vec<_>>(),
+        )
+        .1;
+        table_row_flat(&mut flat, config, lo, med, hi, lim_flat, busy, per, offered);
+        flat_bars.push(Bar {
+            label: config.label().to_string(),
+            value: med,
+            low: lo,
+            high: hi,
+            ours: *config == Config::Limiter,
+        });
+    }
+    part.tables.push(flat);
     let xdp = median(Config::XdpDrop);
     part.targets.push(Target::at_most(
-        "flood: limiter CPU per refused SYN vs bare XDP drop program",
+        &format!(
+            "flood at {}k SYN/s: limiter CPU per refused SYN vs bare XDP drop program",
+            rate / 1000.0
+        ),
         lim / xdp,
         1.3,
         &format!("{} vs {} ns", number(lim), number(xdp)),
     ));
     let nft = median(Config::NftCtCount);
     part.targets.push(Target::at_least(
-        "flood: nftables `ct count` CPU per refused SYN vs limiter's",
+        &format!(
+            "flood at {}k SYN/s: nftables `ct count` CPU per refused SYN vs limiter's",
+            rate / 1000.0
+        ),
         nft / lim,
         6.0,
         &format!("{} vs {} ns", number(nft), number(lim)),
     ));
+    // The same two comparisons flat out, where both sides kept their NAPI thread busy (no idle
+    // wake-ups in the figure); otherwise not decided.
+    let flat = |c: Config| {
+        samples
+            .iter()
+            .find(|x| x.0 == c)
+            .map_or((f64::NAN, 0.0), |x| {
+                (
+                    spread(&x.2.iter().map(Sample::ns_per_syn).collect::<Vec<_>>()).1,
+                    spread(&x.2.iter().map(Sample::busy).collect::<Vec<_>>()).1,
+                )
+            })
+    };
+    let (lim_f, lim_busy) = flat(Config::Limiter);
+    for (other, what, goal, higher) in [
+        (
+            Config::XdpDrop,
+            "flood flat out: limiter CPU per refused SYN vs bare XDP drop program",
+            1.3,
+            false,
+        ),
+        (
+            Config::NftCtCount,
+            "flood flat out: nftables `ct count` CPU per refused SYN vs limiter's",
+            6.0,
+            true,
+        ),
+    ] {
+        let (o, o_busy) = flat(other);
+        let detail = format!(
+            "{} vs {} ns; NAPI busy {:.0}% vs {:.0}%",
+            number(lim_f),
+            number(o),
+            lim_busy * 100.0,
+            o_busy * 100.0
+        );
+        let mut target = if higher {
+            Target::at_least(what, o / lim_f, goal, &detail)
+        } else {
+            Target::at_most(what, lim_f / o, goal, &detail)
+        };
+        if lim_busy < 0.9 || o_busy < 0.9 {
+            target.met = None;
+            target.measured = format!(
+                "not comparable: a server was not saturated (the generator was the limit): {detail}"
+            );
+        }
+        part.targets.push(target);
+    }
     part.notes.push(format!(
         "What a refused SYN costs the server beyond the bare XDP drop: limiter {} ns, nftables \
          `ct count` {} ns. The bare drop's own {} ns are mostly the test bed's: a veth receiving \
@@ -801,6 +997,11 @@ fn report(
         title: "2. SYN flood at the limit: server CPU per refused SYN".into(),
         unit: "ns".into(),
         bars,
+    });
+    part.charts.push(Chart {
+        title: "2. SYN flood, generator flat out: SYNs per second the server got through".into(),
+        unit: "M SYN/s".into(),
+        bars: flat_bars,
     });
     part
 }

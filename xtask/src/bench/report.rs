@@ -62,7 +62,7 @@ pub struct Target {
     pub what: String,
     pub goal: String,
     pub measured: String,
-    /// None: could not be decided (not measured).
+    /// None: could not be decided (see `measured`).
     pub met: Option<bool>,
 }
 
@@ -91,7 +91,7 @@ impl Target {
         match self.met {
             Some(true) => "met",
             Some(false) => "**MISSED**",
-            None => "not measured",
+            None => "not decided",
         }
     }
 
@@ -210,21 +210,14 @@ impl Report {
                 t.status()
             );
         }
-        let missed = self
-            .targets()
-            .iter()
-            .filter(|t| t.met == Some(false))
-            .count();
+        let count = |v: Option<bool>| self.targets().iter().filter(|t| t.met == v).count();
         let _ = writeln!(
             s,
-            "\n{} of {} targets met{}.\n",
-            self.targets().len() - missed,
-            self.targets().len(),
-            if missed > 0 {
-                format!("; {missed} missed (see the parts below for what was measured)")
-            } else {
-                String::new()
-            }
+            "\n{} targets met, {} missed, {} not decided (see the parts below for what was \
+             measured and how).\n",
+            count(Some(true)),
+            count(Some(false)),
+            count(None)
         );
         if !self.missing.is_empty() {
             let _ = writeln!(s, "## Not measured\n");
@@ -383,7 +376,7 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
     }
     let _ = writeln!(
         body,
-        r##"<text x="10" y="{:.1}" font-size="11" fill="#555">Bars: median; whiskers: min–max over repetitions. Orange: limiter. Ratios against baselines measured in the same run are in report.md.</text>"##,
+        r##"<text x="10" y="{:.1}" font-size="11" fill="#555">Bars: median; whiskers: min–max over repetitions (part 1: over runs). Orange: limiter. Ratios against baselines measured in the same run are in report.md.</text>"##,
         y - 14.0
     );
     format!(
@@ -402,7 +395,7 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
 pub fn number(v: f64) -> String {
     if !v.is_finite() {
         "–".into()
-    } else if v.abs() >= 100.0 {
+    } else if v.fract() == 0.0 || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")

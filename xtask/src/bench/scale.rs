@@ -224,7 +224,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     // Handshakes that never complete: SYNs from the flood generator (their SYN-ACKs go nowhere),
     // each admitted and holding a reservation until the handshake timeout (120 s here).
     let generator = Generator::start(ctx, &bed)?;
-    let sent = generator.run(Duration::from_millis(20), 100_000.0)?;
+    let sent = generator.run(Duration::from_millis(20), Some(100_000.0))?;
     drop(generator);
     let flood_listener = format!("198.18.0.1:{}", flood::PORT);
     let pending = cmd::poll_until(
