@@ -758,7 +758,8 @@ fn report(
         format!(
             "Server CPU: the server veth runs threaded NAPI, so all of its receive work (XDP, and \
              for the netfilter configurations the whole IP/netfilter/TCP path) runs in one kernel \
-             thread, pinned to CPU {SERVER_CPU}; the generator and the generator veth's NAPI \
+             thread, pinned to CPU {SERVER_CPU} and made SCHED_FIFO (it runs whenever it has work, ahead \
+             of other tasks, as softirq processing would); the generator and the generator veth's NAPI \
              thread run on CPU {GENERATOR_CPU}. CPU per refused SYN = that thread's run time \
              (/proc/PID/schedstat) over the window ÷ SYNs the filter refused by its own counter \
              (limiter's `refused_total`, the XDP program's drops, the nft/iptables rule counter). \
@@ -964,7 +965,7 @@ fn report(
     }
     part.notes.push(format!(
         "What a refused SYN costs the server beyond the bare XDP drop: limiter {} ns, nftables \
-         `ct count` {} ns. The bare drop's own {} ns are mostly the test bed's: a veth receiving \
+         `ct count` {} ns. The bare drop's own {} ns are largely the test bed's: a veth receiving \
          redirected frames (ring, frame conversion, returning the page to the generator's pool) \
          and waking its NAPI thread for each burst, paid alike by every configuration here; the \
          program itself is a few tens of ns (part 1).",

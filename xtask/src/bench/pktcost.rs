@@ -564,7 +564,7 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
     ));
     part.notes.push(format!(
         "Reading the ratios: even the empty program costs {} ns per run here (the test \
-         harness' loop, and this VM's indirect-branch mitigations), so a ratio against it \
+         harness' own work per run), so a ratio against it \
          compares whole per-packet costs, not only what the program adds. The kernel reports \
          whole ns ({:.0}% of the empty program's cost). Timing the same calls from user space \
          adds a fixed ~15 ms per call (the kernel swaps the program into the XDP dispatcher \
