@@ -311,8 +311,15 @@ fn escape(text: &str) -> String {
 
 /// Stacks the charts vertically into one SVG document.
 pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
-    const WIDTH: f64 = 960.0;
-    const LABEL_W: f64 = 330.0;
+    // Room for the longest label (about 6.8 px per character at 12 px).
+    let longest = charts
+        .iter()
+        .flat_map(|c| &c.bars)
+        .map(|b| b.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_w = (longest as f64 * 6.8 + 20.0).max(200.0);
+    let width = label_w + 630.0;
     const BAR_H: f64 = 20.0;
     const GAP: f64 = 8.0;
     const RIGHT: f64 = 130.0;
@@ -331,7 +338,7 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
             .map(|b| b.high.max(b.value))
             .fold(0.0_f64, f64::max)
             .max(f64::MIN_POSITIVE);
-        let scale = (WIDTH - LABEL_W - RIGHT) / max;
+        let scale = (width - label_w - RIGHT) / max;
         for bar in &chart.bars {
             y += GAP;
             let w = (bar.value * scale).max(1.0);
@@ -339,18 +346,18 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
             let _ = writeln!(
                 body,
                 r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
-                LABEL_W - 8.0,
+                label_w - 8.0,
                 y + BAR_H * 0.7,
                 escape(&bar.label)
             );
             let _ = writeln!(
                 body,
-                r#"<rect x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{colour}"/>"#
+                r#"<rect x="{label_w:.1}" y="{y:.1}" width="{w:.1}" height="{BAR_H}" fill="{colour}"/>"#
             );
             if bar.high > bar.low {
                 let (x1, x2, ym) = (
-                    LABEL_W + bar.low * scale,
-                    LABEL_W + bar.high * scale,
+                    label_w + bar.low * scale,
+                    label_w + bar.high * scale,
                     y + BAR_H / 2.0,
                 );
                 let _ = writeln!(
@@ -365,7 +372,7 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
             let _ = writeln!(
                 body,
                 r#"<text x="{:.1}" y="{:.1}" font-size="12">{} {}</text>"#,
-                LABEL_W + bar.high.max(bar.value) * scale + 6.0,
+                label_w + bar.high.max(bar.value) * scale + 6.0,
                 y + BAR_H * 0.7,
                 number(bar.value),
                 escape(&chart.unit)
@@ -380,7 +387,7 @@ pub fn render_svg(heading: &str, charts: &[&Chart]) -> String {
         y - 14.0
     );
     format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{:.0}" viewBox="0 0 {WIDTH} {:.0}" font-family="DejaVu Sans, Arial, sans-serif">
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{:.0}" viewBox="0 0 {width:.0} {:.0}" font-family="DejaVu Sans, Arial, sans-serif">
 <rect width="100%" height="100%" fill="white"/>
 <text x="10" y="26" font-size="17" font-weight="bold">{}</text>
 {body}</svg>
