@@ -35,7 +35,7 @@ enum Task {
     /// Setup, build, then replay the Gloo Gateway and Envoy Gateway connection-limit examples in
     /// network namespaces, narrated (root). Fails if limiter does not behave as shown.
     Demo,
-    /// Benchmarks (not implemented yet).
+    /// Benchmarks against baselines and peers (root); writes bench/results/.
     Bench,
 }
 
