@@ -8,6 +8,7 @@
 //! - [`process`]: child processes with line-by-line output and kill-on-drop.
 //! - [`poll`]: waiting for a condition with a deadline.
 //! - [`frames`]: crafted Ethernet frames and a reference parser, for program tests.
+//! - [`refusal`]: how bad input must be refused (one error line, nothing left behind).
 //! - [`program`]: the XDP program loaded from the real object and run with BPF_PROG_TEST_RUN.
 //! - [`sockopt`]: another process's sockets (pidfd_getfd) and their keepalive options.
 
@@ -19,6 +20,7 @@ pub mod netns;
 pub mod poll;
 pub mod process;
 pub mod program;
+pub mod refusal;
 pub mod sockopt;
 
 pub use agent::{Agent, ListenerStats, ProxyStats, Stats};

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, os::fd::AsFd as _, time::Duration};
 use limiter_tests::{
     Agent, Side, TestBed,
     client::{EchoServer, ServerMode, Session, addr, connect_sockopts},
+    refusal::expect_refusal,
     sockopt::{Keepalive, keepalive_of, sockets_connected_to},
 };
 
@@ -227,41 +228,9 @@ fn root_keepalive_for_every_port_with_only_time() {
     );
 }
 
-/// `limiter run` with a bad keepalive flag: exit 2, one `limiter: error:` line naming the
-/// flag, nothing attached, no control socket.
+/// `limiter run` with a bad flag: exit 2, one `limiter: error:` line naming it, nothing left.
 fn expect_usage_error(args: &[&str], needle: &str) {
-    let bed = TestBed::new();
-    let socket = Agent::socket_path();
-    let socket_arg = socket.display().to_string();
-    let mut full = vec!["run", "--iface", &bed.srv_veth];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--control-socket", &socket_arg]);
-    let finished = Agent::run_to_exit(&bed, &full);
-    let errors = finished.error_lines();
-    assert_eq!(
-        errors.len(),
-        1,
-        "{full:?}: want exactly one `limiter: error:` line; stderr: {:#?}",
-        finished.stderr
-    );
-    assert!(
-        errors[0].contains(needle),
-        "{full:?}: the error should name {needle:?}: {:?}",
-        errors[0]
-    );
-    assert_eq!(
-        finished.status.code(),
-        Some(2),
-        "{full:?}: exit status {} (stderr {:?})",
-        finished.status,
-        finished.stderr
-    );
-    bed.assert_no_xdp(&format!("{full:?}"));
-    assert!(
-        !socket.exists(),
-        "{full:?}: control socket {} left behind",
-        socket.display()
-    );
+    expect_refusal(args, 2, &[needle]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use limiter_tests::{
     Agent, ProxyStats, Side, TestBed, UpstreamNs,
     client::{EchoServer, Hold, ServerMode, Session, addr},
+    refusal::expect_refusal,
 };
 
 const PORT: u16 = 8000;
@@ -617,41 +618,9 @@ fn root_proxy_max_upstream_connections_overflow() {
     wait_active(&agent, &name, 0);
 }
 
-/// `limiter run` with bad proxy flags: exit 2, one `limiter: error:` line naming the flag,
-/// nothing attached, no control socket.
+/// `limiter run` with a bad flag: exit 2, one `limiter: error:` line naming it, nothing left.
 fn expect_usage_error(args: &[&str], needle: &str) {
-    let bed = TestBed::new();
-    let socket = Agent::socket_path();
-    let socket_arg = socket.display().to_string();
-    let mut full = vec!["run", "--iface", &bed.srv_veth];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--control-socket", &socket_arg]);
-    let finished = Agent::run_to_exit(&bed, &full);
-    let errors = finished.error_lines();
-    assert_eq!(
-        errors.len(),
-        1,
-        "{full:?}: want exactly one `limiter: error:` line; stderr: {:#?}",
-        finished.stderr
-    );
-    assert!(
-        errors[0].contains(needle),
-        "{full:?}: the error should name {needle:?}: {:?}",
-        errors[0]
-    );
-    assert_eq!(
-        finished.status.code(),
-        Some(2),
-        "{full:?}: exit status {} (stderr {:?})",
-        finished.status,
-        finished.stderr
-    );
-    bed.assert_no_xdp(&format!("{full:?}"));
-    assert!(
-        !socket.exists(),
-        "{full:?}: control socket {} left behind",
-        socket.display()
-    );
+    expect_refusal(args, 2, &[needle]);
 }
 
 #[test]
