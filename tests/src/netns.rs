@@ -70,49 +70,10 @@ impl TestBed {
             bed.created.lock().unwrap().push(ns.clone());
         }
         // Created directly inside the namespaces: no interface of ours ever exists on the host.
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &bed.srv_veth,
-                "netns",
-                &bed.srv_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &bed.cli_veth,
-                "netns",
-                &bed.cli_ns,
-            ],
-        );
-        for (ns, dev, v4, v6) in [
+        veth_pair(
             (&bed.srv_ns, &bed.srv_veth, bed.srv_v4, bed.srv_v6),
             (&bed.cli_ns, &bed.cli_veth, bed.cli_v4, bed.cli_v6),
-        ] {
-            run_ok(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev],
-            );
-            // nodad: the address is usable at once instead of after duplicate detection.
-            run_ok(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ],
-            );
-            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
-            run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
-        }
+        );
         // XDP_TX on a veth (the agent's RSTs for `reset`) puts the frame on the peer's ring,
         // which needs NAPI on the client end (GRO on) and, on Linux 6.18, an XDP program there
         // too: `veth_xdp_flush` only wakes the peer's NAPI if the peer has one, so without it
@@ -276,48 +237,10 @@ impl TestBed {
         };
         run_ok("ip", &["netns", "add", &ups.ns]);
         self.created.lock().unwrap().push(ups.ns.clone());
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &ups.srv_veth,
-                "netns",
-                &self.srv_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &ups.ups_veth,
-                "netns",
-                &ups.ns,
-            ],
-        );
-        for (ns, dev, v4, v6) in [
+        veth_pair(
             (&self.srv_ns, &ups.srv_veth, ups.srv_v4, ups.srv_v6),
             (&ups.ns, &ups.ups_veth, ups.ups_v4, ups.ups_v6),
-        ] {
-            run_ok(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev],
-            );
-            run_ok(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ],
-            );
-            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
-            run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
-        }
+        );
         for (ns, dev) in [(&self.srv_ns, &ups.srv_veth), (&ups.ns, &ups.ups_veth)] {
             eventually(
                 "the upstream veth pair to come up",
@@ -450,5 +373,42 @@ impl Drop for TestBed {
 impl Default for TestBed {
     fn default() -> Self {
         TestBed::new()
+    }
+}
+
+/// One end of a veth pair: namespace, interface, IPv4 (/30) and IPv6 (/64) address.
+type VethEnd<'a> = (&'a str, &'a str, Ipv4Addr, Ipv6Addr);
+
+/// Creates a veth pair with its ends directly inside two namespaces (no interface of ours ever
+/// exists on the host), addresses both ends and brings them and `lo` up.
+fn veth_pair(a: VethEnd<'_>, b: VethEnd<'_>) {
+    run_ok(
+        "ip",
+        &[
+            "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+        ],
+    );
+    for (ns, dev, v4, v6) in [a, b] {
+        run_ok(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", dev],
+        );
+        // nodad: the address is usable at once instead of after duplicate detection.
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        );
+        run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
     }
 }
