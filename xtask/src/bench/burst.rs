@@ -111,27 +111,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
 fn install_rules(bed: &TestBed, system: System) -> Result<&'static str> {
     let limit = LIMIT.to_string();
     if system.iptables() {
-        bed.exec(
-            &bed.server_ns,
-            &[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--syn",
-                "--dport",
-                &PORT.to_string(),
-                "-m",
-                "connlimit",
-                "--connlimit-above",
-                &limit,
-                "--connlimit-mask",
-                "0",
-                "-j",
-                "DROP",
-            ],
-        )?;
+        bed.iptables_connlimit(PORT, &limit)?;
         Ok("delete table ip filter")
     } else {
         bed.nft(&format!(

@@ -315,27 +315,7 @@ fn set_up<'a>(ctx: &Ctx, bed: &'a TestBed, config: Config) -> Result<Setup<'a>> 
             ))?;
         }
         Config::IptConnlimit => {
-            bed.exec(
-                &bed.server_ns,
-                &[
-                    "iptables",
-                    "-A",
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "--dport",
-                    &PORT.to_string(),
-                    "-m",
-                    "connlimit",
-                    "--connlimit-above",
-                    &limit,
-                    "--connlimit-mask",
-                    "0",
-                    "-j",
-                    "DROP",
-                ],
-            )?;
+            bed.iptables_connlimit(PORT, &limit)?;
         }
         _ => {}
     }

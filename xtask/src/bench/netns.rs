@@ -142,6 +142,33 @@ impl TestBed {
 
     /// Runs a command inside namespace `ns` (`ip netns exec`, which also gives it that
     /// namespace's /sys); fails with its stderr.
+    /// iptables `connlimit` on the server: SYNs to `port` beyond `limit` connections (all
+    /// sources together) are dropped.
+    pub fn iptables_connlimit(&self, port: u16, limit: &str) -> Result<String> {
+        let port = port.to_string();
+        self.exec(
+            &self.server_ns,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--syn",
+                "--dport",
+                &port,
+                "-m",
+                "connlimit",
+                "--connlimit-above",
+                limit,
+                "--connlimit-mask",
+                "0",
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
         cmd::output_quiet(command("ip").args(["netns", "exec", ns]).args(args))
     }
