@@ -255,35 +255,81 @@ fn run() -> Result<bool> {
     Ok(all_ok)
 }
 
-/// nftables and iptables (the peers measured side by side); installed with apt when missing.
-/// Returns whether iptables (with the connlimit match) is usable.
+/// What the bench runs next to limiter, from Debian: (package, why). Envoy comes from PyPI
+/// (`peers::envoy`).
+const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
+    ("nftables", "nftables `ct count` and plain drop, measured side by side"),
+    ("iptables", "iptables `connlimit`"),
+    ("haproxy", "HAProxy `maxconn`, and its TCP proxy next to limiter's"),
+    ("nginx", "nginx"),
+    ("libnginx-mod-stream", "nginx's stream module (`limit_conn` on TCP)"),
+    ("iperf3", "throughput of one connection, with and without limiter"),
+];
+
+/// The bench's peers and tools (BENCH_APT_PACKAGES), installed with apt when missing, with no
+/// service started by the packages' install scripts (a policy-rc.d that says no, for the
+/// install only, when the machine has none). Returns whether iptables (with the connlimit
+/// match) is usable.
 fn bench_packages() -> Result<bool> {
     let installed = |p: &str| {
         cmd::capture(command("dpkg-query").args(["-W", "-f=${Status}", p]))
             .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
             .unwrap_or(false)
     };
-    let missing: Vec<&str> = ["nftables", "iptables"]
-        .into_iter()
+    let missing: Vec<&str> = BENCH_APT_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
         .filter(|p| !installed(p))
         .collect();
     if !missing.is_empty() {
-        println!(
-            "bench: installing {} (the netfilter limiters measured next to limiter)",
-            missing.join(" ")
-        );
+        println!("bench: installing {}", missing.join(" "));
+        for (package, why) in BENCH_APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+            println!("         {package}: {why}");
+        }
+        let _no_services = NoServiceStarts::install()?;
         let apt = |args: &[&str]| {
             let mut c = command("apt-get");
             c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
             c
         };
         cmd::run(&mut apt(&["update"]))?;
-        cmd::run(apt(&["install", "-y"]).args(&missing))?;
+        cmd::run(apt(&["install", "-y", "--no-install-recommends"]).args(&missing))?;
     }
-    if !installed("nftables") {
-        bail!("nftables is not installed");
+    for (package, _) in BENCH_APT_PACKAGES {
+        if *package != "iptables" && !installed(package) {
+            bail!("{package} is not installed");
+        }
     }
     Ok(installed("iptables"))
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("action not allowed") while packages install, so that
+/// installing nginx or HAProxy does not start them on the host; removed again on drop. Leaves an
+/// existing policy-rc.d alone.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn install() -> Result<NoServiceStarts> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        std::fs::write(&path, "#!/bin/sh\n# limiter bench: no services while installing\nexit 101\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(NoServiceStarts(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            eprintln!("bench: cleanup: removing {}: {e}", path.display());
+        }
+    }
 }
 
 /// The eBPF object of the release build: limiter-user's build script writes it to its OUT_DIR,
