@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -212,27 +212,27 @@ pub struct AgentConfig {
 
 /// Indexes of the program-wide per-CPU packet counters in `PACKET_STATS`.
 pub mod packet_stat {
-    /// Every frame the XDP program ran on.
-    pub const SEEN: u32 = 0;
+    // There is no "seen" counter: every frame ends in exactly one of the first four, so the agent
+    // adds them up, and the pass path pays one counter increment instead of two.
     /// Frames that are not a SYN for a limited listener (other protocols, other ports, non-SYN
     /// segments, fragments): passed untouched.
-    pub const NOT_OURS: u32 = 1;
+    pub const NOT_OURS: u32 = 0;
     /// Frames whose headers are truncated or invalid: passed untouched.
-    pub const MALFORMED: u32 = 2;
+    pub const MALFORMED: u32 = 1;
     /// SYNs to a limited listener that were admitted (new slot or retransmit).
-    pub const SYN_PASSED: u32 = 3;
+    pub const SYN_PASSED: u32 = 2;
     /// SYNs refused (dropped or reset).
-    pub const SYN_REFUSED: u32 = 4;
+    pub const SYN_REFUSED: u32 = 3;
     /// Refusals that should have been a RST but were dropped, because the SYN carried IPv4
     /// options or IPv6 extension headers the RST builder does not reflect.
-    pub const RESET_FELL_BACK_TO_DROP: u32 = 5;
+    pub const RESET_FELL_BACK_TO_DROP: u32 = 4;
     /// SYNs refused because the handshake table was full.
-    pub const PENDING_TABLE_FULL: u32 = 6;
+    pub const PENDING_TABLE_FULL: u32 = 5;
     /// Outgoing connections given keepalive by a `--keepalive-for` policy.
-    pub const KEEPALIVE_SET: u32 = 7;
+    pub const KEEPALIVE_SET: u32 = 6;
     /// Outgoing connections a policy matched but `bpf_setsockopt` refused.
-    pub const KEEPALIVE_FAILED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    pub const KEEPALIVE_FAILED: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]

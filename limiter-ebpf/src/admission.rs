@@ -1,9 +1,10 @@
 //! XDP admission: where a SYN is admitted or refused.
 //!
-//! Parse; pass everything that is not a SYN to a limited listener; let a retransmitted SYN that
-//! already holds a slot through; otherwise reserve a slot with one atomic fetch-add, or refuse
-//! with the listener's action. A reservation is handed to accounting when the handshake
-//! completes, or released by the agent when it does not complete in time.
+//! Parse; pass everything that is not a SYN to a limited listener; reserve a slot with one
+//! atomic fetch-add and record the handshake by 4-tuple, or, at the limit, let a retransmitted
+//! SYN that already holds a slot through and refuse the rest with the listener's action. A
+//! reservation is handed to accounting when the handshake completes, or released by the agent
+//! when it does not complete in time.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
@@ -24,7 +25,6 @@ const EEXIST: i32 = 17;
 
 #[xdp]
 pub fn admission(ctx: XdpContext) -> u32 {
-    count_packet(packet_stat::SEEN);
     let syn = match packet::parse(&ctx) {
         Frame::Syn(syn) => syn,
         Frame::NotOurs => return pass(packet_stat::NOT_OURS),
@@ -42,15 +42,17 @@ pub fn admission(ctx: XdpContext) -> u32 {
     if listener.action == action::CLOSE {
         return pass(packet_stat::SYN_PASSED);
     }
-    // A retransmitted SYN whose first copy holds a slot: neither a second slot nor a refusal.
-    if PENDING.get_ptr(flow).is_some() {
-        count_slot(listener.slot, |s| &mut s.syn_retransmitted);
-        return pass(packet_stat::SYN_PASSED);
-    }
     let Some(usage) = Usage::of(listener.slot) else {
         return pass(packet_stat::NOT_OURS);
     };
     if !usage.try_reserve(listener.limit) {
+        // At the limit. A retransmitted SYN whose first copy holds a slot still passes; there
+        // can be none unless a handshake is in flight, so a listener held at its limit by
+        // established connections (a flood's case) refuses without the 4-tuple lookup.
+        if usage.handshakes_in_flight() && PENDING.get_ptr(flow).is_some() {
+            count_slot(listener.slot, |s| &mut s.syn_retransmitted);
+            return pass(packet_stat::SYN_PASSED);
+        }
         return refuse(&ctx, &syn, &listener);
     }
     // SAFETY: a helper without arguments or side effects.
@@ -65,7 +67,8 @@ pub fn admission(ctx: XdpContext) -> u32 {
             count_slot(listener.slot, |s| &mut s.syn_admitted);
             pass(packet_stat::SYN_PASSED)
         }
-        // The same SYN, retransmitted, won the race on another CPU and holds the slot.
+        // A retransmitted SYN whose first copy holds a slot (or the same SYN that won a race on
+        // another CPU): give back the slot just taken; neither a second slot nor a refusal.
         Err(err) if err as i32 == -EEXIST => {
             usage.release_reservation();
             count_slot(listener.slot, |s| &mut s.syn_retransmitted);

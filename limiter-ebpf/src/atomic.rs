@@ -42,6 +42,16 @@ impl Usage {
         true
     }
 
+    /// Whether any reservation of this listener is a handshake still in flight (reserved but
+    /// not yet counted as active). Two plain reads, not one snapshot: a connection closing or
+    /// completing between them can make it answer `false` for a moment, which only means a
+    /// retransmitted SYN arriving in that instant is refused and retransmitted again.
+    #[inline(always)]
+    pub fn handshakes_in_flight(&self) -> bool {
+        let active = self.active().load();
+        self.reserved().load() > active
+    }
+
     /// Takes a slot regardless of the limit: the kernel already holds the connection.
     #[inline(always)]
     pub fn reserve_unconditionally(&self) {

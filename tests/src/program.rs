@@ -89,6 +89,20 @@ impl Packets {
         self.0[index as usize]
     }
 
+    /// Frames the program ran on: every frame ends in exactly one of these four outcomes (the
+    /// program keeps no "seen" counter of its own; the agent adds them up the same way).
+    pub fn seen(&self) -> u64 {
+        [
+            packet_stat::NOT_OURS,
+            packet_stat::MALFORMED,
+            packet_stat::SYN_PASSED,
+            packet_stat::SYN_REFUSED,
+        ]
+        .iter()
+        .map(|&i| self.get(i))
+        .sum()
+    }
+
     /// How much each counter grew since `before`.
     pub fn since(&self, before: &Packets) -> Packets {
         Packets(std::array::from_fn(|i| self.0[i] - before.0[i]))
@@ -195,6 +209,13 @@ impl AdmissionProgram {
     pub fn usage(&self, slot: u32) -> SlotUsage {
         let usage: Array<_, SlotUsage> = Array::try_from(self.map(map_names::SLOT_USAGE)).unwrap();
         usage.get(&slot, 0).expect("read SLOT_USAGE")
+    }
+
+    /// Overwrites a slot's budget, as connections counted by accounting would leave it.
+    pub fn set_usage(&mut self, slot: u32, usage: SlotUsage) {
+        let mut map: Array<_, SlotUsage> =
+            Array::try_from(self.ebpf.map_mut(map_names::SLOT_USAGE).unwrap()).unwrap();
+        map.set(slot, usage, 0).expect("write SLOT_USAGE");
     }
 
     /// A slot's event counters summed over CPUs.

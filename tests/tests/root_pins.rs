@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use limiter_common::MAP_LAYOUT_VERSION;
 use limiter_tests::{
     Agent, Side, TestBed,
     client::{EchoServer, Hold, ServerMode, addr},
@@ -60,7 +61,8 @@ fn ensure_bpffs() {
 }
 
 fn pins_exist(dir: &Path) -> bool {
-    dir.join("v1/maps/LISTENERS").exists() && dir.join("v1/links/accounting").exists()
+    let layout = dir.join(format!("v{MAP_LAYOUT_VERSION}"));
+    layout.join("maps/LISTENERS").exists() && layout.join("links/accounting").exists()
 }
 
 #[test]
@@ -258,13 +260,13 @@ fn root_pins_of_another_layout_are_refused_not_misread() {
     let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{out:?}");
     assert!(
-        errors[0].contains("--pin-dir") && errors[0].contains("v1"),
+        errors[0].contains("--pin-dir") && errors[0].contains(&format!("v{MAP_LAYOUT_VERSION}")),
         "{}",
         errors[0]
     );
     assert!(foreign.exists(), "the foreign pins were touched");
     assert!(
-        !pins.0.join("v1").exists(),
+        !pins.0.join(format!("v{MAP_LAYOUT_VERSION}")).exists(),
         "pins created next to a foreign layout"
     );
     bed.assert_no_xdp("after refusing foreign pins");

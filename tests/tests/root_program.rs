@@ -170,9 +170,69 @@ fn root_ipv4_syn_admitted_retransmitted_then_dropped() {
         }
     );
     let packets = program.packets();
-    assert_eq!(packets.get(packet_stat::SEEN), 5);
+    assert_eq!(packets.seen(), 5);
     assert_eq!(packets.get(packet_stat::SYN_PASSED), 4);
     assert_eq!(packets.get(packet_stat::SYN_REFUSED), 1);
+}
+
+/// A listener held at its limit by established connections (no handshake in flight) refuses
+/// every SYN; the retransmit check only looks for a held slot while handshakes are in flight.
+#[test]
+fn root_syn_refused_at_a_limit_of_established_connections() {
+    let mut program = program_with(listener_v4(SERVER4, PORT), 2, action::DROP);
+    let full = SlotUsage {
+        reserved: 2,
+        active: 2,
+    };
+    program.set_usage(0, full);
+    let before = program.packets();
+    for port in [40_000, 40_001, 40_000] {
+        expect(
+            &program,
+            &syn4(port),
+            XDP_DROP,
+            "SYN at a limit of established",
+        );
+    }
+    assert_eq!(program.usage(0), full);
+    assert!(program.pending().is_empty());
+    let delta = program.packets().since(&before);
+    assert_eq!(
+        (delta.seen(), delta.get(packet_stat::SYN_REFUSED)),
+        (3, 3),
+        "{delta:?}"
+    );
+    assert_eq!(program.slot_stats(0).refused_drop, 3);
+
+    // One connection closes: the next SYN takes its slot and is a handshake in flight; at the
+    // limit again, its retransmit passes and another client is refused.
+    program.set_usage(
+        0,
+        SlotUsage {
+            reserved: 1,
+            active: 1,
+        },
+    );
+    expect(&program, &syn4(40_002), XDP_PASS, "SYN into the freed slot");
+    expect(
+        &program,
+        &syn4(40_002),
+        XDP_PASS,
+        "its retransmit at the limit",
+    );
+    expect(
+        &program,
+        &syn4(40_003),
+        XDP_DROP,
+        "another client at the limit",
+    );
+    assert_eq!(
+        program.usage(0),
+        SlotUsage {
+            reserved: 2,
+            active: 1
+        }
+    );
 }
 
 #[test]
@@ -389,10 +449,7 @@ fn root_non_syn_segments_pass() {
     let delta = program.packets().since(&before);
     let n = 2 * flag_sets.len() as u64;
     assert_eq!(
-        (
-            delta.get(packet_stat::SEEN),
-            delta.get(packet_stat::NOT_OURS)
-        ),
+        (delta.seen(), delta.get(packet_stat::NOT_OURS)),
         (n, n),
         "{delta:?}"
     );
@@ -772,10 +829,7 @@ fn root_non_tcp_passes() {
     let delta = program.packets().since(&before);
     let n = frames.len() as u64;
     assert_eq!(
-        (
-            delta.get(packet_stat::SEEN),
-            delta.get(packet_stat::NOT_OURS)
-        ),
+        (delta.seen(), delta.get(packet_stat::NOT_OURS)),
         (n, n),
         "{delta:?}"
     );
@@ -864,7 +918,7 @@ fn root_fuzz_frames_not_ours_always_pass() {
         (program.slot_stats(0), program.slot_stats(1)),
         (stats0, stats1)
     );
-    assert_eq!(delta.get(packet_stat::SEEN), fed, "{delta:?}");
+    assert_eq!(delta.seen(), fed, "{delta:?}");
     assert_eq!(
         delta.get(packet_stat::NOT_OURS) + delta.get(packet_stat::MALFORMED),
         fed,

@@ -23,10 +23,14 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// Limited, with room to spare (slot 0): SYN admitted, SYN retransmitted, non-SYN pass.
 const PORT_OPEN: u16 = 8000;
-/// Limited and full, `drop` (slot 1). The minimal drop program drops SYNs to this port too.
+/// Limited and full of established connections, `drop` (slot 1). The minimal drop program drops
+/// SYNs to this port too.
 pub const PORT_FULL_DROP: u16 = 8001;
-/// Limited and full, `reset` (slot 2).
+/// Limited and full of established connections, `reset` (slot 2).
 const PORT_FULL_RESET: u16 = 8002;
+/// Limited and full, `drop`, its one slot a handshake in flight (slot 3): a refused SYN is
+/// first looked up as a possible retransmit.
+const PORT_FULL_HANDSHAKE: u16 = 8003;
 /// Not limited.
 const PORT_OTHER: u16 = 9999;
 /// Listeners configured in the "many listeners" phase.
@@ -107,13 +111,16 @@ impl Programs {
     fn load(ctx: &Ctx, listeners: u32) -> Result<Programs> {
         let mut limiter = Limiter::load(&ctx.object)?;
         limiter.add_listener(SERVER, PORT_OPEN, 0, u64::MAX / 2, action::DROP)?;
+        // At the limit as in a flood: every slot an established connection.
         limiter.add_listener(SERVER, PORT_FULL_DROP, 1, 1, action::DROP)?;
-        limiter.set_reserved(1, 1)?;
+        limiter.set_usage(1, 1, 1)?;
         limiter.add_listener(SERVER, PORT_FULL_RESET, 2, 1, action::RESET)?;
-        limiter.set_reserved(2, 1)?;
+        limiter.set_usage(2, 1, 1)?;
+        limiter.add_listener(SERVER, PORT_FULL_HANDSHAKE, 3, 1, action::DROP)?;
+        limiter.set_usage(3, 1, 0)?;
         // More listeners (other ports of the same address, each its own slot), as a node
         // with many limited services would have.
-        for i in 3..listeners {
+        for i in 4..listeners {
             limiter.add_listener(SERVER, 10_000 + i as u16, i, 100, action::DROP)?;
         }
         Ok(Programs {
@@ -186,9 +193,17 @@ fn repeated_cases() -> Vec<Repeated> {
         },
         Repeated {
             key: "limiter_syn_refused_drop",
-            label: "limiter: SYN refused, drop",
+            label: "limiter: SYN refused, drop (limit held by established connections)",
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
+            verdict: XDP_DROP,
+            counter: Some(packet_stat::SYN_REFUSED),
+        },
+        Repeated {
+            key: "limiter_syn_refused_drop_handshake",
+            label: "limiter: SYN refused, drop, while a handshake is in flight (retransmit lookup)",
+            prog: Prog::Limiter,
+            frame: frames::tcp(c, 40_000, PORT_FULL_HANDSHAKE, TCP_SYN),
             verdict: XDP_DROP,
             counter: Some(packet_stat::SYN_REFUSED),
         },
@@ -293,8 +308,17 @@ fn measure_phases(
                 if let Some(counter) = c.counter {
                     let after = progs.limiter.packets()?;
                     let grew = after[counter as usize] - before[counter as usize];
-                    let seen =
-                        after[packet_stat::SEEN as usize] - before[packet_stat::SEEN as usize];
+                    // Every frame ends in exactly one outcome counter (there is no "seen").
+                    let outcomes = [
+                        packet_stat::NOT_OURS,
+                        packet_stat::MALFORMED,
+                        packet_stat::SYN_PASSED,
+                        packet_stat::SYN_REFUSED,
+                    ];
+                    let seen: u64 = outcomes
+                        .iter()
+                        .map(|&i| after[i as usize] - before[i as usize])
+                        .sum();
                     if grew != u64::from(repeat) || seen != u64::from(repeat) {
                         bail!(
                             "{}: {seen} runs seen, {grew} on the intended path, of {repeat}: not \
@@ -388,8 +412,11 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
             "limiter's XDP program `admission` is loaded from the release build's object (the one \
              the agent embeds) and never attached; its maps are filled as the agent fills them: \
              listener 198.18.0.1:{PORT_OPEN} with a limit of 2^63 (room to spare), \
-             198.18.0.1:{PORT_FULL_DROP} full with action `drop`, 198.18.0.1:{PORT_FULL_RESET} \
-             full with action `reset`. The baselines are compiled from C with `clang -O2 -target \
+             198.18.0.1:{PORT_FULL_DROP} at its limit of established connections with action \
+             `drop`, 198.18.0.1:{PORT_FULL_RESET} the same with action `reset`, and \
+             198.18.0.1:{PORT_FULL_HANDSHAKE} at its limit with action `drop` while its one slot \
+             is a handshake still in flight (only then can a SYN be a retransmit holding a slot, \
+             so only then does a refusal cost a 4-tuple lookup). The baselines are compiled from C with `clang -O2 -target \
              bpf` in the same run (`xtask/src/bench/xdp_pass.c`, `xdp_drop_syn.c`): an empty \
              XDP_PASS program and a minimal program that drops a SYN to port {PORT_FULL_DROP} \
              (Ethernet, IPv4, TCP, no state)."
@@ -418,7 +445,7 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
         ),
         format!(
             "The same measurements are made, in the same loop, on a second instance of the program \
-             with {MANY_LISTENERS} listener limits configured (ports 10003–19999 on 198.18.0.1, one \
+             with {MANY_LISTENERS} listener limits configured (ports 10004–19999 on 198.18.0.1, one \
              slot each, plus the three above), so the two can be compared run by run."
         ),
     ];

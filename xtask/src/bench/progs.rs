@@ -217,18 +217,12 @@ impl Limiter {
         Ok(())
     }
 
-    /// Marks `reserved` slots of `slot` as taken (a listener at its limit).
-    pub fn set_reserved(&mut self, slot: u32, reserved: u64) -> Result<()> {
+    /// Sets a slot's budget: `reserved` slots taken, `active` of them established connections
+    /// (the rest handshakes in flight), as the programs leave it.
+    pub fn set_usage(&mut self, slot: u32, reserved: u64, active: u64) -> Result<()> {
         let mut usage: Array<_, SlotUsage> =
             Array::try_from(map_mut(&mut self.prog.ebpf, map_names::SLOT_USAGE)?)?;
-        usage.set(
-            slot,
-            SlotUsage {
-                reserved,
-                active: 0,
-            },
-            0,
-        )?;
+        usage.set(slot, SlotUsage { reserved, active }, 0)?;
         Ok(())
     }
 
