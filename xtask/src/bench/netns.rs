@@ -3,7 +3,7 @@
 //! Dropping a [`TestBed`] deletes both namespaces, and with them the veth pair, every address,
 //! route, nftables/iptables rule and XDP program in them.
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     path::Path,
@@ -555,4 +555,176 @@ pub fn churn(ns: &str, port: u16, threads: usize, window: Duration) -> Result<(u
         failed += f;
     }
     Ok((ok, failed))
+}
+
+/// Whether a socket in the server namespace listens on local port `port` (LISTEN in
+/// /proc/thread-self/net/tcp): a server started as a separate process is ready. Call from a
+/// thread inside the server namespace.
+pub fn listening_here(port: u16) -> Result<bool> {
+    let mut text = String::new();
+    std::fs::File::open("/proc/thread-self/net/tcp")
+        .context("opening /proc/thread-self/net/tcp")?
+        .read_to_string(&mut text)?;
+    let wanted = format!(":{port:04X}");
+    Ok(text.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1).unwrap_or_default();
+        let state = f.nth(1).unwrap_or_default();
+        local.ends_with(&wanted) && state == "0A"
+    }))
+}
+
+impl TestBed {
+    /// [`TestBed::threaded_napi`] after an XDP program was attached anew: the veth then has a
+    /// new NAPI thread, and until the old one is gone the name finds either. Waits for a thread
+    /// other than `previous`, pinned and SCHED_FIFO as there.
+    pub fn threaded_napi_anew(
+        &self,
+        server_side: bool,
+        cpu: usize,
+        previous: Option<u32>,
+    ) -> Result<u32> {
+        cmd::poll_until(
+            "a new NAPI thread",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let pid = self.threaded_napi(server_side, cpu)?;
+                Ok(if Some(pid) == previous {
+                    cmd::Check::NotYet(format!("still the old thread {pid}"))
+                } else {
+                    cmd::Check::Done(pid)
+                })
+            },
+        )
+    }
+}
+
+/// The greeting a [`Greeter`] sends on every connection it accepts.
+pub const GREETING: u8 = b'g';
+
+/// An upstream that shows a connection was served: a thread in the server namespace accepting
+/// on `SERVER_IP:port` that writes [`GREETING`] on every connection, keeps it open until the
+/// other end closes it, then closes its side with a RST (SO_LINGER 0). Through a proxy, a client
+/// that read the greeting knows the proxy connected it to the upstream (an accept followed by a
+/// close, which is also what a proxy that refuses or cannot reach its upstream does, would not
+/// tell); and no side of a proxied connection ends in TIME_WAIT, so a rate test does not run out
+/// of ports on the proxy's upstream side.
+pub struct Greeter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Greeter {
+    pub fn start(ns: &str, port: u16) -> Result<Greeter> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let ns_name = ns.to_string();
+        let stop2 = Arc::clone(&stop);
+        let thread = thread::spawn(move || -> Result<()> {
+            let listener = (|| -> Result<Socket> {
+                sys::enter_netns(&ns_name)?;
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
+                socket.listen(4096)?;
+                socket.set_nonblocking(true)?;
+                Ok(socket)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut open: Vec<Socket> = Vec::new();
+            let mut buf = [0u8; 4096];
+            let end = Instant::now() + SERVER_LIFETIME;
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
+                let mut fds: Vec<libc::pollfd> = std::iter::once(&listener)
+                    .chain(&open)
+                    .map(|s| libc::pollfd {
+                        fd: s.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                // SAFETY: `fds` is a valid array of its length.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+                // Closed by the other end (EOF or error): close ours with a RST. Anything else
+                // it sent is read and dropped.
+                let mut keep = Vec::with_capacity(open.len());
+                for (conn, fd) in open.drain(..).zip(&fds[1..]) {
+                    if fd.revents == 0 {
+                        keep.push(conn);
+                        continue;
+                    }
+                    match (&conn).read(&mut buf) {
+                        Ok(n) if n > 0 => keep.push(conn),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => keep.push(conn),
+                        _ => {
+                            conn.set_linger(Some(Duration::ZERO)).ok();
+                        }
+                    }
+                }
+                open = keep;
+                loop {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            conn.set_nonblocking(true)?;
+                            // One byte into an empty send buffer: never blocks.
+                            if (&conn).write(&[GREETING]).is_ok() {
+                                open.push(conn);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // The client gave up before the accept (it reset a queued connection).
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                        Err(e) => return Err(e).context("accept"),
+                    }
+                }
+            }
+            for conn in open {
+                conn.set_linger(Some(Duration::ZERO)).ok();
+            }
+            Ok(())
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e).context(format!("listening on {SERVER_IP}:{port}")),
+            Err(_) => bail!("the greeter thread did not start listening"),
+        }
+        Ok(Greeter {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting and closes every open connection (and the listener).
+    pub fn stop(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| bail!("the greeter thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Greeter {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            eprintln!("bench: cleanup: greeter: {e:#}");
+        }
+    }
 }

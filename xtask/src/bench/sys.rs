@@ -302,3 +302,40 @@ pub fn napi_thread(device: &str) -> Option<u32> {
         comm.starts_with(&prefix).then_some(pid)
     })
 }
+
+/// The thread ids of a process (`/proc/PID/task`).
+fn tasks(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/task");
+    Ok(fs::read_dir(&dir)
+        .with_context(|| format!("listing {dir}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// Pins every thread of a process to one CPU (a multi-threaded server started before it could
+/// be pinned with `taskset`: the agent). Threads it starts later inherit the pinning.
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    for task in tasks(pid)? {
+        pin(task as libc::pid_t, cpu).with_context(|| format!("pinning process {pid}"))?;
+    }
+    Ok(())
+}
+
+/// Time all threads of a process have run, in ns (the sum of /proc/PID/task/*/schedstat; a
+/// thread that ended takes its time with it, so read this around long-lived threads only).
+pub fn process_tasks_cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in tasks(pid)? {
+        let path = format!("/proc/{pid}/task/{task}/schedstat");
+        let Ok(text) = fs::read_to_string(&path) else {
+            // Ended between the listing and now.
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("unexpected {path}: {text:?}"))?;
+    }
+    Ok(total)
+}
