@@ -28,18 +28,18 @@ use crate::cmd;
 
 pub const PORT: u16 = 8000;
 /// Connections held open: the listener's limit.
-const HELD: usize = 16;
+pub const HELD: usize = 16;
 const LISTENER: &str = "198.18.0.1:8000";
 /// The generator and the generator veth's NAPI thread run here; the server veth's NAPI thread
 /// on SERVER_CPU.
-const GENERATOR_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
+pub const GENERATOR_CPU: usize = 0;
+pub const SERVER_CPU: usize = 1;
 /// Offered SYNs per second, the same for every configuration: low enough that each of them
 /// takes every SYN (so all are compared at the same load, none saturated).
 const RATE: f64 = 100_000.0;
 /// Frames per BPF_PROG_TEST_RUN call of the generator (one batch, one flush into the veth: a
 /// server wakes up to a burst of this many SYNs, as after a NIC interrupt).
-const BURST: u32 = 128;
+pub const BURST: u32 = 128;
 /// Frames per call when the generator runs flat out (about 20–50 ms of work).
 const FLAT_OUT_CALL: u32 = 1 << 16;
 
@@ -54,7 +54,7 @@ pub enum Config {
 }
 
 impl Config {
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             Config::Limiter => "limiter",
             Config::XdpDrop => "xdp_drop",
@@ -65,7 +65,7 @@ impl Config {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Config::Limiter => "limiter (native XDP, agent at its limit)",
             Config::XdpDrop => "bare XDP drop-SYN program",
@@ -227,7 +227,7 @@ struct Plan {
 }
 
 /// The server veth's NAPI thread: a new one each time XDP is attached from none.
-fn server_napi(bed: &TestBed, previous: Option<u32>) -> Result<u32> {
+pub fn server_napi(bed: &TestBed, previous: Option<u32>) -> Result<u32> {
     cmd::poll_until(
         "the server veth's NAPI thread",
         Duration::from_secs(5),
@@ -244,10 +244,10 @@ fn server_napi(bed: &TestBed, previous: Option<u32>) -> Result<u32> {
 }
 
 /// What is set up for one configuration; torn down in order on drop.
-struct Setup<'a> {
+pub struct Setup<'a> {
     bed: &'a TestBed,
     config: Config,
-    agent: Option<Agent>,
+    pub agent: Option<Agent>,
     held: Vec<socket2::Socket>,
     server: Option<Server>,
 }
@@ -274,7 +274,26 @@ impl Drop for Setup<'_> {
     }
 }
 
-fn set_up<'a>(ctx: &Ctx, bed: &'a TestBed, config: Config) -> Result<Setup<'a>> {
+/// A second listener limited by the same configuration (its own port and limit, no connections
+/// held), for part "legit"'s clients.
+#[derive(Clone, Copy)]
+pub struct Also {
+    pub port: u16,
+    pub limit: usize,
+}
+
+/// Sets up `config` on the server: the filter (limiter's agent, an XDP program, nftables or
+/// iptables rules) for the flood's port and for `also`, a server on the flood's port, and for
+/// the limiting configurations HELD connections holding it at its limit.
+pub fn set_up<'a>(
+    ctx: &Ctx,
+    bed: &'a TestBed,
+    config: Config,
+    also: Option<Also>,
+) -> Result<Setup<'a>> {
+    if also.is_some() && !matches!(config, Config::Limiter | Config::NftCtCount) {
+        bail!("a second limited listener is only set up for limiter and nftables `ct count`");
+    }
     let mut setup = Setup {
         bed,
         config,
@@ -285,18 +304,23 @@ fn set_up<'a>(ctx: &Ctx, bed: &'a TestBed, config: Config) -> Result<Setup<'a>> 
     let limit = HELD.to_string();
     match config {
         Config::Limiter => {
+            let mut args = vec![
+                "--iface".into(),
+                bed.server_veth.clone(),
+                "--limit".into(),
+                format!("{LISTENER}={limit}"),
+                "--xdp-mode".into(),
+                "native".into(),
+            ];
+            if let Some(also) = also {
+                args.push("--limit".into());
+                args.push(format!("{SERVER_IP}:{}={}", also.port, also.limit));
+            }
             setup.agent = Some(Agent::start(
                 &ctx.agent,
                 &ctx.scratch.dir,
                 &bed.server_ns,
-                &[
-                    "--iface".into(),
-                    bed.server_veth.clone(),
-                    "--limit".into(),
-                    format!("{LISTENER}={limit}"),
-                    "--xdp-mode".into(),
-                    "native".into(),
-                ],
+                &args,
             )?);
         }
         Config::XdpDrop => bed.attach_xdp(true, &ctx.objects.drop_syn_flood)?,
@@ -305,9 +329,16 @@ fn set_up<'a>(ctx: &Ctx, bed: &'a TestBed, config: Config) -> Result<Setup<'a>> 
     let chain = "add table inet limbench; add chain inet limbench input { type filter hook input priority filter; policy accept; }";
     match config {
         Config::NftCtCount => {
-            bed.nft(&format!(
-                "{chain}; add rule inet limbench input tcp dport {PORT} ct state new ct count over {limit} counter drop"
-            ))?;
+            let rule = |port: u16, limit: &str| {
+                format!(
+                    "add rule inet limbench input tcp dport {port} ct state new ct count over {limit} counter drop"
+                )
+            };
+            let mut script = format!("{chain}; {}", rule(PORT, &limit));
+            if let Some(also) = also {
+                script += &format!("; {}", rule(also.port, &also.limit.to_string()));
+            }
+            bed.nft(&script)?;
         }
         Config::NftDrop => {
             bed.nft(&format!(
@@ -416,7 +447,7 @@ fn measure(
     generator: &Generator,
     napi_pid: &mut Option<u32>,
 ) -> Result<(Sample, Sample)> {
-    let setup = set_up(ctx, bed, config)?;
+    let setup = set_up(ctx, bed, config, None)?;
     let napi = server_napi(bed, *napi_pid)?;
     *napi_pid = Some(napi);
     let agent_pid = setup.agent.as_ref().map(Agent::pid);
@@ -510,7 +541,7 @@ fn sample_window(
 /// the flood). Attaching the generator program to a spare veth in the generator namespace keeps
 /// it in the dispatcher, so each call costs microseconds and bursts can be paced.
 pub struct Generator {
-    commands: mpsc::Sender<(Duration, Option<f64>)>,
+    commands: mpsc::Sender<(Duration, Option<Pace>)>,
     results: mpsc::Receiver<Result<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -548,7 +579,7 @@ impl Generator {
             PORT,
             TCP_SYN,
         );
-        let (commands, inbox) = mpsc::channel::<(Duration, Option<f64>)>();
+        let (commands, inbox) = mpsc::channel::<(Duration, Option<Pace>)>();
         let (outbox, results) = mpsc::channel();
         let (ns, veth, object) = (
             bed.client_ns.clone(),
@@ -585,7 +616,7 @@ impl Generator {
             // Bounded: one window per command, and the sender goes away with the part.
             while let Ok((window, rate)) = inbox.recv() {
                 let _ = outbox.send(match rate {
-                    Some(rate) => paced(&program, &template, ifindex, window, rate),
+                    Some(pace) => paced(&program, &template, ifindex, window, pace),
                     None => flat_out(&program, &template, ifindex, window),
                 });
             }
@@ -602,10 +633,23 @@ impl Generator {
         Ok(generator)
     }
 
-    /// Sends SYNs at `rate` (None: as fast as it can) for `window`; returns the number sent.
+    /// Sends SYNs at `rate` in bursts of BURST (None: as fast as it can) for `window`; returns
+    /// the number sent.
     pub fn run(&self, window: Duration, rate: Option<f64>) -> Result<u64> {
+        self.run_paced(
+            window,
+            rate.map(|rate| Pace {
+                rate,
+                burst: BURST,
+                spin: true,
+            }),
+        )
+    }
+
+    /// Sends SYNs as `pace` says (None: as fast as it can) for `window`; returns the number sent.
+    pub fn run_paced(&self, window: Duration, pace: Option<Pace>) -> Result<u64> {
         self.commands
-            .send((window, rate))
+            .send((window, pace))
             .context("the generator thread is gone")?;
         self.results
             .recv_timeout(window + Duration::from_secs(30))
@@ -623,17 +667,29 @@ impl Drop for Generator {
     }
 }
 
-/// Runs the generator for `window`: a burst of BURST frames (one BPF_PROG_TEST_RUN call, one
-/// flush into the veth) every BURST/rate seconds by the clock; the thread sleeps in between.
+/// Offered SYNs per second, sent in bursts of `burst` frames.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub rate: f64,
+    pub burst: u32,
+    /// Spin for the last 200 µs before each burst (exact timing, but the CPU is busy); without,
+    /// sleep until the burst is due (timing within the scheduler's wake-up latency, and the
+    /// CPU free for others in between).
+    pub spin: bool,
+}
+
+/// Runs the generator for `window`: a burst of `pace.burst` frames (one BPF_PROG_TEST_RUN call,
+/// one flush into the veth) every burst/rate seconds by the clock; the thread sleeps in between.
 /// Returns the number of frames sent.
 fn paced(
     program: &Loaded,
     template: &[u8],
     ifindex: u32,
     window: Duration,
-    rate: f64,
+    pace: Pace,
 ) -> Result<u64> {
-    let interval = Duration::from_secs_f64(f64::from(BURST) / rate);
+    let Pace { rate, burst, spin } = pace;
+    let interval = Duration::from_secs_f64(f64::from(burst) / rate);
     let start = Instant::now();
     let end = start + window;
     let mut sent = 0u64;
@@ -642,18 +698,20 @@ fn paced(
         let now = Instant::now();
         if now < next {
             let left = next - now;
-            if left > Duration::from_micros(300) {
+            if !spin {
+                std::thread::sleep(left);
+            } else if left > Duration::from_micros(300) {
                 std::thread::sleep(left - Duration::from_micros(200));
             }
-            while Instant::now() < next {
+            while spin && Instant::now() < next {
                 std::hint::spin_loop();
             }
         } else if now - next > 4 * interval {
             // Far behind (preempted): start afresh rather than send a catch-up flood.
             next = now;
         }
-        program.run_live(template, BURST, ifindex, BURST)?;
-        sent += u64::from(BURST);
+        program.run_live(template, burst, ifindex, burst)?;
+        sent += u64::from(burst);
         next += interval;
     }
     Ok(sent)
