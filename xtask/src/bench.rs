@@ -29,6 +29,8 @@ mod burst;
 mod cps;
 mod flood;
 mod frames;
+mod iperf;
+mod legit;
 mod netns;
 mod peers;
 mod pktcost;
@@ -82,7 +84,7 @@ pub struct Objects {
     pub generator_rx: PathBuf,
 }
 
-const ALL_PARTS: [&str; 6] = ["packet", "flood", "burst", "cps", "scale", "storm"];
+const ALL_PARTS: &[&str] = &["packet", "flood", "legit", "burst", "cps", "scale", "storm"];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -181,7 +183,7 @@ fn run() -> Result<bool> {
     let mut missing: Vec<(String, String)> = Vec::new();
     let mut noise: Vec<(String, Value)> = Vec::new();
     let mut all_ok = true;
-    for name in ALL_PARTS {
+    for &name in ALL_PARTS {
         if !parts.iter().any(|p| p == name) {
             missing.push((
                 name.to_string(),
@@ -200,6 +202,7 @@ fn run() -> Result<bool> {
         let result = match name {
             "packet" => pktcost::run(&ctx),
             "flood" => flood::run(&ctx),
+            "legit" => legit::run(&ctx),
             "burst" => burst::run(&ctx),
             "cps" => cps::run(&ctx),
             "scale" => scale::run(&ctx),

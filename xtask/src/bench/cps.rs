@@ -9,16 +9,24 @@ use serde_json::json;
 use super::{
     Ctx,
     agent::Agent,
-    netns::{self, OnAccept, Server, TestBed},
+    iperf,
+    netns::{self, OnAccept, SERVER_IP, Server, TestBed},
     report::{Bar, Chart, Part, Table, number, spread},
 };
 use crate::cmd;
 
 const PORT: u16 = 8200;
 const LISTENER: &str = "198.18.0.1:8200";
+/// iperf3's port, limited by limiter too, so its connection is counted and every one of its
+/// segments goes through admission's "not a SYN" path.
+const IPERF_PORT: u16 = 8201;
+const IPERF_LISTENER: &str = "198.18.0.1:8201";
 /// Never reached.
 const LIMIT: u32 = 1_000_000;
 const CLIENT_THREADS: usize = 2;
+/// iperf3's client and server run on different CPUs.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -55,8 +63,17 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let configs = [Config::NoProgram, Config::EmptyXdp, Config::Limiter];
     let bed = TestBed::create()?;
     let server = Server::start(&bed.server_ns, PORT, OnAccept::Reset)?;
-    let mut rates: Vec<(Config, Vec<f64>, u64)> =
-        configs.iter().map(|c| (*c, Vec::new(), 0)).collect();
+    let iperf_server = iperf::Server::start(
+        &bed,
+        &bed.server_ns,
+        &SERVER_IP.to_string(),
+        IPERF_PORT,
+        SERVER_CPU,
+    )?;
+    let mut rates: Vec<Measured> = configs
+        .iter()
+        .map(|c| (*c, Vec::new(), 0, Vec::new()))
+        .collect();
     let mut refused_by_limiter = 0;
     for _ in 0..reps {
         for (i, config) in configs.iter().enumerate() {
@@ -75,6 +92,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                             bed.server_veth.clone(),
                             "--limit".into(),
                             format!("{LISTENER}={LIMIT}"),
+                            "--limit".into(),
+                            format!("{IPERF_LISTENER}={LIMIT}"),
                             "--xdp-mode".into(),
                             "native".into(),
                         ],
@@ -82,8 +101,19 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 }
             }
             let result = netns::churn(&bed.client_ns, PORT, CLIENT_THREADS, window);
+            let bitrate = result.as_ref().ok().map(|_| {
+                iperf::throughput(
+                    &bed,
+                    &bed.client_ns,
+                    &SERVER_IP.to_string(),
+                    IPERF_PORT,
+                    window.as_secs(),
+                    CLIENT_CPU,
+                )
+            });
             if let Some(agent) = &agent {
                 refused_by_limiter += agent.counter(LISTENER, "refused_total")?;
+                refused_by_limiter += agent.counter(IPERF_LISTENER, "refused_total")?;
             }
             match config {
                 Config::EmptyXdp => bed.detach_xdp(true)?,
@@ -91,17 +121,21 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 Config::NoProgram => {}
             }
             let (ok, failed) = result?;
+            let bitrate = bitrate.context("iperf3 did not run")??;
             let rate = ok as f64 / window.as_secs_f64();
             println!(
-                "  {}: {:.0} connections/s ({failed} failed)",
+                "  {}: {:.0} connections/s ({failed} failed), one connection {:.2} Gbit/s",
                 config.label(),
-                rate
+                rate,
+                bitrate / 1e9
             );
             rates[i].1.push(rate);
             rates[i].2 += failed;
+            rates[i].3.push(bitrate);
         }
     }
     server.stop()?;
+    drop(iperf_server);
     drop(bed);
     if refused_by_limiter != 0 {
         bail!(
@@ -111,13 +145,17 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     Ok(report(&rates, window, reps))
 }
 
-fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> Part {
+/// A configuration's connections/s per window, failed connects, and iperf3 bits/s per window.
+type Measured = (Config, Vec<f64>, u64, Vec<f64>);
+
+fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let mut part = Part::new(
         "overhead",
         "4. Overhead when not limiting: connections per second",
     );
-    part.method = vec![format!(
-        "The same test bed; a server on 198.18.0.1:{PORT} accepts and closes every connection at \
+    part.method = vec![
+        format!(
+            "The same test bed; a server on 198.18.0.1:{PORT} accepts and closes every connection at \
          once with a RST (SO_LINGER 0: no TIME_WAIT, so the client never runs out of ports), and \
          {CLIENT_THREADS} client threads in the other namespace connect, wait for the RST, and \
          connect again, for {} s windows, {reps} repetitions, the configurations interleaved. \
@@ -126,8 +164,17 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
          4-tuple recorded) and sock_ops accounting (counted at ESTABLISHED, released at CLOSE). \
          The empty XDP program shows what attaching any native XDP program to a veth costs by \
          itself (the veth then receives through its NAPI ring).",
-        window.as_secs()
-    )];
+            window.as_secs()
+        ),
+        format!(
+            "After each connection-rate window, in the same configuration: iperf3, one TCP stream \
+         from the client namespace (CPU {CLIENT_CPU}) to `iperf3 -s` on \
+         {IPERF_LISTENER} (CPU {SERVER_CPU}) for {} s, the receiver's bitrate. With limiter, \
+         {IPERF_LISTENER} is limited too (`--limit {IPERF_LISTENER}={LIMIT}`), so iperf3's \
+         connections are counted and its segments go through the limited-port path.",
+            window.as_secs()
+        ),
+    ];
     let mut table = Table::new(
         "Connections per second (median over repetitions, min–max in brackets)",
         &[
@@ -148,7 +195,36 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
     let empty = median(Config::EmptyXdp);
     let mut bars = Vec::new();
     let mut json_configs = serde_json::Map::new();
-    for (config, r, failed) in rates {
+    let mut iperf_table = Table::new(
+        "Throughput of one established connection, iperf3 (Gbit/s; median over repetitions, \
+         min–max in brackets)",
+        &["configuration", "Gbit/s", "× no program", "× empty XDP"],
+    );
+    let gbits = |c: Config| {
+        rates
+            .iter()
+            .find(|r| r.0 == c)
+            .map_or(f64::NAN, |r| spread(&r.3).1 / 1e9)
+    };
+    let (none_bits, empty_bits) = (gbits(Config::NoProgram), gbits(Config::EmptyXdp));
+    let mut iperf_bars = Vec::new();
+    for (config, _, _, bits) in rates {
+        let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
+        iperf_table.row(vec![
+            config.label().to_string(),
+            format!("**{med:.2}** ({lo:.2}–{hi:.2})"),
+            format!("{:.3}", med / none_bits),
+            format!("{:.3}", med / empty_bits),
+        ]);
+        iperf_bars.push(Bar {
+            label: config.label().to_string(),
+            value: med,
+            low: lo,
+            high: hi,
+            ours: *config == Config::Limiter,
+        });
+    }
+    for (config, r, failed, bits) in rates {
         let (lo, med, hi) = spread(r);
         table.row(vec![
             config.label().to_string(),
@@ -166,16 +242,27 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
         });
         json_configs.insert(
             config.key().to_string(),
-            json!({"label": config.label(), "connections_per_s": r, "failed": failed}),
+            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits}),
         );
     }
     part.tables.push(table);
+    part.tables.push(iperf_table);
     let lim = median(Config::Limiter);
     part.notes.push(format!(
         "No target was set for this part. limiter keeps {:.1}% of the no-program rate and {:.1}% \
          of the empty-XDP rate.",
         lim / none * 100.0,
         lim / empty * 100.0
+    ));
+    let lim_bits = gbits(Config::Limiter);
+    part.notes.push(format!(
+        "One connection's throughput with limiter attached (the connection counted, every segment \
+         through admission's not-a-SYN path): {:.1}% of no program, {:.1}% of the empty XDP \
+         program. Attaching any native XDP program to a veth changes how it receives (frames \
+         through its NAPI ring, no GRO of the sender's segments), which is the no-program vs \
+         empty-XDP difference; a NIC runs its driver's XDP path either way.",
+        lim_bits / none_bits * 100.0,
+        lim_bits / empty_bits * 100.0
     ));
     part.json = json!({
         "window_s": window.as_secs_f64(), "repetitions": reps, "client_threads": CLIENT_THREADS,
@@ -185,6 +272,11 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
         title: "4. Connections per second when not limiting".into(),
         unit: "conn/s".into(),
         bars,
+    });
+    part.charts.push(Chart {
+        title: "4. Throughput of one connection (iperf3) when not limiting".into(),
+        unit: "Gbit/s".into(),
+        bars: iperf_bars,
     });
     part
 }
