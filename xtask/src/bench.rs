@@ -17,10 +17,12 @@
 //! 6. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
 //!    under a storm of connections at the limit, for limiter and Envoy `connection_limit`,
 //!    HAProxy `maxconn` and nginx `limit_conn` ([`storm`], the proxies from [`peers`]).
+//! 7. Proxy mode: connections per second and throughput of limiter's proxy against HAProxy,
+//!    Envoy `tcp_proxy` and nginx stream, one CPU each, and the direct path ([`proxy`]).
 //!
 //! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
 //! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
-//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale,storm` (which parts; default all),
+//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale,storm,proxy` (which parts; default all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
@@ -36,6 +38,7 @@ mod peers;
 mod pktcost;
 mod process;
 mod progs;
+mod proxy;
 mod report;
 mod scale;
 mod storm;
@@ -84,7 +87,9 @@ pub struct Objects {
     pub generator_rx: PathBuf,
 }
 
-const ALL_PARTS: &[&str] = &["packet", "flood", "legit", "burst", "cps", "scale", "storm"];
+const ALL_PARTS: &[&str] = &[
+    "packet", "flood", "legit", "burst", "cps", "scale", "storm", "proxy",
+];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -207,6 +212,7 @@ fn run() -> Result<bool> {
             "cps" => cps::run(&ctx),
             "scale" => scale::run(&ctx),
             "storm" => storm::run(&ctx),
+            "proxy" => proxy::run(&ctx),
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));

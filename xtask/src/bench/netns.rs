@@ -617,6 +617,12 @@ pub struct Greeter {
 
 impl Greeter {
     pub fn start(ns: &str, port: u16) -> Result<Greeter> {
+        Greeter::start_on(ns, port, None)
+    }
+
+    /// [`Greeter::start`] with its thread pinned to `cpu` (where it is part of the server side
+    /// being measured).
+    pub fn start_on(ns: &str, port: u16, cpu: Option<usize>) -> Result<Greeter> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let ns_name = ns.to_string();
@@ -624,6 +630,9 @@ impl Greeter {
         let thread = thread::spawn(move || -> Result<()> {
             let listener = (|| -> Result<Socket> {
                 sys::enter_netns(&ns_name)?;
+                if let Some(cpu) = cpu {
+                    sys::pin_this_thread(cpu)?;
+                }
                 let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 socket.set_reuse_address(true)?;
                 socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
