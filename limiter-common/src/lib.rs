@@ -16,9 +16,36 @@ pub const MAX_LISTENERS: u32 = 16_384;
 pub const MAX_PENDING: u32 = 262_144;
 /// Established connections tracked across all listeners.
 pub const MAX_TRACKED_SOCKETS: u32 = 1 << 20;
-/// One entry per TCP port: how many listeners use it. Lets XDP pass other ports after one array
-/// lookup.
+/// One entry per TCP port: how many listeners use it, and the slot of the only one (see
+/// [`port_entry`]). Lets XDP pass other ports after one array lookup, and find a port's only
+/// listener by index instead of by hash.
 pub const PORT_TABLE_SIZE: u32 = 65_536;
+
+/// A `PORTS` value: the number of limited listeners on the port in the low 16 bits and, when
+/// that number is 1, the listener's slot in the high 16 bits (slots < [`MAX_LISTENERS`] fit).
+/// Admission then reads the listener from `SLOT_LISTENERS[slot]` (an array index) instead of
+/// hashing its key up to three times in `LISTENERS`; with several listeners on a port it takes
+/// the hash path.
+pub mod port_entry {
+    pub const fn pack(listeners: u32, only_slot: u32) -> u32 {
+        (listeners & 0xFFFF) | (only_slot << 16)
+    }
+
+    pub const fn listeners(entry: u32) -> u32 {
+        entry & 0xFFFF
+    }
+
+    /// Meaningful only when `listeners(entry) == 1`.
+    pub const fn only_slot(entry: u32) -> u32 {
+        entry >> 16
+    }
+
+    /// The entry once one more listener, in `slot`, uses the port.
+    pub const fn with_listener(entry: u32, slot: u32) -> u32 {
+        let now = listeners(entry) + 1;
+        pack(now, if now == 1 { slot } else { 0 })
+    }
+}
 
 /// Map names, as the kernel object declares them and the agent looks them up.
 pub mod map_names {
@@ -31,9 +58,11 @@ pub mod map_names {
     pub const PACKET_STATS: &str = "PACKET_STATS";
     pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
     pub const KEEPALIVE_POLICIES: &str = "KEEPALIVE_POLICIES";
-    pub const ALL: [&str; 9] = [
+    pub const SLOT_LISTENERS: &str = "SLOT_LISTENERS";
+    pub const ALL: [&str; 10] = [
         LISTENERS,
         PORTS,
+        SLOT_LISTENERS,
         SLOT_USAGE,
         SLOT_STATS,
         PENDING,
@@ -103,6 +132,17 @@ pub struct ListenerConfig {
     pub slot: u32,
     /// One of [`action`].
     pub action: u32,
+}
+
+/// A slot's listener and settings, as in `LISTENERS`: where admission finds a port's only
+/// listener by index (see [`port_entry`]). Written by the agent before the port's entry points
+/// at it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotListener {
+    pub key: ListenerKey,
+    pub _pad: u32,
+    pub config: ListenerConfig,
 }
 
 /// The live budget of one listener slot, shared by all CPUs and changed only with atomics.
@@ -242,6 +282,7 @@ mod pod {
     // fields, so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerConfig {}
+    unsafe impl aya::Pod for SlotListener {}
     unsafe impl aya::Pod for SlotUsage {}
     unsafe impl aya::Pod for SlotStats {}
     unsafe impl aya::Pod for FlowKey {}
@@ -261,6 +302,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(size_of::<ListenerConfig>(), 16);
+        assert_eq!(size_of::<SlotListener>(), 40);
         assert_eq!(size_of::<SlotUsage>(), 16);
         assert_eq!(size_of::<SlotStats>(), 72);
         assert_eq!(size_of::<KeepaliveTarget>(), 20);

@@ -66,9 +66,6 @@ fn established(ctx: &SockOpsContext) {
     let slot = match take_reservation(&flow) {
         Some(slot) => slot,
         None => {
-            if !listeners::port_is_limited(flow.local_port) {
-                return;
-            }
             let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
             else {
                 return;

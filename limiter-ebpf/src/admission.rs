@@ -30,9 +30,6 @@ pub fn admission(ctx: XdpContext) -> u32 {
         Frame::NotOurs => return pass(packet_stat::NOT_OURS),
         Frame::Malformed => return pass(packet_stat::MALFORMED),
     };
-    if !listeners::port_is_limited(syn.flow.local_port) {
-        return pass(packet_stat::NOT_OURS);
-    }
     let flow = &syn.flow;
     let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port) else {
         return pass(packet_stat::NOT_OURS);

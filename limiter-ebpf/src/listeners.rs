@@ -1,17 +1,32 @@
 //! Which limited listener a local address and port belong to: the exact address, then the
 //! family's wildcard (`0.0.0.0:P` / `[::]:P`), then the bare port. Used by both admission and
 //! accounting so the two can never disagree.
-use limiter_common::{ListenerConfig, ListenerKey, family};
+use limiter_common::{ListenerConfig, ListenerKey, family, port_entry};
 
-use crate::maps::{LISTENERS, PORTS};
-
-#[inline(always)]
-pub fn port_is_limited(port: u16) -> bool {
-    matches!(PORTS.get(port as u32), Some(n) if *n != 0)
-}
+use crate::maps::{LISTENERS, PORTS, SLOT_LISTENERS};
 
 #[inline(always)]
 pub fn lookup(addr_family: u16, addr: &[u32; 4], port: u16) -> Option<ListenerConfig> {
+    let entry = *PORTS.get(port as u32)?;
+    match port_entry::listeners(entry) {
+        0 => None,
+        // The common case, one listener on the port: an array index and a compare, no hashing.
+        1 => {
+            let only = SLOT_LISTENERS.get(port_entry::only_slot(entry))?;
+            let key = &only.key;
+            // The port check also rejects an entry a reused slot has not been rewritten in yet.
+            let matches = key.port == port
+                && (key.family == family::ANY
+                    || (key.family == addr_family && (key.addr == *addr || key.addr == [0; 4])));
+            matches.then_some(only.config)
+        }
+        _ => lookup_hashed(addr_family, addr, port),
+    }
+}
+
+/// Several listeners on the port: the most specific one wins.
+#[inline(always)]
+fn lookup_hashed(addr_family: u16, addr: &[u32; 4], port: u16) -> Option<ListenerConfig> {
     let mut key = ListenerKey {
         addr: *addr,
         port,

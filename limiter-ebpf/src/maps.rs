@@ -7,7 +7,7 @@ use aya_ebpf::{
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
     MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED_SOCKETS, PORT_TABLE_SIZE,
-    Pending, SlotStats, SlotUsage, packet_stat,
+    Pending, SlotListener, SlotStats, SlotUsage, packet_stat,
 };
 
 /// Limited listeners and their settings; written only by the agent.
@@ -15,9 +15,16 @@ use limiter_common::{
 pub static LISTENERS: HashMap<ListenerKey, ListenerConfig> =
     HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// Per port: how many listeners use it (0 = not ours). One array lookup passes every other port.
+/// Per port: how many listeners use it (0 = not ours) and the slot of the only one
+/// (`limiter_common::port_entry`). One array lookup passes every other port.
 #[map]
 pub static PORTS: Array<u32> = Array::with_max_entries(PORT_TABLE_SIZE, 0);
+
+/// Per slot: its listener's key and settings, for ports with one listener; written only by the
+/// agent. An array value is copied in place, so a read racing a change of limit may see the new
+/// limit with the old action for that instant (the hash map in LISTENERS swaps whole values).
+#[map]
+pub static SLOT_LISTENERS: Array<SlotListener> = Array::with_max_entries(MAX_LISTENERS, 0);
 
 /// Live budgets, changed only with atomics. Mmapable so the agent can release an expired
 /// handshake's slot with an atomic of its own.

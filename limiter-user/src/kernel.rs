@@ -17,7 +17,7 @@ use aya::{
 };
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAP_LAYOUT_VERSION, Pending, SlotStats, map_names, program_names,
+    MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, map_names, program_names,
 };
 
 use crate::{
@@ -32,6 +32,7 @@ use crate::{
 pub struct Maps {
     pub listeners: HashMap<MapData, ListenerKey, ListenerConfig>,
     pub ports: Array<MapData, u32>,
+    pub slot_listeners: Array<MapData, SlotListener>,
     pub slot_stats: PerCpuArray<MapData, SlotStats>,
     pub packet_stats: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, FlowKey, Pending>,
@@ -122,6 +123,7 @@ pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps)
     let maps = Maps {
         listeners: take(&mut ebpf, map_names::LISTENERS)?,
         ports: take(&mut ebpf, map_names::PORTS)?,
+        slot_listeners: take(&mut ebpf, map_names::SLOT_LISTENERS)?,
         slot_stats: take(&mut ebpf, map_names::SLOT_STATS)?,
         packet_stats: take(&mut ebpf, map_names::PACKET_STATS)?,
         pending: take(&mut ebpf, map_names::PENDING)?,

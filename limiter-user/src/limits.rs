@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapError, PerCpuValues};
-use limiter_common::{ListenerConfig, MAX_LISTENERS, SlotStats, SlotUsage, map_names};
+use limiter_common::{
+    ListenerConfig, MAX_LISTENERS, SlotListener, SlotStats, SlotUsage, map_names, port_entry,
+};
 
 use crate::{
     error::AgentError,
@@ -100,18 +102,31 @@ impl LimitTable {
             action: action.to_kernel(),
         };
         let key = listener.key();
-        if let Err(e) = self.maps.listeners.insert(key, config, 0) {
+        // The slot's entry first: admission reads it as soon as PORTS names the slot.
+        let written = self
+            .maps
+            .slot_listeners
+            .set(
+                slot,
+                SlotListener {
+                    key,
+                    _pad: 0,
+                    config,
+                },
+                0,
+            )
+            .map_err(|e| (map_names::SLOT_LISTENERS, e))
+            .and_then(|()| {
+                self.maps
+                    .listeners
+                    .insert(key, config, 0)
+                    .map_err(|e| (map_names::LISTENERS, e))
+            });
+        if let Err((map, e)) = written {
             if existing.is_none() {
                 self.free_slots.push(slot);
             }
-            return Err(fail(format!("writing map {}: {e}", map_names::LISTENERS)));
-        }
-        if existing.is_none()
-            && let Err(e) = self.adjust_port(listener.port(), 1)
-        {
-            let _ = self.maps.listeners.remove(&key);
-            self.free_slots.push(slot);
-            return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
+            return Err(fail(format!("writing map {map}: {e}")));
         }
         self.configured.insert(
             listener,
@@ -121,6 +136,14 @@ impl LimitTable {
                 slot,
             },
         );
+        if existing.is_none()
+            && let Err(e) = self.adjust_port(listener.port(), 1, slot)
+        {
+            self.configured.remove(&listener);
+            let _ = self.maps.listeners.remove(&key);
+            self.free_slots.push(slot);
+            return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
+        }
         Ok(format!("{listener}={}:{}", spec.limit, action.as_str()))
     }
 
@@ -138,18 +161,36 @@ impl LimitTable {
             .listeners
             .remove(&listener.key())
             .map_err(|e| fail(format!("removing from map {}: {e}", map_names::LISTENERS)))?;
-        self.adjust_port(listener.port(), -1)
-            .map_err(|e| fail(format!("writing map {}: {e}", map_names::PORTS)))?;
         self.configured.remove(listener);
+        if let Err(e) = self.adjust_port(listener.port(), -1, limit.slot) {
+            self.configured.insert(*listener, limit);
+            return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
+        }
         self.draining.insert(*listener, limit.slot);
         Ok(())
     }
 
-    fn adjust_port(&mut self, port: u16, delta: i64) -> Result<(), MapError> {
-        let users = self.maps.ports.get(&(port as u32), 0)?;
-        self.maps
-            .ports
-            .set(port as u32, (users as i64 + delta).max(0) as u32, 0)
+    /// Counts listener `slot` in (`delta` 1) or out (-1) of its port's PORTS entry, which also
+    /// names the port's only listener when there is one (`configured` already holds the change).
+    fn adjust_port(&mut self, port: u16, delta: i8, slot: u32) -> Result<(), MapError> {
+        let before = self.maps.ports.get(&(port as u32), 0)?;
+        let entry = if delta > 0 {
+            port_entry::with_listener(before, slot)
+        } else {
+            let now = port_entry::listeners(before).saturating_sub(1);
+            // Down to one: the one left (a walk over the limits, only on this change).
+            let only = (now == 1)
+                .then(|| {
+                    self.configured
+                        .iter()
+                        .find(|(listener, _)| listener.port() == port)
+                        .map(|(_, limit)| limit.slot)
+                })
+                .flatten()
+                .unwrap_or(0);
+            port_entry::pack(now, only)
+        };
+        self.maps.ports.set(port as u32, entry, 0)
     }
 
     /// A never-used slot, or one whose listener was unset and whose connections have all

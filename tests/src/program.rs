@@ -9,8 +9,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use limiter_common::{
-    AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotStats,
-    SlotUsage, family, map_names, packet_stat, program_names,
+    AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotListener,
+    SlotStats, SlotUsage, family, map_names, packet_stat, port_entry, program_names,
 };
 
 use crate::require_root;
@@ -158,26 +158,34 @@ impl AdmissionProgram {
             .unwrap_or_else(|| panic!("object has no map {name}"))
     }
 
-    /// Adds a limited listener in `slot`, as the agent does: its config in LISTENERS, and one
-    /// more user of its port in PORTS.
+    /// Adds a limited listener in `slot`, as the agent does: its key and config in
+    /// SLOT_LISTENERS and LISTENERS, and one more user of its port in PORTS.
     pub fn add_listener(&mut self, key: ListenerKey, slot: u32, limit: u64, action: u32) {
-        let mut listeners: HashMap<_, ListenerKey, ListenerConfig> =
-            HashMap::try_from(self.map_mut(map_names::LISTENERS)).unwrap();
-        listeners
-            .insert(
-                key,
-                ListenerConfig {
-                    limit,
-                    slot,
-                    action,
+        let config = ListenerConfig {
+            limit,
+            slot,
+            action,
+        };
+        let mut slots: Array<_, SlotListener> =
+            Array::try_from(self.map_mut(map_names::SLOT_LISTENERS)).unwrap();
+        slots
+            .set(
+                slot,
+                SlotListener {
+                    key,
+                    _pad: 0,
+                    config,
                 },
                 0,
             )
-            .expect("insert listener");
+            .expect("write SLOT_LISTENERS");
+        let mut listeners: HashMap<_, ListenerKey, ListenerConfig> =
+            HashMap::try_from(self.map_mut(map_names::LISTENERS)).unwrap();
+        listeners.insert(key, config, 0).expect("insert listener");
         let mut ports: Array<_, u32> = Array::try_from(self.map_mut(map_names::PORTS)).unwrap();
-        let users = ports.get(&(key.port as u32), 0).expect("read PORTS");
+        let entry = ports.get(&(key.port as u32), 0).expect("read PORTS");
         ports
-            .set(key.port as u32, users + 1, 0)
+            .set(key.port as u32, port_entry::with_listener(entry, slot), 0)
             .expect("write PORTS");
     }
 

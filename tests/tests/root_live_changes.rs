@@ -129,3 +129,46 @@ fn root_set_adds_a_listener() {
     let row = agent.wait_listener(&listener, "2 active", SETTLE, |l| l.active == 2);
     assert_eq!(row.admitted_total, 2, "{row:?}");
 }
+
+/// Two listeners on one port (the exact address and the bare port), then each removed in turn:
+/// the most specific one always decides, and the one left keeps limiting on its own (a port
+/// with one listener is looked up by its slot, several by hash; the agent switches between
+/// them as listeners come and go).
+#[test]
+fn root_listeners_sharing_a_port_come_and_go() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let exact = format!("{}:{PORT}", bed.srv_v4);
+    let bare = PORT.to_string();
+    let agent = Agent::start(&bed, &["--limit", &format!("{bare}=3:reset")]);
+    // Opens `n` connections, closes them, and waits until `listeners` count none again.
+    let open = |n: u32, listeners: &[&str]| {
+        let hold = Hold::open(&bed, n, &server, 5000);
+        let got = (hold.result.connected, hold.result.refused);
+        drop(hold);
+        for listener in listeners {
+            agent.wait_listener(listener, "0 active", SETTLE, |l| l.active == 0);
+        }
+        got
+    };
+
+    assert_eq!(open(4, &[&bare]), (3, 1), "bare port alone, limit 3");
+    agent.set(&format!("{exact}=1:reset"));
+    assert_eq!(
+        open(3, &[&exact, &bare]),
+        (1, 2),
+        "the exact address wins over the bare port"
+    );
+    agent.unset(&bare);
+    assert_eq!(open(2, &[&exact]), (1, 1), "the exact address alone");
+    agent.set(&format!("{bare}=2:reset"));
+    agent.unset(&exact);
+    assert_eq!(
+        open(3, &[&bare]),
+        (2, 1),
+        "the bare port alone again, limit 2"
+    );
+    agent.unset(&bare);
+    assert_eq!(open(5, &[]), (5, 0), "no listener on the port");
+}

@@ -262,6 +262,60 @@ fn root_ipv6_syn_admitted_then_dropped() {
     assert_eq!(program.slot_stats(0).refused_drop, 1);
 }
 
+/// A port with one listener is found by index (PORTS names its slot), not by hash: it must
+/// match exactly what the hash lookup would, for each kind of listener alone on its port.
+#[test]
+fn root_single_listener_on_a_port_matches_like_the_hash_lookup() {
+    let other4 = Ipv4Addr::new(198, 18, 0, 5);
+    let to_other4 = tcp_v4(CLIENT4, other4, &Tcp::syn(40_001, PORT));
+    let wildcard4 = limiter_common::ListenerKey {
+        addr: [0; 4],
+        port: PORT,
+        family: family::V4,
+    };
+    // (listener, [SYN to SERVER4, SYN to another IPv4 address, SYN to SERVER6]: ours?)
+    let cases = [
+        (
+            "exact IPv4",
+            listener_v4(SERVER4, PORT),
+            [true, false, false],
+        ),
+        ("IPv4 wildcard", wildcard4, [true, true, false]),
+        (
+            "exact IPv6",
+            listener_v6(SERVER6, PORT),
+            [false, false, true],
+        ),
+        ("bare port", listener_port(PORT), [true, true, true]),
+    ];
+    for (name, key, ours) in cases {
+        // Limit 0: a SYN that is the listener's is refused, one that is not passes.
+        let program = program_with(key, 0, action::DROP);
+        for (frame, ours, to) in [
+            (syn4(40_000), ours[0], "SERVER4"),
+            (to_other4.clone(), ours[1], "another IPv4 address"),
+            (syn6(40_002), ours[2], "SERVER6"),
+        ] {
+            let want = if ours { XDP_DROP } else { XDP_PASS };
+            expect(
+                &program,
+                &frame,
+                want,
+                &format!("{name} listener, SYN to {to}"),
+            );
+        }
+        // A SYN to another port is never ours.
+        expect(
+            &program,
+            &tcp_v4(CLIENT4, SERVER4, &Tcp::syn(40_003, PORT + 1)),
+            XDP_PASS,
+            &format!("{name} listener, SYN to another port"),
+        );
+        let refused = ours.iter().filter(|o| **o).count() as u64;
+        assert_eq!(program.slot_stats(0).refused_drop, refused, "{name}");
+    }
+}
+
 #[test]
 fn root_listener_lookup_exact_wildcard_bare() {
     let mut program = AdmissionProgram::load();

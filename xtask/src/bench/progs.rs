@@ -13,8 +13,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use limiter_common::{
-    AgentConfig, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, SlotStats, SlotUsage, family,
-    map_names, packet_stat, program_names,
+    AgentConfig, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, SlotListener, SlotStats,
+    SlotUsage, family, map_names, packet_stat, port_entry, program_names,
 };
 
 use crate::cmd::{self, command};
@@ -199,21 +199,29 @@ impl Limiter {
             port,
             family: family::V4,
         };
+        let config = ListenerConfig {
+            limit,
+            slot,
+            action,
+        };
         let ebpf = &mut self.prog.ebpf;
-        let mut listeners: HashMap<_, ListenerKey, ListenerConfig> =
-            HashMap::try_from(map_mut(ebpf, map_names::LISTENERS)?)?;
-        listeners.insert(
-            key,
-            ListenerConfig {
-                limit,
-                slot,
-                action,
+        let mut slots: Array<_, SlotListener> =
+            Array::try_from(map_mut(ebpf, map_names::SLOT_LISTENERS)?)?;
+        slots.set(
+            slot,
+            SlotListener {
+                key,
+                _pad: 0,
+                config,
             },
             0,
         )?;
+        let mut listeners: HashMap<_, ListenerKey, ListenerConfig> =
+            HashMap::try_from(map_mut(ebpf, map_names::LISTENERS)?)?;
+        listeners.insert(key, config, 0)?;
         let mut ports: Array<_, u32> = Array::try_from(map_mut(ebpf, map_names::PORTS)?)?;
-        let users = ports.get(&u32::from(port), 0)?;
-        ports.set(u32::from(port), users + 1, 0)?;
+        let entry = ports.get(&u32::from(port), 0)?;
+        ports.set(u32::from(port), port_entry::with_listener(entry, slot), 0)?;
         Ok(())
     }
 
