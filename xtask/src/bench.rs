@@ -2,27 +2,32 @@
 //! machine, and writes a report (Markdown, JSON, SVG chart) to `bench/results/`. Never part of
 //! the test run.
 //!
+//! The parts, numbered as in the report (and as the items of the issue that asked for them):
+//!
 //! 1. Per-packet cost with BPF_PROG_TEST_RUN: limiter's XDP program on each of its paths next to
 //!    an empty XDP_PASS program and a minimal "drop SYN to port P" program; again with 10,000
 //!    listener limits configured ([`pktcost`]).
 //! 2. SYN flood at the limit: server CPU time per refused SYN, frames generated with
 //!    BPF_PROG_TEST_RUN live frames into a veth, for limiter, a bare XDP drop program, nftables
 //!    `ct count`, iptables `connlimit`, a plain nftables drop and no filter ([`flood`]).
-//! 3. Exactness under a burst of connects: the most connections ever established at once with
-//!    limit 50 and 300 simultaneous connects, for limiter and the netfilter limiters ([`burst`]).
-//! 4. Overhead when not limiting: connections per second with limiter attached but never at its
-//!    limit, against no program ([`cps`]).
-//! 5. Scale: kernel map memory per tracked connection, handshake and listener; time to apply
-//!    10,000 listener limits from a config file ([`scale`]).
-//! 6. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
+//! 3. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
 //!    under a storm of connections at the limit, for limiter and Envoy `connection_limit`,
 //!    HAProxy `maxconn` and nginx `limit_conn` ([`storm`], the proxies from [`peers`]).
+//! 4. Legitimate clients during the flood: their connection rate and connect latency with and
+//!    without it, for limiter and nftables `ct count` ([`legit`]).
+//! 5. Exactness under a burst of connects: the most connections ever established at once with
+//!    limit 50 and 300 simultaneous connects, for limiter and the netfilter limiters ([`burst`]).
+//! 6. Overhead when not limiting: connections per second and one connection's throughput
+//!    (iperf3) with limiter attached but never at its limit, against no program ([`cps`]).
 //! 7. Proxy mode: connections per second and throughput of limiter's proxy against HAProxy,
 //!    Envoy `tcp_proxy` and nginx stream, one CPU each, and the direct path ([`proxy`]).
+//! 8. Scale: kernel map memory per tracked connection, handshake and listener; time to apply
+//!    10,000 listener limits from a config file ([`scale`]).
 //!
 //! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
 //! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
-//! `LIMITER_BENCH_PARTS=packet,flood,burst,cps,scale,storm,proxy` (which parts; default all),
+//! `LIMITER_BENCH_PARTS=packet,flood,storm,legit,burst,cps,proxy,scale` (which parts; default
+//! all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
@@ -76,6 +81,18 @@ pub struct Ctx {
     pub has_iptables: bool,
 }
 
+impl Ctx {
+    /// A part's measuring window (`full_s` seconds) and repetitions (3); in quick mode 2 s and
+    /// one.
+    pub fn windows(&self, full_s: u64) -> (Duration, usize) {
+        if self.quick {
+            (Duration::from_secs(2), 1)
+        } else {
+            (Duration::from_secs(full_s), 3)
+        }
+    }
+}
+
 /// The baseline programs, compiled at bench time.
 pub struct Objects {
     pub pass: PathBuf,
@@ -88,7 +105,7 @@ pub struct Objects {
 }
 
 const ALL_PARTS: &[&str] = &[
-    "packet", "flood", "legit", "burst", "cps", "scale", "storm", "proxy",
+    "packet", "flood", "storm", "legit", "burst", "cps", "proxy", "scale",
 ];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);

@@ -84,6 +84,23 @@ impl Agent {
             .with_context(|| format!("`{field}` is not a number in {l}"))
     }
 
+    /// Waits (up to 5 s) until `field` of `listener` reads `value`.
+    pub fn wait_counter(&self, listener: &str, field: &str, value: u64) -> Result<()> {
+        cmd::poll_until(
+            &format!("limiter's `{field}` of {listener} to reach {value}"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let now = self.counter(listener, field)?;
+                Ok(if now == value {
+                    cmd::Check::Done(())
+                } else {
+                    cmd::Check::NotYet(format!("{field} {now}"))
+                })
+            },
+        )
+    }
+
     /// SIGTERM; the agent must exit 0 (it detached everything).
     pub fn stop(mut self) -> Result<()> {
         let status = self.process.stop(Duration::from_secs(10))?;

@@ -1,4 +1,4 @@
-//! Part 3: exactness under a burst. Limit 50, 300 connects released at once from two threads on
+//! Part 5: exactness under a burst. Limit 50, 300 connects released at once from two threads on
 //! different CPUs, 20 repetitions: the largest number of connections ever established at once on
 //! the server, for limiter and for the netfilter limiters, sampled continuously from the server
 //! namespace's /proc/net/tcp while the burst runs.
@@ -270,7 +270,7 @@ fn open_sockets(port: u16) -> Result<usize> {
 fn report(results: &[(System, Vec<Rep>)], reps: usize, has_iptables: bool) -> Part {
     let mut part = Part::new(
         "burst_exactness",
-        "3. Exactness under a burst: limit 50, 300 simultaneous connects",
+        "5. Exactness under a burst: limit 50, 300 simultaneous connects",
     );
     part.method = vec![
         format!(
@@ -379,7 +379,7 @@ fn report(results: &[(System, Vec<Rep>)], reps: usize, has_iptables: bool) -> Pa
         "systems": json_systems,
     });
     part.charts.push(Chart {
-        title: format!("3. Most connections established at once (limit {LIMIT}, {CONNECTS} simultaneous connects)"),
+        title: format!("5. Most connections established at once (limit {LIMIT}, {CONNECTS} simultaneous connects)"),
         unit: "connections".into(),
         bars,
     });

@@ -1,4 +1,4 @@
-//! Part 4: overhead when not limiting. Connections per second through the veth with limiter
+//! Part 6: overhead when not limiting. Connections per second through the veth with limiter
 //! attached and its limit never reached, against no program at all (and against the empty XDP
 //! program, which isolates what attaching any XDP program to a veth costs).
 use std::time::Duration;
@@ -10,7 +10,7 @@ use super::{
     Ctx,
     agent::Agent,
     iperf,
-    netns::{self, OnAccept, SERVER_IP, Server, TestBed},
+    netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
     report::{Bar, Chart, Part, Table, number, spread},
 };
 use crate::cmd;
@@ -54,17 +54,11 @@ impl Config {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
-    let window = if ctx.quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(4)
-    };
-    let reps = if ctx.quick { 1 } else { 3 };
+    let (window, reps) = ctx.windows(4);
     let configs = [Config::NoProgram, Config::EmptyXdp, Config::Limiter];
     let bed = TestBed::create()?;
     let server = Server::start(&bed.server_ns, PORT, OnAccept::Reset)?;
     let iperf_server = iperf::Server::start(
-        &bed,
         &bed.server_ns,
         &SERVER_IP.to_string(),
         IPERF_PORT,
@@ -100,10 +94,18 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                     )?)
                 }
             }
-            let result = netns::churn(&bed.client_ns, PORT, CLIENT_THREADS, window);
+            let result = netns::churn(
+                &bed.client_ns,
+                PORT,
+                Churn {
+                    threads: CLIENT_THREADS,
+                    cpu: None,
+                    server: OnAccept::Reset,
+                },
+                window,
+            );
             let bitrate = result.as_ref().ok().map(|_| {
                 iperf::throughput(
-                    &bed,
                     &bed.client_ns,
                     &SERVER_IP.to_string(),
                     IPERF_PORT,
@@ -151,7 +153,7 @@ type Measured = (Config, Vec<f64>, u64, Vec<f64>);
 fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let mut part = Part::new(
         "overhead",
-        "4. Overhead when not limiting: connections per second",
+        "6. Overhead when not limiting: connections per second",
     );
     part.method = vec![
         format!(
@@ -269,12 +271,12 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         "limit": LIMIT, "configurations": json_configs,
     });
     part.charts.push(Chart {
-        title: "4. Connections per second when not limiting".into(),
+        title: "6. Connections per second when not limiting".into(),
         unit: "conn/s".into(),
         bars,
     });
     part.charts.push(Chart {
-        title: "4. Throughput of one connection (iperf3) when not limiting".into(),
+        title: "6. Throughput of one connection (iperf3) when not limiting".into(),
         unit: "Gbit/s".into(),
         bars: iperf_bars,
     });

@@ -134,12 +134,7 @@ impl Sample {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
-    let window = if ctx.quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(10)
-    };
-    let reps = if ctx.quick { 1 } else { 3 };
+    let (window, reps) = ctx.windows(10);
     let mut configs = vec![
         Config::Limiter,
         Config::XdpDrop,
@@ -224,23 +219,6 @@ struct Plan {
     window: Duration,
     rate: f64,
     flat_out: Duration,
-}
-
-/// The server veth's NAPI thread: a new one each time XDP is attached from none.
-pub fn server_napi(bed: &TestBed, previous: Option<u32>) -> Result<u32> {
-    cmd::poll_until(
-        "the server veth's NAPI thread",
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || {
-            let pid = bed.threaded_napi(true, SERVER_CPU)?;
-            Ok(if Some(pid) == previous {
-                cmd::Check::NotYet(format!("still the old thread {pid}"))
-            } else {
-                cmd::Check::Done(pid)
-            })
-        },
-    )
 }
 
 /// What is set up for one configuration; torn down in order on drop.
@@ -360,34 +338,9 @@ pub fn set_up<'a>(
             );
         }
         // At the limit: the server has them all, and limiter counts them.
-        let ns = bed.server_ns.clone();
-        cmd::poll_until(
-            "the held connections to be established",
-            Duration::from_secs(5),
-            Duration::from_millis(20),
-            || {
-                let n = sys::in_netns(&ns, || netns::established_here(PORT))?;
-                Ok(if n == HELD {
-                    cmd::Check::Done(())
-                } else {
-                    cmd::Check::NotYet(format!("{n} established"))
-                })
-            },
-        )?;
+        netns::wait_established(&bed.server_ns, PORT, HELD)?;
         if let Some(agent) = &setup.agent {
-            cmd::poll_until(
-                "limiter to count the held connections",
-                Duration::from_secs(5),
-                Duration::from_millis(20),
-                || {
-                    let active = agent.counter(LISTENER, "active")?;
-                    Ok(if active == HELD as u64 {
-                        cmd::Check::Done(())
-                    } else {
-                        cmd::Check::NotYet(format!("active {active}"))
-                    })
-                },
-            )?;
+            agent.wait_counter(LISTENER, "active", HELD as u64)?;
         }
     }
     Ok(setup)
@@ -448,7 +401,7 @@ fn measure(
     napi_pid: &mut Option<u32>,
 ) -> Result<(Sample, Sample)> {
     let setup = set_up(ctx, bed, config, None)?;
-    let napi = server_napi(bed, *napi_pid)?;
+    let napi = bed.threaded_napi_anew(true, SERVER_CPU, *napi_pid)?;
     *napi_pid = Some(napi);
     let agent_pid = setup.agent.as_ref().map(Agent::pid);
 

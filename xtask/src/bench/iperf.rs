@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::{netns::TestBed, process::Process};
+use super::{netns, process::Process};
 use crate::cmd::{self, command};
 
 /// `iperf3 -s` listening on `addr:port` in namespace `ns`, its process pinned to `cpu`. Stopped
@@ -15,65 +15,39 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(bed: &TestBed, ns: &str, addr: &str, port: u16, cpu: usize) -> Result<Server> {
+    pub fn start(ns: &str, addr: &str, port: u16, cpu: usize) -> Result<Server> {
         let process = Process::spawn(
             "iperf3 -s",
-            command("ip").args(["netns", "exec", ns]).args([
-                "iperf3",
-                "-s",
-                "-B",
-                addr,
-                "-p",
-                &port.to_string(),
-                "-A",
-                &cpu.to_string(),
-            ]),
+            command("ip")
+                .args(["netns", "exec", ns, "iperf3", "-s", "-B", addr])
+                .args(["-p", &port.to_string(), "-A", &cpu.to_string()]),
         )?;
-        let filter = format!("sport = :{port}");
-        cmd::poll_until(
-            &format!("iperf3 to listen on {addr}:{port}"),
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                let listening = bed.exec(ns, &["ss", "-Hltn", &filter])?;
-                Ok(if listening.trim().is_empty() {
-                    cmd::Check::NotYet("not listening yet".into())
-                } else {
-                    cmd::Check::Done(())
-                })
-            },
-        )?;
+        netns::wait_listening(ns, port, "iperf3 -s", Duration::from_secs(10), || {
+            process.tail()
+        })?;
         Ok(Server { _process: process })
     }
 }
 
-/// Runs `iperf3 -c addr -p port -t seconds` in namespace `ns` pinned to `cpu`, one TCP stream,
-/// and returns the receiver's bitrate (bits/s).
-pub fn throughput(
-    bed: &TestBed,
-    ns: &str,
-    addr: &str,
-    port: u16,
-    seconds: u64,
-    cpu: usize,
-) -> Result<f64> {
-    let text = bed
-        .exec(
-            ns,
-            &[
-                "iperf3",
-                "-c",
-                addr,
-                "-p",
-                &port.to_string(),
-                "-t",
-                &seconds.to_string(),
-                "-A",
-                &cpu.to_string(),
-                "-J",
-            ],
-        )
-        .with_context(|| format!("iperf3 -c {addr} -p {port}"))?;
+/// `iperf3 --version`'s first line, for the report.
+pub fn version() -> Result<String> {
+    let text = cmd::output_quiet(command("iperf3").arg("--version")).context("iperf3 --version")?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// One iperf3 test, one TCP stream: `iperf3 -c addr -p port -t seconds` in namespace `ns`,
+/// pinned to `cpu`, killed if it runs 30 s past its length (a stalled proxy). Returns the
+/// receiver's bitrate (bits/s).
+pub fn throughput(ns: &str, addr: &str, port: u16, seconds: u64, cpu: usize) -> Result<f64> {
+    let seconds = seconds.max(1);
+    let text = cmd::output_quiet(
+        command("timeout")
+            .arg((seconds + 30).to_string())
+            .args(["ip", "netns", "exec", ns, "iperf3", "-c", addr, "-J"])
+            .args(["-p", &port.to_string(), "-t", &seconds.to_string()])
+            .args(["-A", &cpu.to_string()]),
+    )
+    .with_context(|| format!("iperf3 -c {addr} -p {port}"))?;
     bitrate(&text)
 }
 

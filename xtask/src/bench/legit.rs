@@ -1,4 +1,4 @@
-//! Part "legit": legitimate clients during a SYN flood. The flood's test bed (part 2): a
+//! Part 4: legitimate clients during a SYN flood. The flood's test bed (part 2): a
 //! listener held at its limit and flooded with spoofed SYNs from the generator; next to it, on
 //! the same server, a second limited listener that real clients connect to within its limit.
 //! Their connection rate and connect latency with and without the flood, for limiter and for
@@ -101,12 +101,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
-    let window = if ctx.quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(5)
-    };
-    let reps = if ctx.quick { 1 } else { 3 };
+    let (window, reps) = ctx.windows(5);
     let configs = [Config::Limiter, Config::NftCtCount];
     let bed = TestBed::create()?;
     let generator = Generator::start(ctx, &bed)?;
@@ -133,7 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 }),
             )
             .with_context(|| format!("setting up {}", config.label()))?;
-            let napi = flood::server_napi(&bed, napi_pid)?;
+            let napi = bed.threaded_napi_anew(true, SERVER_CPU, napi_pid)?;
             napi_pid = Some(napi);
             let server = Server::start(&bed.server_ns, PORT, OnAccept::Reset)?;
             let quiet = measure(&bed, &generator, napi, window, false)?;
@@ -250,13 +245,7 @@ fn clients(ns: &str, window: Duration) -> Result<Window> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
+        sys::join_all(handles)
     });
     let mut all = Window::default();
     for w in per_thread {
@@ -296,7 +285,7 @@ fn attempt(target: &socket2::SockAddr) -> Result<Duration> {
 fn report(results: &[(Config, Vec<Window>, Vec<Window>)], window: Duration, reps: usize) -> Part {
     let mut part = Part::new(
         "legit_under_flood",
-        "Legitimate clients during the SYN flood",
+        "4. Legitimate clients during the SYN flood: connection rate and connect latency",
     );
     part.method = vec![
         format!(
@@ -455,7 +444,7 @@ fn report(results: &[(Config, Vec<Window>, Vec<Window>)], window: Duration, reps
         "configurations": json_configs,
     });
     part.charts.push(Chart {
-        title: "Legitimate clients during the flood: connections per second".into(),
+        title: "4. Legitimate clients during the flood: connections per second".into(),
         unit: "connections/s".into(),
         bars,
     });

@@ -272,14 +272,24 @@ fn quiet(cmd: &mut std::process::Command) -> Result<()> {
 /// What the server does with an accepted connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum OnAccept {
-    /// Keep it open until the server stops.
+    /// Keep it open until the other end closes it or the server stops.
     Hold,
     /// Close it at once with a RST (SO_LINGER 0): no TIME_WAIT on either side, so a rate test
     /// never runs out of 4-tuples.
     Reset,
+    /// Write [`GREETING`], then hold it. Through a proxy, a client that read the greeting knows
+    /// the proxy connected it to this upstream (an accept followed by a close, which is also
+    /// what a proxy that refuses or cannot reach its upstream does, would not tell).
+    Greet,
 }
 
-/// A TCP server in the server namespace: a thread accepting on `SERVER_IP:port`.
+/// The byte an [`OnAccept::Greet`] server writes on every connection.
+pub const GREETING: u8 = b'g';
+
+/// A TCP server in the server namespace: a thread accepting on `SERVER_IP:port`. A connection
+/// it holds is closed with a RST (SO_LINGER 0) once the other end closes it, or when the server
+/// stops: no side of it ends in TIME_WAIT, so rate tests (also through a proxy, on the proxy's
+/// upstream side) do not run out of ports.
 pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -290,6 +300,17 @@ const SERVER_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 impl Server {
     pub fn start(ns: &str, port: u16, on_accept: OnAccept) -> Result<Server> {
+        Server::start_on(ns, port, on_accept, None)
+    }
+
+    /// [`Server::start`] with its thread pinned to `cpu` (where it is part of the server side
+    /// being measured).
+    pub fn start_on(
+        ns: &str,
+        port: u16,
+        on_accept: OnAccept,
+        cpu: Option<usize>,
+    ) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let ns_name = ns.to_string();
@@ -297,6 +318,9 @@ impl Server {
         let thread = thread::spawn(move || -> Result<()> {
             let listener = (|| -> Result<Socket> {
                 sys::enter_netns(&ns_name)?;
+                if let Some(cpu) = cpu {
+                    sys::pin_this_thread(cpu)?;
+                }
                 let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 socket.set_reuse_address(true)?;
                 socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
@@ -314,33 +338,7 @@ impl Server {
                     return Ok(());
                 }
             };
-            let mut held = Vec::new();
-            let end = Instant::now() + SERVER_LIFETIME;
-            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
-                let mut fds = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut fds, 1, 20) };
-                loop {
-                    match listener.accept() {
-                        Ok((conn, _)) => match on_accept {
-                            OnAccept::Hold => held.push(conn),
-                            OnAccept::Reset => {
-                                conn.set_linger(Some(Duration::ZERO)).ok();
-                                drop(conn);
-                            }
-                        },
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e).context("accept"),
-                    }
-                }
-            }
-            drop(held);
-            Ok(())
+            serve(&listener, on_accept, &stop2)
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
@@ -375,6 +373,72 @@ impl Drop for Server {
             eprintln!("bench: cleanup: server: {e:#}");
         }
     }
+}
+
+/// The server's loop, until `stop` (or SERVER_LIFETIME): poll the listener and the held
+/// connections, accept what is waiting, and close held connections the other end closed.
+fn serve(listener: &Socket, on_accept: OnAccept, stop: &AtomicBool) -> Result<()> {
+    let mut open: Vec<Socket> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + SERVER_LIFETIME;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener)
+            .chain(&open)
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of its length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+        // Closed by the other end (EOF or error): close ours with a RST. Anything else it sent
+        // is read and dropped.
+        let mut keep = Vec::with_capacity(open.len());
+        for (conn, fd) in open.drain(..).zip(&fds[1..]) {
+            if fd.revents == 0 {
+                keep.push(conn);
+                continue;
+            }
+            match (&conn).read(&mut buf) {
+                Ok(n) if n > 0 => keep.push(conn),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => keep.push(conn),
+                _ => {
+                    conn.set_linger(Some(Duration::ZERO)).ok();
+                }
+            }
+        }
+        open = keep;
+        loop {
+            match listener.accept() {
+                Ok((conn, _)) => match on_accept {
+                    OnAccept::Hold => {
+                        conn.set_nonblocking(true)?;
+                        open.push(conn);
+                    }
+                    OnAccept::Reset => {
+                        conn.set_linger(Some(Duration::ZERO)).ok();
+                    }
+                    OnAccept::Greet => {
+                        conn.set_nonblocking(true)?;
+                        // One byte into an empty send buffer: never blocks.
+                        if (&conn).write(&[GREETING]).is_ok() {
+                            open.push(conn);
+                        }
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // The client gave up before the accept (it reset a queued connection).
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                Err(e) => return Err(e).context("accept"),
+            }
+        }
+    }
+    for conn in open {
+        conn.set_linger(Some(Duration::ZERO)).ok();
+    }
+    Ok(())
 }
 
 /// Opens `count` connections to `SERVER_IP:port` from the client namespace, all at once (every
@@ -417,13 +481,7 @@ pub fn connect_many(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
+        sys::join_all(handles)
     });
     let mut all = Vec::new();
     for r in results {
@@ -472,6 +530,18 @@ fn wait_connected(sockets: Vec<Socket>, timeout: Duration) -> Vec<Socket> {
 /// the client's sockets are in the other namespace), read from /proc/thread-self/net/tcp. Call
 /// from a thread inside the server namespace.
 pub fn established_here(port: u16) -> Result<usize> {
+    tcp_sockets_here(port, "01")
+}
+
+/// Whether a socket in this thread's namespace listens on local port `port` (LISTEN): a server
+/// started as a separate process is ready. Call from a thread inside that namespace.
+pub fn listening_here(port: u16) -> Result<bool> {
+    Ok(tcp_sockets_here(port, "0A")? > 0)
+}
+
+/// IPv4 TCP sockets with local port `port` in state `state` (hex, as /proc/net/tcp writes it)
+/// in this thread's network namespace.
+fn tcp_sockets_here(port: u16, state: &str) -> Result<usize> {
     let mut text = String::new();
     std::fs::File::open("/proc/thread-self/net/tcp")
         .context("opening /proc/thread-self/net/tcp")?
@@ -483,56 +553,92 @@ pub fn established_here(port: u16) -> Result<usize> {
         .filter(|l| {
             let mut f = l.split_whitespace();
             let local = f.nth(1).unwrap_or_default();
-            let state = f.nth(1).unwrap_or_default();
-            local.ends_with(&wanted) && state == "01"
+            let st = f.nth(1).unwrap_or_default();
+            local.ends_with(&wanted) && st == state
         })
         .count())
 }
 
-/// Connection churn from the client namespace: `threads` threads, each in a loop of connect,
-/// wait for the server's reset (or EOF), close, until `window` has passed. Returns (completed,
-/// failed) connections.
-pub fn churn(ns: &str, port: u16, threads: usize, window: Duration) -> Result<(u64, u64)> {
+/// Waits (at most `timeout`) until something listens on `port` in namespace `ns`; `tail` says
+/// what the server wrote, for the error when it never does.
+pub fn wait_listening(
+    ns: &str,
+    port: u16,
+    what: &str,
+    timeout: Duration,
+    tail: impl Fn() -> String,
+) -> Result<()> {
+    cmd::poll_until(
+        &format!("{what} to listen on port {port}"),
+        timeout,
+        Duration::from_millis(20),
+        || {
+            Ok(if sys::in_netns(ns, || listening_here(port))? {
+                cmd::Check::Done(())
+            } else {
+                cmd::Check::NotYet(format!("not listening; it wrote:\n{}", tail()))
+            })
+        },
+    )
+}
+
+/// Waits (up to 5 s) until `n` connections on local port `port` are established in namespace
+/// `ns`.
+pub fn wait_established(ns: &str, port: u16, n: usize) -> Result<()> {
+    cmd::poll_until(
+        &format!("{n} connections established on port {port}"),
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || {
+            let now = sys::in_netns(ns, || established_here(port))?;
+            Ok(if now == n {
+                cmd::Check::Done(())
+            } else {
+                cmd::Check::NotYet(format!("{now} established"))
+            })
+        },
+    )
+}
+
+/// A churn's clients: how many threads, on which CPU (None: any), and what a completed
+/// connection looks like, by what the server at the other end does with it.
+#[derive(Clone, Copy)]
+pub struct Churn {
+    pub threads: usize,
+    pub cpu: Option<usize>,
+    /// [`OnAccept::Reset`]: the server's reset (or EOF) ends it. [`OnAccept::Greet`]: only the
+    /// greeting does; through a proxy, a close or reset is also what a proxy that cannot reach
+    /// its upstream produces.
+    pub server: OnAccept,
+}
+
+/// Connection churn from the client namespace: each thread in a loop of connect, wait for what
+/// ends a completed connection (see [`Churn::server`]), close with a RST (SO_LINGER 0: no
+/// TIME_WAIT on any side), until `window` has passed. Connects and reads time out after 1 s.
+/// Returns (completed, failed) connections; the first failure is printed.
+pub fn churn(ns: &str, port: u16, clients: Churn, window: Duration) -> Result<(u64, u64)> {
     let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
-    let barrier = Barrier::new(threads);
+    let barrier = Barrier::new(clients.threads);
     let results: Vec<Result<(u64, u64)>> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
+        let handles: Vec<_> = (0..clients.threads)
             .map(|_| {
                 let (barrier, target) = (&barrier, &target);
                 scope.spawn(move || -> Result<(u64, u64)> {
                     sys::enter_netns(ns)?;
+                    if let Some(cpu) = clients.cpu {
+                        sys::pin_this_thread(cpu)?;
+                    }
                     barrier.wait();
                     let end = Instant::now() + window;
                     let (mut ok, mut failed) = (0u64, 0u64);
-                    let mut buf = [0u8; 16];
                     while Instant::now() < end && !cmd::interrupted() {
-                        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                        match s.connect_timeout(target, Duration::from_secs(1)) {
-                            Ok(()) => {}
-                            // Established, accepted and reset by the server before connect
-                            // looked at the socket: a completed connection.
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                                ok += 1;
-                                continue;
-                            }
-                            Err(e) => {
+                        match one_connection(target, clients.server)? {
+                            Ok(()) => ok += 1,
+                            Err(why) => {
                                 if failed == 0 {
-                                    eprintln!("  a connect failed: {e}");
+                                    eprintln!("  a connection failed: {why}");
                                 }
                                 failed += 1;
-                                continue;
-                            }
-                        }
-                        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        let mut r = &s;
-                        match r.read(&mut buf) {
-                            Ok(0) => ok += 1,
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ok += 1,
-                            other => {
-                                if failed == 0 {
-                                    eprintln!("  a connection did not end with the server's reset: {other:?}");
-                                }
-                                failed += 1
                             }
                         }
                     }
@@ -540,13 +646,7 @@ pub fn churn(ns: &str, port: u16, threads: usize, window: Duration) -> Result<(u
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
+        sys::join_all(handles)
     });
     let (mut ok, mut failed) = (0, 0);
     for r in results {
@@ -557,21 +657,35 @@ pub fn churn(ns: &str, port: u16, threads: usize, window: Duration) -> Result<(u
     Ok((ok, failed))
 }
 
-/// Whether a socket in the server namespace listens on local port `port` (LISTEN in
-/// /proc/thread-self/net/tcp): a server started as a separate process is ready. Call from a
-/// thread inside the server namespace.
-pub fn listening_here(port: u16) -> Result<bool> {
-    let mut text = String::new();
-    std::fs::File::open("/proc/thread-self/net/tcp")
-        .context("opening /proc/thread-self/net/tcp")?
-        .read_to_string(&mut text)?;
-    let wanted = format!(":{port:04X}");
-    Ok(text.lines().skip(1).any(|l| {
-        let mut f = l.split_whitespace();
-        let local = f.nth(1).unwrap_or_default();
-        let state = f.nth(1).unwrap_or_default();
-        local.ends_with(&wanted) && state == "0A"
-    }))
+/// One churn connection: Ok(Ok) completed, Ok(Err(why)) failed, Err: no socket at all.
+fn one_connection(
+    target: &socket2::SockAddr,
+    server: OnAccept,
+) -> Result<std::result::Result<(), String>> {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_linger(Some(Duration::ZERO))?;
+    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
+    match s.connect_timeout(target, TIMEOUT) {
+        Ok(()) => {}
+        // Established, accepted and reset by the server before connect looked at the socket.
+        Err(e) if reset(&e) && server == OnAccept::Reset => return Ok(Ok(())),
+        Err(e) => return Ok(Err(format!("connect: {e}"))),
+    }
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut buf = [0u8; 1];
+    Ok(match ((&s).read(&mut buf), server) {
+        (Ok(0), OnAccept::Reset) => Ok(()),
+        (Err(e), OnAccept::Reset) if reset(&e) => Ok(()),
+        (Ok(1), OnAccept::Greet) if buf[0] == GREETING => Ok(()),
+        (other, _) => Err(format!(
+            "no {} but {other:?}",
+            match server {
+                OnAccept::Greet => "greeting",
+                _ => "reset from the server",
+            }
+        )),
+    })
 }
 
 impl TestBed {
@@ -597,143 +711,5 @@ impl TestBed {
                 })
             },
         )
-    }
-}
-
-/// The greeting a [`Greeter`] sends on every connection it accepts.
-pub const GREETING: u8 = b'g';
-
-/// An upstream that shows a connection was served: a thread in the server namespace accepting
-/// on `SERVER_IP:port` that writes [`GREETING`] on every connection, keeps it open until the
-/// other end closes it, then closes its side with a RST (SO_LINGER 0). Through a proxy, a client
-/// that read the greeting knows the proxy connected it to the upstream (an accept followed by a
-/// close, which is also what a proxy that refuses or cannot reach its upstream does, would not
-/// tell); and no side of a proxied connection ends in TIME_WAIT, so a rate test does not run out
-/// of ports on the proxy's upstream side.
-pub struct Greeter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
-}
-
-impl Greeter {
-    pub fn start(ns: &str, port: u16) -> Result<Greeter> {
-        Greeter::start_on(ns, port, None)
-    }
-
-    /// [`Greeter::start`] with its thread pinned to `cpu` (where it is part of the server side
-    /// being measured).
-    pub fn start_on(ns: &str, port: u16, cpu: Option<usize>) -> Result<Greeter> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let ns_name = ns.to_string();
-        let stop2 = Arc::clone(&stop);
-        let thread = thread::spawn(move || -> Result<()> {
-            let listener = (|| -> Result<Socket> {
-                sys::enter_netns(&ns_name)?;
-                if let Some(cpu) = cpu {
-                    sys::pin_this_thread(cpu)?;
-                }
-                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                socket.set_reuse_address(true)?;
-                socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
-                socket.listen(4096)?;
-                socket.set_nonblocking(true)?;
-                Ok(socket)
-            })();
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return Ok(());
-                }
-            };
-            let mut open: Vec<Socket> = Vec::new();
-            let mut buf = [0u8; 4096];
-            let end = Instant::now() + SERVER_LIFETIME;
-            while !stop2.load(Ordering::SeqCst) && Instant::now() < end {
-                let mut fds: Vec<libc::pollfd> = std::iter::once(&listener)
-                    .chain(&open)
-                    .map(|s| libc::pollfd {
-                        fd: s.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    })
-                    .collect();
-                // SAFETY: `fds` is a valid array of its length.
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
-                // Closed by the other end (EOF or error): close ours with a RST. Anything else
-                // it sent is read and dropped.
-                let mut keep = Vec::with_capacity(open.len());
-                for (conn, fd) in open.drain(..).zip(&fds[1..]) {
-                    if fd.revents == 0 {
-                        keep.push(conn);
-                        continue;
-                    }
-                    match (&conn).read(&mut buf) {
-                        Ok(n) if n > 0 => keep.push(conn),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => keep.push(conn),
-                        _ => {
-                            conn.set_linger(Some(Duration::ZERO)).ok();
-                        }
-                    }
-                }
-                open = keep;
-                loop {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            conn.set_nonblocking(true)?;
-                            // One byte into an empty send buffer: never blocks.
-                            if (&conn).write(&[GREETING]).is_ok() {
-                                open.push(conn);
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        // The client gave up before the accept (it reset a queued connection).
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-                        Err(e) => return Err(e).context("accept"),
-                    }
-                }
-            }
-            for conn in open {
-                conn.set_linger(Some(Duration::ZERO)).ok();
-            }
-            Ok(())
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e).context(format!("listening on {SERVER_IP}:{port}")),
-            Err(_) => bail!("the greeter thread did not start listening"),
-        }
-        Ok(Greeter {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops accepting and closes every open connection (and the listener).
-    pub fn stop(mut self) -> Result<()> {
-        self.finish()
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.thread.take() {
-            Some(t) => t
-                .join()
-                .unwrap_or_else(|_| bail!("the greeter thread panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Greeter {
-    fn drop(&mut self) {
-        if let Err(e) = self.finish() {
-            eprintln!("bench: cleanup: greeter: {e:#}");
-        }
     }
 }

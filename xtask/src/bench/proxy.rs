@@ -4,26 +4,23 @@
 //! connection (iperf3) and connections per second, with the direct path (no proxy) as the
 //! baseline.
 use std::{
-    io::Read as _,
-    net::{SocketAddr, SocketAddrV4},
-    sync::Barrier,
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
     Ctx,
     agent::Agent,
-    netns::{self, GREETING, Greeter, SERVER_IP, TestBed},
+    iperf,
+    netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
     peers::{Kind, Peer, Peers, Route},
-    process::Process,
     report::{Bar, Chart, Part, Table, Target, number, spread},
     sys,
 };
-use crate::cmd::{self, command};
+use crate::cmd;
 
 /// The proxies listen here for the connection-rate test and forward to the greeter on
 /// GREETER_PORT.
@@ -37,8 +34,12 @@ const LIMIT: u32 = 1_000_000;
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
 const CLIENT_THREADS: usize = 8;
-/// How long a client waits for a connection, and then for the upstream's greeting.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The connection-rate clients: only a connection that brought the upstream's greeting counts.
+const CLIENTS: Churn = Churn {
+    threads: CLIENT_THREADS,
+    cpu: Some(CLIENT_CPU),
+    server: OnAccept::Greet,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
@@ -130,12 +131,7 @@ impl Sample {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
-    let window = if ctx.quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(5)
-    };
-    let reps = if ctx.quick { 1 } else { 3 };
+    let (window, reps) = ctx.windows(5);
     let configs = [
         Config::Direct,
         Config::Limiter,
@@ -144,24 +140,25 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         Config::Nginx,
     ];
     let peers = Peers::prepare(ctx)?;
-    let iperf_version = cmd::output_quiet(command("iperf3").arg("--version"))
-        .map(|v| v.lines().next().unwrap_or_default().trim().to_string())
-        .context("iperf3 --version")?;
+    let iperf_version = iperf::version()?;
     let bed = TestBed::create()?;
     // Replies to the client are received by the client veth's NAPI thread on the client's
     // CPU (it has NAPI only with an XDP program), not by a softirq on the server's.
     bed.attach_xdp(false, &ctx.objects.pass)?;
     bed.threaded_napi(false, CLIENT_CPU)?;
     // The upstreams, on the server's CPU like the proxies.
-    let greeter = Greeter::start_on(&bed.server_ns, GREETER_PORT, Some(SERVER_CPU))?;
-    let mut iperf_cmd = command("taskset");
-    iperf_cmd
-        .args(["-c", &SERVER_CPU.to_string(), "nsenter"])
-        .arg(format!("--net=/run/netns/{}", bed.server_ns))
-        .args(["iperf3", "--server", "--bind", &SERVER_IP.to_string()])
-        .args(["--port", &IPERF_PORT.to_string()]);
-    let iperf_server = Process::spawn("the iperf3 server", &mut iperf_cmd)?;
-    wait_listening(&bed.server_ns, IPERF_PORT, "the iperf3 server")?;
+    let greeter = Server::start_on(
+        &bed.server_ns,
+        GREETER_PORT,
+        OnAccept::Greet,
+        Some(SERVER_CPU),
+    )?;
+    let iperf_server = iperf::Server::start(
+        &bed.server_ns,
+        &SERVER_IP.to_string(),
+        IPERF_PORT,
+        SERVER_CPU,
+    )?;
 
     let mut samples: Vec<(Config, Vec<Sample>)> =
         configs.iter().map(|c| (*c, Vec::new())).collect();
@@ -191,21 +188,6 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let mut versions = peers.versions.clone();
     versions.push(("iperf3".into(), iperf_version));
     Ok(report(&samples, window, reps, &versions))
-}
-
-fn wait_listening(ns: &str, port: u16, what: &str) -> Result<()> {
-    cmd::poll_until(
-        &format!("{what} to listen on port {port}"),
-        Duration::from_secs(30),
-        Duration::from_millis(50),
-        || {
-            Ok(if sys::in_netns(ns, || netns::listening_here(port))? {
-                cmd::Check::Done(())
-            } else {
-                cmd::Check::NotYet("not listening".into())
-            })
-        },
-    )
 }
 
 /// One configuration: the proxy (none for the direct path) with its XDP program, and the
@@ -256,7 +238,13 @@ impl<'a> Setup<'a> {
                 sys::pin_process(agent.pid(), SERVER_CPU)?;
                 setup.agent = Some(agent);
                 for (listen, _) in routes {
-                    wait_listening(&bed.server_ns, listen, "limiter's proxy")?;
+                    netns::wait_listening(
+                        &bed.server_ns,
+                        listen,
+                        "limiter's proxy",
+                        Duration::from_secs(30),
+                        String::new,
+                    )?;
                 }
             }
             (_, kind) => {
@@ -295,16 +283,27 @@ impl<'a> Setup<'a> {
     fn measure(&self, bed: &TestBed, window: Duration) -> Result<Sample> {
         let (cps_port, throughput_port) = self.config.ports();
         // Warm-up, not measured.
-        churn_greeted(&bed.client_ns, cps_port, Duration::from_millis(500))?;
+        netns::churn(
+            &bed.client_ns,
+            cps_port,
+            CLIENTS,
+            Duration::from_millis(500),
+        )?;
 
         let (server0, cpu0) = (self.server_ns()?, sys::CpuTimes::read(SERVER_CPU)?);
         let started = Instant::now();
-        let (connections, failed) = churn_greeted(&bed.client_ns, cps_port, window)?;
+        let (connections, failed) = netns::churn(&bed.client_ns, cps_port, CLIENTS, window)?;
         let cps_window_s = started.elapsed().as_secs_f64();
         let (server1, cpu1) = (self.server_ns()?, sys::CpuTimes::read(SERVER_CPU)?);
 
         let started = Instant::now();
-        let throughput_bps = iperf(bed, throughput_port, window)?;
+        let throughput_bps = iperf::throughput(
+            &bed.client_ns,
+            &SERVER_IP.to_string(),
+            throughput_port,
+            window.as_secs(),
+            CLIENT_CPU,
+        )?;
         let throughput_window_s = started.elapsed().as_secs_f64();
         let (server2, cpu2) = (self.server_ns()?, sys::CpuTimes::read(SERVER_CPU)?);
 
@@ -357,86 +356,6 @@ impl Drop for Setup<'_> {
             eprintln!("bench: cleanup: {}: {e:#}", self.config.label());
         }
     }
-}
-
-/// Connection churn through a proxy to the greeter: CLIENT_THREADS threads in the client
-/// namespace on CLIENT_CPU, each in a loop of connect, read the upstream's greeting, close with
-/// a RST (SO_LINGER 0: no TIME_WAIT on any side), until `window` has passed. Only a connection
-/// that brought the greeting counts as completed; [`netns::churn`] counts any close or reset,
-/// which a proxy that fails to reach its upstream also produces. Returns (completed, failed).
-fn churn_greeted(ns: &str, port: u16, window: Duration) -> Result<(u64, u64)> {
-    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
-    let barrier = Barrier::new(CLIENT_THREADS);
-    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..CLIENT_THREADS)
-            .map(|_| {
-                let (barrier, target) = (&barrier, &target);
-                scope.spawn(move || -> Result<(u64, u64)> {
-                    sys::enter_netns(ns)?;
-                    sys::pin_this_thread(CLIENT_CPU)?;
-                    barrier.wait();
-                    let end = Instant::now() + window;
-                    let (mut ok, mut failed) = (0u64, 0u64);
-                    let mut first_failure = None;
-                    let mut buf = [0u8; 1];
-                    while Instant::now() < end && !cmd::interrupted() {
-                        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-                        s.set_linger(Some(Duration::ZERO))?;
-                        let outcome = s
-                            .connect_timeout(target, CONNECT_TIMEOUT)
-                            .and_then(|()| s.set_read_timeout(Some(CONNECT_TIMEOUT)))
-                            .and_then(|()| (&s).read(&mut buf));
-                        match outcome {
-                            Ok(1) if buf[0] == GREETING => ok += 1,
-                            other => {
-                                failed += 1;
-                                first_failure.get_or_insert(format!("{other:?}"));
-                            }
-                        }
-                    }
-                    if let Some(f) = first_failure {
-                        eprintln!("  {failed} connections brought no greeting, the first: {f}");
-                    }
-                    Ok((ok, failed))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a client thread panicked"))
-            })
-            .collect()
-    });
-    let (mut ok, mut failed) = (0, 0);
-    for r in results {
-        let (o, f) = r?;
-        ok += o;
-        failed += f;
-    }
-    Ok((ok, failed))
-}
-
-/// One iperf3 test from the client namespace on CLIENT_CPU (one connection, client to server)
-/// to `port`; returns the bits per second the receiver got.
-fn iperf(bed: &TestBed, port: u16, window: Duration) -> Result<f64> {
-    let secs = window.as_secs().max(1).to_string();
-    let mut c = command("timeout");
-    // Bounded even if the proxy stalls: the test's length plus a margin.
-    c.arg((window.as_secs() + 30).to_string())
-        .args(["taskset", "-c", &CLIENT_CPU.to_string()])
-        .args(["ip", "netns", "exec", &bed.client_ns])
-        .args(["iperf3", "--client", &SERVER_IP.to_string()])
-        .args(["--port", &port.to_string(), "--time", &secs, "--json"]);
-    let text = cmd::output_quiet(&mut c).context("the iperf3 client")?;
-    let result: Value = serde_json::from_str(&text).context("parsing iperf3 --json")?;
-    if let Some(error) = result["error"].as_str() {
-        bail!("iperf3: {error}");
-    }
-    result["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .with_context(|| format!("no end.sum_received.bits_per_second in iperf3's output: {text}"))
 }
 
 fn report(

@@ -1,4 +1,4 @@
-//! Part 6: refusing at the SYN against accepting and then closing. The same storm of new
+//! Part 3: refusing at the SYN against accepting and then closing. The same storm of new
 //! connections against a listener already at its limit, for limiter (refusal in XDP, before
 //! the kernel's TCP sees the SYN) and for the proxies that limit connections in user space:
 //! Envoy's `connection_limit` filter, HAProxy `maxconn` and nginx stream `limit_conn`, each with
@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{
     Ctx,
     agent::Agent,
-    netns::{self, GREETING, Greeter, SERVER_IP, TestBed},
+    netns::{self, GREETING, OnAccept, SERVER_IP, Server, TestBed},
     peers::{Kind, Peer, Peers, Route},
     report::{Bar, Chart, Part, Table, Target, number, spread},
     sys,
@@ -200,12 +200,7 @@ impl Sample {
 }
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
-    let window = if ctx.quick {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(5)
-    };
-    let reps = if ctx.quick { 1 } else { 3 };
+    let (window, reps) = ctx.windows(5);
     let configs = [
         Config::LimiterReset,
         Config::LimiterDrop,
@@ -219,7 +214,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     // has NAPI only with an XDP program), not through a softirq on the server's CPU.
     bed.attach_xdp(false, &ctx.objects.pass)?;
     let client_napi = bed.threaded_napi(false, CLIENT_CPU)?;
-    let upstream = Greeter::start(&bed.server_ns, UPSTREAM_PORT)?;
+    let upstream = Server::start(&bed.server_ns, UPSTREAM_PORT, OnAccept::Greet)?;
     let mut samples: Vec<(Config, Vec<Sample>)> =
         configs.iter().map(|c| (*c, Vec::new())).collect();
     let mut napi = None;
@@ -271,7 +266,7 @@ struct Setup<'a> {
     held: Vec<Socket>,
     agent: Option<Agent>,
     peer: Option<Peer>,
-    greeter: Option<Greeter>,
+    greeter: Option<Server>,
     napi: u32,
 }
 
@@ -314,7 +309,7 @@ impl<'a> Setup<'a> {
                 )?;
                 sys::pin_process(agent.pid(), SERVER_CPU)?;
                 setup.agent = Some(agent);
-                setup.greeter = Some(Greeter::start(&bed.server_ns, PORT)?);
+                setup.greeter = Some(Server::start(&bed.server_ns, PORT, OnAccept::Greet)?);
             }
             Some(kind) => {
                 // The server veth takes frames from its peer only with an XDP program (the
@@ -345,34 +340,9 @@ impl<'a> Setup<'a> {
         } else {
             PORT
         };
-        let ns = bed.server_ns.clone();
-        cmd::poll_until(
-            "the held connections to reach the upstream",
-            Duration::from_secs(5),
-            Duration::from_millis(20),
-            || {
-                let n = sys::in_netns(&ns, || netns::established_here(upstream_port))?;
-                Ok(if n == LIMIT {
-                    cmd::Check::Done(())
-                } else {
-                    cmd::Check::NotYet(format!("{n} established on port {upstream_port}"))
-                })
-            },
-        )?;
+        netns::wait_established(&bed.server_ns, upstream_port, LIMIT)?;
         if let Some(agent) = &setup.agent {
-            cmd::poll_until(
-                "limiter to count the held connections",
-                Duration::from_secs(5),
-                Duration::from_millis(20),
-                || {
-                    let active = agent.counter(LISTENER, "active")?;
-                    Ok(if active == LIMIT as u64 {
-                        cmd::Check::Done(())
-                    } else {
-                        cmd::Check::NotYet(format!("active {active}"))
-                    })
-                },
-            )?;
+            agent.wait_counter(LISTENER, "active", LIMIT as u64)?;
         }
         Ok(setup)
     }
@@ -478,13 +448,7 @@ fn storm(ns: &str, window: Duration) -> Result<Outcomes> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a storm thread panicked"))
-            })
-            .collect()
+        sys::join_all(handles)
     });
     let mut all = Outcomes::default();
     for r in results {
@@ -623,7 +587,7 @@ fn report(
 ) -> Part {
     let mut part = Part::new(
         "storm",
-        "6. Refusing at the SYN against accepting and then closing: refused attempts per server CPU-second",
+        "3. Refusing at the SYN against accepting and then closing: refused attempts per server CPU-second",
     );
     part.method = vec![
         format!(
@@ -848,7 +812,7 @@ fn report(
         "configurations": json_configs,
     });
     part.charts.push(Chart {
-        title: "6. Connection storm at the limit: refused attempts per server CPU-second".into(),
+        title: "3. Connection storm at the limit: refused attempts per server CPU-second".into(),
         unit: "per CPU-s".into(),
         bars,
     });

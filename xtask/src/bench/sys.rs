@@ -339,3 +339,15 @@ pub fn process_tasks_cpu_ns(pid: u32) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// Joins the client threads of a scope, each one's result in order; a thread that panicked is
+/// an error.
+pub fn join_all<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T>>>) -> Vec<Result<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| anyhow::bail!("a client thread panicked"))
+        })
+        .collect()
+}
