@@ -272,7 +272,7 @@ fn quiet(cmd: &mut std::process::Command) -> Result<()> {
 /// What the server does with an accepted connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum OnAccept {
-    /// Keep it open until the other end closes it or the server stops.
+    /// Keep it open until the server stops.
     Hold,
     /// Close it at once with a RST (SO_LINGER 0): no TIME_WAIT on either side, so a rate test
     /// never runs out of 4-tuples.
@@ -286,10 +286,11 @@ pub enum OnAccept {
 /// The byte an [`OnAccept::Greet`] server writes on every connection.
 pub const GREETING: u8 = b'g';
 
-/// A TCP server in the server namespace: a thread accepting on `SERVER_IP:port`. A connection
-/// it holds is closed with a RST (SO_LINGER 0) once the other end closes it, or when the server
-/// stops: no side of it ends in TIME_WAIT, so rate tests (also through a proxy, on the proxy's
-/// upstream side) do not run out of ports.
+/// A TCP server in the server namespace: a thread accepting on `SERVER_IP:port`. A greeted
+/// connection is closed with a RST (SO_LINGER 0) once the other end closes it, or when the
+/// server stops: no side of it ends in TIME_WAIT, so rate tests (also through a proxy, on the
+/// proxy's upstream side) do not run out of ports. A held one is closed the ordinary way when
+/// the server stops (the burst part waits for exactly that close).
 pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -375,9 +376,10 @@ impl Drop for Server {
     }
 }
 
-/// The server's loop, until `stop` (or SERVER_LIFETIME): poll the listener and the held
-/// connections, accept what is waiting, and close held connections the other end closed.
+/// The server's loop, until `stop` (or SERVER_LIFETIME): poll the listener and the greeted
+/// connections, accept what is waiting, and close greeted connections the other end closed.
 fn serve(listener: &Socket, on_accept: OnAccept, stop: &AtomicBool) -> Result<()> {
+    let mut held: Vec<Socket> = Vec::new();
     let mut open: Vec<Socket> = Vec::new();
     let mut buf = [0u8; 4096];
     let end = Instant::now() + SERVER_LIFETIME;
@@ -412,10 +414,7 @@ fn serve(listener: &Socket, on_accept: OnAccept, stop: &AtomicBool) -> Result<()
         loop {
             match listener.accept() {
                 Ok((conn, _)) => match on_accept {
-                    OnAccept::Hold => {
-                        conn.set_nonblocking(true)?;
-                        open.push(conn);
-                    }
+                    OnAccept::Hold => held.push(conn),
                     OnAccept::Reset => {
                         conn.set_linger(Some(Duration::ZERO)).ok();
                     }
@@ -438,6 +437,7 @@ fn serve(listener: &Socket, on_accept: OnAccept, stop: &AtomicBool) -> Result<()
     for conn in open {
         conn.set_linger(Some(Duration::ZERO)).ok();
     }
+    drop(held);
     Ok(())
 }
 
