@@ -1,7 +1,9 @@
 //! Frame parsing for admission: Ethernet, up to two VLAN tags, IPv4 (with options, never a
 //! fragment) or IPv6 (through hop-by-hop, routing and destination-options headers), then TCP.
-//! Every read is bounds-checked against the frame; anything short or inconsistent is
-//! `Malformed`, anything else that is not a plain SYN is `NotOurs`. Both are passed untouched.
+//! Every read is bounds-checked against the frame. The TCP flags are read as soon as the TCP
+//! header is found: a segment that is not a plain SYN is `NotOurs` from there (the common case,
+//! kept short); a frame cut short before that point, or a SYN whose headers are short or
+//! inconsistent, is `Malformed`. Both are passed untouched.
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
@@ -102,23 +104,26 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
     if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
         return Frame::Malformed;
     }
-    let total_len = or_malformed!(load_be16(ctx, l3 + 2)) as usize;
     let fragment = or_malformed!(load_be16(ctx, l3 + 6));
     let protocol: u8 = or_malformed!(load(ctx, l3 + 9));
     if protocol != IPPROTO_TCP || fragment & IPV4_MF_AND_OFFSET != 0 {
         return Frame::NotOurs;
     }
-    let src: u32 = or_malformed!(load(ctx, l3 + 12));
-    let dst: u32 = or_malformed!(load(ctx, l3 + 16));
+    let l4 = l3 + header_len;
+    let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
+        return Frame::NotOurs;
+    };
+    let total_len = or_malformed!(load_be16(ctx, l3 + 2)) as usize;
+    let [src, dst]: [u32; 2] = or_malformed!(load(ctx, addresses_at(l3 + 12)));
     if total_len < header_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }
-    let l4 = l3 + header_len;
     let payload_len = total_len - header_len;
     parse_tcp(
         ctx,
         l3,
         l4,
+        offset_byte,
         l3 + total_len,
         payload_len,
         family::V4,
@@ -136,8 +141,6 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     }
     let payload_len = or_malformed!(load_be16(ctx, l3 + 4)) as usize;
     let mut next_header: u8 = or_malformed!(load(ctx, l3 + 6));
-    let src: [u32; 4] = or_malformed!(load(ctx, l3 + 8));
-    let dst: [u32; 4] = or_malformed!(load(ctx, l3 + 24));
     let mut l4 = l3 + IPV6_HLEN;
     let mut ext_len = 0usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -157,6 +160,10 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     if next_header != IPPROTO_TCP {
         return Frame::NotOurs;
     }
+    let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
+        return Frame::NotOurs;
+    };
+    let [src, dst]: [[u32; 4]; 2] = or_malformed!(load(ctx, addresses_at(l3 + 8)));
     if payload_len < ext_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }
@@ -164,6 +171,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
         ctx,
         l3,
         l4,
+        offset_byte,
         l3 + IPV6_HLEN + payload_len,
         payload_len - ext_len,
         family::V6,
@@ -173,12 +181,33 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     )
 }
 
+/// The TCP header's data-offset byte if the segment at `l4` opens a connection (SYN set; ACK,
+/// RST and FIN clear), Some(None) if it does not, None if the frame ends before its flags. Read
+/// before anything else about the segment or its addresses: most TCP segments are not
+/// connection-opening SYNs, and those are passed at once, whatever else is wrong with them (it
+/// is the kernel's to judge). One load for both bytes: a second, identical bounds check would be
+/// folded away by LLVM in a form the verifier cannot follow.
+#[inline(always)]
+fn syn_data_offset(ctx: &XdpContext, l4: usize) -> Option<Option<u8>> {
+    let [offset_byte, flags]: [u8; 2] = load(ctx, l4 + 12)?;
+    Some((flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN).then_some(offset_byte))
+}
+
+/// The offset of the source and destination addresses, read after the TCP flags. Their bounds
+/// check is implied by the flags' (the TCP header lies beyond them), and LLVM would drop it, but
+/// the verifier cannot see the implication: `black_box` keeps the check.
+#[inline(always)]
+fn addresses_at(offset: usize) -> usize {
+    core::hint::black_box(offset)
+}
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn parse_tcp(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
+    offset_byte: u8,
     ip_end: usize,
     segment_len: usize,
     addr_family: u16,
@@ -186,9 +215,8 @@ fn parse_tcp(
     dst: [u32; 4],
     plain_ip: bool,
 ) -> Frame {
-    // The header must be whole whatever the segment; then the flags decide, before anything
-    // else is read: most TCP segments are not connection-opening SYNs.
-    let [offset_byte, flags]: [u8; 2] = or_malformed!(load(ctx, l4 + 12));
+    // The caller has seen a SYN (`syn_data_offset`); now its header must be whole and
+    // consistent.
     let data_offset = ((offset_byte >> 4) as usize) * 4;
     if ctx.data() + l4 + TCP_MIN_HLEN > ctx.data_end()
         || data_offset < TCP_MIN_HLEN
@@ -201,9 +229,6 @@ fn parse_tcp(
     // bounds check of the header load above (it implies it), which the verifier needs.
     if ctx.data() + core::hint::black_box(ip_end) > ctx.data_end() {
         return Frame::Malformed;
-    }
-    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN {
-        return Frame::NotOurs;
     }
     let ports: [u16; 2] = or_malformed!(load(ctx, l4));
     let seq: u32 = or_malformed!(load(ctx, l4 + 4));
