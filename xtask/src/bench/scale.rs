@@ -223,7 +223,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let with_conns = agent_maps(agent.pid())?;
     // Handshakes that never complete: SYNs from the flood generator (their SYN-ACKs go nowhere),
     // each admitted and holding a reservation until the handshake timeout (120 s here).
-    let generator = Generator::start(ctx, &bed)?;
+    let generator = Generator::start(ctx, &bed, true)?;
     let sent = generator.run(Duration::from_millis(20), Some(100_000.0))?;
     drop(generator);
     let flood_listener = format!("198.18.0.1:{}", flood::PORT);

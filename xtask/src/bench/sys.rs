@@ -58,6 +58,10 @@ impl Machine {
             "status",
             "--porcelain",
             "--untracked-files=no",
+            "--",
+            ".",
+            // The reports a run writes are not code.
+            ":!bench/results",
         ])) && !status.trim().is_empty()
         {
             git_commit.push_str(" (with uncommitted changes)");
