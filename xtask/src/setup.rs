@@ -197,14 +197,13 @@ fn bpf_linker() -> Result<()> {
     }
 }
 
-/// The pinned deploy validators in their venv: `name==version` of each, as pip would print it,
-/// or `None` if the venv's python cannot report them.
-fn validator_versions() -> Option<Vec<String>> {
-    let python = format!("{VALIDATORS_VENV}/bin/python");
-    let names: Vec<&str> = PIP_VALIDATORS.iter().map(|(name, _, _)| *name).collect();
+/// `name==version` of each of `names` installed in `venv`, as pip would print it, or `None` if
+/// the venv's python cannot report them all.
+fn pip_versions(venv: &str, names: &[&str]) -> Option<Vec<String>> {
+    let python = format!("{venv}/bin/python");
     let script = "import sys, importlib.metadata as m\n\
                   for n in sys.argv[1:]:\n    print(f'{n}=={m.version(n)}')";
-    let out = cmd::capture(Command::new(python).arg("-c").arg(script).args(&names)).ok()?;
+    let out = cmd::capture(Command::new(python).arg("-c").arg(script).args(names)).ok()?;
     out.status.success().then(|| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -213,28 +212,23 @@ fn validator_versions() -> Option<Vec<String>> {
     })
 }
 
-fn validators() -> Result<()> {
-    let wanted: Vec<String> = PIP_VALIDATORS
+/// Pinned PyPI packages, (name, version), in the venv `venv`: installed with pip (the venv
+/// created first if need be, `announce` called first) unless every one is there at its
+/// version, and checked afterwards.
+pub fn pip_pinned(venv: &str, packages: &[(&str, &str)], announce: impl FnOnce()) -> Result<()> {
+    let names: Vec<&str> = packages.iter().map(|(name, _)| *name).collect();
+    let wanted: Vec<String> = packages
         .iter()
-        .map(|(name, version, _)| format!("{name}=={version}"))
+        .map(|(name, version)| format!("{name}=={version}"))
         .collect();
-    if validator_versions().as_ref() == Some(&wanted) {
-        println!(
-            "setup: deploy validators in {VALIDATORS_VENV}: {}",
-            wanted.join(" ")
-        );
+    if pip_versions(venv, &names).as_ref() == Some(&wanted) {
         return Ok(());
     }
-    println!("setup: deploy validators: installing {}", wanted.join(" "));
-    for (name, _, why) in PIP_VALIDATORS {
-        println!("         {name}: {why}");
-    }
-    need_root(&format!(
-        "installing the deploy validators in {VALIDATORS_VENV}"
-    ))?;
-    let python = format!("{VALIDATORS_VENV}/bin/python");
+    announce();
+    need_root(&format!("installing {} in {venv}", wanted.join(" ")))?;
+    let python = format!("{venv}/bin/python");
     if !std::path::Path::new(&python).is_file() {
-        cmd::run(command("python3").args(["-m", "venv", VALIDATORS_VENV]))?;
+        cmd::run(command("python3").args(["-m", "venv", venv]))?;
     }
     cmd::run(
         command(&python)
@@ -247,10 +241,29 @@ fn validators() -> Result<()> {
             ])
             .args(&wanted),
     )?;
-    match validator_versions() {
+    match pip_versions(venv, &names) {
         Some(found) if found == wanted => Ok(()),
-        found => bail!("after pip install, {VALIDATORS_VENV} has {found:?}, expected {wanted:?}"),
+        found => bail!("after pip install, {venv} has {found:?}, expected {wanted:?}"),
     }
+}
+
+fn validators() -> Result<()> {
+    let pinned: Vec<(&str, &str)> = PIP_VALIDATORS
+        .iter()
+        .map(|(name, version, _)| (*name, *version))
+        .collect();
+    let names: Vec<String> = pinned.iter().map(|(n, v)| format!("{n}=={v}")).collect();
+    pip_pinned(VALIDATORS_VENV, &pinned, || {
+        println!("setup: deploy validators: installing {}", names.join(" "));
+        for (name, _, why) in PIP_VALIDATORS {
+            println!("         {name}: {why}");
+        }
+    })?;
+    println!(
+        "setup: deploy validators in {VALIDATORS_VENV}: {}",
+        names.join(" ")
+    );
+    Ok(())
 }
 
 /// Is a filesystem of type `fstype` mounted at `mount_point` (from /proc/self/mountinfo)?

