@@ -66,6 +66,9 @@ pub fn admission(ctx: XdpContext) -> u32 {
         }
         // A retransmitted SYN whose first copy holds a slot (or the same SYN that won a race on
         // another CPU): give back the slot just taken; neither a second slot nor a refusal.
+        // (For that instant the listener may look one fuller than it is: a new SYN racing this
+        // one on another CPU at the limit's edge is refused and retransmitted; never admitted
+        // over the limit.)
         Err(err) if err as i32 == -EEXIST => {
             usage.release_reservation();
             count_slot(listener.slot, |s| &mut s.syn_retransmitted);
