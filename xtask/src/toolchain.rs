@@ -32,6 +32,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "ip/ss: network namespaces and veth pairs for the tests and the demo",
     ),
     (
+        "nftables",
+        "nft: the tests' NAT and drop rules (a SYN-ACK that never reaches the client, a handshake that never completes)",
+    ),
+    (
         "ethtool",
         "veth offloads and XDP counters (ethtool -k/-S) when debugging",
     ),
