@@ -19,6 +19,7 @@ use crate::{
     preflight,
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
     settings::{Change, Settings},
+    xdp_mode::{self, Attachment},
 };
 
 /// The proxy's default connect timeout (Istio's).
@@ -33,6 +34,12 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
     for iface in &settings.ifaces {
         preflight::check_interface(iface)?;
     }
+    let attachments = settings
+        .ifaces
+        .iter()
+        .map(|iface| xdp_mode::choose(iface, args.xdp_mode))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_actions_deliverable(&settings, &attachments)?;
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
@@ -54,6 +61,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         netns_cookie,
         pins: pins.as_ref(),
         control: &control,
+        attachments,
     };
     match enforce(setup, settings, proxies, metrics).await {
         Ok(keep) => {
@@ -196,6 +204,35 @@ struct Setup<'a> {
     netns_cookie: u64,
     pins: Option<&'a PinDir>,
     control: &'a ControlSocket,
+    /// The XDP mode of each interface.
+    attachments: Vec<Attachment>,
+}
+
+/// Every action the settings can ask for (each limit's, and `--over-limit` for later `set`s)
+/// must be deliverable on every interface, or the agent does not start.
+fn check_actions_deliverable(
+    settings: &Settings,
+    attachments: &[Attachment],
+) -> Result<(), AgentError> {
+    let asked = settings
+        .limits
+        .iter()
+        .map(|spec| {
+            (
+                spec.action.unwrap_or(settings.over_limit),
+                format!("--limit '{spec}'"),
+            )
+        })
+        .chain([(
+            settings.over_limit,
+            format!("--over-limit {}", settings.over_limit.as_str()),
+        )]);
+    for (action, asked_by) in asked {
+        if let Some(message) = xdp_mode::undeliverable(attachments, action, &asked_by) {
+            return Err(AgentError::Combination(message));
+        }
+    }
+    Ok(())
 }
 
 /// Runs until a signal; returns whether the pins are to be kept.
@@ -211,12 +248,14 @@ async fn enforce(
         netns_cookie,
         pins,
         control,
+        attachments,
     } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
     let (mut programs, maps) = kernel::load(netns_cookie, pins)?;
     let mut table = LimitTable::new(maps, settings.over_limit);
     table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
+    table.set_attachments(attachments.clone());
     if pins.is_some_and(|p| p.adopting) {
         let adopted = table.adopt();
         tracing::info!(
@@ -240,9 +279,12 @@ async fn enforce(
     }
     programs.attach_accounting(cgroup, pins)?;
     tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
-    programs.attach_admission(&settings.ifaces, args.xdp_mode, pins)?;
-    for iface in &settings.ifaces {
-        tracing::info!(%iface, mode = ?args.xdp_mode, "attached: admitting SYNs (XDP)");
+    programs.attach_admission(&attachments, pins)?;
+    for Attachment {
+        iface, mode, why, ..
+    } in &attachments
+    {
+        tracing::info!(%iface, %mode, why, "attached: admitting SYNs (XDP)");
     }
     let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;

@@ -60,6 +60,14 @@ pub enum AgentError {
         source: aya::programs::ProgramError,
     },
 
+    #[error("--iface {iface}: reading its driver (ethtool): {source}")]
+    InterfaceDriver { iface: String, source: io::Error },
+
+    /// Flags (or config fields) that each make sense alone but not together: the message names
+    /// both. A usage error (exit 2), found only once the interfaces could be looked at.
+    #[error("{0}")]
+    Combination(String),
+
     #[error("--cgroup {path}: attaching sock_ops: {source}")]
     AttachSockOps {
         path: PathBuf,
@@ -104,6 +112,11 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Whether the user's flags or file are at fault (exit 2), not the environment.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, AgentError::Combination(_))
+    }
+
     pub fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
         move |source| AgentError::Map { map, source }
     }

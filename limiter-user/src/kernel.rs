@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, SockOps, Xdp, XdpMode,
+        CgroupAttachMode, SockOps, Xdp,
         links::{FdLink, PinnedLink},
     },
 };
@@ -22,10 +22,10 @@ use limiter_common::{
 
 use crate::{
     EBPF_OBJECT,
-    cli::XdpAttachMode,
     error::AgentError,
     pins::{self, PinDir},
     usage::SlotUsageView,
+    xdp_mode::Attachment,
 };
 
 /// The maps the agent reads and writes while it runs.
@@ -198,8 +198,7 @@ impl Programs {
     /// XDP on each interface: from now on SYNs are admitted or refused there.
     pub fn attach_admission(
         &mut self,
-        ifaces: &[String],
-        mode: XdpAttachMode,
+        attachments: &[Attachment],
         pins: Option<&PinDir>,
     ) -> Result<(), AgentError> {
         let name = program_names::ADMISSION;
@@ -208,7 +207,7 @@ impl Programs {
             program: name,
             source,
         })?;
-        for iface in ifaces {
+        for Attachment { iface, mode, .. } in attachments {
             let pin = pins.map(|p| p.link_path(&format!("xdp-{iface}")));
             if let Some(adopted) =
                 adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
@@ -216,18 +215,13 @@ impl Programs {
                 self.pinned_links.push(adopted);
                 continue;
             }
-            let mode = match mode {
-                // The kernel chooses: native where the driver has it, generic otherwise.
-                XdpAttachMode::Auto => XdpMode::Default,
-                XdpAttachMode::Native => XdpMode::Driver,
-                XdpAttachMode::Generic => XdpMode::Skb,
-            };
-            let link = program
-                .attach(iface, mode)
-                .map_err(|source| AgentError::AttachXdp {
-                    iface: iface.clone(),
-                    source,
-                })?;
+            let link =
+                program
+                    .attach(iface, mode.to_aya())
+                    .map_err(|source| AgentError::AttachXdp {
+                        iface: iface.clone(),
+                        source,
+                    })?;
             if let Some(pin) = pin {
                 let link = program
                     .take_link(link)

@@ -3,6 +3,7 @@
 //! - [`agent`]: `limiter run` (check, load, attach, enforce, detach).
 //! - [`kernel`]: loading the object from `limiter-ebpf` and attaching its programs.
 //! - [`limits`]: the limits in force and the listener slots that count for them.
+//! - [`xdp_mode`]: the XDP mode of each interface, so that every action is delivered there.
 //! - [`handshake`]: releasing reservations whose handshake never completed.
 //! - [`control`]: the socket `limiter stats | set | unset` talk to.
 //! - [`stats`], [`cli`], [`listener`], [`duration`], [`preflight`], [`error`].
@@ -25,6 +26,7 @@ pub mod proxy;
 pub mod settings;
 pub mod stats;
 pub mod usage;
+pub mod xdp_mode;
 
 /// The kernel object built by `build.rs` from `limiter-ebpf` (aligned as the ELF parser needs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/limiter"));

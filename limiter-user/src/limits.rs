@@ -18,6 +18,7 @@ use crate::{
     kernel::Maps,
     listener::{Action, LimitSpec, Listener},
     stats::{ListenerReport, PacketReport, Report},
+    xdp_mode::{self, Attachment},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +45,8 @@ pub struct LimitTable {
     /// (the kernel lets every handshake of a `close` listener complete and relies on the proxy
     /// to close the held ones; without a proxy the limit would silently not be enforced).
     proxied: Vec<Listener>,
+    /// The XDP mode of each interface: an action it cannot deliver is refused.
+    attachments: Vec<Attachment>,
 }
 
 impl LimitTable {
@@ -58,11 +61,16 @@ impl LimitTable {
             next_slot: 0,
             handshake_timeouts: vec![0; MAX_LISTENERS as usize],
             proxied: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 
     pub fn set_proxied(&mut self, listeners: Vec<Listener>) {
         self.proxied = listeners;
+    }
+
+    pub fn set_attachments(&mut self, attachments: Vec<Attachment>) {
+        self.attachments = attachments;
     }
 
     pub fn maps(&self) -> &Maps {
@@ -85,6 +93,13 @@ impl LimitTable {
             return Err(fail(
                 "the close action needs a --proxy listening on it (without a proxy use drop or reset)".into(),
             ));
+        }
+        if let Some(reason) = xdp_mode::undeliverable(
+            &self.attachments,
+            action,
+            &format!("{listener}={}:{}", spec.limit, action.as_str()),
+        ) {
+            return Err(fail(reason));
         }
         let existing = self.configured.get(&listener).copied();
         let slot = match existing {

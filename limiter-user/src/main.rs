@@ -48,7 +48,12 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(agent::run(*args, settings)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(EXIT_RUNTIME, &one_line(&e)),
+                Err(e) => {
+                    let usage = e
+                        .downcast_ref::<limiter::error::AgentError>()
+                        .is_some_and(limiter::error::AgentError::is_usage);
+                    fail(if usage { EXIT_USAGE } else { EXIT_RUNTIME }, &one_line(&e))
+                }
             }
         }
         Command::Stats(args) if args.watch => watch(&args.control.control_socket, args.interval),

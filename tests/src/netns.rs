@@ -38,8 +38,6 @@ pub struct TestBed {
     children: Mutex<Vec<SharedChild>>,
     /// Namespaces created so far (a half-built bed is cleaned up too).
     created: Mutex<Vec<String>>,
-    /// The XDP_PASS program on the client end (see [`TestBed::new`]).
-    client_xdp: Option<Proc>,
 }
 
 impl TestBed {
@@ -51,7 +49,7 @@ impl TestBed {
         let id = names::next_id();
         let block = id % 32_768;
         let (second, third, fourth) = (18 + block / 16_384, (block / 64) % 256, (block % 64) * 4);
-        let mut bed = TestBed {
+        let bed = TestBed {
             id,
             srv_ns: names::unique("srv", id),
             cli_ns: names::unique("cli", id),
@@ -63,7 +61,6 @@ impl TestBed {
             cli_v6: format!("fd00:1e:57:{id:x}::2").parse().unwrap(),
             children: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
-            client_xdp: None,
         };
         for ns in [&bed.srv_ns, &bed.cli_ns] {
             run_ok("ip", &["netns", "add", ns]);
@@ -74,25 +71,8 @@ impl TestBed {
             (&bed.srv_ns, &bed.srv_veth, bed.srv_v4, bed.srv_v6),
             (&bed.cli_ns, &bed.cli_veth, bed.cli_v4, bed.cli_v6),
         );
-        // XDP_TX on a veth (the agent's RSTs for `reset`) puts the frame on the peer's ring,
-        // which needs NAPI on the client end (GRO on) and, on Linux 6.18, an XDP program there
-        // too: `veth_xdp_flush` only wakes the peer's NAPI if the peer has one, so without it
-        // the RSTs wait until unrelated traffic flushes the ring (measured: connects then time
-        // out instead of being refused). A pass-everything program on the client end is a
-        // test-bed need only; on a real NIC the RST simply leaves the wire.
-        bed.exec_ok(Side::Client, "ethtool", &["-K", &bed.cli_veth, "gro", "on"]);
-        let pass = bed.spawn(
-            "xdp-pass",
-            bed.command(
-                Side::Client,
-                crate::client::netns_tool_bin()
-                    .to_str()
-                    .expect("utf-8 path"),
-                &["xdp-pass", &bed.cli_veth],
-            ),
-        );
-        pass.expect_line("`attached`", Duration::from_secs(15), |l| l == "attached");
-        bed.client_xdp = Some(pass);
+        // Nothing runs on the client's end: the agent must make its RSTs reach an ordinary
+        // peer, as a pod or a client namespace is (auto mode attaches generic on a veth).
         let (ns, dev) = (bed.srv_ns.clone(), bed.srv_veth.clone());
         eventually("the veth pair to come up", Duration::from_secs(10), || {
             let link = run_ok("ip", &["-n", &ns, "-o", "link", "show", &dev]);

@@ -18,8 +18,8 @@
 //!   for any text. Every step must exit 0: the lab blocks with `set -e` (any failing command
 //!   fails them), the others as typed in a terminal (the last command's status).
 //!
-//! What the test changes and why: the lab's names (`lim-node`, `lim-client`, `lim-backend`,
-//! `/tmp/lim-xdp-pass.o`) get this run's unique suffix, and every step runs with
+//! What the test changes and why: the lab's names (`lim-node`, `lim-client`, `lim-backend`)
+//! get this run's unique suffix, and every step runs with
 //! `LIMITER_CONTROL_SOCKET` set to a socket of its own (the agent's and the CLI's default is
 //! /run/limiter/limiter.sock) and the built `limiter` first on `PATH`. Addresses and commands
 //! are as written. Needs root.
@@ -238,7 +238,6 @@ struct Lab {
     node: String,
     client: String,
     backend: String,
-    xdp_object: String,
     socket: PathBuf,
     path_env: String,
     running: Vec<Running>,
@@ -260,7 +259,6 @@ impl Lab {
             node: names::unique("node", id),
             client: names::unique("client", id),
             backend: names::unique("backend", id),
-            xdp_object: format!("/tmp/{}.o", names::unique("xdp-pass", id)),
             socket: PathBuf::from(format!("/tmp/{}.sock", names::unique("guide", id))),
             path_env,
             running: Vec::new(),
@@ -270,7 +268,6 @@ impl Lab {
     /// The guide's lab names replaced by this run's.
     fn substitute(&self, script: &str) -> String {
         script
-            .replace("/tmp/lim-xdp-pass.o", &self.xdp_object)
             .replace("lim-node", &self.node)
             .replace("lim-client", &self.client)
             .replace("lim-backend", &self.backend)
@@ -456,7 +453,6 @@ impl Drop for Lab {
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.xdp_object);
         let _ = std::fs::remove_file(&self.socket);
     }
 }

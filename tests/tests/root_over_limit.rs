@@ -1,10 +1,13 @@
 //! Over the limit (design.md semantics 3): `drop` is silent (the connect times out, no RST
-//! comes back), `reset` answers from XDP so the client fails at once. Needs root.
+//! comes back), `reset` answers from XDP so the client fails at once. The client's end of the
+//! veth runs nothing (as a pod or a client namespace): the agent itself must make its RSTs
+//! arrive there, and refuses `reset` where it cannot. Needs root.
 use std::time::Duration;
 
 use limiter_tests::{
     Agent, Side, TestBed,
     client::{EchoServer, Hold, ServerMode, addr},
+    refusal::expect_refusal,
 };
 
 const PORT: u16 = 8000;
@@ -85,6 +88,15 @@ fn reset_refuses_fast(v6: bool) {
     assert_eq!((row.active, row.admitted_total), (1, 1), "{row:?}");
     let packets = agent.stats().packets;
     assert_eq!(packets.reset_fallback_drop_total, 0, "{packets:?}");
+    // The log says how: generic mode on the veth, and why.
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.lines().any(|l| l.contains("attached: admitting SYNs")
+            && l.contains(&bed.srv_veth)
+            && l.contains("generic")
+            && l.contains("veth")),
+        "the agent should log that it attached generic on the veth, and why:\n{log}"
+    );
 }
 
 #[test]
@@ -113,4 +125,80 @@ fn root_over_limit_flag_sets_the_default_action() {
     let refused = Hold::open(&bed, 1, &server, 10_000);
     assert_eq!(refused.result.refused, 1, "{:?}", refused.result);
     assert_eq!(agent.listener(&listener).refused_reset_total, 1);
+}
+
+/// `--xdp-mode native` on a veth cannot deliver a RST to a peer that runs no XDP: `reset` there,
+/// by a limit's action or by `--over-limit`, is refused with an error naming both flags and the
+/// interface, and nothing is left attached.
+#[test]
+fn root_reset_with_native_xdp_on_a_veth_is_refused() {
+    for args in [
+        &["--limit", "8000=1:reset", "--xdp-mode", "native"][..],
+        &[
+            "--limit",
+            "8000=1",
+            "--over-limit",
+            "reset",
+            "--xdp-mode",
+            "native",
+        ][..],
+        &["--over-limit", "reset", "--xdp-mode", "native"][..],
+    ] {
+        expect_refusal(args, 2, &["--xdp-mode native on the veth"]);
+    }
+    // Each error names the flag that asked for reset.
+    let bed = TestBed::new();
+    let finished = Agent::run_to_exit(
+        &bed,
+        &[
+            "run",
+            "--iface",
+            &bed.srv_veth,
+            "--limit",
+            "8000=1:reset",
+            "--xdp-mode",
+            "native",
+            "--control-socket",
+            &Agent::socket_path().display().to_string(),
+        ],
+    );
+    let line = finished.error_lines().join("\n");
+    for needle in [
+        "--limit '8000=1:reset'",
+        "--xdp-mode native",
+        &bed.srv_veth,
+        "generic",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line:?}");
+    }
+}
+
+/// Native mode on a veth still serves `drop`; turning a limit to `reset` live is refused there,
+/// and the limit stays as it was.
+#[test]
+fn root_live_reset_on_a_native_veth_is_refused() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--limit",
+            &format!("{listener}=1:drop"),
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    let out = agent.cli(&["set", &format!("{listener}=1:reset")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "set to reset was accepted: {stderr}");
+    assert!(
+        stderr.contains("--xdp-mode native on the veth") && stderr.contains(&bed.srv_veth),
+        "{stderr}"
+    );
+    assert_eq!(agent.listener(&listener).action, "drop");
+    let _first = fill(&bed, &agent, &listener, &server);
+    let refused = Hold::open(&bed, 1, &server, 2000);
+    assert_eq!(refused.result.timed_out, 1, "{:?}", refused.result);
 }

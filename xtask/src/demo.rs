@@ -29,8 +29,6 @@ use crate::{
 
 const ECHO_SERVER_PY: &str = include_str!("demo/echo_server.py");
 const CLIENT_PY: &str = include_str!("demo/client.py");
-/// Compiled at run time with clang (see [`Demo::attach_xdp_pass`]).
-const XDP_PASS_C: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/xdp_pass.c");
 
 const SERVER_ADDR: &str = "198.18.0.1";
 const CLIENT_ADDR: &str = "198.18.0.2";
@@ -133,7 +131,6 @@ struct Demo {
     /// Set once the agent was started with `control_socket` (only then is it ours to remove).
     socket_ours: bool,
     /// Files the demo wrote (removed at the end).
-    scratch_files: Vec<PathBuf>,
     /// Namespaces created so far (only these are deleted).
     namespaces: Vec<String>,
     echo_server: Option<Background>,
@@ -154,7 +151,6 @@ impl Demo {
             client_veth: format!("ldC{pid}"),
             control_socket: PathBuf::from(format!("/tmp/lim-demo-{pid}.sock")),
             socket_ours: false,
-            scratch_files: Vec::new(),
             namespaces: Vec::new(),
             echo_server: None,
             agent: None,
@@ -208,39 +204,7 @@ impl Demo {
             cmd::run(command("ip").args(["-n", ns, "link", "set", veth, "up"]))?;
             cmd::run(command("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         }
-        self.attach_xdp_pass()
-    }
-
-    /// limiter's `reset` action sends the RST back out of the server-side veth with XDP_TX. The
-    /// kernel queues such a frame on the peer veth but only schedules the peer to receive it when
-    /// the peer runs an XDP program too (GRO alone is not enough), so give the client side a
-    /// pass-through one. A physical NIC does not need this.
-    fn attach_xdp_pass(&mut self) -> Result<()> {
-        say("The `reset` action answers a SYN with a RST sent back out of the server veth");
-        say("(XDP_TX); a veth peer only receives such frames when it runs XDP itself, so attach");
-        say("a pass-through XDP program to the client side:");
-        let object = self.scratch(&format!("lim-demo-{}-xdp-pass.o", std::process::id()));
-        cmd::run(
-            command("clang")
-                .args(["-O2", "-target", "bpf", "-c", XDP_PASS_C, "-o"])
-                .arg(&object),
-        )
-        .context("compiling the pass-through XDP program")?;
-        cmd::run(
-            command("ip")
-                .args([
-                    "-n",
-                    &self.client_ns,
-                    "link",
-                    "set",
-                    "dev",
-                    &self.client_veth,
-                ])
-                .args(["xdp", "obj"])
-                .arg(&object)
-                .args(["sec", "xdp"]),
-        )
-        .context("attaching the pass-through XDP program to the client veth")
+        Ok(())
     }
 
     fn start_echo_server(&mut self) -> Result<()> {
@@ -495,13 +459,6 @@ impl Demo {
 
     // ---- helpers --------------------------------------------------------------------------
 
-    /// A path in /tmp for a file the demo makes, removed at the end.
-    fn scratch(&mut self, name: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(name);
-        self.scratch_files.push(path.clone());
-        path
-    }
-
     /// Run `client.py` in the client namespace: `count` connections at once. With `hold`, the
     /// returned process keeps the connected ones open until [`Self::close_holders`].
     fn clients(
@@ -656,9 +613,6 @@ impl Drop for Demo {
         }
         if self.socket_ours {
             remove_if_present(&self.control_socket);
-        }
-        for file in self.scratch_files.drain(..) {
-            remove_if_present(&file);
         }
     }
 }

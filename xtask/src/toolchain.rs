@@ -24,7 +24,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "needed to link bpf-linker against LLVM 22"),
     (
         "clang",
-        "compiles the demo's pass-through XDP program for its client-side veth",
+        "compiles the bench's baseline XDP programs (xtask/src/bench/*.c: empty, drop, generator)",
     ),
     ("bpftool", "inspecting loaded programs and maps"),
     (

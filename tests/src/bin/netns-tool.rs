@@ -25,8 +25,6 @@
 //!                                         (see `session`)
 //! connect-sockopts ADDR TIMEOUT_MS        a plain connect (no options set), then prints the
 //!                                         socket's {keepalive, idle, intvl, cnt} and closes
-//! xdp-pass IFACE                          attaches a 2-instruction XDP_PASS program to IFACE
-//!                                         (bpf_link) until stdin closes; prints `attached`
 //! ```
 use std::{
     collections::BTreeMap,
@@ -66,11 +64,10 @@ fn main() {
         Some("raw-syn") => raw_syn(rest),
         Some("udp-echo-server") => udp_echo_server(rest),
         Some("udp-probe") => udp_probe(rest),
-        Some("xdp-pass") => xdp_pass(rest),
         Some("session") => session(rest),
         Some("connect-sockopts") => connect_sockopts(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|xdp-pass|session|connect-sockopts ..."
+            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|session|connect-sockopts ..."
         )),
     };
     if let Err(err) = result {
@@ -478,77 +475,6 @@ fn udp_probe(args: &[String]) -> Result<()> {
         }
     }
     say(json!({ "sent": count, "replied": replied }));
-    Ok(())
-}
-
-/// Attaches `r0 = XDP_PASS; exit` to IFACE in this namespace with a bpf_link, held until stdin
-/// closes (or the process dies: closing the link fd detaches it).
-///
-/// Why: a veth delivers the frames that an XDP program on one end sends with XDP_TX to the
-/// peer's ring, but (Linux 6.18, `veth_xdp_flush`) only wakes the peer's NAPI when the PEER has
-/// an XDP program too; with GRO alone the agent's RSTs sit in the ring until other traffic
-/// happens to flush them. On a real NIC there is no such peer, so this is purely a test-bed
-/// need, and a pass-everything program on the client end changes nothing else.
-fn xdp_pass(args: &[String]) -> Result<()> {
-    use std::{ffi::CString, os::fd::FromRawFd as _};
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const BPF_XDP: u32 = 37;
-    const XDP_PASS: u32 = 2;
-    let iface = arg(args, 0, "IFACE")?;
-    let name = CString::new(iface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {iface}: {}", io::Error::last_os_error());
-    }
-    // mov64 r0, XDP_PASS; exit
-    let mut insns = [0u8; 16];
-    insns[0] = 0xb7;
-    insns[4..8].copy_from_slice(&XDP_PASS.to_le_bytes());
-    insns[8] = 0x95;
-    let license = c"GPL";
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, then zeroes (no log).
-    let mut attr = [0u64; 16];
-    attr[0] = BPF_PROG_TYPE_XDP as u64 | (2u64 << 32);
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    // SAFETY: attr is a zero-padded bpf_attr for BPF_PROG_LOAD; the pointers outlive the call.
-    let prog_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if prog_fd < 0 {
-        bail!("BPF_PROG_LOAD: {}", io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let _prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog_fd as i32) };
-    // union bpf_attr, BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags (0: native
-    // mode where the driver has it, as veth does).
-    let mut attr = [0u64; 16];
-    attr[0] = prog_fd as u64 | ((ifindex as u64) << 32);
-    attr[1] = BPF_XDP as u64;
-    // SAFETY: attr is a zero-padded bpf_attr for BPF_LINK_CREATE.
-    let link_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if link_fd < 0 {
-        bail!("BPF_LINK_CREATE on {iface}: {}", io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own; dropping it (at exit) detaches the program.
-    let _link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link_fd as i32) };
-    say("attached");
-    wait_for_stdin_eof();
     Ok(())
 }
 
