@@ -17,6 +17,7 @@ use crate::{
     error::AgentError,
     kernel::Maps,
     listener::{Action, LimitSpec, Listener},
+    proxy::coverage,
     stats::{ListenerReport, PacketReport, Report},
     xdp_mode::{self, Attachment},
 };
@@ -83,17 +84,16 @@ impl LimitTable {
 
     /// Adds or changes a limit. Returns the limit as now in force, for the log.
     pub fn set(&mut self, spec: &LimitSpec) -> Result<String, AgentError> {
-        let listener = spec.listener;
         let action = spec.action.unwrap_or(self.default_action);
         let fail = |reason: String| AgentError::Listener {
-            listener: listener.to_string(),
+            listener: spec.listener.to_string(),
             reason,
         };
-        if action == Action::Close && !self.proxied.contains(&listener) {
-            return Err(fail(
-                "the close action needs a --proxy listening on it (without a proxy use drop or reset)".into(),
-            ));
-        }
+        let listener = coverage::enforced_on(spec, action, &self.proxied).map_err(|mismatch| {
+            fail(coverage::explain(&mismatch, spec, |p| {
+                format!("the proxy on {p}")
+            }))
+        })?;
         if let Some(reason) = xdp_mode::undeliverable(
             &self.attachments,
             action,
@@ -159,10 +159,30 @@ impl LimitTable {
             self.free_slots.push(slot);
             return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
         }
-        Ok(format!("{listener}={}:{}", spec.limit, action.as_str()))
+        let now = format!("{listener}={}:{}", spec.limit, action.as_str());
+        Ok(if listener == spec.listener {
+            now
+        } else {
+            format!(
+                "{now} (written {}: every client of the proxy, IPv4 and IPv6)",
+                spec.listener
+            )
+        })
     }
 
-    pub fn unset(&mut self, listener: &Listener) -> Result<(), AgentError> {
+    /// The listener a limit written as `written` is enforced on (a proxy's own listener stands
+    /// for every client the proxy accepts).
+    pub fn enforced_listener(&self, written: &Listener) -> Listener {
+        let spec = LimitSpec {
+            listener: *written,
+            limit: 1,
+            action: None,
+        };
+        coverage::enforced_on(&spec, Action::Drop, &self.proxied).unwrap_or(*written)
+    }
+
+    pub fn unset(&mut self, written: &Listener) -> Result<(), AgentError> {
+        let listener = &self.enforced_listener(written);
         let fail = |reason: String| AgentError::Listener {
             listener: listener.to_string(),
             reason,

@@ -7,6 +7,7 @@ use crate::{
     config::{self, FileConfig, ProxyConfig},
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
+    proxy::coverage,
 };
 
 pub const DEFAULT_OVER_LIMIT: Action = Action::Drop;
@@ -104,6 +105,7 @@ impl Settings {
             .chain(flag_policies.clone())
             .collect();
 
+        let limits = enforced_listeners(limits, &proxies)?;
         let settings = Settings {
             ifaces,
             over_limit,
@@ -113,23 +115,7 @@ impl Settings {
             proxies,
             keepalive_for,
         };
-        settings.validate()?;
         Ok(settings)
-    }
-
-    /// Checks that need everything at once.
-    fn validate(&self) -> Result<(), String> {
-        for spec in &self.limits {
-            if spec.action == Some(Action::Close)
-                && !self.proxies.iter().any(|p| p.spec.listen == spec.listener)
-            {
-                return Err(format!(
-                    "--limit '{spec}': the close action needs a --proxy listening on {} (without a proxy use drop or reset)",
-                    spec.listener
-                ));
-            }
-        }
-        Ok(())
     }
 
     pub fn limit_for(&self, listener: &Listener) -> Option<&LimitSpec> {
@@ -209,4 +195,51 @@ impl Change {
 /// The file a reload re-reads.
 pub fn config_path(flags: &RunArgs) -> Option<&PathBuf> {
     flags.config.as_ref()
+}
+
+/// Each limit (actions already resolved) on the listener it is enforced on: a limit written as
+/// a proxy's own listener covers every client that proxy accepts (`proxy::coverage`). Two limits
+/// that land on the same listener, or a `close` limit no proxy can hold for, are errors naming
+/// the flags involved.
+fn enforced_listeners(
+    limits: Vec<LimitSpec>,
+    proxies: &[ProxyConfig],
+) -> Result<Vec<LimitSpec>, String> {
+    let listens: Vec<Listener> = proxies.iter().map(|p| p.spec.listen).collect();
+    let proxy_flag = |listen: Listener| {
+        proxies
+            .iter()
+            .find(|p| p.spec.listen == listen)
+            .map_or_else(
+                || format!("the proxy on {listen}"),
+                |p| format!("--proxy '{}'", p.spec),
+            )
+    };
+    let mut enforced: Vec<(LimitSpec, LimitSpec)> = Vec::new();
+    for written in limits {
+        let action = written.action.unwrap_or(DEFAULT_OVER_LIMIT);
+        let listener = coverage::enforced_on(&written, action, &listens).map_err(|mismatch| {
+            format!(
+                "--limit '{written}': {}",
+                coverage::explain(&mismatch, &written, proxy_flag)
+            )
+        })?;
+        if let Some((earlier, _)) = enforced.iter().find(|(_, e)| e.listener == listener) {
+            return Err(format!(
+                "--limit '{earlier}' and --limit '{written}' both limit the clients of {}: give one",
+                listens
+                    .iter()
+                    .find(|p| coverage::clients_of(**p) == listener)
+                    .map_or_else(|| listener.to_string(), |p| proxy_flag(*p))
+            ));
+        }
+        enforced.push((
+            written,
+            LimitSpec {
+                listener,
+                ..written
+            },
+        ));
+    }
+    Ok(enforced.into_iter().map(|(_, e)| e).collect())
 }

@@ -304,33 +304,44 @@ fn root_proxy_listener_is_limited_like_any_other() {
 /// first keeps working; the held connection never counts as active.
 #[test]
 fn root_proxy_close_action_holds_then_closes_ipv6() {
-    // `[::]:8000` limits IPv6 only: the clients use the server's fd00 address.
-    close_action_holds_then_closes(&format!("[::]:{PORT}"), true);
+    // As the README writes it: `--proxy '[::]:8000=…' --limit '[::]:8000=1:close'`. The proxy
+    // is dual-stack, so the limit covers its IPv4 clients too (checked at the end).
+    close_action_holds_then_closes(&format!("[::]:{PORT}"), &format!("[::]:{PORT}"), true);
 }
 
 /// The same with a bare-port listener (both families) and IPv4 clients, which the dual-stack
 /// proxy socket sees as IPv4-mapped addresses.
 #[test]
 fn root_proxy_close_action_holds_then_closes_bare_port_ipv4() {
-    close_action_holds_then_closes(&PORT.to_string(), false);
+    close_action_holds_then_closes(&PORT.to_string(), &PORT.to_string(), false);
 }
 
-fn close_action_holds_then_closes(listener: &str, v6: bool) {
+/// A bare-port limit next to a `[::]` proxy names the same clients: accepted, and enforced.
+#[test]
+fn root_proxy_close_action_bare_port_limit_on_a_dual_stack_proxy() {
+    close_action_holds_then_closes(&format!("[::]:{PORT}"), &PORT.to_string(), false);
+}
+
+/// `proxy_listen` for `--proxy`, `limit_listener` for `--limit ...=1:close`; `v6`: the clients'
+/// family. However it is written, the limit is enforced on every client of the dual-stack
+/// proxy, and `limiter stats` names it by the bare port.
+fn close_action_holds_then_closes(proxy_listen: &str, limit_listener: &str, v6: bool) {
     let pb = ProxyBed::new(ServerMode::Echo);
     let bed = &pb.bed;
-    let spec = format!("{listener}={}", pb.upstream);
+    let spec = format!("{proxy_listen}={}", pb.upstream);
     let agent = Agent::start(
         bed,
         &[
             "--proxy",
             &spec,
             "--limit",
-            &format!("{listener}=1:close"),
+            &format!("{limit_listener}=1:close"),
             "--delay-before-close",
             "2s",
         ],
     );
-    let name = pb.proxy_name(listener);
+    let listener = &PORT.to_string();
+    let name = pb.proxy_name(proxy_listen);
     let to = if v6 {
         addr(bed.srv_v6, PORT)
     } else {
@@ -407,18 +418,27 @@ fn close_action_holds_then_closes(listener: &str, v6: bool) {
         (0, 1, 2, 1),
         "{proxy:?}"
     );
-    if v6 {
-        // `[::]:8000` limits IPv6 only: with its slot taken, an IPv4 client is still forwarded.
-        let mut other = connected(bed, &addr(bed.srv_v4, PORT));
-        assert_echoes(&mut other, 1, "an IPv4 client while the IPv6 slot is taken");
-        let proxy = agent.wait_proxy(&name, "2 active", SETTLE, |p| p.active == 2);
-        assert_eq!(
-            (proxy.held_total, proxy.accepted_total),
-            (1, 3),
-            "{proxy:?}"
-        );
-        other.close();
-    }
+    // The other family shares the slot: with it taken by an IPv6 (or IPv4) client, a client
+    // of the other family is held and closed too.
+    let other_family = if v6 {
+        addr(bed.srv_v4, PORT)
+    } else {
+        addr(bed.srv_v6, PORT)
+    };
+    let mut other = connected(bed, &other_family);
+    assert_eq!(other.send(10).sent, 10);
+    let read = other.read_to_end(CLOSE_WAIT);
+    assert_eq!(
+        (read.received, read.end.as_str()),
+        (0, "eof"),
+        "a client of the other family should be held, then closed: {read:?}"
+    );
+    let proxy = agent.wait_proxy(&name, "nothing held", SETTLE, |p| p.held == 0);
+    assert_eq!(
+        (proxy.held_total, proxy.accepted_total, proxy.active),
+        (2, 2, 1),
+        "{proxy:?}"
+    );
     third.close();
     agent.wait_listener(listener, "0 active", SETTLE, |l| l.active == 0);
 }
@@ -631,6 +651,52 @@ fn root_proxy_rejects_an_upstream_that_is_not_an_ip() {
 #[test]
 fn root_proxy_close_action_needs_a_proxy() {
     expect_usage_error(&["--limit", "8000=1:close"], "--limit");
+}
+
+/// Flags that do not fit the proxy as written: each an error naming both flags.
+#[test]
+fn root_proxy_limits_that_do_not_fit_the_proxy_are_refused() {
+    // close on every address of port 8000, but the proxy accepts only IPv4.
+    let line = refusal_line(&[
+        "--proxy",
+        "0.0.0.0:8000=198.18.0.2:1025",
+        "--limit",
+        "8000=1:close",
+    ]);
+    for needle in [
+        "--limit '8000=1:close'",
+        "--proxy '0.0.0.0:8000=198.18.0.2:1025'",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line:?}");
+    }
+    // Two limits written differently for the same dual-stack proxy.
+    let line = refusal_line(&[
+        "--proxy",
+        "[::]:8000=198.18.0.2:1025",
+        "--limit",
+        "[::]:8000=1:close",
+        "--limit",
+        "8000=2:drop",
+    ]);
+    for needle in [
+        "--limit '[::]:8000=1:close'",
+        "--limit '8000=2:drop'",
+        "--proxy '",
+    ] {
+        assert!(line.contains(needle), "{needle:?} missing from {line:?}");
+    }
+}
+
+/// The one error line of a `limiter run` refused with exit 2 (nothing left behind).
+fn refusal_line(args: &[&str]) -> String {
+    let bed = TestBed::new();
+    let socket = Agent::socket_path().display().to_string();
+    let mut full = vec!["run", "--iface", &bed.srv_veth];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--control-socket", &socket]);
+    let finished = Agent::run_to_exit(&bed, &full);
+    limiter_tests::refusal::check_refusal(&bed, &finished, &format!("{full:?}"), 2, &["--limit"]);
+    finished.error_lines()[0].to_string()
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! `--delay-before-close` before closing it, passing no bytes upstream (Envoy's
 //! `connection_limit` behaviour, except that held connections never count as active).
 pub mod copy;
+pub mod coverage;
 pub mod stats;
 pub mod upstream;
 
@@ -97,6 +98,11 @@ impl Proxy {
         let listener = socket
             .and_then(|s| {
                 s.set_reuseaddr(true)?;
+                if addr.ip().is_unspecified() && addr.is_ipv6() {
+                    // Dual-stack whatever net.ipv6.bindv6only says: a limit on this listener
+                    // covers IPv4 clients too (coverage::clients_of).
+                    socket2::SockRef::from(&s).set_only_v6(false)?;
+                }
                 s.bind(addr)?;
                 s.listen(1024)
             })
