@@ -1,11 +1,14 @@
-//! docs/guide.md, run as written, so that the guide cannot drift from what limiter does.
+//! docs/guide.md and README.md, run as written, so that neither can drift from what limiter
+//! does.
 //!
-//! The guide's rules, which this test enforces:
+//! The documents' rules, which this test enforces:
 //! - Every ```` ```sh ```` block is a step. Its first line says where it runs: `# lab setup` /
 //!   `# lab cleanup` (the host), `# on the node` (the lab's node namespace, entered with
 //!   `nsenter --net` so that the host's cgroup v2 and bpffs mounts stay visible), `# on a client`
 //!   or `# on the backend` (`ip netns exec`). A block with no such line fails the test: every
-//!   command in the guide is run.
+//!   command in the documents is run. The one exception: README's quick start, marked `# what
+//!   CI runs`, whose commands (`cargo xtask demo`, `cargo xtask test`) must be in `.ci/run`
+//!   instead (this test is part of the second).
 //! - `leave it running` on that line: the step stays in the foreground (a terminal of its own);
 //!   here it runs in the background, in a process group of its own, and the next step starts
 //!   once it is ready: once its expected output (below) has appeared, or, with none, once a new
@@ -38,6 +41,9 @@ use limiter_tests::{
 
 const GUIDE_PATH: &str = "docs/guide.md";
 const GUIDE: &str = include_str!("../../docs/guide.md");
+const README_PATH: &str = "README.md";
+const README: &str = include_str!("../../README.md");
+const CI_RUN: &str = include_str!("../../.ci/run");
 
 /// How long one step may run (the longest, the 10-client loops, take about 4 s).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,6 +59,8 @@ enum Place {
     Node,
     Client,
     Backend,
+    /// README's quick start: run by `.ci/run`, not here.
+    Ci,
 }
 
 impl Place {
@@ -64,6 +72,7 @@ impl Place {
             ("on the node", Place::Node),
             ("on a client", Place::Client),
             ("on the backend", Place::Backend),
+            ("what CI runs", Place::Ci),
         ]
         .into_iter()
         .find(|(prefix, _)| text.starts_with(prefix))
@@ -89,9 +98,9 @@ enum Item {
 
 /// The guide as headings and steps, in order; an error names the first block that breaks the
 /// rules above.
-fn parse(guide: &str) -> Result<Vec<Item>, String> {
+fn parse(path: &str, doc: &str) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
-    let lines: Vec<&str> = guide.lines().collect();
+    let lines: Vec<&str> = doc.lines().collect();
     let mut i = 0;
     // Index in `items` of the last step while only blank lines followed it.
     let mut last_step: Option<usize> = None;
@@ -101,20 +110,20 @@ fn parse(guide: &str) -> Result<Vec<Item>, String> {
             let start = i + 1;
             let end = (start..lines.len())
                 .find(|&j| lines[j].trim_end() == "```")
-                .ok_or_else(|| format!("{GUIDE_PATH}:{start}: code block never closed"))?;
+                .ok_or_else(|| format!("{path}:{start}: code block never closed"))?;
             let body = &lines[start..end];
             match info.trim() {
                 "sh" => {
                     let first = body.first().copied().unwrap_or_default();
                     let place = Place::from_comment(first).ok_or_else(|| {
                         format!(
-                            "{GUIDE_PATH}:{start}: a sh block must start with where it runs \
+                            "{path}:{start}: a sh block must start with where it runs \
                              (`# lab setup`, `# lab cleanup`, `# on the node`, `# on a client`, \
                              `# on the backend`), found {first:?}"
                         )
                     })?;
                     if body.len() < 2 {
-                        return Err(format!("{GUIDE_PATH}:{start}: a sh block with no command"));
+                        return Err(format!("{path}:{start}: a sh block with no command"));
                     }
                     items.push(Item::Step(Step {
                         line: start,
@@ -128,7 +137,7 @@ fn parse(guide: &str) -> Result<Vec<Item>, String> {
                 "text" => {
                     let Some(Item::Step(step)) = last_step.and_then(|k| items.get_mut(k)) else {
                         return Err(format!(
-                            "{GUIDE_PATH}:{start}: a text block must follow a sh block (it is \
+                            "{path}:{start}: a text block must follow a sh block (it is \
                              that command's output)"
                         ));
                     };
@@ -241,10 +250,12 @@ struct Lab {
     socket: PathBuf,
     path_env: String,
     running: Vec<Running>,
+    /// The document being run, for messages.
+    doc: &'static str,
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(doc: &'static str) -> Lab {
         let id = names::next_id();
         let bin_dir = limiter_bin()
             .parent()
@@ -262,6 +273,7 @@ impl Lab {
             socket: PathBuf::from(format!("/tmp/{}.sock", names::unique("guide", id))),
             path_env,
             running: Vec::new(),
+            doc,
         }
     }
 
@@ -278,7 +290,7 @@ impl Lab {
             Place::Node => Some(&self.node),
             Place::Client => Some(&self.client),
             Place::Backend => Some(&self.backend),
-            Place::LabSetup | Place::LabCleanup => None,
+            Place::LabSetup | Place::LabCleanup | Place::Ci => None,
         }
     }
 
@@ -287,12 +299,12 @@ impl Lab {
         // The lab blocks stop at their first failure; the others run as typed in a terminal,
         // where a failing command in the middle does not end the shell.
         let errexit = match step.place {
-            Place::LabSetup | Place::LabCleanup => "set -e\n",
+            Place::LabSetup | Place::LabCleanup | Place::Ci => "set -e\n",
             Place::Node | Place::Client | Place::Backend => "",
         };
         let script = format!("exec 2>&1\n{errexit}{}", self.substitute(&step.script));
         let mut cmd = match step.place {
-            Place::LabSetup | Place::LabCleanup => Command::new("sh"),
+            Place::LabSetup | Place::LabCleanup | Place::Ci => Command::new("sh"),
             Place::Node => {
                 let mut cmd = Command::new("nsenter");
                 cmd.arg(format!("--net=/run/netns/{}", self.node)).arg("sh");
@@ -333,6 +345,7 @@ impl Lab {
     }
 
     fn run(&mut self, step: &Step) {
+        let doc = self.doc;
         if step.background {
             self.start(step);
             return;
@@ -341,7 +354,7 @@ impl Lab {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let context = || {
             format!(
-                "{GUIDE_PATH}:{}:\n{}\n--- printed ({}):\n{text}--- still running:\n{}",
+                "{doc}:{}:\n{}\n--- printed ({}):\n{text}--- still running:\n{}",
                 step.line,
                 step.script,
                 out.status,
@@ -356,11 +369,12 @@ impl Lab {
     }
 
     fn start(&mut self, step: &Step) {
+        let doc = self.doc;
         let netns = self.netns(step.place).map(str::to_string);
         let sockets_before = netns.as_deref().map(|ns| self.tcp_sockets(ns));
         let mut cmd = self.command(step);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let proc = Proc::spawn(&format!("{GUIDE_PATH}:{}", step.line), cmd);
+        let proc = Proc::spawn(&format!("{}:{}", self.doc, step.line), cmd);
         self.running.push(Running {
             step_line: step.line,
             proc,
@@ -387,7 +401,7 @@ impl Lab {
                     let exited = running.proc.try_wait();
                     if exited.is_some() || started.elapsed() >= READY_TIMEOUT {
                         panic!(
-                            "{GUIDE_PATH}:{}: not ready after {:?} (exited: {exited:?}): {why}\n{}\n--- running:\n{}",
+                            "{doc}:{}: not ready after {:?} (exited: {exited:?}): {why}\n{}\n--- running:\n{}",
                             step.line,
                             started.elapsed(),
                             step.script,
@@ -403,6 +417,7 @@ impl Lab {
     /// Ctrl-C for every step still running, newest first; each must be gone within
     /// [`STOP_TIMEOUT`], and the node left with no XDP program.
     fn stop_all(&mut self, at: &str) {
+        let doc = self.doc;
         while let Some(running) = self.running.pop() {
             let pgid = running.pgid();
             signal_group(pgid, libc::SIGINT);
@@ -414,7 +429,7 @@ impl Lab {
                 if started.elapsed() >= STOP_TIMEOUT {
                     signal_group(pgid, libc::SIGKILL);
                     panic!(
-                        "{at}: the step at {GUIDE_PATH}:{} still ran {STOP_TIMEOUT:?} after Ctrl-C (SIGINT)\n{}",
+                        "{at}: the step at {doc}:{} still ran {STOP_TIMEOUT:?} after Ctrl-C (SIGINT)\n{}",
                         running.step_line,
                         running.proc.transcript()
                     );
@@ -463,11 +478,11 @@ fn workspace_root() -> &'static Path {
         .expect("tests/ is in the workspace")
 }
 
-#[test]
-fn root_every_command_in_the_guide_does_what_the_guide_says() {
+/// Runs every step of a document in a lab of its own.
+fn run_document(path: &'static str, doc: &str) {
     require_root();
-    let items = parse(GUIDE).unwrap_or_else(|e| panic!("{e}"));
-    let mut lab = Lab::new();
+    let items = parse(path, doc).unwrap_or_else(|e| panic!("{e}"));
+    let mut lab = Lab::new(path);
     let mut heading = String::from("(start)");
     for item in &items {
         match item {
@@ -475,15 +490,53 @@ fn root_every_command_in_the_guide_does_what_the_guide_says() {
                 lab.stop_all(&format!("end of section {heading:?}"));
                 heading = next.clone();
             }
+            Item::Step(step) if step.place == Place::Ci => {}
             Item::Step(step) => lab.run(step),
         }
     }
-    lab.stop_all("end of the guide");
+    lab.stop_all(&format!("end of {path}"));
+}
+
+#[test]
+fn root_every_command_in_the_guide_does_what_the_guide_says() {
+    run_document(GUIDE_PATH, GUIDE);
+}
+
+#[test]
+fn root_every_command_in_the_readme_does_what_the_readme_says() {
+    run_document(README_PATH, README);
+}
+
+/// README's quick start is what CI runs: each of its commands is in `.ci/run`, and it is the
+/// only block not run by this test.
+#[test]
+fn readme_quick_start_is_what_ci_runs() {
+    let items = parse(README_PATH, README).unwrap_or_else(|e| panic!("{e}"));
+    let ci: Vec<&Step> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Step(s) if s.place == Place::Ci => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ci.len(), 1, "one quick start block: {ci:?}");
+    for command in ci[0].script.lines().skip(1) {
+        let command = command.split('#').next().unwrap_or_default().trim();
+        assert!(
+            command.is_empty() || CI_RUN.lines().any(|l| l.contains(command)),
+            "README's quick start runs `{command}`, which .ci/run does not"
+        );
+    }
+    let steps = items.iter().filter(|i| matches!(i, Item::Step(_))).count();
+    assert!(
+        steps > 5,
+        "README has {steps} steps: its examples are missing"
+    );
 }
 
 #[test]
 fn guide_blocks_follow_the_rules() {
-    let items = parse(GUIDE).unwrap_or_else(|e| panic!("{e}"));
+    let items = parse(GUIDE_PATH, GUIDE).unwrap_or_else(|e| panic!("{e}"));
     let steps: Vec<&Step> = items
         .iter()
         .filter_map(|i| match i {
@@ -520,19 +573,23 @@ fn guide_blocks_follow_the_rules() {
 
 #[test]
 fn parse_rejects_blocks_that_do_not_say_where_they_run() {
-    let err = parse("# t\n\n```sh\nlimiter stats\n```\n").unwrap_err();
+    let err = parse("t.md", "# t\n\n```sh\nlimiter stats\n```\n").unwrap_err();
     assert!(err.contains(":3:"), "{err}");
-    let err = parse("```text\nhello\n```\n").unwrap_err();
+    let err = parse("t.md", "```text\nhello\n```\n").unwrap_err();
     assert!(err.contains("must follow a sh block"), "{err}");
     let items = parse(
+        "t.md",
         "## a\n```sh\n# on a client, leave it running\ncurl x\n```\n\n```text\nhello\n```\nprose\n```text\nnot output\n```\n",
     );
     assert!(
         items.is_err(),
         "a text block after prose was taken as output"
     );
-    let items =
-        parse("## a\n```sh\n# on the node\nlimiter stats\n```\n\n```text\nX\n```\n").unwrap();
+    let items = parse(
+        "t.md",
+        "## a\n```sh\n# on the node\nlimiter stats\n```\n\n```text\nX\n```\n",
+    )
+    .unwrap();
     let Item::Step(step) = &items[1] else {
         panic!("{items:?}")
     };
