@@ -108,8 +108,9 @@ pub struct RunArgs {
     pub upstream_keepalive: Option<KeepaliveSpec>,
 
     /// How long the proxy waits for an upstream to accept a connection (Istio's connectTimeout).
-    #[arg(long, default_value = "10s", value_parser = parse_connect_timeout, value_name = "DURATION")]
-    pub connect_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_connect_timeout, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
 
     /// Most upstream connections a proxy keeps at once (Istio's maxConnections); beyond it new
     /// downstream connections are closed at once, nothing is queued. Default: unlimited.

@@ -78,7 +78,7 @@ impl Settings {
         let flag_proxies = flags.proxies.iter().map(|spec| ProxyConfig {
             spec: *spec,
             delay_before_close: Some(flags.delay_before_close),
-            connect_timeout: Some(flags.connect_timeout),
+            connect_timeout: flags.connect_timeout,
             max_connections: flags.max_upstream_connections,
             keepalive: flags.upstream_keepalive,
         });
@@ -89,7 +89,7 @@ impl Settings {
             .filter(|p| !flags.proxies.iter().any(|f| f.listen == p.spec.listen))
             .map(|p| ProxyConfig {
                 delay_before_close: p.delay_before_close.or(Some(flags.delay_before_close)),
-                connect_timeout: p.connect_timeout.or(Some(flags.connect_timeout)),
+                connect_timeout: p.connect_timeout.or(flags.connect_timeout),
                 max_connections: p.max_connections.or(flags.max_upstream_connections),
                 keepalive: p.keepalive.or(flags.upstream_keepalive),
                 ..p
@@ -105,6 +105,7 @@ impl Settings {
             .chain(flag_policies.clone())
             .collect();
 
+        proxy_flags_need_a_proxy(flags, over_limit, &proxies)?;
         let limits = enforced_listeners(limits, &proxies)?;
         let settings = Settings {
             ifaces,
@@ -242,4 +243,130 @@ fn enforced_listeners(
         ));
     }
     Ok(enforced.into_iter().map(|(_, e)| e).collect())
+}
+
+/// The proxy's flags (and `--over-limit close`) do nothing without a proxy: each is an error
+/// naming the flag and `--proxy`, never a setting silently ignored.
+fn proxy_flags_need_a_proxy(
+    flags: &RunArgs,
+    over_limit: Action,
+    proxies: &[ProxyConfig],
+) -> Result<(), String> {
+    if !proxies.is_empty() {
+        return Ok(());
+    }
+    let given = [
+        (
+            !flags.delay_before_close.is_zero(),
+            format!(
+                "--delay-before-close {}",
+                crate::duration::display(flags.delay_before_close)
+            ),
+        ),
+        (
+            flags.upstream_keepalive.is_some(),
+            "--upstream-keepalive".to_string(),
+        ),
+        (
+            flags.connect_timeout.is_some(),
+            "--connect-timeout".to_string(),
+        ),
+        (
+            flags.max_upstream_connections.is_some(),
+            "--max-upstream-connections".to_string(),
+        ),
+        (
+            over_limit == Action::Close,
+            "--over-limit close".to_string(),
+        ),
+    ];
+    match given.into_iter().find(|(set, _)| *set) {
+        Some((_, flag)) => Err(format!(
+            "{flag}: applies only to a proxy, and no --proxy is given (on the command line or \
+             in --config); add --proxy LISTEN=UPSTREAM or drop {}",
+            flag.split(' ').next().unwrap_or(&flag)
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn merge(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from([&["limiter", "run", "--iface", "eth0"], args].concat())
+            .map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        Settings::merge(&run, None)
+    }
+
+    #[test]
+    fn proxy_flags_without_a_proxy_are_refused_naming_both() {
+        for (args, flag) in [
+            (
+                &["--delay-before-close", "2s"][..],
+                "--delay-before-close 2s",
+            ),
+            (&["--connect-timeout", "10s"][..], "--connect-timeout"),
+            (
+                &["--max-upstream-connections", "5"][..],
+                "--max-upstream-connections",
+            ),
+            (
+                &["--upstream-keepalive", "time=60s"][..],
+                "--upstream-keepalive",
+            ),
+            (&["--over-limit", "close"][..], "--over-limit close"),
+        ] {
+            let err = merge(args).unwrap_err();
+            assert!(
+                err.starts_with(flag) && err.contains("no --proxy"),
+                "{args:?}: {err}"
+            );
+        }
+        let with_proxy = merge(&[
+            "--proxy",
+            "8000=198.18.0.3:1025",
+            "--delay-before-close",
+            "2s",
+            "--connect-timeout",
+            "3s",
+        ])
+        .unwrap();
+        assert_eq!(
+            with_proxy.proxies[0].connect_timeout,
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn limits_on_a_dual_stack_proxy_are_enforced_on_the_bare_port() {
+        let settings = merge(&[
+            "--proxy",
+            "[::]:8000=198.18.0.3:1025",
+            "--limit",
+            "[::]:8000=1:close",
+        ])
+        .unwrap();
+        assert_eq!(settings.limits[0].listener, Listener::AnyAddress(8000));
+        let err = merge(&[
+            "--proxy",
+            "[::]:8000=198.18.0.3:1025",
+            "--limit",
+            "[::]:8000=1",
+            "--limit",
+            "8000=2",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--limit '[::]:8000=1:drop'") && err.contains("--limit '8000=2:drop'"),
+            "{err}"
+        );
+    }
 }

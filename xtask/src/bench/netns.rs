@@ -175,10 +175,15 @@ impl TestBed {
 
     /// Attaches an XDP object (section `xdp`) in native mode, replacing what was there.
     pub fn attach_xdp(&self, server_side: bool, object: &Path) -> Result<()> {
+        self.attach_xdp_as(server_side, object, "xdpdrv")
+    }
+
+    /// `how`: `xdpdrv` (native) or `xdpgeneric`.
+    pub fn attach_xdp_as(&self, server_side: bool, object: &Path, how: &str) -> Result<()> {
         let (ns, veth) = self.side(server_side);
         quiet(
             command("ip")
-                .args(["-n", ns, "link", "set", "dev", veth, "xdpdrv", "obj"])
+                .args(["-n", ns, "link", "set", "dev", veth, how, "obj"])
                 .arg(object)
                 .args(["sec", "xdp"]),
         )
@@ -186,8 +191,12 @@ impl TestBed {
     }
 
     pub fn detach_xdp(&self, server_side: bool) -> Result<()> {
+        self.detach_xdp_as(server_side, "xdpdrv")
+    }
+
+    pub fn detach_xdp_as(&self, server_side: bool, how: &str) -> Result<()> {
         let (ns, veth) = self.side(server_side);
-        quiet(command("ip").args(["-n", ns, "link", "set", "dev", veth, "xdpdrv", "off"]))
+        quiet(command("ip").args(["-n", ns, "link", "set", "dev", veth, how, "off"]))
     }
 
     fn side(&self, server_side: bool) -> (&str, &str) {
