@@ -6,6 +6,11 @@ use crate::{Agent, TestBed, agent::Finished};
 /// with `code` and one error line containing one of `needles` (case-insensitive), and checks
 /// that nothing was left behind.
 pub fn expect_refusal(args: &[&str], code: i32, needles: &[&str]) {
+    refusal_line(args, code, needles);
+}
+
+/// [`expect_refusal`], returning the error line (to check more of what it names).
+pub fn refusal_line(args: &[&str], code: i32, needles: &[&str]) -> String {
     let bed = TestBed::new();
     let socket = Agent::socket_path();
     let socket_arg = socket.display().to_string();
@@ -19,6 +24,7 @@ pub fn expect_refusal(args: &[&str], code: i32, needles: &[&str]) {
         "{full:?}: control socket {} left behind",
         socket.display()
     );
+    finished.error_lines()[0].to_string()
 }
 
 pub fn check_refusal(bed: &TestBed, finished: &Finished, what: &str, code: i32, needles: &[&str]) {

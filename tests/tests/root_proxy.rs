@@ -10,7 +10,7 @@ use std::time::Duration;
 use limiter_tests::{
     Agent, ProxyStats, Side, TestBed, UpstreamNs,
     client::{EchoServer, Hold, ServerMode, Session, addr},
-    refusal::expect_refusal,
+    refusal::{expect_refusal, refusal_line},
 };
 
 const PORT: u16 = 8000;
@@ -657,12 +657,16 @@ fn root_proxy_close_action_needs_a_proxy() {
 #[test]
 fn root_proxy_limits_that_do_not_fit_the_proxy_are_refused() {
     // close on every address of port 8000, but the proxy accepts only IPv4.
-    let line = refusal_line(&[
-        "--proxy",
-        "0.0.0.0:8000=198.18.0.2:1025",
-        "--limit",
-        "8000=1:close",
-    ]);
+    let line = refusal_line(
+        &[
+            "--proxy",
+            "0.0.0.0:8000=198.18.0.2:1025",
+            "--limit",
+            "8000=1:close",
+        ],
+        2,
+        &["--limit"],
+    );
     for needle in [
         "--limit '8000=1:close'",
         "--proxy '0.0.0.0:8000=198.18.0.2:1025'",
@@ -670,14 +674,18 @@ fn root_proxy_limits_that_do_not_fit_the_proxy_are_refused() {
         assert!(line.contains(needle), "{needle:?} missing from {line:?}");
     }
     // Two limits written differently for the same dual-stack proxy.
-    let line = refusal_line(&[
-        "--proxy",
-        "[::]:8000=198.18.0.2:1025",
-        "--limit",
-        "[::]:8000=1:close",
-        "--limit",
-        "8000=2:drop",
-    ]);
+    let line = refusal_line(
+        &[
+            "--proxy",
+            "[::]:8000=198.18.0.2:1025",
+            "--limit",
+            "[::]:8000=1:close",
+            "--limit",
+            "8000=2:drop",
+        ],
+        2,
+        &["--limit"],
+    );
     for needle in [
         "--limit '[::]:8000=1:close'",
         "--limit '8000=2:drop'",
@@ -685,18 +693,6 @@ fn root_proxy_limits_that_do_not_fit_the_proxy_are_refused() {
     ] {
         assert!(line.contains(needle), "{needle:?} missing from {line:?}");
     }
-}
-
-/// The one error line of a `limiter run` refused with exit 2 (nothing left behind).
-fn refusal_line(args: &[&str]) -> String {
-    let bed = TestBed::new();
-    let socket = Agent::socket_path().display().to_string();
-    let mut full = vec!["run", "--iface", &bed.srv_veth];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--control-socket", &socket]);
-    let finished = Agent::run_to_exit(&bed, &full);
-    limiter_tests::refusal::check_refusal(&bed, &finished, &format!("{full:?}"), 2, &["--limit"]);
-    finished.error_lines()[0].to_string()
 }
 
 #[test]
