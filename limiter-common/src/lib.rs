@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -59,7 +59,8 @@ pub mod map_names {
     pub const AGENT_CONFIG: &str = "AGENT_CONFIG";
     pub const KEEPALIVE_POLICIES: &str = "KEEPALIVE_POLICIES";
     pub const SLOT_LISTENERS: &str = "SLOT_LISTENERS";
-    pub const ALL: [&str; 10] = [
+    pub const OVER_LIMIT: &str = "OVER_LIMIT";
+    pub const ALL: [&str; 11] = [
         LISTENERS,
         PORTS,
         SLOT_LISTENERS,
@@ -70,6 +71,7 @@ pub mod map_names {
         PACKET_STATS,
         AGENT_CONFIG,
         KEEPALIVE_POLICIES,
+        OVER_LIMIT,
     ];
 }
 
@@ -148,12 +150,26 @@ pub struct SlotListener {
 /// The live budget of one listener slot, shared by all CPUs and changed only with atomics.
 ///
 /// `reserved` = established + handshakes in flight: the number admission compares with the
-/// limit. `active` = established only: the gauge users see.
+/// limit. `active` = established only: the gauge users see. `mode` is one of
+/// [`admission_mode`], written only by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotUsage {
     pub reserved: u64,
     pub active: u64,
+    pub mode: u64,
+}
+
+/// How a listener admits connections ([`SlotUsage::mode`]).
+pub mod admission_mode {
+    /// A SYN takes a slot at XDP and holds it until the handshake completes or times out:
+    /// exact, and the client over the limit sees its action at once.
+    pub const RESERVE: u64 = 0;
+    /// Under a flood of SYNs whose handshakes never complete (forged sources), a SYN takes
+    /// nothing: it passes while the listener is not full, and the connection is admitted when
+    /// the kernel has completed its handshake (sock_ops), so only a client that answers our
+    /// SYN-ACK can take a slot. One found over the limit there is reset by the agent.
+    pub const FLOOD: u64 = 1;
 }
 
 /// Per-CPU, per-slot event counters (summed over CPUs by the agent).
@@ -180,7 +196,43 @@ pub struct SlotStats {
     /// `close` listeners: connections established over the limit, left for the proxy to hold
     /// and close (not counted).
     pub held: u64,
+    /// Flood mode: SYNs passed without taking a slot (the listener was not full).
+    pub proven_syn_passed: u64,
+    /// Flood mode: connections whose handshake completed with the listener full, handed to the
+    /// agent to be reset (not counted).
+    pub over_limit_established: u64,
 }
+
+impl SlotStats {
+    /// Adds another CPU's counters (the agent sums the per-CPU values).
+    pub fn add(&mut self, other: &SlotStats) {
+        self.syn_admitted += other.syn_admitted;
+        self.syn_retransmitted += other.syn_retransmitted;
+        self.refused_drop += other.refused_drop;
+        self.refused_reset += other.refused_reset;
+        self.established += other.established;
+        self.established_unreserved += other.established_unreserved;
+        self.closed += other.closed;
+        self.untracked += other.untracked;
+        self.held += other.held;
+        self.proven_syn_passed += other.proven_syn_passed;
+        self.over_limit_established += other.over_limit_established;
+    }
+}
+
+/// A connection established over its listener's limit in flood mode, for the agent to reset
+/// (`OVER_LIMIT` ring buffer): its 4-tuple and socket cookie, as sock_diag's SOCK_DESTROY wants
+/// them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverLimit {
+    pub flow: FlowKey,
+    pub cookie: u64,
+}
+
+/// Size of the `OVER_LIMIT` ring buffer (a power of two, a multiple of the page size): room
+/// for thousands of events between two reads by the agent.
+pub const OVER_LIMIT_RING_BYTES: u32 = 256 * 1024;
 
 /// A connection's 4-tuple from the server's point of view. The same key is built by XDP (from
 /// the SYN) and by sock_ops (from the child socket), so a reservation can be handed over.
@@ -290,6 +342,7 @@ mod pod {
     unsafe impl aya::Pod for AgentConfig {}
     unsafe impl aya::Pod for KeepaliveTarget {}
     unsafe impl aya::Pod for KeepaliveConfig {}
+    unsafe impl aya::Pod for OverLimit {}
 }
 
 #[cfg(test)]
@@ -303,8 +356,9 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(size_of::<ListenerConfig>(), 16);
         assert_eq!(size_of::<SlotListener>(), 40);
-        assert_eq!(size_of::<SlotUsage>(), 16);
-        assert_eq!(size_of::<SlotStats>(), 72);
+        assert_eq!(size_of::<SlotUsage>(), 24);
+        assert_eq!(size_of::<SlotStats>(), 88);
+        assert_eq!(size_of::<OverLimit>(), 48);
         assert_eq!(size_of::<KeepaliveTarget>(), 20);
         assert_eq!(size_of::<KeepaliveConfig>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -2,9 +2,10 @@
 //!
 //! Up: when a passive (server-side) connection becomes ESTABLISHED in the agent's network
 //! namespace on a limited listener. The handshake's reservation is taken over if there is one
-//! (deleting the PENDING entry is the hand-off), otherwise a slot is taken unconditionally: the
-//! kernel already holds the connection. The socket is then tagged in SOCKETS and asked for
-//! state callbacks.
+//! (deleting the PENDING entry is the hand-off). Without one, a listener in flood mode admits
+//! here with the same atomic reservation XDP uses (over the limit the connection goes to the
+//! agent, which resets it); otherwise a slot is taken unconditionally: the kernel already holds
+//! the connection. The socket is then tagged in SOCKETS and asked for state callbacks.
 //!
 //! Down: when a tagged socket reaches CLOSE (FIN, RST or timeout, whichever side). Deleting the
 //! tag is what makes every decrement match exactly one increment.
@@ -19,12 +20,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use limiter_common::{FlowKey, action, family};
+use limiter_common::{FlowKey, OverLimit, action, family};
 
 use crate::{
     atomic::Usage,
     keepalive, listeners,
-    maps::{AGENT_CONFIG, PENDING, SOCKETS, count_slot},
+    maps::{AGENT_CONFIG, OVER_LIMIT, PENDING, SOCKETS, count_slot},
 };
 
 const AF_INET: u32 = 2;
@@ -81,6 +82,14 @@ fn established(ctx: &SockOpsContext) {
                     count_slot(listener.slot, |s| &mut s.held);
                     return;
                 }
+            } else if usage.flood_mode() {
+                // Flood mode: the SYN took nothing; the completed handshake proves the client
+                // is real, and it is admitted now. One too many (more handshakes completed
+                // than there were free slots) cannot be refused any more: the agent resets it.
+                if !usage.try_reserve(listener.limit) {
+                    over_limit(ctx, &flow, listener.slot);
+                    return;
+                }
             } else {
                 // The SYN crossed no watched interface (e.g. loopback) or its reservation
                 // expired: the kernel holds the connection anyway, so it counts.
@@ -112,6 +121,24 @@ fn established(ctx: &SockOpsContext) {
     }
     usage.established();
     count_slot(slot, |s| &mut s.established);
+}
+
+/// Hands a connection established over the limit to the agent, which resets it (sock_ops
+/// cannot abort a socket). If the ring is full the connection stays, uncounted, and the
+/// agent's report shows the loss.
+#[inline(always)]
+fn over_limit(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) {
+    // SAFETY: the helper only reads the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let event = OverLimit {
+        flow: *flow,
+        cookie,
+    };
+    if OVER_LIMIT.output::<OverLimit>(&event, 0).is_ok() {
+        count_slot(slot, |s| &mut s.over_limit_established);
+    } else {
+        count_slot(slot, |s| &mut s.untracked);
+    }
 }
 
 #[inline(always)]

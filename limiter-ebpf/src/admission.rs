@@ -5,6 +5,11 @@
 //! SYN that already holds a slot through and refuse the rest with the listener's action. A
 //! reservation is handed to accounting when the handshake completes, or released by the agent
 //! when it does not complete in time.
+//!
+//! In flood mode (`limiter_common::admission_mode::FLOOD`, set by the agent when reservations
+//! stop completing) a SYN takes nothing: a full listener still refuses it here, at the same
+//! cost, and any other passes; accounting admits the connection once the kernel has completed
+//! its handshake, which forged sources never do.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
@@ -42,6 +47,13 @@ pub fn admission(ctx: XdpContext) -> u32 {
     let Some(usage) = Usage::of(listener.slot) else {
         return pass(packet_stat::NOT_OURS);
     };
+    if usage.flood_mode() {
+        if usage.full(listener.limit) {
+            return refuse(&ctx, &syn, &listener);
+        }
+        count_slot(listener.slot, |s| &mut s.proven_syn_passed);
+        return pass(packet_stat::SYN_PASSED);
+    }
     if !usage.try_reserve(listener.limit) {
         // At the limit. A retransmitted SYN whose first copy holds a slot still passes; there
         // can be none unless a handshake is in flight, so a listener held at its limit by

@@ -2,7 +2,7 @@
 //! (BPF_ATOMIC | BPF_FETCH, Linux 5.12+), so SYNs on several CPUs can never over-admit.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use limiter_common::SlotUsage;
+use limiter_common::{SlotUsage, admission_mode};
 
 use crate::maps::SLOT_USAGE;
 
@@ -40,6 +40,20 @@ impl Usage {
             return false;
         }
         true
+    }
+
+    /// Whether the agent has put this listener in flood mode (`admission_mode::FLOOD`).
+    #[inline(always)]
+    pub fn flood_mode(&self) -> bool {
+        // SAFETY: as for `reserved`; the agent writes the word whole.
+        unsafe { core::ptr::read_volatile(&raw const (*self.0).mode) == admission_mode::FLOOD }
+    }
+
+    /// Whether every slot is taken (a plain read: flood mode's SYNs only need a hint, the
+    /// exact check is made when the handshake completes).
+    #[inline(always)]
+    pub fn full(&self, limit: u64) -> bool {
+        self.reserved().load() >= limit
     }
 
     /// Whether any reservation of this listener is a handshake still in flight (reserved but

@@ -2,12 +2,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED_SOCKETS, PORT_TABLE_SIZE,
-    Pending, SlotListener, SlotStats, SlotUsage, packet_stat,
+    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED_SOCKETS, OVER_LIMIT_RING_BYTES,
+    PORT_TABLE_SIZE, Pending, SlotListener, SlotStats, SlotUsage, packet_stat,
 };
 
 /// Limited listeners and their settings; written only by the agent.
@@ -56,6 +56,11 @@ pub static KEEPALIVE_POLICIES: LpmTrie<KeepaliveTarget, KeepaliveConfig> =
 
 #[map]
 pub static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+
+/// Flood mode: connections whose handshake completed with their listener full
+/// (`limiter_common::OverLimit`), for the agent to reset; sock_ops cannot abort a socket.
+#[map]
+pub static OVER_LIMIT: RingBuf = RingBuf::with_byte_size(OVER_LIMIT_RING_BYTES, 0);
 
 #[inline(always)]
 pub fn count_packet(index: u32) {

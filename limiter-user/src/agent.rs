@@ -15,6 +15,7 @@ use crate::{
     handshake, kernel,
     limits::LimitTable,
     metrics::{self, MetricsSource},
+    over_limit::{self, ResetStats},
     pins::PinDir,
     preflight,
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
@@ -110,6 +111,8 @@ pub struct AgentState {
     pub proxies: Vec<(String, Arc<ProxyStats>)>,
     /// Programs attached (cleared when detaching): what /readyz reports.
     pub attached: AtomicBool,
+    /// Flood mode's connections over the limit the agent reset (or failed to).
+    pub resets: Arc<ResetStats>,
     /// The flags, and the settings in force (flags over `--config`), for reloads.
     flags: RunArgs,
     settings: Mutex<Settings>,
@@ -132,6 +135,8 @@ impl AgentState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .report();
+        report.packets.reset_after_handshake_failed_total =
+            self.resets.failed.load(Ordering::Relaxed);
         report.proxies = self
             .proxies
             .iter()
@@ -286,6 +291,13 @@ async fn enforce(
     {
         tracing::info!(%iface, %mode, why, "attached: admitting SYNs (XDP)");
     }
+    // Flood mode's connections over the limit, reset as soon as sock_ops reports them.
+    let resets = Arc::new(ResetStats::default());
+    let reset_task = table
+        .maps_mut()
+        .over_limit
+        .take()
+        .map(|ring| tokio::spawn(over_limit::reset_loop(ring, resets.clone())));
     let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;
     let ifaces = settings.ifaces.clone();
@@ -296,6 +308,7 @@ async fn enforce(
             .map(|p| (p.spec.to_string(), p.stats.clone()))
             .collect(),
         attached: AtomicBool::new(true),
+        resets,
         flags: args.clone(),
         settings: Mutex::new(settings),
     });
@@ -354,6 +367,9 @@ async fn enforce(
         }
     }
     proxy_tasks.abort_all();
+    if let Some(task) = reset_task {
+        task.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

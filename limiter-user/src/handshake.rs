@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use limiter_common::{FlowKey, Pending};
 
-use crate::limits::LimitTable;
+use crate::{flood, limits::LimitTable};
+
+/// A PENDING entry: a handshake's 4-tuple and its reservation.
+pub type Reservation = (FlowKey, Pending);
 
 /// Now on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns()` reads.
 fn monotonic_ns() -> u64 {
@@ -24,22 +27,24 @@ fn monotonic_ns() -> u64 {
 }
 
 /// How often to sweep for a given timeout: often enough that a slot is back within about a
-/// quarter of the timeout after it expires.
+/// quarter of the timeout after it expires, and that a flood is noticed within
+/// [`flood::CHECK_INTERVAL`].
 pub fn sweep_interval(timeout: Duration) -> Duration {
-    (timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+    (timeout / 4).clamp(Duration::from_millis(20), flood::CHECK_INTERVAL)
 }
 
-/// Releases every reservation older than `timeout`; returns how many.
+/// Releases every reservation older than `timeout` (returns how many), then lets the flood
+/// watch look at the rest.
 pub fn sweep(table: &mut LimitTable, timeout: Duration) -> usize {
-    let deadline = monotonic_ns().saturating_sub(timeout.as_nanos() as u64);
-    let expired: Vec<(FlowKey, Pending)> = table
+    let now = monotonic_ns();
+    let deadline = now.saturating_sub(timeout.as_nanos() as u64);
+    let (expired, live): (Vec<Reservation>, Vec<Reservation>) = table
         .maps()
         .pending
         .iter()
         // An entry deleted by accounting mid-walk shows up as an error: it is not ours anyway.
         .filter_map(Result::ok)
-        .filter(|(_, pending)| pending.since_ns < deadline)
-        .collect();
+        .partition(|(_, pending)| pending.since_ns < deadline);
     let mut released = 0;
     for (flow, pending) in expired {
         if table.maps_mut().pending.remove(&flow).is_ok() {
@@ -47,5 +52,6 @@ pub fn sweep(table: &mut LimitTable, timeout: Duration) -> usize {
             released += 1;
         }
     }
+    flood::watch(table, &live, now);
     released
 }

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
     programs::{
         CgroupAttachMode, SockOps, Xdp,
         links::{FdLink, PinnedLink},
@@ -40,6 +40,8 @@ pub struct Maps {
     pub sockets: HashMap<MapData, u64, u32>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
+    /// Flood mode's connections over the limit, to reset; taken by the agent's reset task.
+    pub over_limit: Option<RingBuf<MapData>>,
 }
 
 /// The loaded programs and their attachments.
@@ -130,6 +132,7 @@ pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps)
         sockets: take(&mut ebpf, map_names::SOCKETS)?,
         keepalive: take(&mut ebpf, map_names::KEEPALIVE_POLICIES)?,
         usage,
+        over_limit: Some(take(&mut ebpf, map_names::OVER_LIMIT)?),
     };
     Ok((
         Programs {

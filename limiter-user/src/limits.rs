@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 
 use aya::maps::{MapError, PerCpuValues};
 use limiter_common::{
-    ListenerConfig, MAX_LISTENERS, SlotListener, SlotStats, SlotUsage, map_names, port_entry,
+    ListenerConfig, MAX_LISTENERS, SlotListener, SlotStats, SlotUsage, admission_mode, map_names,
+    port_entry,
 };
 
 use crate::{
     error::AgentError,
+    flood::FloodWatch,
     kernel::Maps,
     listener::{Action, LimitSpec, Listener},
     proxy::coverage,
@@ -48,6 +50,8 @@ pub struct LimitTable {
     proxied: Vec<Listener>,
     /// The XDP mode of each interface: an action it cannot deliver is refused.
     attachments: Vec<Attachment>,
+    /// Which listeners are in flood mode, and what the floods cost.
+    pub flood: FloodWatch,
 }
 
 impl LimitTable {
@@ -63,6 +67,7 @@ impl LimitTable {
             handshake_timeouts: vec![0; MAX_LISTENERS as usize],
             proxied: Vec::new(),
             attachments: Vec::new(),
+            flood: FloodWatch::new(MAX_LISTENERS as usize),
         }
     }
 
@@ -258,6 +263,8 @@ impl LimitTable {
 
     fn reset_slot_stats(&mut self, slot: u32) {
         self.handshake_timeouts[slot as usize] = 0;
+        self.flood.reset(slot);
+        self.maps.usage.set_mode(slot, admission_mode::RESERVE);
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         if let Ok(zeros) = PerCpuValues::try_from(vec![SlotStats::default(); cpus]) {
             let _ = self.maps.slot_stats.set(slot, zeros, 0);
@@ -347,6 +354,14 @@ impl LimitTable {
         self.configured.keys().copied().collect()
     }
 
+    /// Every configured listener with its slot and limit.
+    pub fn limits(&self) -> Vec<(Listener, u32, u32)> {
+        self.configured
+            .iter()
+            .map(|(listener, limit)| (*listener, limit.slot, limit.limit))
+            .collect()
+    }
+
     pub fn count_handshake_timeout(&mut self, slot: u32) {
         self.maps.usage.release_reservation(slot);
         self.handshake_timeouts[slot as usize] += 1;
@@ -357,8 +372,13 @@ impl LimitTable {
             .configured
             .iter()
             .map(|(listener, limit)| {
-                let SlotUsage { reserved, active } = self.maps.usage.get(limit.slot);
+                let SlotUsage {
+                    reserved,
+                    active,
+                    mode,
+                } = self.maps.usage.get(limit.slot);
                 let stats = self.slot_stats(limit.slot);
+                let flood = self.flood.slot(limit.slot);
                 ListenerReport {
                     listener: listener.to_string(),
                     limit: limit.limit as u64,
@@ -374,6 +394,17 @@ impl LimitTable {
                     unreserved_total: stats.established_unreserved,
                     untracked_total: stats.untracked,
                     held_total: stats.held,
+                    mode: if mode == admission_mode::FLOOD {
+                        "flood"
+                    } else {
+                        "reserve"
+                    }
+                    .to_string(),
+                    flood_mode_entered_total: flood.entered_total,
+                    proven_syn_passed_total: stats.proven_syn_passed,
+                    handshakes_not_completed_total: self.handshake_timeouts[limit.slot as usize]
+                        + flood.not_completed,
+                    reset_after_handshake_total: stats.over_limit_established,
                 }
             })
             .collect();
@@ -384,20 +415,13 @@ impl LimitTable {
         }
     }
 
-    fn slot_stats(&self, slot: u32) -> SlotStats {
+    /// A slot's event counters, summed over CPUs.
+    pub fn slot_stats(&self, slot: u32) -> SlotStats {
         let Ok(per_cpu) = self.maps.slot_stats.get(&slot, 0) else {
             return SlotStats::default();
         };
         per_cpu.iter().fold(SlotStats::default(), |mut sum, cpu| {
-            sum.syn_admitted += cpu.syn_admitted;
-            sum.syn_retransmitted += cpu.syn_retransmitted;
-            sum.refused_drop += cpu.refused_drop;
-            sum.refused_reset += cpu.refused_reset;
-            sum.established += cpu.established;
-            sum.established_unreserved += cpu.established_unreserved;
-            sum.closed += cpu.closed;
-            sum.untracked += cpu.untracked;
-            sum.held += cpu.held;
+            sum.add(cpu);
             sum
         })
     }

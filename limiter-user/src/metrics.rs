@@ -21,9 +21,15 @@
 //! | `limiter_listener_handshake_timeouts_total` | counter | `listener` |
 //! | `limiter_listener_unreserved_connections_total` | counter | `listener` |
 //! | `limiter_listener_untracked_connections_total` | counter | `listener` |
+//! | `limiter_listener_flood_mode` | gauge (1 in flood mode, else 0) | `listener` |
+//! | `limiter_listener_flood_mode_entered_total` | counter | `listener` |
+//! | `limiter_listener_flood_syns_passed_total` | counter | `listener` |
+//! | `limiter_listener_handshakes_not_completed_total` | counter | `listener` |
+//! | `limiter_listener_reset_after_handshake_total` | counter | `listener` |
 //! | `limiter_packets_total` | counter | `result` = `seen`/`not_ours`/`malformed`/`syn_passed`/`syn_refused` |
 //! | `limiter_reset_fallback_drops_total` | counter | |
 //! | `limiter_pending_table_full_total` | counter | |
+//! | `limiter_reset_after_handshake_failures_total` | counter | |
 //! | `limiter_keepalive_sockets_total` | counter | `result` = `set`/`failed` |
 //! | `limiter_proxy_active_connections` | gauge | `proxy` |
 //! | `limiter_proxy_holding_connections` | gauge | `proxy` |
@@ -295,6 +301,46 @@ impl Collector for ReportCollector {
             Kind::Counter,
             per_listener(|l| l.untracked_total),
         )?;
+        family(
+            e,
+            "listener_flood_mode",
+            "1 while the listener is in flood mode (a SYN takes no slot; a connection is admitted when its handshake completes), else 0.",
+            None,
+            Kind::Gauge,
+            per_listener(|l| u64::from(l.mode == "flood")),
+        )?;
+        family(
+            e,
+            "listener_flood_mode_entered",
+            "Times the listener went into flood mode because its handshakes stopped completing.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.flood_mode_entered_total),
+        )?;
+        family(
+            e,
+            "listener_flood_syns_passed",
+            "SYNs flood mode let through without taking a slot.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.proven_syn_passed_total),
+        )?;
+        family(
+            e,
+            "listener_handshakes_not_completed",
+            "Handshakes that never completed: released by timeout or at the switch to flood mode, or passed in flood mode and never answered.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.handshakes_not_completed_total),
+        )?;
+        family(
+            e,
+            "listener_reset_after_handshake",
+            "Flood mode: connections whose handshake completed with the listener full; reset by the agent.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.reset_after_handshake_total),
+        )?;
 
         // Program-wide.
         let p = &report.packets;
@@ -324,6 +370,12 @@ impl Collector for ReportCollector {
             "pending_table_full",
             "SYNs refused because the table of handshakes in flight was full.",
             p.pending_full_total,
+        )?;
+        counter(
+            e,
+            "reset_after_handshake_failures",
+            "Flood mode: connections over the limit the agent could not reset (sock_diag failed).",
+            p.reset_after_handshake_failed_total,
         )?;
         family(
             e,
@@ -463,6 +515,16 @@ mod tests {
             unreserved_total: base + 9,
             untracked_total: base + 10,
             held_total: base + 12,
+            mode: if base.is_multiple_of(200) {
+                "flood"
+            } else {
+                "reserve"
+            }
+            .into(),
+            flood_mode_entered_total: base + 13,
+            proven_syn_passed_total: base + 14,
+            handshakes_not_completed_total: base + 15,
+            reset_after_handshake_total: base + 16,
         }
     }
 
@@ -482,6 +544,7 @@ mod tests {
                 pending_full_total: 1007,
                 keepalive_set_total: 1008,
                 keepalive_failed_total: 1009,
+                reset_after_handshake_failed_total: 1010,
             },
             proxies: vec![ProxyReport {
                 proxy: "[::]:8000=198.18.0.3:1025".into(),
@@ -588,6 +651,31 @@ mod tests {
                 &[],
                 l.untracked_total,
             );
+            put(
+                "limiter_listener_flood_mode",
+                &[],
+                u64::from(l.mode == "flood"),
+            );
+            put(
+                "limiter_listener_flood_mode_entered_total",
+                &[],
+                l.flood_mode_entered_total,
+            );
+            put(
+                "limiter_listener_flood_syns_passed_total",
+                &[],
+                l.proven_syn_passed_total,
+            );
+            put(
+                "limiter_listener_handshakes_not_completed_total",
+                &[],
+                l.handshakes_not_completed_total,
+            );
+            put(
+                "limiter_listener_reset_after_handshake_total",
+                &[],
+                l.reset_after_handshake_total,
+            );
         }
         let p = &report.packets;
         for (result, v) in [
@@ -606,6 +694,10 @@ mod tests {
         want.insert(
             key("limiter_pending_table_full_total", &[]),
             p.pending_full_total,
+        );
+        want.insert(
+            key("limiter_reset_after_handshake_failures_total", &[]),
+            p.reset_after_handshake_failed_total,
         );
         want.insert(
             key("limiter_keepalive_sockets_total", &[("result", "set")]),
@@ -669,8 +761,9 @@ mod tests {
         sample.strip_suffix("_total").unwrap_or(sample)
     }
 
-    const GAUGES: [&str; 5] = [
+    const GAUGES: [&str; 6] = [
         "limiter_listener_active_connections",
+        "limiter_listener_flood_mode",
         "limiter_listener_pending_handshakes",
         "limiter_listener_limit",
         "limiter_proxy_active_connections",

@@ -38,6 +38,23 @@ pub struct ListenerReport {
     /// and close (never counted as active).
     #[serde(default)]
     pub held_total: u64,
+    /// Admission mode now: `reserve` (a SYN takes a slot) or `flood` (a connection is admitted
+    /// when its handshake completes; see the README's "Floods").
+    #[serde(default)]
+    pub mode: String,
+    /// Times the listener went into flood mode.
+    #[serde(default)]
+    pub flood_mode_entered_total: u64,
+    /// SYNs flood mode passed without taking a slot.
+    #[serde(default)]
+    pub proven_syn_passed_total: u64,
+    /// Handshakes that never completed: released by the handshake timeout or at the switch to
+    /// flood mode, and, in flood mode, SYNs passed that no completed handshake followed.
+    #[serde(default)]
+    pub handshakes_not_completed_total: u64,
+    /// Flood mode: connections whose handshake completed with the listener full, reset.
+    #[serde(default)]
+    pub reset_after_handshake_total: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -53,6 +70,9 @@ pub struct PacketReport {
     pub keepalive_set_total: u64,
     #[serde(default)]
     pub keepalive_failed_total: u64,
+    /// Flood mode: connections over the limit the agent could not reset (sock_diag failed).
+    #[serde(default)]
+    pub reset_after_handshake_failed_total: u64,
 }
 
 impl PacketReport {
@@ -73,6 +93,7 @@ impl PacketReport {
             pending_full_total: counter(packet_stat::PENDING_TABLE_FULL),
             keepalive_set_total: counter(packet_stat::KEEPALIVE_SET),
             keepalive_failed_total: counter(packet_stat::KEEPALIVE_FAILED),
+            reset_after_handshake_failed_total: 0,
         }
     }
 }
@@ -120,6 +141,23 @@ impl Report {
         if self.listeners.is_empty() {
             out.push_str("(no limits set)\n");
         }
+        // Floods, where there were any: the mode now and what they cost.
+        for l in self
+            .listeners
+            .iter()
+            .filter(|l| l.flood_mode_entered_total > 0)
+        {
+            out.push_str(&format!(
+                "{}: {} mode (flood mode entered {} times); SYNs passed without a slot {}, \
+                 handshakes not completed {}, reset after handshake {}\n",
+                l.listener,
+                l.mode,
+                l.flood_mode_entered_total,
+                l.proven_syn_passed_total,
+                l.handshakes_not_completed_total,
+                l.reset_after_handshake_total
+            ));
+        }
         let p = &self.packets;
         out.push_str(&format!(
             "\npackets: seen {}, not ours {}, malformed {}, SYN passed {}, SYN refused {}\n",
@@ -165,6 +203,11 @@ mod tests {
             unreserved_total: 0,
             untracked_total: 0,
             held_total: 0,
+            mode: "reserve".into(),
+            flood_mode_entered_total: 0,
+            proven_syn_passed_total: 0,
+            handshakes_not_completed_total: 0,
+            reset_after_handshake_total: 0,
         }
     }
 

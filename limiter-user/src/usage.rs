@@ -45,7 +45,7 @@ impl SlotUsageView {
 
     fn word(&self, slot: u32, field: fn(*mut SlotUsage) -> *mut u64) -> &AtomicU64 {
         assert!(slot < MAX_LISTENERS, "slot {slot} out of range");
-        // SAFETY: in bounds (checked above), 8-byte aligned (page-aligned base, 16-byte
+        // SAFETY: in bounds (checked above), 8-byte aligned (page-aligned base, 24-byte
         // elements), and only ever accessed atomically.
         unsafe { AtomicU64::from_ptr(field(self.base.as_ptr().add(slot as usize))) }
     }
@@ -58,7 +58,17 @@ impl SlotUsageView {
             active: self
                 .word(slot, |p| unsafe { &raw mut (*p).active })
                 .load(Ordering::Relaxed),
+            mode: self
+                .word(slot, |p| unsafe { &raw mut (*p).mode })
+                .load(Ordering::Relaxed),
         }
+    }
+
+    /// Switches a slot's admission mode (`limiter_common::admission_mode`); the programs read
+    /// it on every SYN and established connection of the listener.
+    pub fn set_mode(&self, slot: u32, mode: u64) {
+        self.word(slot, |p| unsafe { &raw mut (*p).mode })
+            .store(mode, Ordering::Relaxed);
     }
 
     /// Gives back a slot whose reservation this process took ownership of (by deleting its

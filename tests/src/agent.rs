@@ -62,6 +62,22 @@ pub struct ListenerStats {
     /// `close` listeners (proxy mode): connections held over the limit, never counted active.
     #[serde(default)]
     pub held_total: u64,
+    /// The listener's admission mode: `reserve` (a slot per SYN) or `flood` (admitted when the
+    /// handshake completes).
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub flood_mode_entered_total: u64,
+    /// SYNs the flood path passed without taking a slot.
+    #[serde(default)]
+    pub proven_syn_passed_total: u64,
+    /// Handshakes that never completed: reservations released by timeout or at the switch to
+    /// flood mode, and, in flood mode, SYNs passed whose handshake did not complete.
+    #[serde(default)]
+    pub handshakes_not_completed_total: u64,
+    /// Connections found over the limit when their handshake completed (flood mode): reset.
+    #[serde(default)]
+    pub reset_after_handshake_total: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -27,7 +27,7 @@ pub fn netns_tool_bin() -> PathBuf {
     path
 }
 
-fn tool(bed: &TestBed, side: Side, args: &[&str]) -> std::process::Command {
+pub(crate) fn tool(bed: &TestBed, side: Side, args: &[&str]) -> std::process::Command {
     let bin = netns_tool_bin();
     bed.command(side, bin.to_str().expect("utf-8 path"), args)
 }

@@ -7,6 +7,7 @@
 //! - [`client`]: servers and clients (the `netns-tool` helper) run inside the namespaces.
 //! - [`process`]: child processes with line-by-line output and kill-on-drop.
 //! - [`poll`]: waiting for a condition with a deadline.
+//! - [`flood`]: a forged-source SYN flood and a real client probing during it.
 //! - [`frames`]: crafted Ethernet frames and a reference parser, for program tests.
 //! - [`refusal`]: how bad input must be refused (one error line, nothing left behind).
 //! - [`program`]: the XDP program loaded from the real object and run with BPF_PROG_TEST_RUN.
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod flood;
 pub mod frames;
 pub mod names;
 pub mod netns;

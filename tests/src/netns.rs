@@ -150,6 +150,30 @@ impl TestBed {
         );
     }
 
+    /// Routes [`crate::flood::FORGED_SOURCES`] from the server to the client namespace (once),
+    /// so the server's SYN-ACKs to forged sources leave and are lost there, as on a real
+    /// network; without a route the kernel would not even keep their handshakes.
+    pub fn route_forged_sources(&self) {
+        let routes = run_ok("ip", &["-n", &self.srv_ns, "route", "show"]);
+        if routes.contains(crate::flood::FORGED_SOURCES) {
+            return;
+        }
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &self.srv_ns,
+                "route",
+                "add",
+                crate::flood::FORGED_SOURCES,
+                "via",
+                &self.cli_v4.to_string(),
+                "dev",
+                &self.srv_veth,
+            ],
+        );
+    }
+
     /// Drops every TCP segment arriving in `side` for `port` (nftables, input hook). Used so a
     /// raw SYN's SYN-ACK is neither answered with a RST by the client kernel (there is no
     /// socket for it) nor delivered: the handshake then stays half-open on the server.

@@ -232,14 +232,7 @@ impl AdmissionProgram {
             PerCpuArray::try_from(self.map(map_names::SLOT_STATS)).unwrap();
         let per_cpu = stats.get(&slot, 0).expect("read SLOT_STATS");
         per_cpu.iter().fold(SlotStats::default(), |mut sum, s| {
-            sum.syn_admitted += s.syn_admitted;
-            sum.syn_retransmitted += s.syn_retransmitted;
-            sum.refused_drop += s.refused_drop;
-            sum.refused_reset += s.refused_reset;
-            sum.established += s.established;
-            sum.established_unreserved += s.established_unreserved;
-            sum.closed += s.closed;
-            sum.untracked += s.untracked;
+            sum.add(s);
             sum
         })
     }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use limiter_common::{SlotStats, SlotUsage, action, family, packet_stat};
+use limiter_common::{SlotStats, SlotUsage, action, admission_mode, family, packet_stat};
 use limiter_tests::{
     frames::{
         self, CLIENT_MAC, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
@@ -127,7 +127,8 @@ fn root_ipv4_syn_admitted_retransmitted_then_dropped() {
         program.usage(0),
         SlotUsage {
             reserved: 1,
-            active: 0
+            active: 0,
+            mode: admission_mode::RESERVE,
         }
     );
     let pending = program.pending();
@@ -175,6 +176,64 @@ fn root_ipv4_syn_admitted_retransmitted_then_dropped() {
     assert_eq!(packets.get(packet_stat::SYN_REFUSED), 1);
 }
 
+/// Flood mode: a SYN takes no slot and leaves no state; a full listener still refuses it at
+/// XDP with its action (drop here, then reset), and the count is untouched either way.
+#[test]
+fn root_flood_mode_syn_takes_nothing_and_a_full_listener_still_refuses() {
+    let mut program = program_with(listener_v4(SERVER4, PORT), 2, action::DROP);
+    let free = SlotUsage {
+        reserved: 1,
+        active: 1,
+        mode: admission_mode::FLOOD,
+    };
+    program.set_usage(0, free);
+    for port in [40_000, 40_001, 40_002, 40_000] {
+        expect(
+            &program,
+            &syn4(port),
+            XDP_PASS,
+            "flood-mode SYN below the limit",
+        );
+    }
+    assert_eq!(
+        program.usage(0),
+        free,
+        "a flood-mode SYN must reserve nothing"
+    );
+    assert!(program.pending().is_empty(), "{:?}", program.pending());
+    assert_eq!(program.slot_stats(0).proven_syn_passed, 4);
+    assert_eq!(program.slot_stats(0).syn_admitted, 0);
+
+    let full = SlotUsage {
+        reserved: 2,
+        active: 2,
+        mode: admission_mode::FLOOD,
+    };
+    program.set_usage(0, full);
+    expect(
+        &program,
+        &syn4(40_003),
+        XDP_DROP,
+        "flood-mode SYN at the limit",
+    );
+    assert_eq!(program.usage(0), full);
+    assert_eq!(program.slot_stats(0).refused_drop, 1);
+
+    let program = {
+        let mut reset = program_with(listener_v4(SERVER4, PORT), 2, action::RESET);
+        reset.set_usage(0, full);
+        reset
+    };
+    expect(
+        &program,
+        &syn4(40_004),
+        XDP_TX,
+        "flood-mode SYN at the limit, reset",
+    );
+    assert_eq!(program.slot_stats(0).refused_reset, 1);
+    assert!(program.pending().is_empty());
+}
+
 /// A listener held at its limit by established connections (no handshake in flight) refuses
 /// every SYN; the retransmit check only looks for a held slot while handshakes are in flight.
 #[test]
@@ -183,6 +242,7 @@ fn root_syn_refused_at_a_limit_of_established_connections() {
     let full = SlotUsage {
         reserved: 2,
         active: 2,
+        mode: admission_mode::RESERVE,
     };
     program.set_usage(0, full);
     let before = program.packets();
@@ -211,6 +271,7 @@ fn root_syn_refused_at_a_limit_of_established_connections() {
         SlotUsage {
             reserved: 1,
             active: 1,
+            mode: admission_mode::RESERVE,
         },
     );
     expect(&program, &syn4(40_002), XDP_PASS, "SYN into the freed slot");
@@ -230,7 +291,8 @@ fn root_syn_refused_at_a_limit_of_established_connections() {
         program.usage(0),
         SlotUsage {
             reserved: 2,
-            active: 1
+            active: 1,
+            mode: admission_mode::RESERVE,
         }
     );
 }

@@ -17,6 +17,11 @@
 //!                                         TOTAL connect/close cycles (failed connects retried);
 //!                                         prints {succeeded, failed, ...}
 //! raw-syn SRC SPORT DST DPORT COUNT       COUNT identical bare IPv4 SYNs from a raw socket
+//! syn-flood DST DPORT RATE SECONDS        SYNs from forged sources (random in 198.19.0.0/16,
+//!                                         random ports) at RATE per second for SECONDS;
+//!                                         prints {sent}
+//! probe ADDR INTERVAL_MS COUNT TIMEOUT_MS  COUNT connects, one every INTERVAL_MS, each closed
+//!                                         at once; prints {ok, failed, p50_ms, p99_ms, errors}
 //! udp-echo-server ADDR                    UDP echo; prints `listening ADDR`
 //! udp-probe ADDR COUNT TIMEOUT_MS         COUNT datagrams, prints {sent, replied}
 //! session ADDR TIMEOUT_MS                 one connection, driven line by line from stdin; prints
@@ -62,12 +67,14 @@ fn main() {
         Some("hold") => hold(rest),
         Some("churn") => churn(rest),
         Some("raw-syn") => raw_syn(rest),
+        Some("syn-flood") => syn_flood(rest),
+        Some("probe") => probe(rest),
         Some("udp-echo-server") => udp_echo_server(rest),
         Some("udp-probe") => udp_probe(rest),
         Some("session") => session(rest),
         Some("connect-sockopts") => connect_sockopts(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: netns-tool echo-server|hold|churn|raw-syn|udp-echo-server|udp-probe|session|connect-sockopts ..."
+            "usage: netns-tool echo-server|hold|churn|raw-syn|syn-flood|probe|udp-echo-server|udp-probe|session|connect-sockopts ..."
         )),
     };
     if let Err(err) = result {
@@ -432,6 +439,133 @@ fn raw_syn(args: &[String]) -> Result<()> {
         socket.send_to(&tcp, &to).context("send SYN")?;
     }
     say(format_args!("sent {count}"));
+    Ok(())
+}
+
+/// A forged-source SYN flood, as an attacker without a return path sends it: random sources in
+/// 198.19.0.0/16 (the server routes them back to the client namespace, where nothing answers),
+/// random source ports and sequence numbers, an MSS option. Paced in 1 ms ticks; bounded in
+/// rate and time.
+fn syn_flood(args: &[String]) -> Result<()> {
+    let dst: Ipv4Addr = parse(args, 0, "DST")?;
+    let dport: u16 = parse(args, 1, "DPORT")?;
+    let rate: u64 = parse(args, 2, "RATE")?;
+    let seconds: u64 = parse(args, 3, "SECONDS")?;
+    if rate == 0 || rate > 200_000 || seconds == 0 || seconds > 30 {
+        bail!("RATE must be 1..=200000 and SECONDS 1..=30");
+    }
+    // IPPROTO_RAW: we write the IP header (IP_HDRINCL), so the source can be any address; the
+    // kernel fills in the total length, the checksum and the id.
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )?;
+    let to = SockAddr::from(SocketAddrV4::new(dst, 0));
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let started = Instant::now();
+    let deadline = Duration::from_secs(seconds);
+    let mut sent: u64 = 0;
+    let mut packet = [0u8; 44];
+    while started.elapsed() < deadline {
+        // Due by now: rate × elapsed.
+        let due = (started.elapsed().as_micros() as u64 * rate / 1_000_000).max(sent);
+        while sent < due {
+            let r = random();
+            let src = Ipv4Addr::new(198, 19, (r >> 8) as u8, r as u8);
+            let sport = 1024 + ((r >> 16) as u16 % 60_000);
+            syn_packet(&mut packet, src, sport, dst, dport, (r >> 32) as u32);
+            // ENOBUFS under load is a dropped packet, as on a wire; go on.
+            if socket.send_to(&packet, &to).is_ok() {
+                sent += 1;
+            } else {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_micros(500));
+    }
+    say(json!({ "sent": sent, "elapsed_ms": started.elapsed().as_millis() as u64 }));
+    Ok(())
+}
+
+/// An IPv4 header and a TCP SYN with an MSS option, checksummed.
+fn syn_packet(
+    packet: &mut [u8; 44],
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    seq: u32,
+) {
+    packet.fill(0);
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&44u16.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = 6;
+    packet[12..16].copy_from_slice(&src.octets());
+    packet[16..20].copy_from_slice(&dst.octets());
+    let tcp = &mut packet[20..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = (24 / 4) << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xB4]);
+    let mut sum = checksum_add(&src.octets(), 0);
+    sum = checksum_add(&dst.octets(), sum);
+    sum += 6 + 24;
+    let checksum = checksum_fold(checksum_add(tcp, sum));
+    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// A real client during a flood: one connect every INTERVAL_MS (each with TIMEOUT_MS), closed
+/// as soon as it is made.
+fn probe(args: &[String]) -> Result<()> {
+    let addr: SocketAddr = parse(args, 0, "ADDR")?;
+    let interval = Duration::from_millis(parse(args, 1, "INTERVAL_MS")?);
+    let count: u64 = parse(args, 2, "COUNT")?;
+    let timeout = Duration::from_millis(parse(args, 3, "TIMEOUT_MS")?);
+    if count == 0 || count > 10_000 {
+        bail!("COUNT must be 1..=10000");
+    }
+    let started = Instant::now();
+    let mut latencies_ms: Vec<f64> = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..count {
+        let due = started + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let t0 = Instant::now();
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => {
+                latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                drop(stream);
+            }
+            Err(err) => *errors.entry(error_name(&err)).or_default() += 1,
+        }
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        latencies_ms
+            .get(((latencies_ms.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    say(json!({
+        "ok": latencies_ms.len(),
+        "failed": count - latencies_ms.len() as u64,
+        "p50_ms": rank(0.5),
+        "p99_ms": rank(0.99),
+        "errors": errors,
+    }));
     Ok(())
 }
 

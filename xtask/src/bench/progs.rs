@@ -230,7 +230,15 @@ impl Limiter {
     pub fn set_usage(&mut self, slot: u32, reserved: u64, active: u64) -> Result<()> {
         let mut usage: Array<_, SlotUsage> =
             Array::try_from(map_mut(&mut self.prog.ebpf, map_names::SLOT_USAGE)?)?;
-        usage.set(slot, SlotUsage { reserved, active }, 0)?;
+        usage.set(
+            slot,
+            SlotUsage {
+                reserved,
+                active,
+                mode: limiter_common::admission_mode::RESERVE,
+            },
+            0,
+        )?;
         Ok(())
     }
 
