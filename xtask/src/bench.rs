@@ -26,7 +26,7 @@
 //!
 //! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
 //! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
-//! `LIMITER_BENCH_PARTS=packet,flood,storm,legit,burst,cps,proxy,scale` (which parts; default
+//! `LIMITER_BENCH_PARTS=packet,flood,storm,legit,burst,cps,proxy,scale,spoof` (which parts; default
 //! all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
@@ -46,6 +46,7 @@ mod progs;
 mod proxy;
 mod report;
 mod scale;
+mod spoof;
 mod storm;
 mod sys;
 
@@ -105,7 +106,7 @@ pub struct Objects {
 }
 
 const ALL_PARTS: &[&str] = &[
-    "packet", "flood", "storm", "legit", "burst", "cps", "proxy", "scale",
+    "packet", "flood", "storm", "legit", "burst", "cps", "proxy", "scale", "spoof",
 ];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -230,6 +231,7 @@ fn run() -> Result<bool> {
             "scale" => scale::run(&ctx),
             "storm" => storm::run(&ctx),
             "proxy" => proxy::run(&ctx),
+            "spoof" => spoof::run(&ctx),
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));

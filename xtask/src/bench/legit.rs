@@ -43,12 +43,30 @@ const FLOOD: Pace = Pace {
     spin: false,
 };
 
+/// Real clients, open loop: `threads` threads together start `rate` connection attempts per
+/// second to SERVER_IP:`port`, each failing after `timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    pub port: u16,
+    pub rate: f64,
+    pub threads: usize,
+    pub timeout: Duration,
+}
+
+/// Part 4's clients.
+const CLIENTS: Offer = Offer {
+    port: PORT,
+    rate: RATE,
+    threads: THREADS,
+    timeout: CONNECT_TIMEOUT,
+};
+
 /// One window of the clients, with or without the flood.
 #[derive(Clone, Debug, Default)]
-struct Window {
+pub struct Window {
     window_s: f64,
-    attempts: u64,
-    connected: u64,
+    pub attempts: u64,
+    pub connected: u64,
     failed: u64,
     /// Connect latency of each connected attempt, µs.
     latency_us: Vec<f64>,
@@ -61,15 +79,15 @@ struct Window {
 impl Window {
     /// Connections per second over the window the attempts were started in (an attempt still
     /// waiting for its connect when the window ends is not given more time than that).
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.connected as f64 / self.window_s
     }
 
-    fn percentile(&self, p: f64) -> f64 {
+    pub fn percentile(&self, p: f64) -> f64 {
         percentile(&self.latency_us, p)
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         json!({
             "window_s": self.window_s,
             "attempts": self.attempts,
@@ -179,7 +197,7 @@ fn measure(
     let napi0 = sys::task_cpu_ns(napi)?;
     let stats0 = bed.veth_stats(true)?;
     let (clients, offered) = thread::scope(|scope| -> Result<(Window, u64)> {
-        let clients = scope.spawn(|| clients(&bed.client_ns, window));
+        let clients = scope.spawn(|| clients(&bed.client_ns, CLIENTS, window));
         let offered = if flood {
             // The flood outlasts the clients by a little, so none of their window is unflooded.
             generator.run_paced(window + Duration::from_millis(200), Some(FLOOD))?
@@ -211,12 +229,19 @@ fn measure(
 
 /// The clients: THREADS threads in the client namespace on GENERATOR_CPU, open loop at RATE
 /// together, for `window`. An attempt is a connect (timed) and the server's reset.
-fn clients(ns: &str, window: Duration) -> Result<Window> {
-    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, PORT)).into();
-    let barrier = Barrier::new(THREADS);
-    let interval = Duration::from_secs_f64(THREADS as f64 / RATE);
+/// The clients for one `window`, all connected attempts' latencies and the failures.
+pub fn clients(ns: &str, offer: Offer, window: Duration) -> Result<Window> {
+    let Offer {
+        port,
+        rate,
+        threads,
+        timeout,
+    } = offer;
+    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
+    let barrier = Barrier::new(threads);
+    let interval = Duration::from_secs_f64(threads as f64 / rate);
     let per_thread: Vec<Result<Window>> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..THREADS)
+        let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (barrier, target) = (&barrier, &target);
                 scope.spawn(move || -> Result<Window> {
@@ -226,7 +251,7 @@ fn clients(ns: &str, window: Duration) -> Result<Window> {
                     let start = Instant::now();
                     let end = start + window;
                     // Threads start staggered over one interval.
-                    let mut next = start + interval.mul_f64(t as f64 / THREADS as f64);
+                    let mut next = start + interval.mul_f64(t as f64 / threads as f64);
                     let mut w = Window::default();
                     while next < end && !cmd::interrupted() {
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -234,7 +259,7 @@ fn clients(ns: &str, window: Duration) -> Result<Window> {
                         }
                         next += interval;
                         w.attempts += 1;
-                        match attempt(target) {
+                        match attempt(target, timeout) {
                             Ok(latency) => {
                                 w.connected += 1;
                                 w.latency_us.push(latency.as_secs_f64() * 1e6);
@@ -263,10 +288,10 @@ fn clients(ns: &str, window: Duration) -> Result<Window> {
 
 /// One connection: connect within CONNECT_TIMEOUT (its latency is the result), then wait for
 /// the server's reset so the connection is over before the next.
-fn attempt(target: &socket2::SockAddr) -> Result<Duration> {
+fn attempt(target: &socket2::SockAddr, timeout: Duration) -> Result<Duration> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     let started = Instant::now();
-    match socket.connect_timeout(target, CONNECT_TIMEOUT) {
+    match socket.connect_timeout(target, timeout) {
         Ok(()) => {}
         // Accepted and reset by the server before connect looked at the socket.
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
