@@ -451,11 +451,13 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
     ];
     let mut table = Table::new(
         "ns per packet as the kernel measures it (BPF_PROG_TEST_RUN's mean over `repeat` runs; \
-         min / **median** / max over the calls), and the median against the empty program's",
+         min / **median** / max over the calls), the median against the empty program's, and \
+         net of it (the harness' own cost per run, which the ratios carry, taken out)",
         &[
             "path",
             "3 listeners",
             "× empty pass",
+            "net of empty (ns)",
             "10,000 listeners",
             "× empty pass",
         ],
@@ -470,6 +472,7 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
             label.to_string(),
             format!("{} / **{}** / {}", number(a), number(b), number(c)),
             format!("{:.2}", b / empty1),
+            format!("{:+.0}", b - empty1),
             format!("{} / **{}** / {}", number(d), number(e), number(f)),
             format!("{:.2}", e / empty_many),
         ]);
@@ -489,6 +492,7 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
             "path",
             "3 listeners",
             "× empty pass (repeat=1)",
+            "net of empty (ns)",
             "10,000 listeners",
             "× empty pass (repeat=1)",
         ],
@@ -502,6 +506,7 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
             label.to_string(),
             format!("{} / **{}** / {}", number(a), number(b), number(c)),
             format!("{:.2}", b / e1),
+            format!("{:+.0}", b - e1),
             format!("{} / **{}** / {}", number(d), number(e), number(f)),
             format!("{:.2}", e / e2),
         ]);
