@@ -90,6 +90,18 @@ pub fn watch(table: &mut LimitTable, pending: &[Reservation], now_ns: u64) {
         }
     }
     for (listener, slot, limit) in table.limits() {
+        // The mode lives in the (possibly pinned) map: a restarted agent adopts a listener an
+        // earlier one left in flood mode, and watches for its end.
+        if !table.flood.slot(slot).in_flood
+            && table.maps().usage.get(slot).mode == admission_mode::FLOOD
+        {
+            let stats = table.slot_stats(slot);
+            let state = &mut table.flood.slots[slot as usize];
+            state.in_flood = true;
+            state.window_start_ns = now_ns;
+            state.last_passed = stats.proven_syn_passed;
+            state.last_completed = completed(&stats);
+        }
         if table.flood.slot(slot).in_flood {
             check_flood_over(table, listener, slot, limit, now_ns);
             continue;

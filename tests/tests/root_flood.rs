@@ -48,7 +48,8 @@ fn during_flood(limit: Option<(u32, &str)>, rate: u64) -> (ProbeResult, Option<A
     (result, agent, bed)
 }
 
-fn real_clients_get_in(limit: u32, action: &str, rate: u64) {
+/// Asserts the contract for one flood; returns the real client's result.
+fn real_clients_get_in(limit: u32, action: &str, rate: u64) -> ProbeResult {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (result, agent, _bed) = during_flood(Some((limit, action)), rate);
     let agent = agent.expect("agent");
@@ -70,11 +71,22 @@ fn real_clients_get_in(limit: u32, action: &str, rate: u64) {
         listener.handshakes_not_completed_total > 0,
         "handshakes that never completed should show: {listener:?}"
     );
+    result
 }
 
 #[test]
 fn root_flood_2000_per_second_limit_1000_drop() {
     real_clients_get_in(1000, "drop", 2_000);
+}
+
+#[test]
+fn root_flood_2000_per_second_limit_1000_reset() {
+    real_clients_get_in(1000, "reset", 2_000);
+}
+
+#[test]
+fn root_flood_2000_per_second_limit_10_drop() {
+    real_clients_get_in(10, "drop", 2_000);
 }
 
 #[test]
@@ -87,6 +99,16 @@ fn root_flood_flat_out_limit_10_drop() {
     real_clients_get_in(10, "drop", FLAT_OUT);
 }
 
+#[test]
+fn root_flood_flat_out_limit_10_reset() {
+    real_clients_get_in(10, "reset", FLAT_OUT);
+}
+
+#[test]
+fn root_flood_flat_out_limit_1000_drop() {
+    real_clients_get_in(1000, "drop", FLAT_OUT);
+}
+
 /// Flat out, limiter serves at least 90% of what the kernel alone (no filter, its own SYN
 /// cookies) serves under the same flood.
 #[test]
@@ -95,15 +117,12 @@ fn root_flood_flat_out_limit_1000_reset_next_to_the_kernel_alone() {
         let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         during_flood(None, FLAT_OUT).0
     };
-    real_clients_get_in(1000, "reset", FLAT_OUT);
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (limited, _agent, _bed) = during_flood(Some((1000, "reset")), FLAT_OUT);
+    let limited = real_clients_get_in(1000, "reset", FLAT_OUT);
     assert!(
         limited.ok as f64 >= 0.9 * kernel.ok as f64,
         "limiter: {limited:?}; kernel alone: {kernel:?}"
     );
 }
-
 /// In flood mode a SYN takes no slot, so more handshakes can complete than there are free
 /// slots. The ones too many are reset at once: 30 handshakes completing together at a listener
 /// of 10 in flood mode end with exactly 10 connections that work, the other 20 reset (never a

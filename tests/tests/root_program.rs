@@ -952,7 +952,8 @@ fn root_non_tcp_passes() {
     assert_eq!(reserved(&program), 1);
 }
 
-/// Seeded fuzz: at least 100,000 random and mutated frames that are not SYNs for a listener
+/// Seeded fuzz (one listener reserving, one in flood mode): at least 100,000 random and mutated
+/// frames that are not SYNs for a listener
 /// (by a deliberately broad reading, `frames::may_be_listener_syn`): every one passes
 /// untouched, and no slot counter moves.
 #[test]
@@ -964,6 +965,16 @@ fn root_fuzz_frames_not_ours_always_pass() {
     let mut program = AdmissionProgram::load();
     program.add_listener(listener_port(PORT), 0, 1, action::RESET);
     program.add_listener(listener_v4(SERVER4, listener2), 1, 1, action::RESET);
+    // The second listener in flood mode: its path, too, must never see a frame that is not one
+    // of its SYNs.
+    program.set_usage(
+        1,
+        SlotUsage {
+            reserved: 0,
+            active: 0,
+            mode: admission_mode::FLOOD,
+        },
+    );
     let is_listener =
         |dst: IpAddr, port: u16| port == PORT || (port == listener2 && dst == IpAddr::V4(SERVER4));
 
