@@ -128,6 +128,8 @@ fn root_flood_flat_out_limit_1000_reset_next_to_the_kernel_alone() {
 /// of 10 in flood mode end with exactly 10 connections that work, the other 20 reset (never a
 /// connection that looks open and hangs), and no more than 10 established on the server.
 ///
+/// When handshakes stop going unanswered, the listener goes back to reserving at the SYN.
+///
 /// To make the 30 complete together, the client namespace holds back its handshake-completing
 /// ACKs (nftables, output hook) while the 30 connect, then lets them go: the server's SYN-ACK
 /// retransmission (1 s) is answered by all 30 at once.
@@ -206,6 +208,16 @@ fn root_flood_mode_resets_the_connections_over_the_limit_at_once() {
     assert!(
         established <= 10,
         "{established} established on the server: {row:?}"
+    );
+    // Once no handshake goes unanswered (the flood has ended, or, as here, the full listener
+    // refuses its SYNs at XDP), the listener reserves at the SYN again after a few seconds.
+    let row = agent.wait_listener(&server, "flood mode off", Duration::from_secs(15), |l| {
+        l.mode == "reserve"
+    });
+    assert_eq!(
+        (row.active, row.flood_mode_entered_total),
+        (10, 1),
+        "{row:?}"
     );
     hold.close();
     agent.wait_listener(&server, "0 active", Duration::from_secs(20), |l| {
