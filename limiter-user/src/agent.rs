@@ -20,6 +20,8 @@ use crate::{
     preflight,
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
     settings::{Change, Settings},
+    sock_diag::SockDiag,
+    unbound,
     xdp_mode::{self, Attachment},
 };
 
@@ -334,6 +336,17 @@ async fn enforce(
         signal(SignalKind::hangup()).map_err(AgentError::syscall("sigaction(SIGHUP)"))?;
     let mut sweep = tokio::time::interval(handshake::sweep_interval(handshake_timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Limits nothing listens on are said before `ready` (and watched from then on).
+    let diag = SockDiag::open()
+        .inspect_err(|error| {
+            tracing::warn!(%error, "cannot list listening sockets (sock_diag): limits nothing listens on will not be reported");
+        })
+        .ok();
+    let mut listening_check = tokio::time::interval(unbound::CHECK_EVERY);
+    listening_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(diag) = &diag {
+        unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
+    }
     tracing::info!("ready");
 
     let signal_name = loop {
@@ -347,6 +360,11 @@ async fn enforce(
             _ = sweep.tick() => {
                 let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
                 handshake::sweep(&mut table, handshake_timeout);
+            }
+            _ = listening_check.tick(), if diag.is_some() => {
+                if let Some(diag) = &diag {
+                    unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
+                }
             }
             accepted = control.accept() => match accepted {
                 Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }

@@ -26,7 +26,9 @@ pub mod pins;
 pub mod preflight;
 pub mod proxy;
 pub mod settings;
+pub mod sock_diag;
 pub mod stats;
+pub mod unbound;
 pub mod usage;
 pub mod xdp_mode;
 

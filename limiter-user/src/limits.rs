@@ -6,7 +6,7 @@
 //! pass), but its slot keeps counting the connections it already holds until they close; only
 //! then can the slot serve another listener. Setting the same listener again takes its slot
 //! back, counts intact.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use limiter_common::{
@@ -52,6 +52,8 @@ pub struct LimitTable {
     attachments: Vec<Attachment>,
     /// Which listeners are in flood mode, and what the floods cost.
     pub flood: FloodWatch,
+    /// Limited listeners nothing listens on in this namespace (`unbound`).
+    pub unbound: BTreeSet<Listener>,
 }
 
 impl LimitTable {
@@ -68,6 +70,7 @@ impl LimitTable {
             proxied: Vec::new(),
             attachments: Vec::new(),
             flood: FloodWatch::new(MAX_LISTENERS as usize),
+            unbound: BTreeSet::new(),
         }
     }
 
@@ -405,6 +408,7 @@ impl LimitTable {
                     handshakes_not_completed_total: self.handshake_timeouts[limit.slot as usize]
                         + flood.not_completed,
                     reset_after_handshake_total: stats.over_limit_established,
+                    listening: !self.unbound.contains(listener),
                 }
             })
             .collect();

@@ -22,6 +22,7 @@
 //! | `limiter_listener_unreserved_connections_total` | counter | `listener` |
 //! | `limiter_listener_untracked_connections_total` | counter | `listener` |
 //! | `limiter_listener_flood_mode` | gauge (1 in flood mode, else 0) | `listener` |
+//! | `limiter_listener_listening` | gauge (0: nothing listens on it here, the limit cannot take effect) | `listener` |
 //! | `limiter_listener_flood_mode_entered_total` | counter | `listener` |
 //! | `limiter_listener_flood_syns_passed_total` | counter | `listener` |
 //! | `limiter_listener_handshakes_not_completed_total` | counter | `listener` |
@@ -311,6 +312,14 @@ impl Collector for ReportCollector {
         )?;
         family(
             e,
+            "listener_listening",
+            "1 while a socket listens on the listener in the agent's network namespace; 0: nothing does, so the limit cannot take effect there.",
+            None,
+            Kind::Gauge,
+            per_listener(|l| u64::from(l.listening)),
+        )?;
+        family(
+            e,
             "listener_flood_mode_entered",
             "Times the listener went into flood mode because its handshakes stopped completing.",
             None,
@@ -525,6 +534,7 @@ mod tests {
             proven_syn_passed_total: base + 14,
             handshakes_not_completed_total: base + 15,
             reset_after_handshake_total: base + 16,
+            listening: base.is_multiple_of(200),
         }
     }
 
@@ -656,6 +666,7 @@ mod tests {
                 &[],
                 u64::from(l.mode == "flood"),
             );
+            put("limiter_listener_listening", &[], u64::from(l.listening));
             put(
                 "limiter_listener_flood_mode_entered_total",
                 &[],
@@ -761,8 +772,9 @@ mod tests {
         sample.strip_suffix("_total").unwrap_or(sample)
     }
 
-    const GAUGES: [&str; 6] = [
+    const GAUGES: [&str; 7] = [
         "limiter_listener_active_connections",
+        "limiter_listener_listening",
         "limiter_listener_flood_mode",
         "limiter_listener_pending_handshakes",
         "limiter_listener_limit",

@@ -55,6 +55,14 @@ pub struct ListenerReport {
     /// Flood mode: connections whose handshake completed with the listener full, reset.
     #[serde(default)]
     pub reset_after_handshake_total: u64,
+    /// Whether a socket listens on the listener in the network namespace the agent enforces
+    /// in; `false`: the limit cannot take effect (the agent's log says so too).
+    #[serde(default = "yes")]
+    pub listening: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,6 +149,12 @@ impl Report {
         if self.listeners.is_empty() {
             out.push_str("(no limits set)\n");
         }
+        for l in self.listeners.iter().filter(|l| !l.listening) {
+            out.push_str(&format!(
+                "{}: nothing listens on it in this network namespace: the limit cannot take effect\n",
+                l.listener
+            ));
+        }
         // Floods, where there were any: the mode now and what they cost.
         for l in self
             .listeners
@@ -208,6 +222,7 @@ mod tests {
             proven_syn_passed_total: 0,
             handshakes_not_completed_total: 0,
             reset_after_handshake_total: 0,
+            listening: true,
         }
     }
 
