@@ -420,20 +420,7 @@ fn raw_syn(args: &[String]) -> Result<()> {
     }
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
     socket.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
-    // TCP header with one MSS option (kind 2, length 4, 1460).
-    let mut tcp = [0u8; 24];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
-    tcp[12] = (24 / 4) << 4;
-    tcp[13] = 0x02; // SYN
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xB4]);
-    let mut sum = checksum_add(&src.octets(), 0);
-    sum = checksum_add(&dst.octets(), sum);
-    sum += 6 + tcp.len() as u32;
-    let checksum = checksum_fold(checksum_add(&tcp, sum));
-    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let tcp = tcp_syn(src, sport, dst, dport, 0x1000_0000);
     let to = SockAddr::from(SocketAddrV4::new(dst, 0));
     for _ in 0..count {
         socket.send_to(&tcp, &to).context("send SYN")?;
@@ -494,7 +481,7 @@ fn syn_flood(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// An IPv4 header and a TCP SYN with an MSS option, checksummed.
+/// An IPv4 header and a TCP SYN with an MSS option ([`tcp_syn`]).
 fn syn_packet(
     packet: &mut [u8; 44],
     src: Ipv4Addr,
@@ -510,7 +497,13 @@ fn syn_packet(
     packet[9] = 6;
     packet[12..16].copy_from_slice(&src.octets());
     packet[16..20].copy_from_slice(&dst.octets());
-    let tcp = &mut packet[20..];
+    packet[20..].copy_from_slice(&tcp_syn(src, sport, dst, dport, seq));
+}
+
+/// A TCP SYN header with one MSS option (kind 2, length 4, 1460), checksummed for `src` and
+/// `dst`.
+fn tcp_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> [u8; 24] {
+    let mut tcp = [0u8; 24];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -520,9 +513,10 @@ fn syn_packet(
     tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xB4]);
     let mut sum = checksum_add(&src.octets(), 0);
     sum = checksum_add(&dst.octets(), sum);
-    sum += 6 + 24;
-    let checksum = checksum_fold(checksum_add(tcp, sum));
+    sum += 6 + tcp.len() as u32;
+    let checksum = checksum_fold(checksum_add(&tcp, sum));
     tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    tcp
 }
 
 /// A real client during a flood: one connect every INTERVAL_MS (each with TIMEOUT_MS), closed
