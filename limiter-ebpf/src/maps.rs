@@ -38,8 +38,7 @@ pub static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MA
 /// accounting program (handshake completed) or the agent's sweeper (handshake timed out).
 /// Preallocated (see `MAX_PENDING`).
 #[map]
-pub static PENDING: HashMap<FlowKey, Pending> =
-    HashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING: HashMap<FlowKey, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
 
 /// Counted sockets (by socket cookie) and the slot each holds. Deleting the entry at CLOSE is
 /// what makes every decrement match exactly one increment.

@@ -40,7 +40,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
     let attachments = settings
         .ifaces
         .iter()
-        .map(|iface| xdp_mode::choose(iface, args.xdp_mode))
+        .map(|iface| xdp_mode::choose(iface, args.xdp_mode, args.veth_peer_runs_xdp))
         .collect::<Result<Vec<_>, _>>()?;
     check_actions_deliverable(&settings, &attachments)?;
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;

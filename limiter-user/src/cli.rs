@@ -86,6 +86,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
     pub xdp_mode: XdpAttachMode,
 
+    /// With --xdp-mode native on a veth: its peer runs an XDP program of its own, so the
+    /// reset action's RSTs (XDP_TX) reach it and `reset` is allowed there. Without this flag,
+    /// native mode on a veth refuses `reset` (the RSTs would be lost).
+    #[arg(long)]
+    pub veth_peer_runs_xdp: bool,
+
     /// cgroup v2 directory whose sockets are counted (default: the cgroup v2 root, found in
     /// /proc/self/mountinfo).
     #[arg(long, value_name = "PATH")]
@@ -270,6 +276,13 @@ impl RunArgs {
             }
         }
         self.keepalive_policies()?;
+        if self.veth_peer_runs_xdp && self.xdp_mode != XdpAttachMode::Native {
+            return Err(
+                "--veth-peer-runs-xdp: only means something with --xdp-mode native (auto and \
+                 generic already deliver reset on a veth)"
+                    .into(),
+            );
+        }
         for (i, iface) in self.ifaces.iter().enumerate() {
             if self.ifaces[..i].contains(iface) {
                 return Err(format!("--iface '{iface}': interface is given twice"));

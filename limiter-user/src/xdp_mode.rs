@@ -56,8 +56,14 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Chooses the mode of `iface` for `requested` (`--xdp-mode`).
-pub fn choose(iface: &str, requested: XdpAttachMode) -> Result<Attachment, AgentError> {
+/// Chooses the mode of `iface` for `requested` (`--xdp-mode`); `peer_runs_xdp`
+/// (`--veth-peer-runs-xdp`): the user vouches that a veth's peer runs XDP, so native XDP_TX
+/// reaches it.
+pub fn choose(
+    iface: &str,
+    requested: XdpAttachMode,
+    peer_runs_xdp: bool,
+) -> Result<Attachment, AgentError> {
     let veth = driver(iface)? == "veth";
     let (mode, why, delivers_resets) = match (requested, veth) {
         (XdpAttachMode::Auto, true) => (
@@ -68,6 +74,11 @@ pub fn choose(iface: &str, requested: XdpAttachMode) -> Result<Attachment, Agent
         ),
         (XdpAttachMode::Auto, false) => (Mode::Default, "auto", true),
         (XdpAttachMode::Generic, _) => (Mode::Generic, "--xdp-mode generic", true),
+        (XdpAttachMode::Native, true) if peer_runs_xdp => (
+            Mode::Native,
+            "--xdp-mode native on a veth whose peer runs XDP (--veth-peer-runs-xdp)",
+            true,
+        ),
         (XdpAttachMode::Native, true) => (
             Mode::Native,
             "--xdp-mode native on a veth: reset is refused here (its RSTs would not reach the peer)",
@@ -94,8 +105,8 @@ pub fn undeliverable(attachments: &[Attachment], action: Action, asked_by: &str)
     Some(format!(
         "{asked_by}: --xdp-mode native on the veth {iface} cannot deliver reset: the kernel hands \
          XDP_TX frames (the RSTs) to a veth's peer only when the peer runs XDP itself, so clients \
-         would time out instead of being refused; use --xdp-mode auto or generic on {iface}, or \
-         the drop action",
+         would time out instead of being refused; use --xdp-mode auto or generic on {iface}, the \
+         drop action, or --veth-peer-runs-xdp if the peer does run XDP",
         iface = iface.iface
     ))
 }
@@ -181,7 +192,7 @@ mod tests {
 
     #[test]
     fn loopback_is_not_a_veth() {
-        let lo = choose("lo", XdpAttachMode::Auto).unwrap();
+        let lo = choose("lo", XdpAttachMode::Auto, false).unwrap();
         assert_eq!((lo.mode, lo.delivers_resets), (Mode::Default, true));
     }
 }

@@ -190,3 +190,31 @@ fn root_live_reset_on_a_native_veth_is_refused() {
     let refused = Hold::open(&bed, 1, &server, 2000);
     assert_eq!(refused.result.timed_out, 1, "{:?}", refused.result);
 }
+
+/// `--veth-peer-runs-xdp`: the user vouches that the peer runs XDP, so native mode may serve
+/// `reset` on the veth; without native mode the flag is an error naming both flags.
+#[test]
+fn root_veth_peer_runs_xdp_allows_native_reset() {
+    let bed = TestBed::new();
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--limit",
+            "8000=1:reset",
+            "--xdp-mode",
+            "native",
+            "--veth-peer-runs-xdp",
+        ],
+    );
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.contains("mode=native") && log.contains("--veth-peer-runs-xdp"),
+        "{log}"
+    );
+    drop(agent);
+    expect_refusal(
+        &["--limit", "8000=1:reset", "--veth-peer-runs-xdp"],
+        2,
+        &["--veth-peer-runs-xdp: only means something with --xdp-mode native"],
+    );
+}

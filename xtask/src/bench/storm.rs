@@ -305,6 +305,8 @@ impl<'a> Setup<'a> {
                         format!("{LISTENER}={LIMIT}:{action}"),
                         "--xdp-mode".into(),
                         "native".into(),
+                        // The client veth runs the bench's XDP program: native XDP_TX reaches it.
+                        "--veth-peer-runs-xdp".into(),
                     ],
                 )?;
                 sys::pin_process(agent.pid(), SERVER_CPU)?;
