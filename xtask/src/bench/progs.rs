@@ -242,6 +242,41 @@ impl Limiter {
         Ok(())
     }
 
+    /// The handshakes in flight (PENDING's keys).
+    pub fn pending(&self) -> Result<std::collections::HashSet<limiter_common::FlowKey>> {
+        let pending: HashMap<_, limiter_common::FlowKey, limiter_common::Pending> =
+            HashMap::try_from(map(&self.prog.ebpf, map_names::PENDING)?)?;
+        Ok(pending.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Releases the handshakes in flight that are not in `keep`, as the agent's sweeper would:
+    /// their PENDING entries go and `slot` gets their reservations back. (The admitted-SYN
+    /// measurement makes tens of thousands; the table is bounded.)
+    pub fn release_handshakes_but(
+        &mut self,
+        keep: &std::collections::HashSet<limiter_common::FlowKey>,
+        slot: u32,
+    ) -> Result<()> {
+        let mut pending: HashMap<_, limiter_common::FlowKey, limiter_common::Pending> =
+            HashMap::try_from(map_mut(&mut self.prog.ebpf, map_names::PENDING)?)?;
+        let gone: Vec<limiter_common::FlowKey> = pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for key in &gone {
+            pending.remove(key)?;
+        }
+        let usage: Array<_, SlotUsage> =
+            Array::try_from(map(&self.prog.ebpf, map_names::SLOT_USAGE)?)?;
+        let now = usage.get(&slot, 0)?;
+        self.set_usage(
+            slot,
+            now.reserved.saturating_sub(gone.len() as u64),
+            now.active,
+        )
+    }
+
     /// Program-wide packet counters summed over CPUs, indexed by `packet_stat`.
     pub fn packets(&self) -> Result<[u64; packet_stat::COUNT as usize]> {
         let stats: PerCpuArray<_, u64> =
