@@ -5,7 +5,7 @@
 //! client over the limit hears its action at once). A forged-source SYN flood breaks that: its
 //! handshakes never complete, so about limit / handshake-timeout forged SYNs per second would
 //! hold every slot. The agent watches for it on every sweep: when reservations older than
-//! [`STALE_AGE`] (a real client answers a SYN-ACK within a round trip) make up an eighth of the
+//! [`STALE_AGE_NS`] (a real client answers a SYN-ACK within a round trip) make up an eighth of the
 //! limit while the listener turns SYNs away, it puts the listener in flood mode
 //! (`admission_mode::FLOOD`) and releases its reservations. There a SYN takes nothing (a full
 //! listener still refuses it at XDP, as cheaply as before), the kernel answers it (its SYN
@@ -35,10 +35,10 @@ pub fn threshold(limit: u32) -> u64 {
     (limit as u64).div_ceil(8).max(1)
 }
 
-/// One listener slot's flood state.
+/// One listener slot's flood state. Whether the slot is in flood mode is not kept here: the
+/// kernel map's `mode` says so (also for a mode a restarted agent finds in pinned maps).
 #[derive(Clone, Debug, Default)]
 pub struct SlotFlood {
-    pub in_flood: bool,
     pub entered_total: u64,
     /// Handshakes that never completed and were not released by the handshake timeout:
     /// reservations released at the switch, and, in flood mode, SYNs passed that no completed
@@ -47,7 +47,9 @@ pub struct SlotFlood {
     /// Refusals seen when stale reservations were last looked at (the flood test needs the
     /// listener to be turning SYNs away).
     last_refused: Option<u64>,
-    window_start_ns: u64,
+    /// Start of the current window of flood mode; `None` until one is started (at the switch,
+    /// or at the first look at a slot found in flood mode).
+    window_start_ns: Option<u64>,
     last_passed: u64,
     last_completed: u64,
     quiet_windows: u32,
@@ -80,6 +82,15 @@ fn completed(stats: &SlotStats) -> u64 {
     stats.established + stats.over_limit_established
 }
 
+impl SlotFlood {
+    /// A window of SYNs passed vs handshakes completed starts now, from these counters.
+    fn start_window(&mut self, stats: &SlotStats, now_ns: u64) {
+        self.window_start_ns = Some(now_ns);
+        self.last_passed = stats.proven_syn_passed;
+        self.last_completed = completed(stats);
+    }
+}
+
 /// One look at every listener: `pending` is the PENDING table as just read (the reservations
 /// the handshake timeout did not release), `now_ns` on the programs' clock.
 pub fn watch(table: &mut LimitTable, pending: &[Reservation], now_ns: u64) {
@@ -90,19 +101,7 @@ pub fn watch(table: &mut LimitTable, pending: &[Reservation], now_ns: u64) {
         }
     }
     for (listener, slot, limit) in table.limits() {
-        // The mode lives in the (possibly pinned) map: a restarted agent adopts a listener an
-        // earlier one left in flood mode, and watches for its end.
-        if !table.flood.slot(slot).in_flood
-            && table.maps().usage.get(slot).mode == admission_mode::FLOOD
-        {
-            let stats = table.slot_stats(slot);
-            let state = &mut table.flood.slots[slot as usize];
-            state.in_flood = true;
-            state.window_start_ns = now_ns;
-            state.last_passed = stats.proven_syn_passed;
-            state.last_completed = completed(&stats);
-        }
-        if table.flood.slot(slot).in_flood {
+        if table.maps().usage.get(slot).mode == admission_mode::FLOOD {
             check_flood_over(table, listener, slot, limit, now_ns);
             continue;
         }
@@ -143,12 +142,9 @@ fn enter(
         }
     }
     let state = &mut table.flood.slots[slot as usize];
-    state.in_flood = true;
     state.entered_total += 1;
     state.not_completed += released;
-    state.window_start_ns = now_ns;
-    state.last_passed = stats.proven_syn_passed;
-    state.last_completed = completed(stats);
+    state.start_window(stats, now_ns);
     state.quiet_windows = 0;
     tracing::warn!(
         %listener,
@@ -166,18 +162,22 @@ fn check_flood_over(
     limit: u32,
     now_ns: u64,
 ) {
-    if now_ns.saturating_sub(table.flood.slot(slot).window_start_ns) < WINDOW_NS {
+    let started = table.flood.slot(slot).window_start_ns;
+    if started.is_some_and(|start| now_ns.saturating_sub(start) < WINDOW_NS) {
         return;
     }
     let stats = table.slot_stats(slot);
     let state = &mut table.flood.slots[slot as usize];
+    if started.is_none() {
+        // Found in flood mode (left by an earlier agent in pinned maps): watch from now.
+        state.start_window(&stats, now_ns);
+        return;
+    }
     let passed = stats.proven_syn_passed.saturating_sub(state.last_passed);
     let done = completed(&stats).saturating_sub(state.last_completed);
     let unanswered = passed.saturating_sub(done);
     state.not_completed += unanswered;
-    state.window_start_ns = now_ns;
-    state.last_passed = stats.proven_syn_passed;
-    state.last_completed = completed(&stats);
+    state.start_window(&stats, now_ns);
     if unanswered >= threshold(limit) {
         state.quiet_windows = 0;
         return;
@@ -186,7 +186,7 @@ fn check_flood_over(
     if state.quiet_windows < QUIET_WINDOWS {
         return;
     }
-    state.in_flood = false;
+    state.window_start_ns = None;
     state.last_refused = None;
     table.maps().usage.set_mode(slot, admission_mode::RESERVE);
     tracing::info!(%listener, "SYN flood over: flood mode off (a SYN reserves its slot again)");

@@ -59,7 +59,8 @@ pub fn check(table: &mut LimitTable, diag: &SockDiag) {
             return;
         }
     };
-    let now = unbound(&table.listeners(), &sockets);
+    let limits = table.listeners();
+    let now = unbound(&limits, &sockets);
     for listener in now.difference(&table.unbound) {
         tracing::warn!(
             %listener,
@@ -69,7 +70,7 @@ pub fn check(table: &mut LimitTable, diag: &SockDiag) {
         );
     }
     for listener in table.unbound.difference(&now) {
-        if table.listeners().contains(listener) {
+        if limits.contains(listener) {
             tracing::info!(%listener, "a socket now listens on this limited listener");
         }
     }
