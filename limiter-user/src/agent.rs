@@ -14,7 +14,9 @@ use crate::{
     error::AgentError,
     handshake, kernel,
     limits::LimitTable,
+    listener::{Action, LimitSpec, Listener},
     metrics::{self, MetricsSource},
+    netns::{Namespaces, enforcement::Environment, registry::WATCH_EVERY},
     over_limit::{self, ResetStats},
     pins::PinDir,
     preflight,
@@ -42,7 +44,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         .iter()
         .map(|iface| xdp_mode::choose(iface, args.xdp_mode, args.veth_peer_runs_xdp))
         .collect::<Result<Vec<_>, _>>()?;
-    check_actions_deliverable(&settings, &attachments)?;
+    check_actions_deliverable(&settings.limits, settings.over_limit, &attachments)?;
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
@@ -110,6 +112,8 @@ fn bind_proxies(settings: &Settings) -> Result<Vec<Proxy>, AgentError> {
 /// What the control socket and the metrics endpoint read and change while the agent runs.
 pub struct AgentState {
     pub table: Arc<Mutex<LimitTable>>,
+    /// Limits inside other network namespaces (`--limit-in`).
+    pub namespaces: Mutex<Namespaces>,
     pub proxies: Vec<(String, Arc<ProxyStats>)>,
     /// Programs attached (cleared when detaching): what /readyz reports.
     pub attached: AtomicBool,
@@ -139,12 +143,58 @@ impl AgentState {
             .report();
         report.packets.reset_after_handshake_failed_total =
             self.resets.failed.load(Ordering::Relaxed);
+        for netns in self.lock_namespaces().reports() {
+            report.listeners.extend(netns.listeners);
+            report.packets += &netns.packets;
+        }
         report.proxies = self
             .proxies
             .iter()
             .map(|(name, stats)| stats.report(name.clone()))
             .collect();
         report
+    }
+
+    fn lock_namespaces(&self) -> std::sync::MutexGuard<'_, Namespaces> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `limiter set`: in the agent's namespace, or in the one at `netns`.
+    pub fn set(
+        &self,
+        netns: Option<&std::path::Path>,
+        spec: &LimitSpec,
+    ) -> Result<String, AgentError> {
+        let now = match netns {
+            None => self
+                .table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(spec)?,
+            Some(path) => self.lock_namespaces().set(path, spec)?,
+        };
+        Ok(format!("limit set: {now}"))
+    }
+
+    /// `limiter unset`: in the agent's namespace, or in the one at `netns`.
+    pub fn unset(
+        &self,
+        netns: Option<&std::path::Path>,
+        listener: &Listener,
+    ) -> Result<String, AgentError> {
+        match netns {
+            None => {
+                self.table
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unset(listener)?;
+                Ok(format!("limit removed: {listener}"))
+            }
+            Some(path) => {
+                self.lock_namespaces().unset(path, listener)?;
+                Ok(format!("limit removed: {listener} in {}", path.display()))
+            }
+        }
     }
 
     /// Re-reads `--config`, validates all of it first (a bad file changes nothing), then applies
@@ -170,18 +220,26 @@ impl AgentState {
                 table.set(spec).map_err(|e| e.to_string())?
             ));
         }
+        let mut namespaces = self.lock_namespaces();
         for destinations in &change.keepalive_removed {
             table
                 .remove_keepalive_policy(destinations)
+                .and_then(|()| namespaces.remove_keepalive_policy(destinations))
                 .map_err(|e| e.to_string())?;
             done.push(format!("keepalive policy removed: {destinations}"));
         }
         for (destinations, keepalive) in &change.keepalive_set {
             table
                 .set_keepalive_policy(destinations, keepalive)
+                .and_then(|()| namespaces.set_keepalive_policy(destinations, keepalive))
                 .map_err(|e| e.to_string())?;
             done.push(format!("keepalive policy set: {destinations} {keepalive}"));
         }
+        done.extend(
+            namespaces
+                .apply(&new.namespaces)
+                .map_err(|e| e.to_string())?,
+        );
         let mut summary = if done.is_empty() {
             format!("reloaded {}: no change", path.display())
         } else {
@@ -196,6 +254,7 @@ impl AgentState {
         // What is in force now: the new limits and policies, the old everything else.
         current.limits = new.limits;
         current.keepalive_for = new.keepalive_for;
+        current.namespaces = new.namespaces;
         Ok(summary)
     }
 }
@@ -215,25 +274,22 @@ struct Setup<'a> {
     attachments: Vec<Attachment>,
 }
 
-/// Every action the settings can ask for (each limit's, and `--over-limit` for later `set`s)
-/// must be deliverable on every interface, or the agent does not start.
-fn check_actions_deliverable(
-    settings: &Settings,
+/// Every action the limits can ask for (each limit's, and `--over-limit` for later `set`s)
+/// must be deliverable on every interface they are admitted on, or enforcement does not start.
+pub fn check_actions_deliverable(
+    limits: &[LimitSpec],
+    over_limit: Action,
     attachments: &[Attachment],
 ) -> Result<(), AgentError> {
-    let asked = settings
-        .limits
+    let asked = limits
         .iter()
         .map(|spec| {
             (
-                spec.action.unwrap_or(settings.over_limit),
+                spec.action.unwrap_or(over_limit),
                 format!("--limit '{spec}'"),
             )
         })
-        .chain([(
-            settings.over_limit,
-            format!("--over-limit {}", settings.over_limit.as_str()),
-        )]);
+        .chain([(over_limit, format!("--over-limit {}", over_limit.as_str()))]);
     for (action, asked_by) in asked {
         if let Some(message) = xdp_mode::undeliverable(attachments, action, &asked_by) {
             return Err(AgentError::Combination(message));
@@ -259,7 +315,7 @@ async fn enforce(
     } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
-    let (mut programs, maps) = kernel::load(netns_cookie, pins)?;
+    let (mut programs, maps) = kernel::load(netns_cookie, limiter_common::MAX_PENDING, pins)?;
     let mut table = LimitTable::new(maps, settings.over_limit);
     table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
     table.set_attachments(attachments.clone());
@@ -295,16 +351,29 @@ async fn enforce(
     }
     // Flood mode's connections over the limit, reset as soon as sock_ops reports them.
     let resets = Arc::new(ResetStats::default());
-    let reset_task = table
-        .maps_mut()
-        .over_limit
-        .take()
-        .map(|ring| tokio::spawn(over_limit::reset_loop(ring, resets.clone())));
+    let reset_task = table.maps_mut().over_limit.take().map(|ring| {
+        tokio::spawn(over_limit::reset_loop(
+            ring,
+            SockDiag::open(),
+            resets.clone(),
+        ))
+    });
+    // The other namespaces, each with its own copy of the programs (`netns::enforcement`).
+    let mut namespaces = Namespaces::new(Environment {
+        cgroup: cgroup.to_owned(),
+        xdp_mode: args.xdp_mode,
+        veth_peer_runs_xdp: args.veth_peer_runs_xdp,
+        over_limit: settings.over_limit,
+        keepalive_for: settings.keepalive_for.clone(),
+        pins: pins.cloned(),
+    });
+    namespaces.start(&settings.namespaces)?;
     let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;
     let ifaces = settings.ifaces.clone();
     let state = Arc::new(AgentState {
         table: table.clone(),
+        namespaces: Mutex::new(namespaces),
         proxies: proxies
             .iter()
             .map(|p| (p.spec.to_string(), p.stats.clone()))
@@ -347,6 +416,8 @@ async fn enforce(
     if let Some(diag) = &diag {
         unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
     }
+    let mut netns_watch = tokio::time::interval(WATCH_EVERY);
+    netns_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!("ready");
 
     let signal_name = loop {
@@ -360,12 +431,16 @@ async fn enforce(
             _ = sweep.tick() => {
                 let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
                 handshake::sweep(&mut table, handshake_timeout);
+                drop(table);
+                state.lock_namespaces().sweep(handshake_timeout);
             }
-            _ = listening_check.tick(), if diag.is_some() => {
+            _ = listening_check.tick() => {
                 if let Some(diag) = &diag {
                     unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
                 }
+                state.lock_namespaces().check_listening();
             }
+            _ = netns_watch.tick() => state.lock_namespaces().refresh(),
             accepted = control.accept() => match accepted {
                 Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }
                 Err(e) => tracing::warn!(error = %e, "control socket: accept failed"),
@@ -384,6 +459,7 @@ async fn enforce(
             tracing::info!(signal = signal_name, %iface, "detaching");
         }
     }
+    state.lock_namespaces().stop_all(args.keep_pinned);
     proxy_tasks.abort_all();
     if let Some(task) = reset_task {
         task.abort();

@@ -53,7 +53,7 @@ pub struct RunArgs {
     #[arg(
         long = "iface",
         value_name = "IFACE",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "limits_in"]
     )]
     pub ifaces: Vec<String>,
 
@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// overrides --over-limit for this listener, e.g. --limit '[::]:443=100:reset'.
     #[arg(long = "limit", value_name = "LISTENER=N[:ACTION]")]
     pub limits: Vec<LimitSpec>,
+
+    /// A listener's limit inside another network namespace (a pod's): NETNS LISTENER=N[:ACTION]
+    /// (repeatable), NETNS a path such as /run/netns/NAME or /proc/PID/ns/net, e.g.
+    /// --limit-in /run/netns/pod-a 8000=5:reset. SYNs are admitted on the namespace's own
+    /// interfaces (a pod's eth0: after the node's DNAT or decapsulation) and its sockets are
+    /// counted apart from every other namespace's. When the path goes away, enforcement there
+    /// stops; when it names a namespace again (a pod restarted), it starts again.
+    #[arg(long = "limit-in", num_args = 2, value_names = ["NETNS", "LISTENER=N[:ACTION]"])]
+    pub limits_in: Vec<String>,
 
     /// What happens to a SYN over the limit: drop it silently, or answer with a RST so the
     /// client fails at once.
@@ -177,6 +186,11 @@ pub struct SetArgs {
     #[arg(value_name = "LISTENER=N[:ACTION]")]
     pub limit: LimitSpec,
 
+    /// The network namespace the listener is in (as for `run --limit-in`); default: the
+    /// agent's own.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<PathBuf>,
+
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -186,6 +200,11 @@ pub struct UnsetArgs {
     /// PORT, IPv4:PORT or [IPv6]:PORT, exactly as it was set.
     #[arg(value_name = "LISTENER")]
     pub listener: Listener,
+
+    /// The network namespace it was set in (as for `run --limit-in`); default: the agent's
+    /// own.
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Option<PathBuf>,
 
     #[command(flatten)]
     pub control: ControlArgs,
@@ -251,8 +270,43 @@ impl RunArgs {
             .collect()
     }
 
+    /// `--limit-in` pairs, parsed; errors name the flag.
+    pub fn netns_limits(&self) -> Result<Vec<(PathBuf, LimitSpec)>, String> {
+        let pairs = self
+            .limits_in
+            .chunks(2)
+            .map(|pair| {
+                let (path, spec) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
+                if !path.starts_with('/') {
+                    return Err(format!(
+                        "--limit-in '{path}': not a path to a network namespace (e.g. \
+                         /run/netns/NAME or /proc/PID/ns/net)"
+                    ));
+                }
+                let spec = spec
+                    .parse::<LimitSpec>()
+                    .map_err(|e| format!("--limit-in {path} '{spec}': {e}"))?;
+                Ok((PathBuf::from(path), spec))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        for (i, (path, spec)) in pairs.iter().enumerate() {
+            if pairs[..i]
+                .iter()
+                .any(|(p, s)| p == path && s.listener == spec.listener)
+            {
+                return Err(format!(
+                    "--limit-in {} '{spec}': listener {} is given twice in that namespace",
+                    path.display(),
+                    spec.listener
+                ));
+            }
+        }
+        Ok(pairs)
+    }
+
     /// Checks that need all flags at once; each error names the flag.
     pub fn validate(&self) -> Result<(), String> {
+        self.netns_limits()?;
         for (i, spec) in self.limits.iter().enumerate() {
             if self.limits[..i]
                 .iter()

@@ -28,6 +28,12 @@
 //! keepalivePolicies:              # --keepalive-for
 //!   - destinations: 198.18.0.0/15:5432
 //!     tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
+//! namespaces:                     # --limit-in: limits inside another network namespace
+//!   - path: /run/netns/pod-a      # /run/netns/NAME, /proc/PID/ns/net, a CNI's netns path
+//!     listeners:                  # as above, without proxy
+//!       - listener: 8000
+//!         connection:
+//!           connectionLimit: { value: 5 }
 //! ```
 //!
 //! Semantics (each rule is checked, and a broken one is reported with the field it is about):
@@ -96,6 +102,8 @@ pub struct FileConfig {
     pub limits: Vec<LimitSpec>,
     pub proxies: Vec<ProxyConfig>,
     pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
+    /// `namespaces`: limits inside other network namespaces (`--limit-in`).
+    pub namespaces: Vec<crate::netns::NetnsLimits>,
 }
 
 /// One proxy and its own settings; `None` fields fall back to the matching flag.
@@ -189,7 +197,7 @@ pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
             None,
             None,
             "the file has no settings: expected a mapping of interfaces, overLimit, \
-             handshakeTimeout, metricsAddr, listeners, keepalivePolicies"
+             handshakeTimeout, metricsAddr, listeners, keepalivePolicies, namespaces"
                 .into(),
         ));
     }
@@ -209,6 +217,15 @@ struct RawConfig {
     metrics_addr: Option<String>,
     listeners: Option<Vec<RawListener>>,
     keepalive_policies: Option<Vec<RawKeepalivePolicy>>,
+    namespaces: Option<Vec<RawNamespace>>,
+}
+
+/// Limits inside another network namespace (`--limit-in`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawNamespace {
+    path: String,
+    listeners: Vec<RawListener>,
 }
 
 #[derive(Deserialize)]
@@ -396,7 +413,24 @@ impl Checker<'_> {
         // Every listener so far, by index: each may appear once.
         let mut seen = Vec::new();
         for (i, listener) in raw.listeners.iter().flatten().enumerate() {
-            self.listener(i, listener, &mut seen, &mut config)?;
+            self.listener("listeners", i, listener, &mut seen, &mut config)?;
+        }
+        for (i, namespace) in raw.namespaces.iter().flatten().enumerate() {
+            let namespace = self.namespace(i, namespace, &config)?;
+            if let Some(first) = config
+                .namespaces
+                .iter()
+                .position(|n| n.path == namespace.path)
+            {
+                return Err(self.at(
+                    &format!("namespaces[{i}].path"),
+                    format!(
+                        "{} is already given in namespaces[{first}]",
+                        namespace.path.display()
+                    ),
+                ));
+            }
+            config.namespaces.push(namespace);
         }
         for (i, policy) in raw.keepalive_policies.iter().flatten().enumerate() {
             let path = format!("keepalivePolicies[{i}]");
@@ -455,19 +489,61 @@ impl Checker<'_> {
         }
     }
 
+    /// `namespaces[i]`: its path and its listeners, which take no proxy (limiter's proxy runs
+    /// in the agent's own namespace).
+    fn namespace(
+        &self,
+        i: usize,
+        raw: &RawNamespace,
+        top: &FileConfig,
+    ) -> Result<crate::netns::NetnsLimits, ConfigError> {
+        let base = format!("namespaces[{i}]");
+        if !raw.path.starts_with('/') {
+            return Err(self.at(
+                &format!("{base}.path"),
+                format!(
+                    "'{}' is not a path to a network namespace (e.g. /run/netns/NAME or \
+                     /proc/PID/ns/net)",
+                    raw.path
+                ),
+            ));
+        }
+        let list = format!("{base}.listeners");
+        let mut seen = Vec::new();
+        let mut inner = FileConfig {
+            over_limit: top.over_limit,
+            ..FileConfig::default()
+        };
+        for (j, listener) in raw.listeners.iter().enumerate() {
+            if listener.proxy.is_some() {
+                return Err(self.at(
+                    &format!("{list}[{j}].proxy"),
+                    "limiter's proxy runs in the agent's own network namespace only: move \
+                     this listener to the top-level listeners",
+                ));
+            }
+            self.listener(&list, j, listener, &mut seen, &mut inner)?;
+        }
+        Ok(crate::netns::NetnsLimits {
+            path: raw.path.clone().into(),
+            limits: inner.limits,
+        })
+    }
+
     fn listener(
         &self,
+        list: &str,
         i: usize,
         raw: &RawListener,
         seen: &mut Vec<Listener>,
         config: &mut FileConfig,
     ) -> Result<(), ConfigError> {
-        let path = format!("listeners[{i}]");
+        let path = format!("{list}[{i}]");
         let (listener, listener_field) = self.listener_address(&path, raw)?;
         if let Some(first) = seen.iter().position(|l| *l == listener) {
             return Err(self.at(
                 &listener_field,
-                format!("listener {listener} is already given in listeners[{first}]"),
+                format!("listener {listener} is already given in {list}[{first}]"),
             ));
         }
         seen.push(listener);

@@ -28,8 +28,17 @@ use crate::{
 pub enum Request {
     Stats,
     Reload,
-    Set { limit: String },
-    Unset { listener: String },
+    /// `netns`: the network namespace's path (`--limit-in`); absent: the agent's own.
+    Set {
+        limit: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
+    },
+    Unset {
+        listener: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -106,37 +115,23 @@ pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
 }
 
 fn handle(request: Request, state: &AgentState) -> Response {
-    let mut table = state
-        .table
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = match request {
-        Request::Reload => {
-            drop(table);
-            state.reload()
-        }
+        Request::Reload => state.reload(),
         Request::Stats => {
-            drop(table);
             return Response {
                 report: Some(state.report()),
                 ..Default::default()
             };
         }
-        Request::Set { limit } => limit.parse::<LimitSpec>().and_then(|spec| {
-            table
-                .set(&spec)
-                .map(|now| format!("limit set: {now}"))
+        Request::Set { limit, netns } => limit.parse::<LimitSpec>().and_then(|spec| {
+            state
+                .set(netns.as_deref(), &spec)
                 .map_err(|e| e.to_string())
         }),
-        Request::Unset { listener } => listener
+        Request::Unset { listener, netns } => listener
             .parse::<Listener>()
             .map_err(|e| e.to_string())
-            .and_then(|l| {
-                table
-                    .unset(&l)
-                    .map(|()| format!("limit removed: {l}"))
-                    .map_err(|e| e.to_string())
-            }),
+            .and_then(|l| state.unset(netns.as_deref(), &l).map_err(|e| e.to_string())),
     };
     match result {
         Ok(message) => {

@@ -86,6 +86,11 @@ pub enum AgentError {
     #[error("--pin-dir {dir}: holds `{found}`, not pins of this limiter's map layout v{version}; remove the directory (enforcement by the old pins stops) or use another --pin-dir", version = limiter_common::MAP_LAYOUT_VERSION)]
     IncompatiblePins { dir: PathBuf, found: String },
 
+    #[error(
+        "--pin-dir: {0} holds the counts of another network namespace than the one enforced in now (it was replaced while no agent ran); remove the pin directory"
+    )]
+    PinsOfAnotherNetns(PathBuf),
+
     #[error("--pin-dir {dir}: {source}")]
     PinDir { dir: PathBuf, source: io::Error },
 
@@ -109,12 +114,28 @@ pub enum AgentError {
 
     #[error("listener {listener}: {reason}")]
     Listener { listener: String, reason: String },
+
+    /// A `--limit-in` path that is not (or no longer) a network namespace.
+    #[error("--limit-in {0}")]
+    Netns(#[from] crate::netns::NetnsError),
+
+    /// Something that failed while enforcing inside another network namespace.
+    #[error("in network namespace {netns}: {source}")]
+    InNetns {
+        netns: String,
+        source: Box<AgentError>,
+    },
 }
 
 impl AgentError {
     /// Whether the user's flags or file are at fault (exit 2), not the environment.
     pub fn is_usage(&self) -> bool {
-        matches!(self, AgentError::Combination(_))
+        match self {
+            AgentError::Combination(_)
+            | AgentError::Netns(crate::netns::NetnsError::NotNetns { .. }) => true,
+            AgentError::InNetns { source, .. } => source.is_usage(),
+            _ => false,
+        }
     }
 
     pub fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {

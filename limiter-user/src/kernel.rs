@@ -61,11 +61,17 @@ enum PinnedOrAdopted {
     Adopted(OwnedFd),
 }
 
-/// Loads the object and configures it for this network namespace; nothing is attached yet.
-/// With a pin directory, the maps are pinned there, or reused with their counts if an earlier
-/// agent pinned them.
-pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps), AgentError> {
+/// Loads the object and configures it for the network namespace with this cookie; nothing is
+/// attached yet. `pending_entries` sizes the PENDING table (preallocated: its memory is spent
+/// at load). With a pin directory, the maps are pinned there, or reused with their counts if an
+/// earlier agent pinned them for the same namespace.
+pub fn load(
+    netns_cookie: u64,
+    pending_entries: u32,
+    pins: Option<&PinDir>,
+) -> Result<(Programs, Maps), AgentError> {
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::PENDING, pending_entries);
     let paths: Vec<(&str, std::path::PathBuf)> = match pins {
         Some(pins) => map_names::ALL
             .iter()
@@ -96,6 +102,13 @@ pub fn load(netns_cookie: u64, pins: Option<&PinDir>) -> Result<(Programs, Maps)
                 dir: pins.map_path(map_names::AGENT_CONFIG),
                 found: format!("map layout v{}", found.layout_version),
             });
+        }
+        // Counts of another namespace's sockets (the namespace was replaced, e.g. a pod
+        // restarted, while no agent ran) would never drain here.
+        if found.netns_cookie != netns_cookie {
+            return Err(AgentError::PinsOfAnotherNetns(
+                pins.map_path(map_names::AGENT_CONFIG),
+            ));
         }
     }
     let agent = AgentConfig {

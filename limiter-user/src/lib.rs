@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod netns;
 pub mod over_limit;
 pub mod pins;
 pub mod preflight;

@@ -54,6 +54,9 @@ pub struct LimitTable {
     pub flood: FloodWatch,
     /// Limited listeners nothing listens on in this namespace (`unbound`).
     pub unbound: BTreeSet<Listener>,
+    /// The network namespace these limits apply in, as its path was given; `None`: the
+    /// agent's own. Reports and logs name it.
+    pub netns: Option<String>,
 }
 
 impl LimitTable {
@@ -71,6 +74,7 @@ impl LimitTable {
             attachments: Vec::new(),
             flood: FloodWatch::new(MAX_LISTENERS as usize),
             unbound: BTreeSet::new(),
+            netns: None,
         }
     }
 
@@ -384,6 +388,7 @@ impl LimitTable {
                 let flood = self.flood.slot(limit.slot);
                 ListenerReport {
                     listener: listener.to_string(),
+                    netns: self.netns.clone(),
                     limit: limit.limit as u64,
                     action: limit.action,
                     active,

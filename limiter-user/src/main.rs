@@ -75,12 +75,14 @@ fn main() -> ExitCode {
             &args.control.control_socket,
             &Request::Set {
                 limit: args.limit.to_string(),
+                netns: args.netns,
             },
         )),
         Command::Unset(args) => reply(control::request(
             &args.control.control_socket,
             &Request::Unset {
                 listener: args.listener.to_string(),
+                netns: args.netns,
             },
         )),
     }

@@ -7,6 +7,9 @@
 //! gauges and counters. The kernel's counters are the source of truth, so mirroring them into
 //! live prometheus-client metrics would only add a second copy that can drift.
 //!
+//! Every `limiter_listener_*` sample of a listener inside another network namespace (`--limit-in`)
+//! also carries `netns`, the path that names the namespace.
+//!
 //! Families (counter samples carry `_total`; OpenMetrics names the family without it):
 //!
 //! | sample | type | labels |
@@ -179,6 +182,20 @@ fn family<'a>(
     Ok(())
 }
 
+/// A listener's labels: `listener`, `netns` for a listener in another network namespace than
+/// the agent's (the path it was named by), then `extra`.
+fn listener_labels<'a, const N: usize>(
+    l: &'a crate::stats::ListenerReport,
+    extra: [(&'static str, &'a str); N],
+) -> Labels<'a> {
+    let mut labels = vec![("listener", l.listener.as_str())];
+    if let Some(netns) = &l.netns {
+        labels.push(("netns", netns.as_str()));
+    }
+    labels.extend(extra);
+    labels
+}
+
 /// A program-wide counter with no labels (an empty label set would print `{}`).
 fn counter(
     encoder: &mut DescriptorEncoder,
@@ -201,7 +218,7 @@ impl Collector for ReportCollector {
             report
                 .listeners
                 .iter()
-                .map(move |l| (vec![("listener", l.listener.as_str())], value(l)))
+                .map(move |l| (listener_labels(l, []), value(l)))
         };
         family(
             e,
@@ -225,15 +242,10 @@ impl Collector for ReportCollector {
             "The listener's limit on active connections plus pending handshakes, with the action taken over it.",
             None,
             Kind::Gauge,
-            report.listeners.iter().map(|l| {
-                (
-                    vec![
-                        ("listener", l.listener.as_str()),
-                        ("action", l.action.as_str()),
-                    ],
-                    l.limit,
-                )
-            }),
+            report
+                .listeners
+                .iter()
+                .map(|l| (listener_labels(l, [("action", l.action.as_str())]), l.limit)),
         )?;
         family(
             e,
@@ -254,12 +266,7 @@ impl Collector for ReportCollector {
                     ("drop", l.refused_drop_total),
                     ("reset", l.refused_reset_total),
                 ]
-                .map(|(action, n)| {
-                    (
-                        vec![("listener", l.listener.as_str()), ("action", action)],
-                        n,
-                    )
-                })
+                .map(|(action, n)| (listener_labels(l, [("action", action)]), n))
             }),
         )?;
         family(
@@ -511,6 +518,7 @@ mod tests {
     fn listener(name: &str, action: Action, base: u64) -> ListenerReport {
         ListenerReport {
             listener: name.into(),
+            netns: None,
             limit: base + 1,
             action,
             active: base + 2,

@@ -27,9 +27,15 @@ pub struct ResetStats {
     pub failed: AtomicU64,
 }
 
-/// Reads the ring buffer until the agent stops, resetting each connection it names.
-pub async fn reset_loop(ring: RingBuf<MapData>, stats: Arc<ResetStats>) {
-    let diag = match SockDiag::open() {
+/// Reads the ring buffer until the agent stops, resetting each connection it names. `diag`
+/// was opened in the network namespace whose sockets the ring buffer names (a socket can only
+/// be destroyed through a sock_diag socket of its own namespace).
+pub async fn reset_loop(
+    ring: RingBuf<MapData>,
+    diag: std::io::Result<SockDiag>,
+    stats: Arc<ResetStats>,
+) {
+    let diag = match diag {
         Ok(diag) => diag,
         Err(error) => {
             tracing::error!(%error, "over-limit connections cannot be reset: opening a sock_diag netlink socket failed");

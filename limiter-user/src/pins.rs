@@ -2,7 +2,9 @@
 //! live counts outlive the agent (SIGKILL, `--keep-pinned`, a DaemonSet rolling update), and a
 //! restarted agent adopts them instead of starting from zero.
 //!
-//! Layout: `DIR/v<MAP_LAYOUT_VERSION>/maps/<MAP>` and `DIR/v<N>/links/{accounting,xdp-<IFACE>}`.
+//! Layout: `DIR/v<MAP_LAYOUT_VERSION>/maps/<MAP>` and `DIR/v<N>/links/{accounting,xdp-<IFACE>}`;
+//! each other network namespace enforced in (`--limit-in`) has the same layout under
+//! `DIR/v<N>/netns/<PATH with / as _>/`.
 //! The version directory is what stops an agent from misreading maps of another layout.
 use std::{
     ffi::CString,
@@ -20,6 +22,7 @@ use crate::error::AgentError;
 
 const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
 
+#[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
     version_dir: PathBuf,
@@ -64,6 +67,32 @@ impl PinDir {
         })
     }
 
+    /// The pins of the enforcement inside another network namespace, in a directory of their
+    /// own under this one (named from the namespace's path): removed with this directory.
+    pub fn for_netns(&self, netns: &Path) -> Result<PinDir, AgentError> {
+        PinDir::open(&self.netns_root().join(netns_dir_name(netns)))
+    }
+
+    /// The namespaces' pin directories found here, by name: what an earlier agent left.
+    pub fn netns_dir_names(&self) -> Vec<String> {
+        fs::read_dir(self.netns_root())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Removes the pins an earlier agent left for a namespace no longer configured (their
+    /// programs detach once nothing holds them).
+    pub fn remove_netns_dir(&self, name: &str) -> io::Result<()> {
+        fs::remove_dir_all(self.netns_root().join(name))
+    }
+
+    fn netns_root(&self) -> PathBuf {
+        self.version_dir.join("netns")
+    }
+
     pub fn map_path(&self, map: &str) -> PathBuf {
         self.version_dir.join("maps").join(map)
     }
@@ -87,6 +116,12 @@ impl PinDir {
             _ => Ok(()),
         }
     }
+}
+
+/// A namespace's pin directory name: its path with `/` as `_` (`/run/netns/pod-a` is
+/// `_run_netns_pod-a`), one directory per path.
+pub fn netns_dir_name(netns: &Path) -> String {
+    netns.to_string_lossy().replace('/', "_")
 }
 
 fn is_bpffs(path: &Path) -> bool {

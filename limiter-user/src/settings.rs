@@ -7,6 +7,7 @@ use crate::{
     config::{self, FileConfig, ProxyConfig},
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
+    netns::NetnsLimits,
     proxy::coverage,
 };
 
@@ -24,6 +25,8 @@ pub struct Settings {
     pub limits: Vec<LimitSpec>,
     pub proxies: Vec<ProxyConfig>,
     pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
+    /// Limits inside other network namespaces, actions resolved.
+    pub namespaces: Vec<NetnsLimits>,
 }
 
 impl Settings {
@@ -43,7 +46,8 @@ impl Settings {
         } else {
             flags.ifaces.clone()
         };
-        if ifaces.is_empty() {
+        let namespaces = netns_limits(file.namespaces, flags.netns_limits()?)?;
+        if ifaces.is_empty() && namespaces.is_empty() {
             return Err(
                 "--iface: no interface given (pass --iface, or `interfaces:` in --config)".into(),
             );
@@ -73,6 +77,16 @@ impl Settings {
             .collect();
         for limit in &mut limits {
             limit.action = Some(limit.action.unwrap_or(over_limit));
+        }
+        let namespaces = resolve_netns_actions(namespaces, over_limit)?;
+        if let Some(unadmitted) = limits
+            .iter()
+            .find(|l| ifaces.is_empty() && l.action != Some(Action::Close))
+        {
+            return Err(format!(
+                "--limit '{unadmitted}': no --iface to admit its SYNs on in the agent's \
+                 namespace (pass --iface, or `interfaces:` in --config)"
+            ));
         }
 
         let flag_proxies = flags.proxies.iter().map(|spec| ProxyConfig {
@@ -115,6 +129,7 @@ impl Settings {
             limits,
             proxies,
             keepalive_for,
+            namespaces,
         };
         Ok(settings)
     }
@@ -191,6 +206,50 @@ impl Change {
             && self.keepalive_set.is_empty()
             && self.keepalive_removed.is_empty()
     }
+}
+
+/// The file's namespaces with the flags' `--limit-in` over them: a flag's limit replaces the
+/// file's for that listener in that namespace.
+fn netns_limits(
+    file: Vec<NetnsLimits>,
+    flags: Vec<(PathBuf, LimitSpec)>,
+) -> Result<Vec<NetnsLimits>, String> {
+    let mut namespaces = file;
+    for (path, spec) in flags {
+        match namespaces.iter_mut().find(|n| n.path == path) {
+            Some(netns) => {
+                netns.limits.retain(|l| l.listener != spec.listener);
+                netns.limits.push(spec);
+            }
+            None => namespaces.push(NetnsLimits {
+                path,
+                limits: vec![spec],
+            }),
+        }
+    }
+    Ok(namespaces)
+}
+
+/// Each namespace limit's action, resolved; `close` needs the agent's proxy, which listens in
+/// the agent's own namespace only.
+fn resolve_netns_actions(
+    mut namespaces: Vec<NetnsLimits>,
+    over_limit: Action,
+) -> Result<Vec<NetnsLimits>, String> {
+    for netns in &mut namespaces {
+        for limit in &mut netns.limits {
+            let action = limit.action.unwrap_or(over_limit);
+            if action == Action::Close {
+                return Err(format!(
+                    "--limit-in {} '{limit}': the close action needs limiter's proxy, which \
+                     runs in the agent's own network namespace only; use drop or reset",
+                    netns.path.display()
+                ));
+            }
+            limit.action = Some(action);
+        }
+    }
+    Ok(namespaces)
 }
 
 /// The file a reload re-reads.

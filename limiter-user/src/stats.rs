@@ -16,6 +16,10 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListenerReport {
     pub listener: String,
+    /// The network namespace the listener is in, as its path was given (`--limit-in`);
+    /// `null` for the agent's own.
+    #[serde(default)]
+    pub netns: Option<String>,
     pub limit: u64,
     pub action: Action,
     /// Established connections now (kernel TCP state).
@@ -61,6 +65,17 @@ pub struct ListenerReport {
     pub listening: bool,
 }
 
+impl ListenerReport {
+    /// The listener, with its network namespace when it is not the agent's:
+    /// `8000 in /run/netns/pod-a`.
+    pub fn qualified_name(&self) -> String {
+        match &self.netns {
+            Some(netns) => format!("{} in {netns}", self.listener),
+            None => self.listener.clone(),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -81,6 +96,22 @@ pub struct PacketReport {
     /// Flood mode: connections over the limit the agent could not reset (sock_diag failed).
     #[serde(default)]
     pub reset_after_handshake_failed_total: u64,
+}
+
+impl std::ops::AddAssign<&PacketReport> for PacketReport {
+    /// Sums two namespaces' counters (the report's packets are those of every namespace).
+    fn add_assign(&mut self, other: &PacketReport) {
+        self.seen_total += other.seen_total;
+        self.not_ours_total += other.not_ours_total;
+        self.malformed_total += other.malformed_total;
+        self.syn_passed_total += other.syn_passed_total;
+        self.syn_refused_total += other.syn_refused_total;
+        self.reset_fallback_drop_total += other.reset_fallback_drop_total;
+        self.pending_full_total += other.pending_full_total;
+        self.keepalive_set_total += other.keepalive_set_total;
+        self.keepalive_failed_total += other.keepalive_failed_total;
+        self.reset_after_handshake_failed_total += other.reset_after_handshake_failed_total;
+    }
 }
 
 impl PacketReport {
@@ -116,7 +147,7 @@ impl Report {
         for l in &self.listeners {
             let utilisation = 100.0 * (l.active + l.pending) as f64 / l.limit.max(1) as f64;
             rows.push([
-                l.listener.clone(),
+                l.qualified_name(),
                 l.limit.to_string(),
                 l.active.to_string(),
                 l.pending.to_string(),
@@ -151,8 +182,12 @@ impl Report {
         }
         for l in self.listeners.iter().filter(|l| !l.listening) {
             out.push_str(&format!(
-                "{}: nothing listens on it in this network namespace: the limit cannot take effect\n",
-                l.listener
+                "{}: nothing listens on it in {}: the limit cannot take effect\n",
+                l.listener,
+                match &l.netns {
+                    Some(netns) => format!("network namespace {netns}"),
+                    None => "the agent's network namespace".to_owned(),
+                }
             ));
         }
         // Floods, where there were any: the mode now and what they cost.
@@ -164,7 +199,7 @@ impl Report {
             out.push_str(&format!(
                 "{}: {} mode (flood mode entered {} times); SYNs passed without a slot {}, \
                  handshakes not completed {}, reset after handshake {}\n",
-                l.listener,
+                l.qualified_name(),
                 l.mode,
                 l.flood_mode_entered_total,
                 l.proven_syn_passed_total,
@@ -204,6 +239,7 @@ mod tests {
     fn listener(name: &str, limit: u64, active: u64) -> ListenerReport {
         ListenerReport {
             listener: name.into(),
+            netns: None,
             limit,
             action: Action::Drop,
             active,

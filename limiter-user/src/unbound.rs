@@ -61,17 +61,19 @@ pub fn check(table: &mut LimitTable, diag: &SockDiag) {
     };
     let limits = table.listeners();
     let now = unbound(&limits, &sockets);
+    let netns = table.netns.as_deref().unwrap_or("the agent's own");
     for listener in now.difference(&table.unbound) {
         tracing::warn!(
             %listener,
-            "nothing listens on this limited listener in the network namespace the agent \
-             enforces in, so the limit cannot take effect (is the server in another namespace, \
-             e.g. a pod behind a Service or NodePort?)"
+            netns,
+            "nothing listens on this limited listener in the network namespace it is enforced \
+             in, so the limit cannot take effect (is the server in another namespace, e.g. a pod \
+             behind a Service or NodePort? see --limit-in)"
         );
     }
     for listener in table.unbound.difference(&now) {
         if limits.contains(listener) {
-            tracing::info!(%listener, "a socket now listens on this limited listener");
+            tracing::info!(%listener, netns, "a socket now listens on this limited listener");
         }
     }
     table.unbound = now;

@@ -48,6 +48,9 @@ pub fn limiter_bin() -> PathBuf {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct ListenerStats {
     pub listener: String,
+    /// The network namespace's path (`--limit-in`); `None`: the agent's own.
+    #[serde(default)]
+    pub netns: Option<String>,
     pub limit: u64,
     pub action: String,
     pub active: u64,
@@ -126,8 +129,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The row of `name` in the agent's own namespace.
     pub fn listener(&self, name: &str) -> Option<&ListenerStats> {
-        self.listeners.iter().find(|l| l.listener == name)
+        self.listener_in(name, None)
+    }
+
+    /// The row of `name` in the namespace at `netns` (`None`: the agent's own).
+    pub fn listener_in(&self, name: &str, netns: Option<&str>) -> Option<&ListenerStats> {
+        self.listeners
+            .iter()
+            .find(|l| l.listener == name && l.netns.as_deref() == netns)
     }
 
     pub fn proxy(&self, name: &str) -> Option<&ProxyStats> {
@@ -260,12 +271,18 @@ impl Agent {
         })
     }
 
-    /// The row of `listener` (canonical form); panics if it is not listed.
+    /// The row of `listener` (canonical form) in the agent's namespace; panics if it is not
+    /// listed.
     pub fn listener(&self, listener: &str) -> ListenerStats {
+        self.listener_in(listener, None)
+    }
+
+    /// The row of `listener` in the namespace at `netns` (`None`: the agent's own).
+    pub fn listener_in(&self, listener: &str, netns: Option<&str>) -> ListenerStats {
         let stats = self.stats();
-        match stats.listener(listener) {
+        match stats.listener_in(listener, netns) {
             Some(row) => row.clone(),
-            None => panic!("listener {listener} not in stats: {stats:#?}"),
+            None => panic!("listener {listener} (netns {netns:?}) not in stats: {stats:#?}"),
         }
     }
 
@@ -277,14 +294,28 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&ListenerStats) -> bool,
     ) -> ListenerStats {
-        eventually(&format!("{listener}: {what}"), timeout, || {
-            let row = self.listener(listener);
-            if pred(&row) {
-                Ok(row)
-            } else {
-                Err(format!("{row:?}"))
-            }
-        })
+        self.wait_listener_in(listener, None, what, timeout, pred)
+    }
+
+    /// [`Agent::wait_listener`] for a listener in the namespace at `netns`.
+    pub fn wait_listener_in(
+        &self,
+        listener: &str,
+        netns: Option<&str>,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ListenerStats) -> bool,
+    ) -> ListenerStats {
+        // A listener of a namespace the agent is (re)starting in may not be listed yet.
+        eventually(
+            &format!("{listener} in {netns:?}: {what}"),
+            timeout,
+            || match self.stats().listener_in(listener, netns) {
+                Some(row) if pred(row) => Ok(row.clone()),
+                Some(row) => Err(format!("{row:?}")),
+                None => Err("not listed".into()),
+            },
+        )
     }
 
     /// The row of proxy `name` (`LISTEN=UPSTREAM`, canonical); panics if it is not listed.

@@ -399,11 +399,22 @@ pub fn connect_sockopts(
     addr: &str,
     timeout_ms: u64,
 ) -> crate::sockopt::Keepalive {
+    connect_sockopts_in(bed, bed.ns(side), addr, timeout_ms)
+}
+
+/// [`connect_sockopts`] from any namespace of the bed by name (e.g. a pod's).
+pub fn connect_sockopts_in(
+    bed: &TestBed,
+    ns: &str,
+    addr: &str,
+    timeout_ms: u64,
+) -> crate::sockopt::Keepalive {
+    let bin = netns_tool_bin();
     let proc = bed.spawn(
         &format!("connect-sockopts {addr}"),
-        tool(
-            bed,
-            side,
+        bed.command_in(
+            ns,
+            bin.to_str().expect("utf-8 path"),
             &["connect-sockopts", addr, &timeout_ms.to_string()],
         ),
     );

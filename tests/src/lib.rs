@@ -3,6 +3,7 @@
 //! follow: unique names, guards that clean up on panic, bounded loops, polling with deadlines).
 //!
 //! - [`netns`]: [`TestBed`], a server and a client namespace joined by a veth pair.
+//! - [`node`]: the bed as a Kubernetes node: pods behind veths, a NodePort DNAT.
 //! - [`agent`]: [`Agent`], the real `limiter` binary running in the server namespace.
 //! - [`client`]: servers and clients (the `netns-tool` helper) run inside the namespaces.
 //! - [`process`]: child processes with line-by-line output and kill-on-drop.
@@ -19,6 +20,7 @@ pub mod flood;
 pub mod frames;
 pub mod names;
 pub mod netns;
+pub mod node;
 pub mod poll;
 pub mod process;
 pub mod program;

@@ -1,0 +1,239 @@
+//! Enforcing limits inside one network namespace other than the agent's (a pod's).
+//!
+//! The namespace gets its own copy of the kernel object, loaded with its cookie: its own maps
+//! (so its counts, slots, handshakes in flight and flood mode are its own, and a port limited
+//! in two pods is two listeners), XDP admission on its interfaces (a pod's `eth0`: it sees the
+//! pod's traffic after the node's DNAT, routing or decapsulation, whichever way the client
+//! came), and sock_ops accounting on the cgroup root, where one attachment sees every
+//! namespace's sockets and the program counts only those of its own cookie. Everything the
+//! agent does for its own namespace is done here the same way: the handshake sweeper, the
+//! flood watch, resets after a completed handshake, the unbound-listener check, pins.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use crate::{
+    cli::XdpAttachMode,
+    error::AgentError,
+    handshake,
+    keepalive::{Destinations, KeepaliveSpec},
+    kernel::{self, Programs},
+    limits::LimitTable,
+    listener::{Action, LimitSpec},
+    netns::Netns,
+    over_limit::{self, ResetStats},
+    pins::PinDir,
+    sock_diag::SockDiag,
+    stats::Report,
+    unbound,
+    xdp_mode::{self, Attachment},
+};
+
+/// The PENDING table of a namespace: handshakes in flight at once (each holds a slot, so this
+/// is only reached by limits above it). Preallocated, so it is what a namespace costs in
+/// kernel memory (about 850 KiB), an eighth of the agent's own table.
+pub const NETNS_PENDING_ENTRIES: u32 = limiter_common::MAX_PENDING / 8;
+
+/// What every namespace is enforced with: the agent's flags.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    pub cgroup: PathBuf,
+    pub xdp_mode: XdpAttachMode,
+    pub veth_peer_runs_xdp: bool,
+    pub over_limit: Action,
+    pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
+    /// The agent's pin directory; each namespace pins under it.
+    pub pins: Option<PinDir>,
+}
+
+/// One namespace being enforced in. Dropping it (or [`NetnsEnforcement::stop`]) detaches
+/// everything that is not pinned.
+pub struct NetnsEnforcement {
+    netns: Netns,
+    pub table: LimitTable,
+    attachments: Vec<Attachment>,
+    /// Listening sockets of this namespace, for the unbound check (opened inside it).
+    diag: Option<SockDiag>,
+    resets: Arc<ResetStats>,
+    reset_task: Option<tokio::task::JoinHandle<()>>,
+    pins: Option<PinDir>,
+    // Last: dropped after everything that refers to its maps.
+    programs: Programs,
+}
+
+impl NetnsEnforcement {
+    /// Loads, configures and attaches everything for `netns`, or leaves nothing behind.
+    pub fn start(
+        netns: Netns,
+        limits: &[LimitSpec],
+        env: &Environment,
+    ) -> Result<NetnsEnforcement, AgentError> {
+        let label = netns.path().display().to_string();
+        let in_netns = |source: AgentError| AgentError::InNetns {
+            netns: label.clone(),
+            source: Box::new(source),
+        };
+        let cookie = netns.cookie()?;
+        let ifaces = netns.interfaces()?;
+        if ifaces.is_empty() {
+            return Err(in_netns(AgentError::Combination(
+                "it has no interface but lo, so no SYN arrives where limiter admits them \
+                 (a pod's namespace has its eth0 once its network is set up)"
+                    .into(),
+            )));
+        }
+        let attachments = netns
+            .run_in(|| {
+                ifaces
+                    .iter()
+                    .map(|iface| xdp_mode::choose(iface, env.xdp_mode, env.veth_peer_runs_xdp))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+            .map_err(in_netns)?;
+        crate::agent::check_actions_deliverable(limits, env.over_limit, &attachments)
+            .map_err(in_netns)?;
+        let mut pins = env
+            .pins
+            .as_ref()
+            .map(|p| p.for_netns(netns.path()))
+            .transpose()
+            .map_err(in_netns)?;
+        let (programs, maps) = match kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()) {
+            // Pins of the namespace that was at this path before (a pod that restarted while
+            // no agent ran): its counts mean nothing here.
+            Err(AgentError::PinsOfAnotherNetns(_)) => {
+                let stale = pins.take().expect("only pins can be of another namespace");
+                tracing::info!(netns = %label, "removing the pins of the namespace this path named before");
+                stale.remove().map_err(|source| {
+                    in_netns(AgentError::Pin {
+                        what: "removing stale pins".into(),
+                        source,
+                    })
+                })?;
+                pins = env
+                    .pins
+                    .as_ref()
+                    .map(|p| p.for_netns(netns.path()))
+                    .transpose()
+                    .map_err(in_netns)?;
+                kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()).map_err(in_netns)?
+            }
+            loaded => loaded.map_err(in_netns)?,
+        };
+        let mut enforcement = NetnsEnforcement {
+            netns,
+            table: LimitTable::new(maps, env.over_limit),
+            attachments,
+            diag: None,
+            resets: Arc::new(ResetStats::default()),
+            reset_task: None,
+            pins,
+            programs,
+        };
+        match enforcement.configure_and_attach(limits, env) {
+            Ok(()) => Ok(enforcement),
+            Err(e) => {
+                // Pins created for this start go (adopted ones stay, enforcing as found).
+                let adopted = enforcement.pins.as_ref().is_some_and(|p| p.adopting);
+                enforcement.stop(adopted);
+                Err(in_netns(e))
+            }
+        }
+    }
+
+    fn configure_and_attach(
+        &mut self,
+        limits: &[LimitSpec],
+        env: &Environment,
+    ) -> Result<(), AgentError> {
+        let label = self.label();
+        self.table.netns = Some(label.clone());
+        self.table.set_attachments(self.attachments.clone());
+        if self.pins.as_ref().is_some_and(|p| p.adopting) {
+            let adopted = self.table.adopt();
+            tracing::info!(netns = %label, "adopted {} limit(s) with their live counts", adopted.len());
+            for listener in adopted
+                .iter()
+                .filter(|l| !limits.iter().any(|s| s.listener == **l))
+            {
+                self.table.unset(listener)?;
+                tracing::info!(netns = %label, %listener, "limit removed (no longer configured)");
+            }
+        }
+        for spec in limits {
+            let now = self.table.set(spec)?;
+            tracing::info!(netns = %label, "limit set: {now}");
+        }
+        for (destinations, keepalive) in &env.keepalive_for {
+            self.table.set_keepalive_policy(destinations, keepalive)?;
+        }
+        self.programs
+            .attach_accounting(&env.cgroup, self.pins.as_ref())?;
+        let (programs, attachments, pins) = (&mut self.programs, &self.attachments, &self.pins);
+        self.netns
+            .run_in(|| programs.attach_admission(attachments, pins.as_ref()))??;
+        for Attachment {
+            iface, mode, why, ..
+        } in &self.attachments
+        {
+            tracing::info!(netns = %label, %iface, %mode, why, "attached: admitting SYNs (XDP)");
+        }
+        let (diag, reset_diag) = self.netns.run_in(|| (SockDiag::open(), SockDiag::open()))?;
+        self.diag = diag
+            .inspect_err(|error| {
+                tracing::warn!(netns = %label, %error, "cannot list listening sockets (sock_diag): limits nothing listens on will not be reported");
+            })
+            .ok();
+        self.check_listening();
+        self.reset_task = self.table.maps_mut().over_limit.take().map(|ring| {
+            tokio::spawn(over_limit::reset_loop(
+                ring,
+                reset_diag,
+                self.resets.clone(),
+            ))
+        });
+        Ok(())
+    }
+
+    /// The namespace's path, as the user gave it: how logs, stats and metrics name it.
+    pub fn label(&self) -> String {
+        self.netns.path().display().to_string()
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Releases expired reservations and watches for floods (the agent's sweeper tick).
+    pub fn sweep(&mut self, timeout: Duration) {
+        handshake::sweep(&mut self.table, timeout);
+    }
+
+    /// Looks for limits nothing listens on in this namespace.
+    pub fn check_listening(&mut self) {
+        if let Some(diag) = &self.diag {
+            unbound::check(&mut self.table, diag);
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let mut report = self.table.report();
+        report.packets.reset_after_handshake_failed_total = self
+            .resets
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        report
+    }
+
+    /// Detaches everything; with `keep_pinned`, pinned programs stay attached and their maps
+    /// pinned (a restarted agent adopts them), else the pins go too.
+    pub fn stop(self, keep_pinned: bool) {
+        if let Some(task) = &self.reset_task {
+            task.abort();
+        }
+        if let Some(pins) = self.pins.as_ref().filter(|_| !keep_pinned)
+            && let Err(error) = pins.remove()
+        {
+            tracing::warn!(netns = %self.label(), %error, "removing the namespace's pins failed");
+        }
+        drop(self);
+    }
+}

@@ -1,0 +1,42 @@
+//! Where limits apply besides the agent's own network namespace: other network namespaces
+//! named by path (a pod's, `--limit-in /run/netns/NAME 8000=5`).
+//!
+//! - [`path`]: a namespace by path, and running work inside it.
+//! - [`enforcement`]: everything the agent does in one namespace: its own copy of the kernel
+//!   object (maps, so counts and slots are the namespace's own; XDP on its interfaces; sock_ops
+//!   on the cgroup root that counts only that namespace's sockets), its limit table, its
+//!   sweeper, its flood watch and its unbound-listener check.
+//! - [`registry`]: every namespace configured, which are enforced now, and the watch that drops
+//!   a namespace when its path goes and picks a new one up when the path comes back.
+pub mod enforcement;
+pub mod path;
+pub mod registry;
+
+use std::path::PathBuf;
+
+use crate::listener::LimitSpec;
+
+pub use path::{Netns, NetnsError};
+pub use registry::Namespaces;
+
+/// The limits configured inside one network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsLimits {
+    pub path: PathBuf,
+    pub limits: Vec<LimitSpec>,
+}
+
+/// Groups `(path, limit)` pairs by path, in the order paths first appear.
+pub fn group(pairs: impl IntoIterator<Item = (PathBuf, LimitSpec)>) -> Vec<NetnsLimits> {
+    let mut grouped: Vec<NetnsLimits> = Vec::new();
+    for (path, spec) in pairs {
+        match grouped.iter_mut().find(|n| n.path == path) {
+            Some(entry) => entry.limits.push(spec),
+            None => grouped.push(NetnsLimits {
+                path,
+                limits: vec![spec],
+            }),
+        }
+    }
+    grouped
+}

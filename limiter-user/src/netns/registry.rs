@@ -1,0 +1,343 @@
+//! Every network namespace limits are configured in (`--limit-in`, `namespaces:` in the file,
+//! `limiter set --netns`), and which of them are enforced now.
+//!
+//! A namespace is enforced while its path names it. Every [`WATCH_EVERY`] the paths are looked
+//! at again: a path that is gone (`ip netns del`, the pod's process exited) or names a new
+//! namespace (a pod restarted) stops the old enforcement (programs detached, maps freed, pins
+//! removed, its listeners gone from stats and metrics); a path that names a namespace again is
+//! picked up with the limits configured for it, without restarting the agent.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    error::AgentError,
+    keepalive::{Destinations, KeepaliveSpec},
+    listener::{LimitSpec, Listener},
+    netns::{
+        Netns, NetnsLimits,
+        enforcement::{Environment, NetnsEnforcement},
+        path::current_inode,
+    },
+    pins::netns_dir_name,
+    stats::Report,
+};
+
+/// How often the paths are looked at: how long a namespace that went away stays held (its
+/// enforcement keeps it alive), and how soon a new one at the path is enforced.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Namespaces {
+    env: Environment,
+    configured: BTreeMap<PathBuf, Configured>,
+}
+
+struct Configured {
+    limits: Vec<LimitSpec>,
+    state: State,
+}
+
+enum State {
+    Enforcing(Box<NetnsEnforcement>),
+    /// The path names no network namespace now; the last error, said once.
+    Waiting {
+        last_error: String,
+    },
+}
+
+impl Namespaces {
+    pub fn new(env: Environment) -> Namespaces {
+        Namespaces {
+            env,
+            configured: BTreeMap::new(),
+        }
+    }
+
+    /// Enforces in every namespace of `all` (each path must name a network namespace now), or
+    /// in none: on an error what was started is stopped. Pins an earlier agent left for
+    /// namespaces not configured any more are removed.
+    pub fn start(&mut self, all: &[NetnsLimits]) -> Result<(), AgentError> {
+        if let Some(pins) = &self.env.pins {
+            for stale in pins
+                .netns_dir_names()
+                .into_iter()
+                .filter(|name| !all.iter().any(|n| netns_dir_name(&n.path) == *name))
+            {
+                tracing::info!(pins = %stale, "removing the pins of a namespace no longer configured");
+                pins.remove_netns_dir(&stale)
+                    .map_err(|source| AgentError::Pin {
+                        what: format!("removing {stale}"),
+                        source,
+                    })?;
+            }
+        }
+        for NetnsLimits { path, limits } in all {
+            let started = Netns::open(path)
+                .map_err(AgentError::from)
+                .and_then(|netns| NetnsEnforcement::start(netns, limits, &self.env));
+            match started {
+                Ok(enforcement) => {
+                    self.configured.insert(
+                        path.clone(),
+                        Configured {
+                            limits: limits.clone(),
+                            state: State::Enforcing(Box::new(enforcement)),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let keep = self.env.pins.as_ref().is_some_and(|p| p.adopting);
+                    self.stop_all(keep);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any namespace is configured.
+    pub fn is_empty(&self) -> bool {
+        self.configured.is_empty()
+    }
+
+    /// Drops enforcements whose path went or names another namespace; picks up paths that name
+    /// a namespace again.
+    pub fn refresh(&mut self) {
+        for (path, configured) in &mut self.configured {
+            if let State::Enforcing(enforcement) = &configured.state {
+                if enforcement.netns().still_at_path() {
+                    continue;
+                }
+                let replaced = current_inode(path).is_some();
+                tracing::warn!(
+                    netns = %path.display(),
+                    "the network namespace {}: its programs, counts and metrics are removed{}",
+                    if replaced { "at this path was replaced" } else { "went away" },
+                    if replaced { "; enforcing in the new one" } else { "; its limits apply again when the path names a namespace" }
+                );
+                let State::Enforcing(old) = std::mem::replace(
+                    &mut configured.state,
+                    State::Waiting {
+                        last_error: String::new(),
+                    },
+                ) else {
+                    unreachable!("matched above");
+                };
+                old.stop(false);
+            }
+            let started = Netns::open(path)
+                .map_err(AgentError::from)
+                .and_then(|netns| NetnsEnforcement::start(netns, &configured.limits, &self.env));
+            match started {
+                Ok(enforcement) => {
+                    tracing::info!(netns = %path.display(), "enforcing in the network namespace at this path");
+                    configured.state = State::Enforcing(Box::new(enforcement));
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    if let State::Waiting { last_error } = &mut configured.state
+                        && *last_error != error
+                    {
+                        tracing::warn!(netns = %path.display(), "waiting: {error}");
+                        *last_error = error;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sweeper's tick for every namespace enforced in.
+    pub fn sweep(&mut self, timeout: Duration) {
+        for enforcement in self.enforcing_mut() {
+            enforcement.sweep(timeout);
+        }
+    }
+
+    pub fn check_listening(&mut self) {
+        for enforcement in self.enforcing_mut() {
+            enforcement.check_listening();
+        }
+    }
+
+    /// `limiter set --netns PATH`: a namespace not configured yet must be one now.
+    pub fn set(&mut self, path: &Path, spec: &LimitSpec) -> Result<String, AgentError> {
+        let Some(configured) = self.configured.get_mut(path) else {
+            let mut enforcement = NetnsEnforcement::start(Netns::open(path)?, &[], &self.env)?;
+            let now = match in_netns(path, enforcement.table.set(spec)) {
+                Ok(now) => now,
+                Err(e) => {
+                    enforcement.stop(false);
+                    return Err(e);
+                }
+            };
+            self.configured.insert(
+                path.to_owned(),
+                Configured {
+                    limits: vec![*spec],
+                    state: State::Enforcing(Box::new(enforcement)),
+                },
+            );
+            return Ok(format!("{now} in {} (now enforcing in it)", path.display()));
+        };
+        let now = match &mut configured.state {
+            State::Enforcing(enforcement) => in_netns(path, enforcement.table.set(spec))?,
+            State::Waiting { .. } => format!("{spec} (applied when the path names a namespace)"),
+        };
+        configured.limits.retain(|l| l.listener != spec.listener);
+        configured.limits.push(*spec);
+        Ok(format!("{now} in {}", path.display()))
+    }
+
+    /// `limiter unset --netns PATH`. The namespace stays enforced in (its other limits, and
+    /// the connections the removed one still counts) until the agent stops or it goes away.
+    pub fn unset(&mut self, path: &Path, listener: &Listener) -> Result<(), AgentError> {
+        let configured = self
+            .configured
+            .get_mut(path)
+            .ok_or_else(|| AgentError::Listener {
+                listener: listener.to_string(),
+                reason: format!(
+                    "has no limit in {} (no limit was set there)",
+                    path.display()
+                ),
+            })?;
+        if let State::Enforcing(enforcement) = &mut configured.state {
+            in_netns(path, enforcement.table.unset(listener))?;
+        } else if !configured.limits.iter().any(|l| l.listener == *listener) {
+            return Err(AgentError::Listener {
+                listener: listener.to_string(),
+                reason: format!("has no limit in {}", path.display()),
+            });
+        }
+        configured.limits.retain(|l| l.listener != *listener);
+        Ok(())
+    }
+
+    /// A reload: namespaces no longer configured stop, new ones start, and the limits of the
+    /// others change in place. Returns what was done.
+    pub fn apply(&mut self, new: &[NetnsLimits]) -> Result<Vec<String>, AgentError> {
+        let mut done = Vec::new();
+        let gone: Vec<PathBuf> = self
+            .configured
+            .keys()
+            .filter(|path| !new.iter().any(|n| n.path == **path))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(Configured {
+                state: State::Enforcing(enforcement),
+                ..
+            }) = self.configured.remove(&path)
+            {
+                enforcement.stop(false);
+            }
+            done.push(format!("stopped enforcing in {}", path.display()));
+        }
+        for NetnsLimits { path, limits } in new {
+            let Some(configured) = self.configured.get(path) else {
+                let netns = Netns::open(path)?;
+                let enforcement = NetnsEnforcement::start(netns, limits, &self.env)?;
+                self.configured.insert(
+                    path.clone(),
+                    Configured {
+                        limits: limits.clone(),
+                        state: State::Enforcing(Box::new(enforcement)),
+                    },
+                );
+                done.push(format!("enforcing in {}", path.display()));
+                continue;
+            };
+            let removed: Vec<Listener> = configured
+                .limits
+                .iter()
+                .filter(|old| !limits.iter().any(|l| l.listener == old.listener))
+                .map(|old| old.listener)
+                .collect();
+            let changed: Vec<LimitSpec> = limits
+                .iter()
+                .filter(|l| !configured.limits.contains(l))
+                .copied()
+                .collect();
+            for listener in removed {
+                self.unset(path, &listener)?;
+                done.push(format!("limit removed: {listener} in {}", path.display()));
+            }
+            for spec in changed {
+                done.push(format!("limit set: {}", self.set(path, &spec)?));
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn set_keepalive_policy(
+        &mut self,
+        destinations: &Destinations,
+        keepalive: &KeepaliveSpec,
+    ) -> Result<(), AgentError> {
+        self.env.keepalive_for.retain(|(d, _)| d != destinations);
+        self.env.keepalive_for.push((*destinations, *keepalive));
+        for enforcement in self.enforcing_mut() {
+            let path = enforcement.netns().path().to_owned();
+            in_netns(
+                &path,
+                enforcement
+                    .table
+                    .set_keepalive_policy(destinations, keepalive),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_keepalive_policy(
+        &mut self,
+        destinations: &Destinations,
+    ) -> Result<(), AgentError> {
+        self.env.keepalive_for.retain(|(d, _)| d != destinations);
+        for enforcement in self.enforcing_mut() {
+            let path = enforcement.netns().path().to_owned();
+            in_netns(
+                &path,
+                enforcement.table.remove_keepalive_policy(destinations),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every namespace's report, in path order.
+    pub fn reports(&self) -> Vec<Report> {
+        self.configured
+            .values()
+            .filter_map(|c| match &c.state {
+                State::Enforcing(enforcement) => Some(enforcement.report()),
+                State::Waiting { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Stops enforcing everywhere (the agent is exiting).
+    pub fn stop_all(&mut self, keep_pinned: bool) {
+        for (_, configured) in std::mem::take(&mut self.configured) {
+            if let State::Enforcing(enforcement) = configured.state {
+                enforcement.stop(keep_pinned);
+            }
+        }
+    }
+
+    fn enforcing_mut(&mut self) -> impl Iterator<Item = &mut NetnsEnforcement> {
+        self.configured
+            .values_mut()
+            .filter_map(|c| match &mut c.state {
+                State::Enforcing(enforcement) => Some(enforcement.as_mut()),
+                State::Waiting { .. } => None,
+            })
+    }
+}
+
+fn in_netns<T>(path: &Path, result: Result<T, AgentError>) -> Result<T, AgentError> {
+    result.map_err(|source| AgentError::InNetns {
+        netns: path.display().to_string(),
+        source: Box::new(source),
+    })
+}
