@@ -1207,7 +1207,20 @@ listeners:
 keepalivePolicies:
   - destinations: 198.18.0.0/15:5432
     tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
+namespaces:
+  - path: /run/netns/pod-a
+    listeners:
+      - listener: 8000
+        connection:
+          connectionLimit: { value: 5 }
 ");
+        assert_eq!(
+            config.namespaces,
+            [crate::netns::NetnsLimits {
+                path: "/run/netns/pod-a".into(),
+                limits: vec![limit("8000=5")],
+            }]
+        );
         assert_eq!(config.over_limit, Some(Action::Drop));
         assert_eq!(config.handshake_timeout, Some(Duration::from_secs(3)));
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
@@ -1217,6 +1230,57 @@ keepalivePolicies:
         );
         assert_eq!(config.proxies[0].max_connections, Some(100));
         assert_eq!(config.keepalive_for.len(), 1);
+    }
+
+    #[test]
+    fn namespaces_are_checked_like_listeners() {
+        let config = ok("
+namespaces:
+  - path: /run/netns/pod-a
+    listeners:
+      - bindPort: 8000
+        options: { connectionLimit: { maxActiveConnections: 2 } }
+        action: reset
+      - listener: 9000
+        connection: { connectionLimit: { value: 1 } }
+  - path: /proc/1/ns/net
+    listeners: [{ listener: 8000, connection: { connectionLimit: { value: 3 } } }]
+");
+        assert_eq!(config.namespaces.len(), 2);
+        assert_eq!(
+            config.namespaces[0].limits,
+            [limit("8000=2:reset"), limit("9000=1")]
+        );
+        fails(
+            "namespaces:\n  - path: run/netns/a\n    listeners: []\n",
+            Some("namespaces[0].path"),
+            Some(2),
+            "not a path to a network namespace",
+        );
+        fails(
+            "namespaces:\n  - path: /run/netns/a\n    listeners:\n      - listener: 8000\n        connection: { connectionLimit: { value: 1 } }\n        proxy: { upstream: 198.18.0.3:1025 }\n",
+            Some("namespaces[0].listeners[0].proxy"),
+            Some(6),
+            "agent's own network namespace only",
+        );
+        fails(
+            "namespaces:\n  - path: /run/netns/a\n    listeners:\n      - listener: 8000\n        connection: { connectionLimit: { value: 1 } }\n      - listener: 8000\n        connection: { connectionLimit: { value: 2 } }\n",
+            Some("namespaces[0].listeners[1].listener"),
+            Some(6),
+            "already given in namespaces[0].listeners[0]",
+        );
+        fails(
+            "namespaces:\n  - path: /run/netns/a\n    listeners: []\n  - path: /run/netns/a\n    listeners: []\n",
+            Some("namespaces[1].path"),
+            Some(4),
+            "already given in namespaces[0]",
+        );
+        fails(
+            "namespaces:\n  - path: /run/netns/a\n    listners: []\n",
+            Some("namespaces[0].listners"),
+            Some(3),
+            "unknown field",
+        );
     }
 
     #[test]

@@ -366,6 +366,93 @@ mod tests {
     }
 
     #[test]
+    fn limits_in_other_namespaces() {
+        let settings = merge(&[
+            "--over-limit",
+            "reset",
+            "--limit-in",
+            "/run/netns/a",
+            "8000=5",
+            "--limit-in",
+            "/run/netns/b",
+            "8000=3:drop",
+            "--limit-in",
+            "/run/netns/a",
+            "9000=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.namespaces,
+            [
+                NetnsLimits {
+                    path: "/run/netns/a".into(),
+                    limits: vec![
+                        "8000=5:reset".parse().unwrap(),
+                        "9000=1:reset".parse().unwrap()
+                    ],
+                },
+                NetnsLimits {
+                    path: "/run/netns/b".into(),
+                    limits: vec!["8000=3:drop".parse().unwrap()],
+                },
+            ]
+        );
+        for (args, needle) in [
+            (
+                &["--limit-in", "/run/netns/a", "8000=5:close"][..],
+                "close action needs limiter's proxy",
+            ),
+            (
+                &["--limit-in", "run/netns/a", "8000=5"][..],
+                "not a path to a network namespace",
+            ),
+            (
+                &["--limit-in", "/run/netns/a", "8000=0"][..],
+                "--limit-in /run/netns/a '8000=0'",
+            ),
+            (
+                &[
+                    "--limit-in",
+                    "/run/netns/a",
+                    "8000=5",
+                    "--limit-in",
+                    "/run/netns/a",
+                    "8000=6",
+                ][..],
+                "given twice in that namespace",
+            ),
+        ] {
+            let err = merge(args).expect_err(needle);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        // Pods only: the node needs no interface of its own.
+        let cli = Cli::try_parse_from(["limiter", "run", "--limit-in", "/run/netns/a", "8000=5"])
+            .unwrap();
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        assert!(Settings::merge(&run, None).unwrap().ifaces.is_empty());
+        let cli = Cli::try_parse_from([
+            "limiter",
+            "run",
+            "--limit-in",
+            "/run/netns/a",
+            "8000=5",
+            "--limit",
+            "9000=1",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        let err = Settings::merge(&run, None).unwrap_err();
+        assert!(
+            err.contains("--limit '9000=1") && err.contains("--iface"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn proxy_flags_without_a_proxy_are_refused_naming_both() {
         for (args, flag) in [
             (

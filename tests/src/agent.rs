@@ -386,3 +386,22 @@ impl Drop for Agent {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// `GET http://127.0.0.1:9464PATH` from the server namespace (the agent's default metrics
+/// address): the status and the body.
+pub fn http_get(bed: &TestBed, path: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('http://127.0.0.1:9464{path}', timeout=5); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+    );
+    let out = bed.exec_ok(crate::Side::Server, "python3", &["-c", &script]);
+    let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (
+        status
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad HTTP answer: {out}")),
+        body.to_owned(),
+    )
+}

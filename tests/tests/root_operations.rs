@@ -10,7 +10,7 @@ use std::{
 
 use limiter_tests::{
     Agent, Side, TestBed,
-    agent::limiter_bin,
+    agent::{http_get, limiter_bin},
     client::{EchoServer, Hold, ServerMode, addr},
     eventually, names,
 };
@@ -18,23 +18,6 @@ use limiter_tests::{
 const PORT: u16 = 8000;
 
 /// GETs `path` from the agent's metrics address (loopback of the server namespace).
-fn http_get(bed: &TestBed, path: &str) -> (u16, String) {
-    let script = format!(
-        "import urllib.request, urllib.error\n\
-         try:\n    r = urllib.request.urlopen('http://127.0.0.1:9464{path}', timeout=5); print(r.status); print(r.read().decode())\n\
-         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
-    );
-    let out = bed.exec_ok(Side::Server, "python3", &["-c", &script]);
-    let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
-    (
-        status
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("bad HTTP answer: {out}")),
-        body.to_owned(),
-    )
-}
-
 /// The value of the sample `name{labels}` in a text exposition.
 fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| {

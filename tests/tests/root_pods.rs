@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use limiter_tests::{
     Agent, Side, TestBed,
+    agent::http_get,
     client::{EchoServer, Hold, ServerMode, addr, churn, connect_sockopts_in},
     eventually,
     flood::{Flood, probe},
@@ -473,4 +474,120 @@ fn root_spoofed_flood_at_a_pod_keeps_real_clients_in() {
     println!("flood {sent:?}; probe {probed:?}; {row:?}");
     assert!(probed.success_rate() >= 0.9, "{probed:?} {row:?}");
     assert!(row.flood_mode_entered_total >= 1, "{row:?}");
+}
+
+/// A pod that goes away for good: its listener leaves stats and metrics, its pins go, and the
+/// agent lets go of the namespace (its veth disappears from the node), all without a restart.
+#[test]
+fn root_a_pod_that_goes_away_leaves_nothing_behind() {
+    let bed = TestBed::new();
+    let pod = bed.add_pod();
+    let netns = netns_of(&pod);
+    let pin_dir = format!("/sys/fs/bpf/{}", bed.srv_ns);
+    let server = serve(&bed, &pod);
+    let agent = agent_for(&bed, &[(&pod, "8000=3")], &["--pin-dir", &pin_dir]);
+    let (status, metrics) = http_get(&bed, "/metrics");
+    assert_eq!(status, 200);
+    let labelled = format!("listener=\"8000\",netns=\"{netns}\"");
+    assert!(
+        metrics.contains(&format!(
+            "limiter_listener_limit{{{labelled},action=\"drop\"}} 3"
+        )),
+        "{metrics}"
+    );
+    let pins = std::path::Path::new(&pin_dir)
+        .join(format!("v{}/netns", limiter_common::MAP_LAYOUT_VERSION));
+    assert_eq!(
+        std::fs::read_dir(&pins).map(|d| d.count()).unwrap_or(0),
+        1,
+        "{}",
+        pins.display()
+    );
+
+    drop(server);
+    limiter_tests::process::run_ok("ip", &["netns", "del", pod.ns()]);
+    eventually("the agent to let the namespace go", SETTLE, || {
+        let links =
+            limiter_tests::process::run_ok("ip", &["-n", &bed.srv_ns, "-o", "link", "show"]);
+        if links.contains(&format!("{}@", pod.link.srv_veth)) {
+            Err(links)
+        } else {
+            Ok(())
+        }
+    });
+    let log = agent.stderr().join("\n");
+    assert!(log.contains("went away") && log.contains(&netns), "{log}");
+    assert!(agent.stats().listener_in("8000", Some(&netns)).is_none());
+    let (_, metrics) = http_get(&bed, "/metrics");
+    assert!(!metrics.contains(&netns), "{metrics}");
+    assert_eq!(
+        std::fs::read_dir(&pins).map(|d| d.count()).unwrap_or(0),
+        0,
+        "{}",
+        pins.display()
+    );
+}
+
+/// `namespaces:` in the config file, changed by a reload: a new namespace is enforced in, a
+/// changed limit applies in place, and a namespace taken out of the file is let go.
+#[test]
+fn root_reload_changes_the_namespaces() {
+    let bed = TestBed::new();
+    let (a, b) = (bed.add_pod(), bed.add_pod());
+    let (_sa, _sb) = (serve(&bed, &a), serve(&bed, &b));
+    let (na, nb) = (netns_of(&a), netns_of(&b));
+    let file = std::env::temp_dir().join(format!("{}.yaml", bed.srv_ns));
+    let write = |namespaces: &[(&str, u32)]| {
+        let mut text = String::from("overLimit: reset\nnamespaces:\n");
+        for (path, limit) in namespaces {
+            text.push_str(&format!(
+                "  - path: {path}\n    listeners:\n      - listener: 8000\n        connection: {{ connectionLimit: {{ value: {limit} }} }}\n"
+            ));
+        }
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&[(&na, 1)]);
+    let agent = Agent::start(&bed, &["--config", &file.display().to_string()]);
+    let held_a = Hold::open(&bed, 1, &a.addr(PORT), CONNECT_MS);
+    assert_eq!(held_a.result.connected, 1, "{:?}", held_a.result);
+    assert_eq!(
+        Hold::open(&bed, 1, &a.addr(PORT), CONNECT_MS)
+            .result
+            .refused,
+        1
+    );
+    assert_pod_has_no_xdp(&bed, &b, "B not configured yet");
+
+    write(&[(&na, 2), (&nb, 1)]);
+    let reloaded = agent.cli(&["reload"]);
+    let reply = String::from_utf8_lossy(&reloaded.stdout);
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    assert!(reply.contains(&format!("enforcing in {nb}")), "{reply}");
+    let second_a = Hold::open(&bed, 1, &a.addr(PORT), CONNECT_MS);
+    assert_eq!(
+        second_a.result.connected, 1,
+        "A raised to 2: {:?}",
+        second_a.result
+    );
+    let held_b = Hold::open(&bed, 1, &b.addr(PORT), CONNECT_MS);
+    assert_eq!(held_b.result.connected, 1, "{:?}", held_b.result);
+    assert_eq!(
+        Hold::open(&bed, 1, &b.addr(PORT), CONNECT_MS)
+            .result
+            .refused,
+        1
+    );
+
+    write(&[(&nb, 1)]);
+    let reloaded = agent.cli(&["reload"]);
+    let reply = String::from_utf8_lossy(&reloaded.stdout);
+    assert!(
+        reply.contains(&format!("stopped enforcing in {na}")),
+        "{reply}"
+    );
+    assert_pod_has_no_xdp(&bed, &a, "A taken out of the file");
+    assert!(agent.stats().listener_in("8000", Some(&na)).is_none());
+    let free = Hold::open(&bed, 3, &a.addr(PORT), CONNECT_MS);
+    assert_eq!(free.result.connected, 3, "{:?}", free.result);
+    let _ = std::fs::remove_file(&file);
 }
