@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -19,6 +19,11 @@ pub const MAX_LISTENERS: u32 = 16_384;
 pub const MAX_PENDING: u32 = 65_536;
 /// Established connections tracked across all listeners.
 pub const MAX_TRACKED_SOCKETS: u32 = 1 << 20;
+/// Other network namespaces enforced in (`--limit-in`): each has its own copy of the programs,
+/// whose accounting program the agent's own copy (the one attached to the cgroup) tail-calls
+/// for that namespace's sockets, so a connection event runs one sock_ops program however many
+/// namespaces there are.
+pub const MAX_NETNS: u32 = 1024;
 /// One entry per TCP port: how many listeners use it, and the slot of the only one (see
 /// [`port_entry`]). Lets XDP pass other ports after one array lookup, and find a port's only
 /// listener by index instead of by hash.
@@ -63,7 +68,9 @@ pub mod map_names {
     pub const KEEPALIVE_POLICIES: &str = "KEEPALIVE_POLICIES";
     pub const SLOT_LISTENERS: &str = "SLOT_LISTENERS";
     pub const OVER_LIMIT: &str = "OVER_LIMIT";
-    pub const ALL: [&str; 11] = [
+    pub const NETNS_INDEX: &str = "NETNS_INDEX";
+    pub const NETNS_ACCOUNTING: &str = "NETNS_ACCOUNTING";
+    pub const ALL: [&str; 13] = [
         LISTENERS,
         PORTS,
         SLOT_LISTENERS,
@@ -75,6 +82,8 @@ pub mod map_names {
         AGENT_CONFIG,
         KEEPALIVE_POLICIES,
         OVER_LIMIT,
+        NETNS_INDEX,
+        NETNS_ACCOUNTING,
     ];
 }
 

@@ -11,6 +11,11 @@
 //! tag is what makes every decrement match exactly one increment.
 //!
 //! Outgoing connections (ACTIVE_ESTABLISHED) go to [`keepalive`].
+//!
+//! Only sockets of this copy's network namespace are its business. The agent's own copy is the
+//! one attached to the cgroup root, where every namespace's sockets show up; for a namespace
+//! enforced in by another copy (`--limit-in`) it tail-calls that copy's program, which then
+//! counts with its own maps.
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
@@ -25,7 +30,7 @@ use limiter_common::{FlowKey, OverLimit, action, family};
 use crate::{
     atomic::Usage,
     keepalive, listeners,
-    maps::{AGENT_CONFIG, OVER_LIMIT, PENDING, SOCKETS, count_slot},
+    maps::{AGENT_CONFIG, NETNS_ACCOUNTING, NETNS_INDEX, OVER_LIMIT, PENDING, SOCKETS, count_slot},
 };
 
 const AF_INET: u32 = 2;
@@ -36,31 +41,41 @@ const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xFF, 0xFF]);
 
 #[sock_ops]
 pub fn accounting(ctx: SockOpsContext) -> u32 {
-    match ctx.op() {
+    let op = ctx.op();
+    // Every other op (RTO, RTT, header options, ...) returns before any helper call.
+    let close = op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE;
+    if !(close
+        || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+    {
+        return 1;
+    }
+    let Some(config) = AGENT_CONFIG.get(0) else {
+        return 1;
+    };
+    // SAFETY: the helper only reads the socket's network namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    if config.netns_cookie == 0 || netns != config.netns_cookie {
+        // Another namespace's socket: the copy of these programs that enforces there counts it
+        // (a tail call does not return); with none, it is not ours.
+        if let Some(&index) = unsafe { NETNS_INDEX.get(&netns) } {
+            // SAFETY: a tail call with this program's own context.
+            unsafe { NETNS_ACCOUNTING.tail_call(&ctx, index) };
+        }
+        return 1;
+    }
+    match op {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => keepalive::apply(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(&ctx),
-        _ => {}
+        _ => closed(&ctx),
     }
     1
 }
 
-/// Whether the socket lives in the network namespace the agent enforces in.
-#[inline(always)]
-pub fn in_agent_netns(ctx: &SockOpsContext) -> bool {
-    let Some(config) = AGENT_CONFIG.get(0) else {
-        return false;
-    };
-    // SAFETY: the helper only reads the socket's network namespace.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
-    config.netns_cookie != 0 && netns == config.netns_cookie
-}
-
+/// A connection in this copy's network namespace became ESTABLISHED (the caller checked the
+/// namespace).
 #[inline(always)]
 fn established(ctx: &SockOpsContext) {
-    if !in_agent_netns(ctx) {
-        return;
-    }
     let Some(flow) = flow_of(ctx) else {
         return;
     };

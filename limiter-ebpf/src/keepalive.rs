@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::generated::bpf_setsockopt, maps::lpm_trie::Key, programs
 use limiter_common::{KeepaliveConfig, KeepaliveTarget, packet_stat};
 
 use crate::{
-    accounting::{flow_of, in_agent_netns},
+    accounting::flow_of,
     maps::{KEEPALIVE_POLICIES, count_packet},
 };
 
@@ -19,11 +19,10 @@ const TCP_KEEPCNT: i32 = 6;
 /// Address bits of the key: the trie matches family and port exactly, then the address prefix.
 const ADDRESS_BITS: u32 = 128;
 
+/// An outgoing connection in this copy's network namespace became ESTABLISHED (the caller
+/// checked the namespace).
 #[inline(always)]
 pub fn apply(ctx: &SockOpsContext) {
-    if !in_agent_netns(ctx) {
-        return;
-    }
     let Some(flow) = flow_of(ctx) else {
         return;
     };

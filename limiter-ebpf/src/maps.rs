@@ -2,12 +2,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, RingBuf},
 };
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED_SOCKETS, OVER_LIMIT_RING_BYTES,
-    PORT_TABLE_SIZE, Pending, SlotListener, SlotStats, SlotUsage, packet_stat,
+    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_NETNS, MAX_PENDING, MAX_TRACKED_SOCKETS,
+    OVER_LIMIT_RING_BYTES, PORT_TABLE_SIZE, Pending, SlotListener, SlotStats, SlotUsage,
+    packet_stat,
 };
 
 /// Limited listeners and their settings; written only by the agent.
@@ -61,6 +62,16 @@ pub static AGENT_CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
 /// (`limiter_common::OverLimit`), for the agent to reset; sock_ops cannot abort a socket.
 #[map]
 pub static OVER_LIMIT: RingBuf = RingBuf::with_byte_size(OVER_LIMIT_RING_BYTES, 0);
+
+/// Other network namespaces enforced in, by netns cookie: the index of their accounting program
+/// in NETNS_ACCOUNTING. Written by the agent in its own copy of the object only (the copy
+/// attached to the cgroup); empty in the namespaces' copies.
+#[map]
+pub static NETNS_INDEX: HashMap<u64, u32> = HashMap::with_max_entries(MAX_NETNS, 0);
+
+/// The namespaces' accounting programs, tail-called by index.
+#[map]
+pub static NETNS_ACCOUNTING: ProgramArray = ProgramArray::with_max_entries(MAX_NETNS, 0);
 
 #[inline(always)]
 pub fn count_packet(index: u32) {

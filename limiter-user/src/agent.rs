@@ -16,7 +16,7 @@ use crate::{
     limits::LimitTable,
     listener::{Action, LimitSpec, Listener},
     metrics::{self, MetricsSource},
-    netns::{Namespaces, enforcement::Environment, registry::WATCH_EVERY},
+    netns::{Namespaces, dispatch::Dispatch, enforcement::Environment, registry::WATCH_EVERY},
     over_limit::{self, ResetStats},
     pins::PinDir,
     preflight,
@@ -359,14 +359,25 @@ async fn enforce(
         ))
     });
     // The other namespaces, each with its own copy of the programs (`netns::enforcement`).
-    let mut namespaces = Namespaces::new(Environment {
-        cgroup: cgroup.to_owned(),
-        xdp_mode: args.xdp_mode,
-        veth_peer_runs_xdp: args.veth_peer_runs_xdp,
-        over_limit: settings.over_limit,
-        keepalive_for: settings.keepalive_for.clone(),
-        pins: pins.cloned(),
-    });
+    let (netns_index, netns_programs) =
+        table
+            .maps_mut()
+            .netns_dispatch
+            .take()
+            .ok_or(AgentError::MissingFromObject {
+                kind: "map",
+                name: limiter_common::map_names::NETNS_INDEX,
+            })?;
+    let mut namespaces = Namespaces::new(
+        Environment {
+            xdp_mode: args.xdp_mode,
+            veth_peer_runs_xdp: args.veth_peer_runs_xdp,
+            over_limit: settings.over_limit,
+            keepalive_for: settings.keepalive_for.clone(),
+            pins: pins.cloned(),
+        },
+        Dispatch::new(netns_index, netns_programs),
+    );
     namespaces.start(&settings.namespaces)?;
     let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;

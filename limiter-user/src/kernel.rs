@@ -9,9 +9,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, SockOps, Xdp,
+        CgroupAttachMode, ProgramFd, SockOps, Xdp,
         links::{FdLink, PinnedLink},
     },
 };
@@ -42,6 +42,9 @@ pub struct Maps {
     pub usage: SlotUsageView,
     /// Flood mode's connections over the limit, to reset; taken by the agent's reset task.
     pub over_limit: Option<RingBuf<MapData>>,
+    /// Which other namespaces' accounting programs this copy tail-calls; taken by the agent
+    /// for its own copy (`netns::dispatch`), unused in the namespaces' copies.
+    pub netns_dispatch: Option<(HashMap<MapData, u64, u32>, ProgramArray<MapData>)>,
 }
 
 /// The loaded programs and their attachments.
@@ -146,6 +149,10 @@ pub fn load(
         keepalive: take(&mut ebpf, map_names::KEEPALIVE_POLICIES)?,
         usage,
         over_limit: Some(take(&mut ebpf, map_names::OVER_LIMIT)?),
+        netns_dispatch: Some((
+            take(&mut ebpf, map_names::NETNS_INDEX)?,
+            take(&mut ebpf, map_names::NETNS_ACCOUNTING)?,
+        )),
     };
     Ok((
         Programs {
@@ -167,6 +174,21 @@ where
 }
 
 impl Programs {
+    /// Loads the accounting program without attaching it: for a namespace's copy, which the
+    /// agent's own copy tail-calls (`netns::dispatch`).
+    pub fn load_accounting(&mut self) -> Result<&ProgramFd, AgentError> {
+        let name = program_names::ACCOUNTING;
+        let program: &mut SockOps = program(&mut self.ebpf, name)?;
+        program.load().map_err(|source| AgentError::LoadProgram {
+            program: name,
+            source,
+        })?;
+        program.fd().map_err(|source| AgentError::LoadProgram {
+            program: name,
+            source,
+        })
+    }
+
     /// sock_ops on the cgroup: from now on connections are counted.
     pub fn attach_accounting(
         &mut self,

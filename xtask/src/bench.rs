@@ -23,11 +23,15 @@
 //!    Envoy `tcp_proxy` and nginx stream, one CPU each, and the direct path ([`proxy`]).
 //! 8. Scale: kernel map memory per tracked connection, handshake and listener; time to apply
 //!    10,000 listener limits from a config file ([`scale`]).
+//! 9. Spoofed flood below the limit: real clients' success during a forged-source flood
+//!    ([`spoof`]).
+//! 10. The pod path: connections per second into a pod through a NodePort DNAT with limiter
+//!     enforcing inside the pod, and what each further namespace costs ([`pods`]).
 //!
 //! Every namespace, veth, rule set, program and process it makes is removed by a guard, also on
 //! an error, a panic or Ctrl-C. Settings come from the environment (the task takes no flags):
-//! `LIMITER_BENCH_PARTS=packet,flood,storm,legit,burst,cps,proxy,scale,spoof` (which parts; default
-//! all),
+//! `LIMITER_BENCH_PARTS=packet,flood,storm,legit,burst,cps,proxy,scale,spoof,pods` (which parts;
+//! default all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
@@ -41,6 +45,7 @@ mod legit;
 mod netns;
 mod peers;
 mod pktcost;
+mod pods;
 mod process;
 mod progs;
 mod proxy;
@@ -106,7 +111,7 @@ pub struct Objects {
 }
 
 const ALL_PARTS: &[&str] = &[
-    "packet", "flood", "storm", "legit", "burst", "cps", "proxy", "scale", "spoof",
+    "packet", "flood", "storm", "legit", "burst", "cps", "proxy", "scale", "spoof", "pods",
 ];
 /// The bench waits this long at most for other test runs on the machine to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -232,6 +237,7 @@ fn run() -> Result<bool> {
             "storm" => storm::run(&ctx),
             "proxy" => proxy::run(&ctx),
             "spoof" => spoof::run(&ctx),
+            "pods" => pods::run(&ctx),
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));

@@ -4,11 +4,11 @@
 //! (so its counts, slots, handshakes in flight and flood mode are its own, and a port limited
 //! in two pods is two listeners), XDP admission on its interfaces (a pod's `eth0`: it sees the
 //! pod's traffic after the node's DNAT, routing or decapsulation, whichever way the client
-//! came), and sock_ops accounting on the cgroup root, where one attachment sees every
-//! namespace's sockets and the program counts only those of its own cookie. Everything the
+//! came), and its own accounting program, which the agent's copy on the cgroup root tail-calls
+//! for this namespace's sockets ([`super::dispatch`]). Everything the
 //! agent does for its own namespace is done here the same way: the handshake sweeper, the
 //! flood watch, resets after a completed handshake, the unbound-listener check, pins.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     cli::XdpAttachMode,
@@ -18,7 +18,7 @@ use crate::{
     kernel::{self, Programs},
     limits::LimitTable,
     listener::{Action, LimitSpec},
-    netns::Netns,
+    netns::{Netns, dispatch::Dispatch},
     over_limit::{self, ResetStats},
     pins::PinDir,
     sock_diag::SockDiag,
@@ -35,7 +35,6 @@ pub const NETNS_PENDING_ENTRIES: u32 = limiter_common::MAX_PENDING / 8;
 /// What every namespace is enforced with: the agent's flags.
 #[derive(Clone, Debug)]
 pub struct Environment {
-    pub cgroup: PathBuf,
     pub xdp_mode: XdpAttachMode,
     pub veth_peer_runs_xdp: bool,
     pub over_limit: Action,
@@ -48,6 +47,8 @@ pub struct Environment {
 /// everything that is not pinned.
 pub struct NetnsEnforcement {
     netns: Netns,
+    /// The namespace's cookie: its entry in the dispatch maps.
+    cookie: u64,
     pub table: LimitTable,
     attachments: Vec<Attachment>,
     /// Listening sockets of this namespace, for the unbound check (opened inside it).
@@ -65,6 +66,7 @@ impl NetnsEnforcement {
         netns: Netns,
         limits: &[LimitSpec],
         env: &Environment,
+        dispatch: &mut Dispatch,
     ) -> Result<NetnsEnforcement, AgentError> {
         let label = netns.path().display().to_string();
         let in_netns = |source: AgentError| AgentError::InNetns {
@@ -120,6 +122,7 @@ impl NetnsEnforcement {
         };
         let mut enforcement = NetnsEnforcement {
             netns,
+            cookie,
             table: LimitTable::new(maps, env.over_limit),
             attachments,
             diag: None,
@@ -128,12 +131,12 @@ impl NetnsEnforcement {
             pins,
             programs,
         };
-        match enforcement.configure_and_attach(limits, env) {
+        match enforcement.configure_and_attach(limits, env, dispatch) {
             Ok(()) => Ok(enforcement),
             Err(e) => {
                 // Pins created for this start go (adopted ones stay, enforcing as found).
                 let adopted = enforcement.pins.as_ref().is_some_and(|p| p.adopting);
-                enforcement.stop(adopted);
+                enforcement.stop(adopted, dispatch);
                 Err(in_netns(e))
             }
         }
@@ -143,6 +146,7 @@ impl NetnsEnforcement {
         &mut self,
         limits: &[LimitSpec],
         env: &Environment,
+        dispatch: &mut Dispatch,
     ) -> Result<(), AgentError> {
         let label = self.label();
         self.table.netns = Some(label.clone());
@@ -165,8 +169,10 @@ impl NetnsEnforcement {
         for (destinations, keepalive) in &env.keepalive_for {
             self.table.set_keepalive_policy(destinations, keepalive)?;
         }
-        self.programs
-            .attach_accounting(&env.cgroup, self.pins.as_ref())?;
+        // Counting starts with the dispatch entry: from then on the agent's accounting program
+        // hands this namespace's sockets to this copy's.
+        let accounting = self.programs.load_accounting()?;
+        dispatch.add(self.cookie, accounting)?;
         let (programs, attachments, pins) = (&mut self.programs, &self.attachments, &self.pins);
         self.netns
             .run_in(|| programs.attach_admission(attachments, pins.as_ref()))??;
@@ -223,11 +229,15 @@ impl NetnsEnforcement {
         report
     }
 
-    /// Detaches everything; with `keep_pinned`, pinned programs stay attached and their maps
-    /// pinned (a restarted agent adopts them), else the pins go too.
-    pub fn stop(self, keep_pinned: bool) {
+    /// Detaches everything; with `keep_pinned`, pinned programs stay attached (and in the
+    /// dispatch maps) and their maps pinned, for a restarted agent to adopt; else the pins go
+    /// too.
+    pub fn stop(self, keep_pinned: bool, dispatch: &mut Dispatch) {
         if let Some(task) = &self.reset_task {
             task.abort();
+        }
+        if !keep_pinned || self.pins.is_none() {
+            dispatch.remove(self.cookie);
         }
         if let Some(pins) = self.pins.as_ref().filter(|_| !keep_pinned)
             && let Err(error) = pins.remove()

@@ -18,6 +18,7 @@ use crate::{
     listener::{LimitSpec, Listener},
     netns::{
         Netns, NetnsLimits,
+        dispatch::Dispatch,
         enforcement::{Environment, NetnsEnforcement},
         path::current_inode,
     },
@@ -31,6 +32,7 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Namespaces {
     env: Environment,
+    dispatch: Dispatch,
     configured: BTreeMap<PathBuf, Configured>,
 }
 
@@ -48,9 +50,10 @@ enum State {
 }
 
 impl Namespaces {
-    pub fn new(env: Environment) -> Namespaces {
+    pub fn new(env: Environment, dispatch: Dispatch) -> Namespaces {
         Namespaces {
             env,
+            dispatch,
             configured: BTreeMap::new(),
         }
     }
@@ -76,7 +79,9 @@ impl Namespaces {
         for NetnsLimits { path, limits } in all {
             let started = Netns::open(path)
                 .map_err(AgentError::from)
-                .and_then(|netns| NetnsEnforcement::start(netns, limits, &self.env));
+                .and_then(|netns| {
+                    NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)
+                });
             match started {
                 Ok(enforcement) => {
                     self.configured.insert(
@@ -94,6 +99,7 @@ impl Namespaces {
                 }
             }
         }
+        self.dispatch.prune();
         Ok(())
     }
 
@@ -125,11 +131,18 @@ impl Namespaces {
                 ) else {
                     unreachable!("matched above");
                 };
-                old.stop(false);
+                old.stop(false, &mut self.dispatch);
             }
             let started = Netns::open(path)
                 .map_err(AgentError::from)
-                .and_then(|netns| NetnsEnforcement::start(netns, &configured.limits, &self.env));
+                .and_then(|netns| {
+                    NetnsEnforcement::start(
+                        netns,
+                        &configured.limits,
+                        &self.env,
+                        &mut self.dispatch,
+                    )
+                });
             match started {
                 Ok(enforcement) => {
                     tracing::info!(netns = %path.display(), "enforcing in the network namespace at this path");
@@ -164,11 +177,12 @@ impl Namespaces {
     /// `limiter set --netns PATH`: a namespace not configured yet must be one now.
     pub fn set(&mut self, path: &Path, spec: &LimitSpec) -> Result<String, AgentError> {
         let Some(configured) = self.configured.get_mut(path) else {
-            let mut enforcement = NetnsEnforcement::start(Netns::open(path)?, &[], &self.env)?;
+            let mut enforcement =
+                NetnsEnforcement::start(Netns::open(path)?, &[], &self.env, &mut self.dispatch)?;
             let now = match in_netns(path, enforcement.table.set(spec)) {
                 Ok(now) => now,
                 Err(e) => {
-                    enforcement.stop(false);
+                    enforcement.stop(false, &mut self.dispatch);
                     return Err(e);
                 }
             };
@@ -231,14 +245,15 @@ impl Namespaces {
                 ..
             }) = self.configured.remove(&path)
             {
-                enforcement.stop(false);
+                enforcement.stop(false, &mut self.dispatch);
             }
             done.push(format!("stopped enforcing in {}", path.display()));
         }
         for NetnsLimits { path, limits } in new {
             let Some(configured) = self.configured.get(path) else {
                 let netns = Netns::open(path)?;
-                let enforcement = NetnsEnforcement::start(netns, limits, &self.env)?;
+                let enforcement =
+                    NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)?;
                 self.configured.insert(
                     path.clone(),
                     Configured {
@@ -320,7 +335,7 @@ impl Namespaces {
     pub fn stop_all(&mut self, keep_pinned: bool) {
         for (_, configured) in std::mem::take(&mut self.configured) {
             if let State::Enforcing(enforcement) = configured.state {
-                enforcement.stop(keep_pinned);
+                enforcement.stop(keep_pinned, &mut self.dispatch);
             }
         }
     }

@@ -321,6 +321,17 @@ impl Server {
         on_accept: OnAccept,
         cpu: Option<usize>,
     ) -> Result<Server> {
+        Server::start_at(ns, SERVER_IP, port, on_accept, cpu)
+    }
+
+    /// [`Server::start_on`] listening on `ip` (e.g. a pod's address) instead of the server's.
+    pub fn start_at(
+        ns: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        on_accept: OnAccept,
+        cpu: Option<usize>,
+    ) -> Result<Server> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let ns_name = ns.to_string();
@@ -333,7 +344,7 @@ impl Server {
                 }
                 let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 socket.set_reuse_address(true)?;
-                socket.bind(&SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into())?;
+                socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, port)).into())?;
                 socket.listen(4096)?;
                 socket.set_nonblocking(true)?;
                 Ok(socket)

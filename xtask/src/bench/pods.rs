@@ -1,0 +1,359 @@
+//! Part 10: the pod path. Clients connect to the node's address, a NodePort-style DNAT on the
+//! node sends them to a pod (a namespace behind a veth, routed by the node as a CNI does), and
+//! limiter, running on the node, enforces the pod's limit inside the pod (`--limit-in`): XDP
+//! (generic, as on any veth) on the pod's `eth0`, sock_ops counting the pod's sockets. Measured:
+//! connections per second when not limiting, against no program and against the empty XDP
+//! program on the pod's `eth0`; and what enforcing in more namespaces costs each connection
+//! (the agent's accounting program tail-calls the namespace's own, so it should cost nothing).
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use super::{
+    Ctx,
+    agent::Agent,
+    netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
+    report::{Bar, Chart, Part, Table, Target, number, spread},
+};
+use crate::cmd::{self, command};
+
+const PORT: u16 = 8300;
+const POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const NODE_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Never reached.
+const LIMIT: u32 = 1_000_000;
+const CLIENT_THREADS: usize = 2;
+/// Namespaces enforced in besides the pod, for the "many namespaces" configuration.
+const OTHER_NAMESPACES: usize = 15;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    NoProgram,
+    EmptyXdpInPod,
+    LimiterInPod,
+    LimiterInPodOf16,
+}
+
+impl Config {
+    fn key(self) -> &'static str {
+        match self {
+            Config::NoProgram => "no_program",
+            Config::EmptyXdpInPod => "empty_xdp_generic_in_pod",
+            Config::LimiterInPod => "limiter_in_pod",
+            Config::LimiterInPodOf16 => "limiter_in_pod_16_namespaces",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::NoProgram => "no program",
+            Config::EmptyXdpInPod => "empty XDP_PASS program on the pod's eth0 (generic)",
+            Config::LimiterInPod => "limiter, --limit-in the pod, limit never reached",
+            Config::LimiterInPodOf16 => "limiter in the pod and 15 other namespaces",
+        }
+    }
+}
+
+/// The pod and the idle namespaces, deleted when dropped (the bed deletes its own two).
+struct Pods {
+    pod: String,
+    others: Vec<String>,
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.pod).chain(&self.others) {
+            let _ = cmd::run(command("ip").args(["netns", "del", ns]));
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    cmd::run(command("ip").args(args)).map(|_| ())
+}
+
+/// The pod behind a veth from the node, the node routing and DNATing to it, and the idle
+/// namespaces (each with a veth pair of its own: interfaces to attach to).
+fn build(bed: &TestBed) -> Result<Pods> {
+    let pid = std::process::id();
+    let mut pods = Pods {
+        pod: format!("lim-bench-pod-{pid}"),
+        others: Vec::new(),
+    };
+    ip(&["netns", "add", &pods.pod])?;
+    let node_veth = format!("lbN{pid}");
+    ip(&[
+        "-n",
+        &bed.server_ns,
+        "link",
+        "add",
+        &node_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pods.pod,
+    ])?;
+    for (ns, dev, addr) in [
+        (&bed.server_ns, node_veth.as_str(), NODE_SIDE_IP),
+        (&pods.pod, "eth0", POD_IP),
+    ] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    ip(&[
+        "-n",
+        &pods.pod,
+        "route",
+        "add",
+        "default",
+        "via",
+        &NODE_SIDE_IP.to_string(),
+    ])?;
+    bed.exec(&bed.server_ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    bed.nft(&format!(
+        "add table ip lim_bench_nodeport; add chain ip lim_bench_nodeport prerouting {{ type nat \
+         hook prerouting priority -100; policy accept; }}; add rule ip lim_bench_nodeport \
+         prerouting tcp dport {PORT} dnat to {POD_IP}:{PORT}"
+    ))?;
+    for i in 0..OTHER_NAMESPACES {
+        let ns = format!("lim-bench-idle-{pid}-{i}");
+        ip(&["netns", "add", &ns])?;
+        pods.others.push(ns.clone());
+        // No dummy driver on every kernel: a veth pair inside the namespace.
+        ip(&[
+            "-n", &ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "v0", "up"])?;
+    }
+    Ok(pods)
+}
+
+pub fn run(ctx: &Ctx) -> Result<Part> {
+    let (window, reps) = ctx.windows(4);
+    let configs = [
+        Config::NoProgram,
+        Config::EmptyXdpInPod,
+        Config::LimiterInPod,
+        Config::LimiterInPodOf16,
+    ];
+    let bed = TestBed::create()?;
+    let pods = build(&bed)?;
+    let server = Server::start_at(&pods.pod, POD_IP, PORT, OnAccept::Reset, None)?;
+    let pod_path = format!("/run/netns/{}", pods.pod);
+    let mut rates: Vec<(Config, Vec<f64>, u64)> =
+        configs.iter().map(|c| (*c, Vec::new(), 0)).collect();
+    let mut refused = 0;
+    for _ in 0..reps {
+        for (i, config) in configs.iter().enumerate() {
+            cmd::check_interrupted()?;
+            let mut args: Vec<String> = vec![
+                "--limit-in".into(),
+                pod_path.clone(),
+                format!("{PORT}={LIMIT}"),
+            ];
+            let agent = match config {
+                Config::NoProgram => None,
+                Config::EmptyXdpInPod => {
+                    bed.exec(
+                        &pods.pod,
+                        &[
+                            "ip",
+                            "link",
+                            "set",
+                            "dev",
+                            "eth0",
+                            "xdpgeneric",
+                            "obj",
+                            &ctx.objects.pass.display().to_string(),
+                            "sec",
+                            "xdp",
+                        ],
+                    )?;
+                    None
+                }
+                Config::LimiterInPod => Some(Agent::start(
+                    &ctx.agent,
+                    &ctx.scratch.dir,
+                    &bed.server_ns,
+                    &args,
+                )?),
+                Config::LimiterInPodOf16 => {
+                    for ns in &pods.others {
+                        args.extend([
+                            "--limit-in".into(),
+                            format!("/run/netns/{ns}"),
+                            format!("{PORT}={LIMIT}"),
+                        ]);
+                    }
+                    Some(Agent::start(
+                        &ctx.agent,
+                        &ctx.scratch.dir,
+                        &bed.server_ns,
+                        &args,
+                    )?)
+                }
+            };
+            let result = netns::churn(
+                &bed.client_ns,
+                PORT,
+                Churn {
+                    threads: CLIENT_THREADS,
+                    cpu: None,
+                    server: OnAccept::Reset,
+                },
+                window,
+            );
+            if let Some(agent) = agent {
+                let stats = agent.stats()?;
+                refused += stats["listeners"]
+                    .as_array()
+                    .context("stats without listeners")?
+                    .iter()
+                    .map(|l| l["refused_total"].as_u64().unwrap_or(0))
+                    .sum::<u64>();
+                agent.stop()?;
+            }
+            if *config == Config::EmptyXdpInPod {
+                bed.exec(
+                    &pods.pod,
+                    &["ip", "link", "set", "dev", "eth0", "xdpgeneric", "off"],
+                )?;
+            }
+            let (ok, failed) = result?;
+            let rate = ok as f64 / window.as_secs_f64();
+            println!(
+                "  {}: {rate:.0} connections/s ({failed} failed)",
+                config.label()
+            );
+            rates[i].1.push(rate);
+            rates[i].2 += failed;
+        }
+    }
+    server.stop()?;
+    drop(pods);
+    drop(bed);
+    if refused != 0 {
+        bail!(
+            "limiter refused {refused} SYNs: its limit was reached, so this is not the not-limiting case"
+        );
+    }
+    Ok(report(&rates, window, reps))
+}
+
+fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> Part {
+    let mut part = Part::new(
+        "pods",
+        "10. The pod path: connections per second into a pod",
+    );
+    part.method = vec![format!(
+        "The test bed's server namespace is a node: it routes to a pod (a namespace behind a veth, \
+         {POD_IP}/30, default route via the node) and DNATs {SERVER_IP}:{PORT} to \
+         {POD_IP}:{PORT} (nftables nat prerouting, as kube-proxy writes a NodePort). A server in \
+         the pod accepts and closes every connection at once with a RST; {CLIENT_THREADS} client \
+         threads in the client namespace connect to the node's address, wait for the RST and \
+         connect again, for {} s windows, {reps} repetitions, the configurations interleaved. \
+         limiter runs on the node with `--limit-in /run/netns/POD {PORT}={LIMIT}` (never reached: \
+         the bench checks that nothing was refused): generic XDP on the pod's eth0 (a veth) and \
+         the pod's own accounting program, which the agent's sock_ops program on the cgroup root \
+         tail-calls for the pod's sockets. The last configuration also enforces in \
+         {OTHER_NAMESPACES} idle namespaces (each with a veth pair to attach to): still one \
+         sock_ops program per connection event, one more lookup in the dispatch map, and the \
+         agent's periodic work (handshake sweep, listening check) once per namespace.",
+        window.as_secs()
+    )];
+    let median = |c: Config| {
+        rates
+            .iter()
+            .find(|r| r.0 == c)
+            .map_or(f64::NAN, |r| spread(&r.1).1)
+    };
+    let (none, empty) = (median(Config::NoProgram), median(Config::EmptyXdpInPod));
+    let mut table = Table::new(
+        "Connections per second into the pod through the NodePort (median over repetitions, \
+         min–max in brackets)",
+        &[
+            "configuration",
+            "connections/s",
+            "× no program",
+            "× empty XDP in pod",
+            "failed connects",
+        ],
+    );
+    let mut bars = Vec::new();
+    let mut json_configs = serde_json::Map::new();
+    for (config, r, failed) in rates {
+        let (lo, med, hi) = spread(r);
+        table.row(vec![
+            config.label().to_string(),
+            format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
+            format!("{:.3}", med / none),
+            format!("{:.3}", med / empty),
+            failed.to_string(),
+        ]);
+        bars.push(Bar {
+            label: config.label().to_string(),
+            value: med,
+            low: lo,
+            high: hi,
+            ours: matches!(config, Config::LimiterInPod | Config::LimiterInPodOf16),
+        });
+        json_configs.insert(
+            config.key().into(),
+            json!({"label": config.label(), "connections_per_s": r, "failed": failed}),
+        );
+    }
+    part.tables.push(table);
+    let (one, many) = (
+        median(Config::LimiterInPod),
+        median(Config::LimiterInPodOf16),
+    );
+    part.targets.push(Target {
+        what: "connections/s into a pod with limiter enforcing there and never limiting, vs the \
+               empty XDP program on the pod's eth0 (same mode, generic)"
+            .into(),
+        goal: "≥ 97%".into(),
+        measured: format!(
+            "{:.1}% ({} vs {} connections/s)",
+            one / empty * 100.0,
+            number(one),
+            number(empty)
+        ),
+        met: Some((one / empty).is_finite() && one / empty >= 0.97),
+    });
+    let per_connection_ns = |rate: f64| 1e9 * CLIENT_THREADS as f64 / rate;
+    part.notes.push(format!(
+        "Enforcing in {} namespaces instead of one: {:.1}% of the one-pod rate ({:.0} ns more \
+         per connection, {:.0} ns per namespace, from {} client threads' connect loops). An \
+         earlier design attached one sock_ops program per namespace to the cgroup root, and each \
+         namespace then cost every connection on the node about 870 ns (16 namespaces: 82% of \
+         the one-pod rate); the tail call from the agent's program made that cost flat.",
+        OTHER_NAMESPACES + 1,
+        many / one * 100.0,
+        per_connection_ns(many) - per_connection_ns(one),
+        (per_connection_ns(many) - per_connection_ns(one)) / OTHER_NAMESPACES as f64,
+        CLIENT_THREADS
+    ));
+    part.notes.push(
+        "Refusing in a pod runs the same XDP program as on the node (part 1's per-packet costs, \
+         generic mode's skb as in part 6), so a refused SYN costs what it costs on the node, \
+         plus the node's forwarding of it, which every filter in the pod pays alike; nftables \
+         `ct count` and Envoy in the pod pay their per-SYN and per-connection costs of parts 2 \
+         and 3 on top of the same forwarding."
+            .into(),
+    );
+    part.json = json!({
+        "window_s": window.as_secs_f64(), "repetitions": reps, "client_threads": CLIENT_THREADS,
+        "other_namespaces": OTHER_NAMESPACES, "limit": LIMIT, "configurations": json_configs,
+    });
+    part.charts.push(Chart {
+        title: "10. Connections per second into a pod when not limiting".into(),
+        unit: "conn/s".into(),
+        bars,
+    });
+    part
+}
