@@ -34,7 +34,7 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
     // Everything that can be checked before touching the kernel is, so bad input or a missing
     // piece never leaves anything half-attached.
-    preflight::check_capabilities()?;
+    preflight::check_capabilities(!settings.namespaces.is_empty())?;
     settings.ifaces = preflight::resolve_interfaces(&settings.ifaces)?;
     for iface in &settings.ifaces {
         preflight::check_interface(iface)?;

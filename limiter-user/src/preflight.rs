@@ -17,8 +17,10 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// CAP_BPF (or CAP_SYS_ADMIN on its behalf) loads the programs; CAP_PERFMON lets the verifier
 /// accept their pointer arithmetic on map values and packets (without it the load fails with a
 /// verifier error); CAP_NET_ADMIN attaches XDP and cgroup programs. Checked up front so that a
-/// missing one is named instead of surfacing as EPERM from the verifier.
-pub fn check_capabilities() -> Result<(), AgentError> {
+/// missing one is named instead of surfacing as EPERM from the verifier. Enforcing inside other
+/// network namespaces (`other_netns`) also needs CAP_SYS_ADMIN: `setns` into a namespace is
+/// how the agent attaches XDP to its interfaces and opens its sock_diag socket.
+pub fn check_capabilities(other_netns: bool) -> Result<(), AgentError> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(AgentError::syscall("reading /proc/self/status"))?;
     let effective = status
@@ -36,6 +38,9 @@ pub fn check_capabilities() -> Result<(), AgentError> {
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
+    }
+    if other_netns && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_SYS_ADMIN (for --limit-in: entering another network namespace)");
     }
     if missing.is_empty() {
         Ok(())

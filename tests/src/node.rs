@@ -195,6 +195,86 @@ impl TestBed {
         );
     }
 
+    /// An overlay between the client and the node, as a VXLAN CNI builds one between nodes:
+    /// the client reaches `pod` through a VXLAN tunnel over the bed's veth, and the node
+    /// decapsulates and routes to the pod. Returns the node's VXLAN device.
+    pub fn overlay_to_pod(&self, pod: &Pod) -> String {
+        let (node_dev, client_dev) = (format!("vxn{}", self.id), format!("vxc{}", self.id));
+        for (ns, dev, local, remote, underlay, addr) in [
+            (
+                &self.srv_ns,
+                &node_dev,
+                self.srv_v4,
+                self.cli_v4,
+                &self.srv_veth,
+                "198.18.255.1",
+            ),
+            (
+                &self.cli_ns,
+                &client_dev,
+                self.cli_v4,
+                self.srv_v4,
+                &self.cli_veth,
+                "198.18.255.2",
+            ),
+        ] {
+            run_ok(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "link",
+                    "add",
+                    dev,
+                    "type",
+                    "vxlan",
+                    "id",
+                    "42",
+                    "local",
+                    &local.to_string(),
+                    "remote",
+                    &remote.to_string(),
+                    "dstport",
+                    "4789",
+                    "dev",
+                    underlay,
+                ],
+            );
+            run_ok(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev],
+            );
+            run_ok("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &self.cli_ns,
+                "route",
+                "replace",
+                &format!("{}/32", pod.ip()),
+                "via",
+                "198.18.255.1",
+                "dev",
+                &client_dev,
+            ],
+        );
+        node_dev
+    }
+
+    /// Packets the node received on `dev`.
+    pub fn rx_packets(&self, dev: &str) -> u64 {
+        let out = run_ok("ip", &["-n", &self.srv_ns, "-s", "-o", "link", "show", dev]);
+        // `-o` puts the counters on one line: "RX: bytes packets ... \ <bytes> <packets> ...".
+        out.split("RX:")
+            .nth(1)
+            .and_then(|rx| rx.split('\\').nth(1))
+            .and_then(|numbers| numbers.split_whitespace().nth(1))
+            .and_then(|packets| packets.parse().ok())
+            .unwrap_or_else(|| panic!("no RX counters in {out}"))
+    }
+
     /// `ip -o link show` inside a pod: whether XDP is attached there.
     pub fn pod_links(&self, pod: &Pod) -> String {
         run_ok("ip", &["-n", pod.ns(), "-o", "link", "show"])

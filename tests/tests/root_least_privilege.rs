@@ -138,3 +138,38 @@ fn root_missing_capability_is_named() {
         bed.assert_no_xdp(&format!("after refusing to start with {caps:?}"));
     }
 }
+
+/// `--limit-in` enters another network namespace (`setns`), which needs CAP_SYS_ADMIN: with only
+/// the three, the agent names it and attaches nothing, in either namespace.
+#[test]
+fn root_limit_in_needs_sys_admin_and_says_so() {
+    let bed = TestBed::new();
+    let pod = bed.add_pod();
+    let socket = Agent::socket_path().display().to_string();
+    let netns = pod.netns_path().display().to_string();
+    let args = [
+        "run",
+        "--iface",
+        &bed.srv_veth,
+        "--limit-in",
+        &netns,
+        "8000=1",
+        "--control-socket",
+        &socket,
+    ];
+    let out = Agent::run_command_to_exit(
+        &bed,
+        with_only(&bed, &["bpf", "net_admin", "perfmon"], &args),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(
+        errors[0].contains("CAP_SYS_ADMIN") && errors[0].contains("--limit-in"),
+        "{}",
+        errors[0]
+    );
+    bed.assert_no_xdp("after refusing --limit-in without CAP_SYS_ADMIN");
+    let links = bed.pod_links(&pod);
+    assert!(!links.contains("xdp"), "{links}");
+}

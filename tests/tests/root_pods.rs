@@ -591,3 +591,27 @@ fn root_reload_changes_the_namespaces() {
     assert_eq!(free.result.connected, 3, "{:?}", free.result);
     let _ = std::fs::remove_file(&file);
 }
+
+/// Clients that reach the pod through an overlay (VXLAN, decapsulated on the node, as between
+/// nodes of a VXLAN CNI) are limited the same: the pod's XDP sees the inner packet.
+#[test]
+fn root_pod_limit_holds_through_an_overlay() {
+    let bed = TestBed::new();
+    let pod = bed.add_pod();
+    let _server = serve(&bed, &pod);
+    let tunnel = bed.overlay_to_pod(&pod);
+    let agent = agent_for(&bed, &[(&pod, "8000=2:reset")], &[]);
+    let before = bed.rx_packets(&tunnel);
+    let held = Hold::open(&bed, 2, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(held.result.connected, 2, "{:?}", held.result);
+    let over = Hold::open(&bed, 1, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(over.result.refused, 1, "{:?}", over.result);
+    assert!(
+        bed.rx_packets(&tunnel) > before,
+        "the connections did not come through the tunnel {tunnel}"
+    );
+    let row = agent.wait_listener_in("8000", Some(&netns_of(&pod)), "2 active", SETTLE, |l| {
+        l.active == 2
+    });
+    assert_eq!(row.refused_reset_total, 1, "{row:?}");
+}

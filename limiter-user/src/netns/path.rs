@@ -140,7 +140,11 @@ impl Netns {
         })
         .map_err(|source| NetnsError::Syscall {
             path: self.path.clone(),
-            call: "setns",
+            call: if source.raw_os_error() == Some(libc::EPERM) {
+                "setns (entering another network namespace needs CAP_SYS_ADMIN)"
+            } else {
+                "setns"
+            },
             source,
         })
     }
