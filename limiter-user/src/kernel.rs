@@ -196,11 +196,8 @@ impl Programs {
         pins: Option<&PinDir>,
     ) -> Result<(), AgentError> {
         let name = program_names::ACCOUNTING;
+        self.load_accounting()?;
         let program: &mut SockOps = program(&mut self.ebpf, name)?;
-        program.load().map_err(|source| AgentError::LoadProgram {
-            program: name,
-            source,
-        })?;
         let pin = pins.map(|p| p.link_path("accounting"));
         if let Some(adopted) = adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
         {

@@ -13,7 +13,7 @@ use super::{
     agent::Agent,
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
-    report::{Bar, Chart, Part, Table, Target, number, spread},
+    report::{Bar, Chart, Part, Table, Target, number, rate_row, spread},
 };
 use crate::cmd;
 
@@ -256,21 +256,15 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         });
     }
     for (config, r, failed, bits) in rates {
-        let (lo, med, hi) = spread(r);
-        table.row(vec![
-            config.label().to_string(),
-            format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
-            format!("{:.3}", med / none),
-            format!("{:.3}", med / empty),
-            failed.to_string(),
-        ]);
-        bars.push(Bar {
-            label: config.label().to_string(),
-            value: med,
-            low: lo,
-            high: hi,
-            ours: matches!(config, Config::Limiter | Config::LimiterGeneric),
-        });
+        rate_row(
+            &mut table,
+            &mut bars,
+            config.label(),
+            r,
+            *failed,
+            [none, empty],
+            matches!(config, Config::Limiter | Config::LimiterGeneric),
+        );
         json_configs.insert(
             config.key().to_string(),
             json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits}),

@@ -14,7 +14,7 @@ use super::{
     Ctx,
     agent::Agent,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
-    report::{Bar, Chart, Part, Table, Target, number, spread},
+    report::{Chart, Part, Table, Target, number, rate_row, spread},
 };
 use crate::cmd::{self, command};
 
@@ -287,21 +287,15 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
     let mut bars = Vec::new();
     let mut json_configs = serde_json::Map::new();
     for (config, r, failed) in rates {
-        let (lo, med, hi) = spread(r);
-        table.row(vec![
-            config.label().to_string(),
-            format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
-            format!("{:.3}", med / none),
-            format!("{:.3}", med / empty),
-            failed.to_string(),
-        ]);
-        bars.push(Bar {
-            label: config.label().to_string(),
-            value: med,
-            low: lo,
-            high: hi,
-            ours: matches!(config, Config::LimiterInPod | Config::LimiterInPodOf16),
-        });
+        rate_row(
+            &mut table,
+            &mut bars,
+            config.label(),
+            r,
+            *failed,
+            [none, empty],
+            matches!(config, Config::LimiterInPod | Config::LimiterInPodOf16),
+        );
         json_configs.insert(
             config.key().into(),
             json!({"label": config.label(), "connections_per_s": r, "failed": failed}),

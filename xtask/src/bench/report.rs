@@ -100,6 +100,34 @@ impl Target {
     }
 }
 
+/// One configuration's connections per second: a table row (median with min–max, the median
+/// against two baselines' medians, failed connects) and its bar.
+pub fn rate_row(
+    table: &mut Table,
+    bars: &mut Vec<Bar>,
+    label: &str,
+    rates: &[f64],
+    failed: u64,
+    baselines: [f64; 2],
+    ours: bool,
+) {
+    let (lo, med, hi) = spread(rates);
+    table.row(vec![
+        label.to_string(),
+        format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
+        format!("{:.3}", med / baselines[0]),
+        format!("{:.3}", med / baselines[1]),
+        failed.to_string(),
+    ]);
+    bars.push(Bar {
+        label: label.to_string(),
+        value: med,
+        low: lo,
+        high: hi,
+        ours,
+    });
+}
+
 /// A horizontal bar chart: one bar per entry, with a min–max whisker.
 pub struct Chart {
     pub title: String,
