@@ -16,7 +16,12 @@ use crate::{
     limits::LimitTable,
     listener::{Action, LimitSpec, Listener},
     metrics::{self, MetricsSource},
-    netns::{Namespaces, dispatch::Dispatch, enforcement::Environment, registry::WATCH_EVERY},
+    netns::{
+        Namespaces,
+        dispatch::Dispatch,
+        enforcement::Environment,
+        registry::{Source, WATCH_EVERY},
+    },
     over_limit::{self, ResetStats},
     pins::PinDir,
     preflight,
@@ -34,7 +39,7 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
     // Everything that can be checked before touching the kernel is, so bad input or a missing
     // piece never leaves anything half-attached.
-    preflight::check_capabilities(!settings.namespaces.is_empty())?;
+    preflight::check_capabilities(!settings.namespaces.is_empty() || args.kubernetes)?;
     settings.ifaces = preflight::resolve_interfaces(&settings.ifaces)?;
     for iface in &settings.ifaces {
         preflight::check_interface(iface)?;
@@ -155,7 +160,7 @@ impl AgentState {
         report
     }
 
-    fn lock_namespaces(&self) -> std::sync::MutexGuard<'_, Namespaces> {
+    pub fn lock_namespaces(&self) -> std::sync::MutexGuard<'_, Namespaces> {
         self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -237,7 +242,7 @@ impl AgentState {
         }
         done.extend(
             namespaces
-                .apply(&new.namespaces)
+                .apply_from(Source::Settings, &new.namespaces)
                 .map_err(|e| e.to_string())?,
         );
         let mut summary = if done.is_empty() {
@@ -429,6 +434,20 @@ async fn enforce(
     }
     let mut netns_watch = tokio::time::interval(WATCH_EVERY);
     netns_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Kubernetes mode: the watches start once everything else is in place.
+    let kubernetes_task = match (args.kubernetes, &args.node_name) {
+        (true, Some(node)) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubernetes: no API server to talk to: {e}"))?;
+            Some(tokio::spawn(crate::kubernetes::watch::run(
+                client,
+                node.clone(),
+                state.clone(),
+            )))
+        }
+        _ => None,
+    };
     tracing::info!("ready");
 
     let signal_name = loop {
@@ -469,6 +488,9 @@ async fn enforce(
         for iface in &ifaces {
             tracing::info!(signal = signal_name, %iface, "detaching");
         }
+    }
+    if let Some(task) = kubernetes_task {
+        task.abort();
     }
     state.lock_namespaces().stop_all(args.keep_pinned);
     proxy_tasks.abort_all();

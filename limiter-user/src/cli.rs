@@ -37,6 +37,9 @@ pub enum Command {
     Reload(ControlArgs),
     /// Remove a listener's limit on the running agent.
     Unset(UnsetArgs),
+    /// Print the ConnectionLimitPolicy CustomResourceDefinition (YAML) that --kubernetes
+    /// watches, for `kubectl apply -f -` (deploy/kubernetes/crd.yaml is this output).
+    Crd,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -53,7 +56,7 @@ pub struct RunArgs {
     #[arg(
         long = "iface",
         value_name = "IFACE",
-        required_unless_present_any = ["config", "limits_in"]
+        required_unless_present_any = ["config", "limits_in", "kubernetes"]
     )]
     pub ifaces: Vec<String>,
 
@@ -78,6 +81,18 @@ pub struct RunArgs {
     /// stops; when it names a namespace again (a pod restarted), it starts again.
     #[arg(long = "limit-in", num_args = 2, value_names = ["NETNS", "LISTENER=N[:ACTION]"])]
     pub limits_in: Vec<String>,
+
+    /// Kubernetes mode: watch the Pods on this node (--node-name) and every
+    /// ConnectionLimitPolicy (limiter.dev/v1alpha1), and enforce each policy's limits inside the
+    /// network namespace of each pod it selects. The API server is found as kubectl finds it
+    /// (in-cluster service account, or KUBECONFIG).
+    #[arg(long, requires = "node_name")]
+    pub kubernetes: bool,
+
+    /// This node's name, for --kubernetes (the DaemonSet passes spec.nodeName through the
+    /// downward API).
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 
     /// What happens to a SYN over the limit: drop it silently, or answer with a RST so the
     /// client fails at once.

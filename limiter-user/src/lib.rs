@@ -17,6 +17,7 @@ pub mod flood;
 pub mod handshake;
 pub mod keepalive;
 pub mod kernel;
+pub mod kubernetes;
 pub mod limits;
 pub mod listener;
 pub mod logging;

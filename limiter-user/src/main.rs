@@ -56,6 +56,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Crd => match limiter::kubernetes::policy::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_RUNTIME, &e),
+        },
         Command::Stats(args) if args.watch => watch(&args.control.control_socket, args.interval),
         Command::Stats(args) => match fetch_report(&args.control.control_socket) {
             Ok(report) => {

@@ -47,7 +47,7 @@ impl Settings {
             flags.ifaces.clone()
         };
         let namespaces = netns_limits(file.namespaces, flags.netns_limits()?)?;
-        if ifaces.is_empty() && namespaces.is_empty() {
+        if ifaces.is_empty() && namespaces.is_empty() && !flags.kubernetes {
             return Err(
                 "--iface: no interface given (pass --iface, or `interfaces:` in --config)".into(),
             );

@@ -193,12 +193,19 @@ impl Agent {
     /// `limiter run --iface <server veth> ARGS --control-socket <fresh>`, waiting for
     /// `limiter: ready`.
     pub fn start(bed: &TestBed, args: &[&str]) -> Agent {
+        Agent::start_env(bed, args, &[])
+    }
+
+    /// [`Agent::start`] with environment variables set for the agent (e.g. `KUBECONFIG`).
+    pub fn start_env(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let socket = Agent::socket_path();
         let socket_arg = socket.display().to_string();
         let mut full = vec!["run", "--iface", &bed.srv_veth];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--control-socket", &socket_arg]);
-        let proc = bed.spawn("limiter run", Agent::command(bed, &full));
+        let mut command = Agent::command(bed, &full);
+        command.envs(env.iter().copied());
+        let proc = bed.spawn("limiter run", command);
         let ready = proc
             .stderr
             .next_matching(READY_TIMEOUT, |line| line == "limiter: ready");

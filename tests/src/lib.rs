@@ -4,6 +4,7 @@
 //!
 //! - [`netns`]: [`TestBed`], a server and a client namespace joined by a veth pair.
 //! - [`node`]: the bed as a Kubernetes node: pods behind veths, a NodePort DNAT.
+//! - [`kubernetes`]: a stand-in API server (list/watch JSON) for Kubernetes mode.
 //! - [`agent`]: [`Agent`], the real `limiter` binary running in the server namespace.
 //! - [`client`]: servers and clients (the `netns-tool` helper) run inside the namespaces.
 //! - [`process`]: child processes with line-by-line output and kill-on-drop.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod client;
 pub mod flood;
 pub mod frames;
+pub mod kubernetes;
 pub mod names;
 pub mod netns;
 pub mod node;

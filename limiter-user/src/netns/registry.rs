@@ -39,6 +39,17 @@ pub struct Namespaces {
 struct Configured {
     limits: Vec<LimitSpec>,
     state: State,
+    source: Source,
+}
+
+/// Who configured a namespace: a reload changes only the flags' and file's, the Kubernetes
+/// watch only its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--limit-in`, `namespaces:` in the file, `limiter set --netns`.
+    Settings,
+    /// `--kubernetes`: a pod selected by a ConnectionLimitPolicy.
+    Kubernetes,
 }
 
 enum State {
@@ -89,6 +100,7 @@ impl Namespaces {
                         Configured {
                             limits: limits.clone(),
                             state: State::Enforcing(Box::new(enforcement)),
+                            source: Source::Settings,
                         },
                     );
                 }
@@ -191,6 +203,7 @@ impl Namespaces {
                 Configured {
                     limits: vec![*spec],
                     state: State::Enforcing(Box::new(enforcement)),
+                    source: Source::Settings,
                 },
             );
             return Ok(format!("{now} in {} (now enforcing in it)", path.display()));
@@ -229,15 +242,20 @@ impl Namespaces {
         Ok(())
     }
 
-    /// A reload: namespaces no longer configured stop, new ones start, and the limits of the
-    /// others change in place. Returns what was done.
-    pub fn apply(&mut self, new: &[NetnsLimits]) -> Result<Vec<String>, AgentError> {
+    /// A reload (`Source::Settings`) or the Kubernetes watch: namespaces `source` no longer
+    /// names stop, new ones start, and the limits of the others change in place. Returns what
+    /// was done.
+    pub fn apply_from(
+        &mut self,
+        source: Source,
+        new: &[NetnsLimits],
+    ) -> Result<Vec<String>, AgentError> {
         let mut done = Vec::new();
         let gone: Vec<PathBuf> = self
             .configured
-            .keys()
-            .filter(|path| !new.iter().any(|n| n.path == **path))
-            .cloned()
+            .iter()
+            .filter(|(path, c)| c.source == source && !new.iter().any(|n| n.path == **path))
+            .map(|(path, _)| path.clone())
             .collect();
         for path in gone {
             if let Some(Configured {
@@ -249,21 +267,43 @@ impl Namespaces {
             }
             done.push(format!("stopped enforcing in {}", path.display()));
         }
+        // A namespace that cannot be enforced in does not stop the others; all errors are
+        // returned together at the end.
+        let mut errors = Vec::new();
         for NetnsLimits { path, limits } in new {
             let Some(configured) = self.configured.get(path) else {
-                let netns = Netns::open(path)?;
-                let enforcement =
-                    NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)?;
-                self.configured.insert(
-                    path.clone(),
-                    Configured {
-                        limits: limits.clone(),
-                        state: State::Enforcing(Box::new(enforcement)),
-                    },
-                );
-                done.push(format!("enforcing in {}", path.display()));
+                let started = Netns::open(path)
+                    .map_err(AgentError::from)
+                    .and_then(|netns| {
+                        NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)
+                    });
+                match started {
+                    Ok(enforcement) => {
+                        self.configured.insert(
+                            path.clone(),
+                            Configured {
+                                limits: limits.clone(),
+                                state: State::Enforcing(Box::new(enforcement)),
+                                source,
+                            },
+                        );
+                        done.push(format!("enforcing in {}", path.display()));
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
                 continue;
             };
+            if configured.source != source {
+                done.push(format!(
+                    "not applied in {}: its limits are configured by {}",
+                    path.display(),
+                    match configured.source {
+                        Source::Settings => "--limit-in or the config file",
+                        Source::Kubernetes => "a ConnectionLimitPolicy",
+                    }
+                ));
+                continue;
+            }
             let removed: Vec<Listener> = configured
                 .limits
                 .iter()
@@ -276,14 +316,31 @@ impl Namespaces {
                 .copied()
                 .collect();
             for listener in removed {
-                self.unset(path, &listener)?;
-                done.push(format!("limit removed: {listener} in {}", path.display()));
+                match self.unset(path, &listener) {
+                    Ok(()) => done.push(format!("limit removed: {listener} in {}", path.display())),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
             for spec in changed {
-                done.push(format!("limit set: {}", self.set(path, &spec)?));
+                match self.set(path, &spec) {
+                    Ok(now) => done.push(format!("limit set: {now}")),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
         }
-        Ok(done)
+        if errors.is_empty() {
+            Ok(done)
+        } else {
+            Err(AgentError::Combination(format!(
+                "{}{}",
+                errors.join("; "),
+                if done.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (done: {})", done.join("; "))
+                }
+            )))
+        }
     }
 
     pub fn set_keepalive_policy(

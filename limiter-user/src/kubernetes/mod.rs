@@ -1,0 +1,10 @@
+//! Kubernetes mode: which pods on this node to protect, and with which limits, from the
+//! API server.
+//!
+//! - [`policy`]: the `ConnectionLimitPolicy` custom resource and how policies combine into each
+//!   pod's limits (selection, the seeds' field names, conflicts).
+//! - [`pod_netns`]: finding a pod's network namespace on the node (the one holding its IP).
+//! - [`watch`]: the watches on Pods and policies, applied live through [`crate::netns`].
+pub mod pod_netns;
+pub mod policy;
+pub mod watch;

@@ -1,0 +1,116 @@
+//! A stand-in Kubernetes API server for Kubernetes-mode tests (`fake_apiserver.py`): it runs in
+//! the node namespace next to the agent, serves list and watch JSON for Pods and
+//! ConnectionLimitPolicies, and is driven from the test over its stdin. The pods it lists are
+//! the bed's real pod namespaces, so a policy applied through it ends in real clients refused
+//! in a real pod.
+use std::{path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::{netns::TestBed, node::Pod, process::Proc};
+
+/// The node name the agent is started with (`--node-name`).
+pub const NODE: &str = "node-a";
+const ANSWER: Duration = Duration::from_secs(10);
+
+pub struct FakeApiServer {
+    proc: Proc,
+    /// A kubeconfig pointing at it, for the agent's `KUBECONFIG`.
+    pub kubeconfig: PathBuf,
+}
+
+impl FakeApiServer {
+    pub fn start(bed: &TestBed) -> FakeApiServer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/fake_apiserver.py");
+        let proc = bed.spawn(
+            "fake API server",
+            bed.command(crate::Side::Server, "python3", &["-u", script]),
+        );
+        let line = proc.expect_line("the fake API server's port", ANSWER, |l| {
+            l.starts_with("listening ")
+        });
+        let port = line.trim_start_matches("listening ").trim();
+        let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", bed.srv_ns));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: fake\n  user:\n    token: test\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
+            ),
+        )
+        .expect("writing the kubeconfig");
+        FakeApiServer { proc, kubeconfig }
+    }
+
+    fn command(&mut self, command: Value) -> String {
+        self.proc.send_line(&command.to_string());
+        self.proc
+            .expect_line("the fake API server's answer", ANSWER, |l| {
+                l.starts_with("ok")
+            })
+    }
+
+    /// Adds or replaces a pod on this node, running, at `pod`'s IP.
+    pub fn apply_pod(&mut self, namespace: &str, name: &str, pod: &Pod, labels: Value) {
+        self.command(json!({"apply": "pods", "object": pod_object(namespace, name, pod, labels)}));
+    }
+
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        self.command(json!({"delete": "pods", "namespace": namespace, "name": name}));
+    }
+
+    /// Adds or replaces a ConnectionLimitPolicy with this `spec`.
+    pub fn apply_policy(&mut self, namespace: &str, name: &str, spec: Value) {
+        self.command(json!({"apply": "policies", "object": {
+            "apiVersion": "limiter.dev/v1alpha1",
+            "kind": "ConnectionLimitPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }}));
+    }
+
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
+        self.command(json!({"delete": "policies", "namespace": namespace, "name": name}));
+    }
+
+    /// Forgets the history and drops the watches: they resume from a resourceVersion the
+    /// server no longer has, get 410 Gone, and must list again.
+    pub fn compact(&mut self) {
+        self.command(json!({"compact": true}));
+    }
+
+    /// Closes every open watch (a dropped connection).
+    pub fn drop_watches(&mut self) {
+        self.command(json!({"drop_watches": true}));
+    }
+
+    /// The Events the agent posted.
+    pub fn events(&mut self) -> Vec<Value> {
+        let line = self.command(json!({"events": true}));
+        serde_json::from_str(line.trim_start_matches("ok ")).expect("events JSON")
+    }
+
+    /// The requests served so far ("GET path", "POST path").
+    pub fn requests(&mut self) -> Vec<String> {
+        let line = self.command(json!({"requests": true}));
+        serde_json::from_str(line.trim_start_matches("ok ")).expect("requests JSON")
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+fn pod_object(namespace: &str, name: &str, pod: &Pod, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "server", "image": "echo", "ports": [{"containerPort": 8000}]}],
+        },
+        "status": {"phase": "Running", "podIP": pod.ip().to_string()},
+    })
+}

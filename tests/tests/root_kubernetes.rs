@@ -1,0 +1,248 @@
+//! Kubernetes mode: the agent watches Pods on its node and ConnectionLimitPolicies through an
+//! API server (here a stand-in that speaks the API's list and watch JSON), finds each pod's
+//! network namespace on the node by its IP, and enforces the policies there: a policy applied
+//! through the API ends in a real client refused in a real pod. Changes, deletions, a 410 Gone
+//! that forces a relist, a dropped watch, conflicting policies and pods whose namespace cannot
+//! be found are all covered. Needs root.
+use std::time::Duration;
+
+use limiter_tests::{
+    Agent, TestBed,
+    client::{EchoServer, Hold, ServerMode},
+    eventually,
+    kubernetes::{FakeApiServer, NODE},
+    node::Pod,
+};
+use serde_json::json;
+
+const PORT: u16 = 8000;
+const SETTLE: Duration = Duration::from_secs(20);
+const CONNECT_MS: u64 = 2000;
+
+fn serve(bed: &TestBed, pod: &Pod) -> EchoServer {
+    EchoServer::start_in(bed, pod.ns(), &format!("0.0.0.0:{PORT}"), ServerMode::Echo)
+}
+
+fn netns_of(pod: &Pod) -> String {
+    pod.netns_path().display().to_string()
+}
+
+fn agent(bed: &TestBed, api: &FakeApiServer) -> Agent {
+    let kubeconfig = api.kubeconfig.display().to_string();
+    Agent::start_env(
+        bed,
+        &["--kubernetes", "--node-name", NODE],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    )
+}
+
+fn wait_limit(agent: &Agent, pod: &Pod, limit: u64) {
+    agent.wait_listener_in(
+        "8000",
+        Some(&netns_of(pod)),
+        &format!("limit {limit} from the policy"),
+        SETTLE,
+        |l| l.limit == limit,
+    );
+}
+
+fn wait_unlimited(agent: &Agent, pod: &Pod) {
+    let netns = netns_of(pod);
+    eventually("the pod's limit to go", SETTLE, || {
+        match agent.stats().listener_in("8000", Some(&netns)) {
+            None => Ok(()),
+            Some(row) => Err(format!("{row:?}")),
+        }
+    });
+}
+
+fn assert_full_at(bed: &TestBed, pod: &Pod, limit: u32) -> Hold {
+    let held = Hold::open(bed, limit, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(held.result.connected, limit as u64, "{:?}", held.result);
+    let over = Hold::open(bed, 1, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(
+        over.result.refused, 1,
+        "one over the limit of {limit}: {:?}",
+        over.result
+    );
+    held
+}
+
+/// A policy selecting two gateway pods by label gives each its own limit; a change to the
+/// policy applies live; deleting it lifts the limits.
+#[test]
+fn root_a_policy_limits_each_selected_pod() {
+    let bed = TestBed::new();
+    let (a, b, other) = (bed.add_pod(), bed.add_pod(), bed.add_pod());
+    let _servers = [serve(&bed, &a), serve(&bed, &b), serve(&bed, &other)];
+    let mut api = FakeApiServer::start(&bed);
+    api.apply_pod("gw", "gateway-a", &a, json!({"app": "gateway"}));
+    api.apply_pod("gw", "gateway-b", &b, json!({"app": "gateway"}));
+    api.apply_pod("gw", "web", &other, json!({"app": "web"}));
+    let agent = agent(&bed, &api);
+    api.apply_policy(
+        "gw",
+        "gateway-limit",
+        json!({"podSelector": {"matchLabels": {"app": "gateway"}},
+               "listeners": [{"port": 8000, "maxActiveConnections": 2, "action": "reset"}]}),
+    );
+    wait_limit(&agent, &a, 2);
+    wait_limit(&agent, &b, 2);
+    let held_a = assert_full_at(&bed, &a, 2);
+    let held_b = assert_full_at(&bed, &b, 2);
+    // Not selected: no limit.
+    let free = Hold::open(&bed, 4, &other.addr(PORT), CONNECT_MS);
+    assert_eq!(free.result.connected, 4, "{:?}", free.result);
+    assert!(
+        agent
+            .stats()
+            .listener_in("8000", Some(&netns_of(&other)))
+            .is_none()
+    );
+
+    // Envoy Gateway's field name, a higher limit: applied live, counts kept.
+    api.apply_policy(
+        "gw",
+        "gateway-limit",
+        json!({"podSelector": {"matchLabels": {"app": "gateway"}},
+               "listeners": [{"port": 8000, "connectionLimit": {"value": 3}, "action": "reset"}]}),
+    );
+    wait_limit(&agent, &a, 3);
+    assert_eq!(agent.listener_in("8000", Some(&netns_of(&a))).active, 2);
+    let third = Hold::open(&bed, 1, &a.addr(PORT), CONNECT_MS);
+    assert_eq!(third.result.connected, 1, "{:?}", third.result);
+
+    api.delete_policy("gw", "gateway-limit");
+    wait_unlimited(&agent, &a);
+    wait_unlimited(&agent, &b);
+    let links = bed.pod_links(&a);
+    assert!(!links.contains("xdp"), "{links}");
+    drop((held_a, held_b, third));
+}
+
+/// The watches survive a 410 Gone (history compacted: the agent lists again) and a dropped
+/// connection (it watches again): changes made after each still apply. A pod that goes away
+/// takes its limits with it.
+#[test]
+fn root_watches_survive_410_gone_and_dropped_connections() {
+    let bed = TestBed::new();
+    let a = bed.add_pod();
+    let _server = serve(&bed, &a);
+    let mut api = FakeApiServer::start(&bed);
+    api.apply_pod("gw", "gateway-a", &a, json!({"app": "gateway"}));
+    api.apply_policy(
+        "gw",
+        "limit",
+        json!({"podSelector": {}, "listeners": [{"port": 8000, "maxActiveConnections": 5}]}),
+    );
+    let agent = agent(&bed, &api);
+    wait_limit(&agent, &a, 5);
+    let lists_before = list_requests(&mut api);
+
+    api.compact();
+    api.apply_policy(
+        "gw",
+        "limit",
+        json!({"podSelector": {}, "listeners": [{"port": 8000, "maxActiveConnections": 4}]}),
+    );
+    wait_limit(&agent, &a, 4);
+    assert!(
+        list_requests(&mut api) > lists_before,
+        "no list after the 410 Gone: {:?}",
+        api.requests()
+    );
+
+    api.drop_watches();
+    api.apply_policy(
+        "gw",
+        "limit",
+        json!({"podSelector": {}, "listeners": [{"port": 8000, "maxActiveConnections": 1, "action": "reset"}]}),
+    );
+    wait_limit(&agent, &a, 1);
+    let _held = assert_full_at(&bed, &a, 1);
+
+    api.delete_pod("gw", "gateway-a");
+    wait_unlimited(&agent, &a);
+}
+
+fn list_requests(api: &mut FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.starts_with("/apis/limiter.dev") && !r.contains("watch=true"))
+        .count()
+}
+
+/// Two policies limiting the same port of the same pod: the older applies, the newer is
+/// reported (log, and a Warning Event on it); a bad listener in a policy is reported and the
+/// rest of it applies; a pod whose IP no namespace on the node holds is reported and waits.
+#[test]
+fn root_conflicts_bad_policies_and_unfindable_pods_are_reported() {
+    let bed = TestBed::new();
+    let (a, b) = (bed.add_pod(), bed.add_pod());
+    let _servers = [serve(&bed, &a), serve(&bed, &b)];
+    let mut api = FakeApiServer::start(&bed);
+    api.apply_pod("gw", "gateway-a", &a, json!({"app": "gateway"}));
+    let agent = agent(&bed, &api);
+    api.apply_policy(
+        "gw",
+        "first",
+        json!({"podSelector": {"matchLabels": {"app": "gateway"}},
+               "listeners": [{"port": 8000, "maxActiveConnections": 2}]}),
+    );
+    wait_limit(&agent, &a, 2);
+    // Created later: loses port 8000; its 9000 applies.
+    std::thread::sleep(Duration::from_millis(1100));
+    api.apply_policy(
+        "gw",
+        "second",
+        json!({"podSelector": {}, "listeners": [
+            {"port": 8000, "maxActiveConnections": 7},
+            {"port": 9000, "maxActiveConnections": 3},
+            {"port": 9001}]}),
+    );
+    agent.wait_listener_in(
+        "9000",
+        Some(&netns_of(&a)),
+        "the second policy's 9000",
+        SETTLE,
+        |l| l.limit == 3,
+    );
+    assert_eq!(agent.listener_in("8000", Some(&netns_of(&a))).limit, 2);
+    eventually("a Warning Event on the second policy", SETTLE, || {
+        let events = api.events();
+        let found = events.iter().any(|e| {
+            e["regarding"]["name"] == "second"
+                && e["type"] == "Warning"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("gw/first") && n.contains("9001"))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.contains("already limited by the older policy gw/first"),
+        "{log}"
+    );
+
+    // A pod whose IP is in no namespace on this node.
+    let mut ghost = b.clone();
+    ghost.link.ups_v4 = "198.18.250.250".parse().unwrap();
+    api.apply_pod("gw", "ghost", &ghost, json!({"app": "gateway"}));
+    eventually("the unfindable pod reported", SETTLE, || {
+        let log = agent.stderr().join("\n");
+        if log.contains(
+            "pod gw/ghost (198.18.250.250): no network namespace on this node holds its IP",
+        ) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    // Nothing else changed.
+    assert_eq!(agent.listener_in("8000", Some(&netns_of(&a))).limit, 2);
+}
