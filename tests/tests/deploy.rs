@@ -36,6 +36,8 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The agent's capabilities, as Kubernetes names them (without `CAP_`).
 const CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
+/// The DaemonSet's: SYS_ADMIN on top, for entering pods' network namespaces (Kubernetes mode).
+const DAEMONSET_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"];
 const METRICS_PORT: u64 = 9464;
 const PIN_DIR: &str = "/sys/fs/bpf/limiter";
 const CONFIG_FILE: &str = "/etc/limiter/limiter.yaml";
@@ -317,7 +319,10 @@ fn daemonset_runs_the_agent_as_it_is_tested() {
     // Least privilege: exactly the three capabilities, nothing privileged.
     let security = &agent["securityContext"];
     assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
-    assert_eq!(strings(&security["capabilities"]["add"]), CAPABILITIES);
+    assert_eq!(
+        strings(&security["capabilities"]["add"]),
+        DAEMONSET_CAPABILITIES
+    );
     assert_ne!(security["privileged"], true);
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert_eq!(security["readOnlyRootFilesystem"], true);
@@ -429,8 +434,182 @@ fn daemonset_runs_the_agent_as_it_is_tested() {
         }
     }
 
+    // Kubernetes mode: the node's name from the downward API, the service account of
+    // rbac.yaml, hostPID and the runtime's netns mounts to find pods' namespaces.
+    assert!(args.contains(&"--kubernetes".to_string()), "{args:?}");
+    assert_eq!(flag_values(&args, "--node-name"), ["$(NODE_NAME)"]);
+    let node_name = agent["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME in env");
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        spec["serviceAccountName"],
+        resource("ServiceAccount")["metadata"]["name"]
+    );
+    assert_eq!(spec["automountServiceAccountToken"], true);
+    assert_eq!(spec["hostPID"], true);
+    let netns = mount(agent, "/run/netns");
+    assert_eq!(host_path(netns["name"].as_str().unwrap()), "/run/netns");
+    assert_eq!(netns["mountPropagation"], "HostToContainer");
+    assert_eq!(netns["readOnly"], true);
+
     // The real agent takes these args with this config file.
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("$(NODE_NAME)", "node-a"))
+        .collect();
     agent_accepts(&args, config).unwrap_or_else(|e| panic!("the DaemonSet's args: {e}"));
+}
+
+/// Least privilege with the API server: read Pods and policies, write Events, nothing else; the
+/// binding names the DaemonSet's service account.
+#[test]
+fn rbac_grants_only_what_kubernetes_mode_uses() {
+    let role = resource("ClusterRole");
+    let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["verbs"]),
+            )
+        })
+        .collect();
+    let owned = |g: &str, r: &str, v: &[&str]| {
+        (
+            vec![g.to_string()],
+            vec![r.to_string()],
+            v.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        rules,
+        [
+            owned("", "pods", &["get", "list", "watch"]),
+            owned(
+                "limiter.dev",
+                "connectionlimitpolicies",
+                &["get", "list", "watch"]
+            ),
+            owned("events.k8s.io", "events", &["create", "patch"]),
+        ]
+    );
+    let binding = resource("ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let account = resource("ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["namespace"],
+        account["metadata"]["namespace"]
+    );
+}
+
+/// The CRD's OpenAPI schema, checked offline as the API server's strict field validation would:
+/// every sample policy passes; a limit of 0, a port out of range, a wrong action and an
+/// unknown field are each rejected.
+#[test]
+fn crd_schema_accepts_the_samples_and_rejects_bad_policies() {
+    let crd = resource("CustomResourceDefinition");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let samples: Vec<PathBuf> = fs::read_dir(deploy("kubernetes/samples"))
+        .expect("deploy/kubernetes/samples")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(samples.len(), 2, "{samples:?}");
+    for sample in &samples {
+        let policy = yaml_documents(sample).remove(0);
+        assert_eq!(
+            policy["kind"],
+            crd["spec"]["names"]["kind"],
+            "{}",
+            sample.display()
+        );
+        schema_check(schema, &policy).unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
+    }
+    let good = yaml_documents(&samples[0]).remove(0);
+    let with = |pointer: &str, value: Value| {
+        let mut bad = good.clone();
+        *bad.pointer_mut(pointer).expect(pointer) = value;
+        bad
+    };
+    let mut unknown = good.clone();
+    unknown["spec"]["listeners"][0]["maxActiveConnection"] = Value::from(5);
+    for (what, bad) in [
+        (
+            "a limit of 0",
+            with("/spec/listeners/0/maxActiveConnections", Value::from(0)),
+        ),
+        (
+            "port 70000",
+            with("/spec/listeners/0/port", Value::from(70000)),
+        ),
+        ("port 0", with("/spec/listeners/0/port", Value::from(0))),
+        (
+            "action close",
+            with("/spec/listeners/0/action", Value::from("close")),
+        ),
+        (
+            "no listeners",
+            with("/spec/listeners", Value::Array(Vec::new())),
+        ),
+        ("an unknown field", unknown),
+    ] {
+        assert!(
+            schema_check(schema, &bad).is_err(),
+            "{what} passed the CRD schema"
+        );
+    }
+}
+
+/// Validates `object` against a CRD's structural schema with jsonschema, as the API server's
+/// strict field validation does: `nullable` allows null, and an object with `properties`
+/// allows no other field.
+fn schema_check(schema: &Value, object: &Value) -> Result<(), String> {
+    let script = r#"
+import json, sys, jsonschema
+schema, obj = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+def strict(s):
+    if isinstance(s, dict):
+        if s.get("nullable") and "type" in s:
+            s["type"] = [s["type"], "null"]
+        if s.get("type") == "object" and "properties" in s:
+            s.setdefault("additionalProperties", False)
+        for v in list(s.values()):
+            strict(v)
+    elif isinstance(s, list):
+        for v in s:
+            strict(v)
+    return s
+schema = strict(schema)
+# apiVersion, kind and metadata are the API server's business, not the schema's.
+schema.setdefault("properties", {}).update({"apiVersion": {}, "kind": {}, "metadata": {}})
+try:
+    jsonschema.validate(obj, schema)
+except jsonschema.ValidationError as e:
+    print(e.message)
+    sys.exit(1)
+"#;
+    let schema_file = TempFile::new("crd-schema", &schema.to_string());
+    let object_file = TempFile::new("crd-object", &object.to_string());
+    let mut cmd = Command::new(validator("python"));
+    cmd.args(["-c", script])
+        .arg(&schema_file.0)
+        .arg(&object_file.0);
+    let (out, text) = run(cmd);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    }
 }
 
 #[test]
