@@ -527,6 +527,7 @@ impl Checker<'_> {
         Ok(crate::netns::NetnsLimits {
             path: raw.path.clone().into(),
             limits: inner.limits,
+            keepalive: Vec::new(),
         })
     }
 
@@ -1219,6 +1220,7 @@ namespaces:
             [crate::netns::NetnsLimits {
                 path: "/run/netns/pod-a".into(),
                 limits: vec![limit("8000=5")],
+                keepalive: Vec::new(),
             }]
         );
         assert_eq!(config.over_limit, Some(Action::Drop));

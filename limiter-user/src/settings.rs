@@ -224,6 +224,7 @@ fn netns_limits(
             None => namespaces.push(NetnsLimits {
                 path,
                 limits: vec![spec],
+                keepalive: Vec::new(),
             }),
         }
     }
@@ -390,10 +391,12 @@ mod tests {
                         "8000=5:reset".parse().unwrap(),
                         "9000=1:reset".parse().unwrap()
                     ],
+                    keepalive: Vec::new(),
                 },
                 NetnsLimits {
                     path: "/run/netns/b".into(),
                     limits: vec!["8000=3:drop".parse().unwrap()],
+                    keepalive: Vec::new(),
                 },
             ]
         );

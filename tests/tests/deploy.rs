@@ -524,7 +524,7 @@ fn crd_schema_accepts_the_samples_and_rejects_bad_policies() {
         .expect("deploy/kubernetes/samples")
         .map(|e| e.expect("entry").path())
         .collect();
-    assert_eq!(samples.len(), 2, "{samples:?}");
+    assert_eq!(samples.len(), 3, "{samples:?}");
     for sample in &samples {
         let policy = yaml_documents(sample).remove(0);
         assert_eq!(
@@ -535,7 +535,11 @@ fn crd_schema_accepts_the_samples_and_rejects_bad_policies() {
         );
         schema_check(schema, &policy).unwrap_or_else(|e| panic!("{}: {e}", sample.display()));
     }
-    let good = yaml_documents(&samples[0]).remove(0);
+    let good = samples
+        .iter()
+        .map(|s| yaml_documents(s).remove(0))
+        .find(|p| p["spec"]["listeners"].is_array())
+        .expect("a sample with listeners");
     let with = |pointer: &str, value: Value| {
         let mut bad = good.clone();
         *bad.pointer_mut(pointer).expect(pointer) = value;
@@ -557,10 +561,13 @@ fn crd_schema_accepts_the_samples_and_rejects_bad_policies() {
             "action close",
             with("/spec/listeners/0/action", Value::from("close")),
         ),
-        (
-            "no listeners",
-            with("/spec/listeners", Value::Array(Vec::new())),
-        ),
+        ("probes 0", {
+            let mut bad = good.clone();
+            bad["spec"]["keepalive"] = serde_json::json!([
+                {"destinations": "10.0.0.0/8", "tcpKeepalive": {"probes": 0}}
+            ]);
+            bad
+        }),
         ("an unknown field", unknown),
     ] {
         assert!(

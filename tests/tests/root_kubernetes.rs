@@ -246,3 +246,46 @@ fn root_conflicts_bad_policies_and_unfindable_pods_are_reported() {
     // Nothing else changed.
     assert_eq!(agent.listener_in("8000", Some(&netns_of(&a))).limit, 2);
 }
+
+/// Keepalive by policy (Gloo Mesh's ConnectionPolicy): a plain client in a selected pod finds
+/// its connection to a listed destination carrying the policy's keepalive, read back from its
+/// own socket; a pod not selected keeps the OS defaults.
+#[test]
+fn root_keepalive_by_policy_reaches_the_selected_pods_sockets() {
+    let bed = TestBed::new();
+    let (client, other) = (bed.add_pod(), bed.add_pod());
+    let to = limiter_tests::client::addr(bed.cli_v4, 5432);
+    let _db = EchoServer::start(&bed, limiter_tests::Side::Client, &to, ServerMode::Echo);
+    let mut api = FakeApiServer::start(&bed);
+    api.apply_pod("app", "db-client", &client, json!({"role": "db-client"}));
+    api.apply_pod("app", "other", &other, json!({"role": "web"}));
+    let agent = agent(&bed, &api);
+    api.apply_policy(
+        "app",
+        "db-keepalive",
+        json!({"podSelector": {"matchLabels": {"role": "db-client"}},
+               "keepalive": [{"destinations": "198.18.0.0/15:5432",
+                              "tcpKeepalive": {"time": "60s", "probes": 3, "interval": "5s"}}]}),
+    );
+    eventually("the policy applied in the client pod", SETTLE, || {
+        let log = agent.stderr().join("\n");
+        if log.contains(&format!("enforcing in {}", netns_of(&client))) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    let got = limiter_tests::client::connect_sockopts_in(&bed, client.ns(), &to, 5000);
+    assert_eq!(
+        got,
+        limiter_tests::sockopt::Keepalive {
+            keepalive: 1,
+            idle: 60,
+            intvl: 5,
+            cnt: 3
+        },
+        "a plain client in the selected pod"
+    );
+    let untouched = limiter_tests::client::connect_sockopts_in(&bed, other.ns(), &to, 5000);
+    assert_eq!(untouched.keepalive, 0, "a pod not selected: {untouched:?}");
+}

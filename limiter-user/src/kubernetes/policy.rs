@@ -14,6 +14,9 @@
 //!       maxActiveConnections: 1000  # Gloo's connectionLimit.maxActiveConnections, or
 //!       # connectionLimit: { value: 1000 }   Envoy Gateway's connection.connectionLimit
 //!       action: reset               # drop (default) | reset
+//!   keepalive:                      # Gloo Mesh ConnectionPolicy's tcpKeepalive, for the pods'
+//!     - destinations: 10.96.0.0/12:9080   # outgoing connections to these destinations
+//!       tcpKeepalive: { time: 700s, probes: 20, interval: 10s }
 //! ```
 //!
 //! Each selected pod gets the limits on its own (Envoy's per-instance counters). Two policies
@@ -26,7 +29,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::listener::{Action, LimitSpec, Listener};
+use crate::{
+    keepalive::{Destinations, KeepaliveSpec},
+    listener::{Action, LimitSpec, Listener},
+};
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
@@ -42,8 +48,37 @@ pub struct ConnectionLimitPolicySpec {
     /// `{}` selects every pod.
     pub pod_selector: LabelSelector,
     /// Limits on the pods' listeners, by container port.
-    #[schemars(length(min = 1))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<PolicyListener>,
+    /// TCP keepalive on the pods' outgoing connections, by destination (Gloo Mesh's
+    /// ConnectionPolicy `tcpKeepalive`), set by the kernel when they connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keepalive: Vec<PolicyKeepalive>,
+}
+
+/// Keepalive for connections to some destinations.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyKeepalive {
+    /// `CIDR[:PORT]`, as for `--keepalive-for`, e.g. `10.96.0.0/12:5432`.
+    pub destinations: String,
+    /// Istio's / Gloo Mesh's `tcpKeepalive`; a field left out keeps the OS default.
+    pub tcp_keepalive: TcpKeepalive,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe, e.g. `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 127))]
+    pub probes: Option<u32>,
+    /// Time between probes, e.g. `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 /// One listener's limit. Give the count one way: Gloo's `maxActiveConnections` or Envoy
@@ -112,11 +147,13 @@ impl std::fmt::Display for PolicyKey {
     }
 }
 
-/// Each pod's limits from the policies, and what of each policy does not apply.
+/// Each pod's limits and keepalive policies from the policies, and what of each policy does
+/// not apply.
 #[derive(Debug, Default, PartialEq)]
 pub struct Resolved {
     /// By (pod namespace, pod name).
     pub limits: BTreeMap<(String, String), Vec<LimitSpec>>,
+    pub keepalive: BTreeMap<(String, String), Vec<(Destinations, KeepaliveSpec)>>,
     /// By policy: its listeners that do not apply, and why.
     pub conflicts: BTreeMap<PolicyKey, Vec<String>>,
 }
@@ -128,8 +165,23 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
     // Which policy set each (pod, port), for the conflict message.
     let mut owner: BTreeMap<(String, String, u16), PolicyKey> = BTreeMap::new();
+    let mut keepalive_owner: BTreeMap<(String, String, String), PolicyKey> = BTreeMap::new();
     for (key, spec) in ordered {
         let mut problems = Vec::new();
+        if spec.listeners.is_empty() && spec.keepalive.is_empty() {
+            problems.push("nothing to apply: give listeners, keepalive or both".to_string());
+        }
+        let keepalive: Vec<(Destinations, KeepaliveSpec)> = spec
+            .keepalive
+            .iter()
+            .filter_map(|k| match keepalive_of(k) {
+                Ok(policy) => Some(policy),
+                Err(problem) => {
+                    problems.push(format!("keepalive for {}: {problem}", k.destinations));
+                    None
+                }
+            })
+            .collect();
         let limits: Vec<LimitSpec> = spec
             .listeners
             .iter()
@@ -161,6 +213,26 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
                     .entry((pod.namespace.clone(), pod.name.clone()))
                     .or_default()
                     .push(*limit);
+            }
+            for (destinations, spec) in &keepalive {
+                let slot = (
+                    pod.namespace.clone(),
+                    pod.name.clone(),
+                    destinations.to_string(),
+                );
+                if let Some(first) = keepalive_owner.get(&slot) {
+                    problems.push(format!(
+                        "keepalive for {destinations} of pod {}: already set by the older policy {first}",
+                        pod.name
+                    ));
+                    continue;
+                }
+                keepalive_owner.insert(slot, key.clone());
+                resolved
+                    .keepalive
+                    .entry((pod.namespace.clone(), pod.name.clone()))
+                    .or_default()
+                    .push((*destinations, *spec));
             }
         }
         if !problems.is_empty() {
@@ -199,6 +271,32 @@ fn limit_of(listener: &PolicyListener) -> Result<LimitSpec, String> {
             Some(PolicyAction::Drop) | None => Action::Drop,
         }),
     })
+}
+
+/// A keepalive entry of a policy, through the same parsers as `--keepalive-for`.
+fn keepalive_of(policy: &PolicyKeepalive) -> Result<(Destinations, KeepaliveSpec), String> {
+    let destinations = policy.destinations.parse::<Destinations>()?;
+    let t = &policy.tcp_keepalive;
+    let fields: Vec<String> = [
+        t.time.as_ref().map(|v| format!("time={v}")),
+        t.probes.map(|v| format!("probes={v}")),
+        t.interval.as_ref().map(|v| format!("interval={v}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if fields.iter().any(|f| f.matches(['=', ',']).count() != 1) {
+        return Err(format!(
+            "'{}' is not a single value per field",
+            fields.join(",")
+        ));
+    }
+    let spec = if fields.is_empty() {
+        KeepaliveSpec::default()
+    } else {
+        fields.join(",").parse::<KeepaliveSpec>()?
+    };
+    Ok((destinations, spec))
 }
 
 /// Whether `selector` selects a pod with `labels` (Kubernetes' label selector semantics).
@@ -386,6 +484,43 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 2, "one sample per seed guide with a connection limit");
+    }
+
+    #[test]
+    fn keepalive_by_policy_goes_to_the_selected_pods() {
+        let resolved = resolve(
+            &[pod("app", "client", &[("role", "db-client")])],
+            &[
+                policy(
+                    "1",
+                    "app",
+                    "keepalive",
+                    "podSelector: { matchLabels: { role: db-client } }\nkeepalive:\n  - destinations: 198.18.0.0/15:5432\n    tcpKeepalive: { time: 60s, probes: 3, interval: 5s }\n",
+                ),
+                policy(
+                    "2",
+                    "app",
+                    "bad",
+                    "podSelector: {}\nkeepalive:\n  - { destinations: 198.18.0.0, tcpKeepalive: { time: 1s } }\n  - { destinations: 198.18.0.0/15:5432, tcpKeepalive: { time: 9s } }\n",
+                ),
+            ],
+        );
+        let key = ("app".to_string(), "client".to_string());
+        assert_eq!(
+            resolved.keepalive[&key],
+            vec![(
+                "198.18.0.0/15:5432".parse().unwrap(),
+                "time=60s,probes=3,interval=5s".parse().unwrap()
+            )]
+        );
+        assert!(resolved.limits.is_empty());
+        let bad = resolved
+            .conflicts
+            .iter()
+            .find(|(k, _)| k.name == "bad")
+            .unwrap()
+            .1;
+        assert_eq!(bad.len(), 2, "{bad:?}");
     }
 
     #[test]

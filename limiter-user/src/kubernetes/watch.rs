@@ -128,7 +128,15 @@ impl Sync {
 
         let mut desired: Vec<NetnsLimits> = Vec::new();
         let mut unresolved = BTreeMap::new();
-        for ((namespace, name), limits) in &resolved.limits {
+        let selected: BTreeSet<&(String, String)> = resolved
+            .limits
+            .keys()
+            .chain(resolved.keepalive.keys())
+            .collect();
+        for (namespace, name) in selected {
+            let key = (namespace.clone(), name.clone());
+            let limits = resolved.limits.get(&key).cloned().unwrap_or_default();
+            let keepalive = resolved.keepalive.get(&key).cloned().unwrap_or_default();
             let Some((_, uid, ip)) = running
                 .iter()
                 .find(|(info, _, _)| info.namespace == *namespace && info.name == *name)
@@ -145,7 +153,8 @@ impl Sync {
                     self.netns.insert(key, path.clone());
                     desired.push(NetnsLimits {
                         path,
-                        limits: limits.clone(),
+                        limits,
+                        keepalive,
                     });
                 }
                 None => {

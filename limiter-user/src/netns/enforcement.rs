@@ -65,6 +65,7 @@ impl NetnsEnforcement {
     pub fn start(
         netns: Netns,
         limits: &[LimitSpec],
+        keepalive: &[(Destinations, KeepaliveSpec)],
         env: &Environment,
         dispatch: &mut Dispatch,
     ) -> Result<NetnsEnforcement, AgentError> {
@@ -131,7 +132,7 @@ impl NetnsEnforcement {
             pins,
             programs,
         };
-        match enforcement.configure_and_attach(limits, env, dispatch) {
+        match enforcement.configure_and_attach(limits, keepalive, env, dispatch) {
             Ok(()) => Ok(enforcement),
             Err(e) => {
                 // Pins created for this start go (adopted ones stay, enforcing as found).
@@ -145,6 +146,7 @@ impl NetnsEnforcement {
     fn configure_and_attach(
         &mut self,
         limits: &[LimitSpec],
+        keepalive: &[(Destinations, KeepaliveSpec)],
         env: &Environment,
         dispatch: &mut Dispatch,
     ) -> Result<(), AgentError> {
@@ -166,8 +168,10 @@ impl NetnsEnforcement {
             let now = self.table.set(spec)?;
             tracing::info!(netns = %label, "limit set: {now}");
         }
-        for (destinations, keepalive) in &env.keepalive_for {
-            self.table.set_keepalive_policy(destinations, keepalive)?;
+        // The agent's policies, then this namespace's own (which win for the same
+        // destinations).
+        for (destinations, spec) in env.keepalive_for.iter().chain(keepalive) {
+            self.table.set_keepalive_policy(destinations, spec)?;
         }
         // Counting starts with the dispatch entry: from then on the agent's accounting program
         // hands this namespace's sockets to this copy's.

@@ -17,16 +17,22 @@ pub mod registry;
 
 use std::path::PathBuf;
 
-use crate::listener::LimitSpec;
+use crate::{
+    keepalive::{Destinations, KeepaliveSpec},
+    listener::LimitSpec,
+};
 
 pub use path::{Netns, NetnsError};
 pub use registry::Namespaces;
 
-/// The limits configured inside one network namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What is configured inside one network namespace: listener limits, and keepalive policies of
+/// its own (a pod's `ConnectionLimitPolicy.spec.keepalive`) on top of the agent's
+/// `--keepalive-for`, which applies in every namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetnsLimits {
     pub path: PathBuf,
     pub limits: Vec<LimitSpec>,
+    pub keepalive: Vec<(Destinations, KeepaliveSpec)>,
 }
 
 /// Groups `(path, limit)` pairs by path, in the order paths first appear.
@@ -38,6 +44,7 @@ pub fn group(pairs: impl IntoIterator<Item = (PathBuf, LimitSpec)>) -> Vec<Netns
             None => grouped.push(NetnsLimits {
                 path,
                 limits: vec![spec],
+                keepalive: Vec::new(),
             }),
         }
     }

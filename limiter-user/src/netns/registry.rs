@@ -38,6 +38,8 @@ pub struct Namespaces {
 
 struct Configured {
     limits: Vec<LimitSpec>,
+    /// Keepalive policies of this namespace's own, over the agent's.
+    keepalive: Vec<(Destinations, KeepaliveSpec)>,
     state: State,
     source: Source,
 }
@@ -87,11 +89,16 @@ impl Namespaces {
                     })?;
             }
         }
-        for NetnsLimits { path, limits } in all {
+        for NetnsLimits {
+            path,
+            limits,
+            keepalive,
+        } in all
+        {
             let started = Netns::open(path)
                 .map_err(AgentError::from)
                 .and_then(|netns| {
-                    NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)
+                    NetnsEnforcement::start(netns, limits, keepalive, &self.env, &mut self.dispatch)
                 });
             match started {
                 Ok(enforcement) => {
@@ -99,6 +106,7 @@ impl Namespaces {
                         path.clone(),
                         Configured {
                             limits: limits.clone(),
+                            keepalive: keepalive.clone(),
                             state: State::Enforcing(Box::new(enforcement)),
                             source: Source::Settings,
                         },
@@ -151,6 +159,7 @@ impl Namespaces {
                     NetnsEnforcement::start(
                         netns,
                         &configured.limits,
+                        &configured.keepalive,
                         &self.env,
                         &mut self.dispatch,
                     )
@@ -189,8 +198,13 @@ impl Namespaces {
     /// `limiter set --netns PATH`: a namespace not configured yet must be one now.
     pub fn set(&mut self, path: &Path, spec: &LimitSpec) -> Result<String, AgentError> {
         let Some(configured) = self.configured.get_mut(path) else {
-            let mut enforcement =
-                NetnsEnforcement::start(Netns::open(path)?, &[], &self.env, &mut self.dispatch)?;
+            let mut enforcement = NetnsEnforcement::start(
+                Netns::open(path)?,
+                &[],
+                &[],
+                &self.env,
+                &mut self.dispatch,
+            )?;
             let now = match in_netns(path, enforcement.table.set(spec)) {
                 Ok(now) => now,
                 Err(e) => {
@@ -202,6 +216,7 @@ impl Namespaces {
                 path.to_owned(),
                 Configured {
                     limits: vec![*spec],
+                    keepalive: Vec::new(),
                     state: State::Enforcing(Box::new(enforcement)),
                     source: Source::Settings,
                 },
@@ -270,12 +285,23 @@ impl Namespaces {
         // A namespace that cannot be enforced in does not stop the others; all errors are
         // returned together at the end.
         let mut errors = Vec::new();
-        for NetnsLimits { path, limits } in new {
+        for NetnsLimits {
+            path,
+            limits,
+            keepalive,
+        } in new
+        {
             let Some(configured) = self.configured.get(path) else {
                 let started = Netns::open(path)
                     .map_err(AgentError::from)
                     .and_then(|netns| {
-                        NetnsEnforcement::start(netns, limits, &self.env, &mut self.dispatch)
+                        NetnsEnforcement::start(
+                            netns,
+                            limits,
+                            keepalive,
+                            &self.env,
+                            &mut self.dispatch,
+                        )
                     });
                 match started {
                     Ok(enforcement) => {
@@ -283,6 +309,7 @@ impl Namespaces {
                             path.clone(),
                             Configured {
                                 limits: limits.clone(),
+                                keepalive: keepalive.clone(),
                                 state: State::Enforcing(Box::new(enforcement)),
                                 source,
                             },
@@ -327,6 +354,10 @@ impl Namespaces {
                     Err(e) => errors.push(e.to_string()),
                 }
             }
+            match self.set_own_keepalive(path, keepalive) {
+                Ok(changes) => done.extend(changes),
+                Err(e) => errors.push(e.to_string()),
+            }
         }
         if errors.is_empty() {
             Ok(done)
@@ -343,6 +374,56 @@ impl Namespaces {
         }
     }
 
+    /// Replaces a namespace's own keepalive policies with `wanted`; where one goes, the
+    /// agent's policy for the same destinations (if any) applies again.
+    fn set_own_keepalive(
+        &mut self,
+        path: &Path,
+        wanted: &[(Destinations, KeepaliveSpec)],
+    ) -> Result<Vec<String>, AgentError> {
+        let global = self.env.keepalive_for.clone();
+        let Some(configured) = self.configured.get_mut(path) else {
+            return Ok(Vec::new());
+        };
+        if configured.keepalive == wanted {
+            return Ok(Vec::new());
+        }
+        let mut done = Vec::new();
+        if let State::Enforcing(enforcement) = &mut configured.state {
+            for (destinations, _) in configured
+                .keepalive
+                .iter()
+                .filter(|(d, _)| !wanted.iter().any(|(w, _)| w == d))
+            {
+                let table = &mut enforcement.table;
+                let result = match global.iter().find(|(g, _)| g == destinations) {
+                    Some((_, spec)) => table.set_keepalive_policy(destinations, spec),
+                    None => table.remove_keepalive_policy(destinations),
+                };
+                in_netns(path, result)?;
+                done.push(format!(
+                    "keepalive policy removed: {destinations} in {}",
+                    path.display()
+                ));
+            }
+            for (destinations, spec) in wanted.iter().filter(|w| !configured.keepalive.contains(w))
+            {
+                in_netns(
+                    path,
+                    enforcement.table.set_keepalive_policy(destinations, spec),
+                )?;
+                done.push(format!(
+                    "keepalive policy set: {destinations} {spec} in {}",
+                    path.display()
+                ));
+            }
+        }
+        configured.keepalive = wanted.to_vec();
+        Ok(done)
+    }
+
+    /// The agent's `--keepalive-for`, in every namespace but those with a policy of their own
+    /// for the same destinations.
     pub fn set_keepalive_policy(
         &mut self,
         destinations: &Destinations,
@@ -350,8 +431,7 @@ impl Namespaces {
     ) -> Result<(), AgentError> {
         self.env.keepalive_for.retain(|(d, _)| d != destinations);
         self.env.keepalive_for.push((*destinations, *keepalive));
-        for enforcement in self.enforcing_mut() {
-            let path = enforcement.netns().path().to_owned();
+        for (path, enforcement) in self.enforcing_without_own(destinations) {
             in_netns(
                 &path,
                 enforcement
@@ -367,14 +447,27 @@ impl Namespaces {
         destinations: &Destinations,
     ) -> Result<(), AgentError> {
         self.env.keepalive_for.retain(|(d, _)| d != destinations);
-        for enforcement in self.enforcing_mut() {
-            let path = enforcement.netns().path().to_owned();
+        for (path, enforcement) in self.enforcing_without_own(destinations) {
             in_netns(
                 &path,
                 enforcement.table.remove_keepalive_policy(destinations),
             )?;
         }
         Ok(())
+    }
+
+    fn enforcing_without_own(
+        &mut self,
+        destinations: &Destinations,
+    ) -> impl Iterator<Item = (PathBuf, &mut NetnsEnforcement)> {
+        let destinations = *destinations;
+        self.configured
+            .iter_mut()
+            .filter(move |(_, c)| !c.keepalive.iter().any(|(d, _)| *d == destinations))
+            .filter_map(|(path, c)| match &mut c.state {
+                State::Enforcing(enforcement) => Some((path.clone(), enforcement.as_mut())),
+                State::Waiting { .. } => None,
+            })
     }
 
     /// Every namespace's report, in path order.
