@@ -480,10 +480,15 @@ mod tests {
                 "{}: {resolved:?}",
                 path.display()
             );
-            assert_eq!(resolved.limits.len(), 1, "{}", path.display());
+            assert_eq!(
+                resolved.limits.len() + resolved.keepalive.len(),
+                1,
+                "{}",
+                path.display()
+            );
             seen += 1;
         }
-        assert_eq!(seen, 2, "one sample per seed guide with a connection limit");
+        assert_eq!(seen, 3, "one sample per seed guide");
     }
 
     #[test]
