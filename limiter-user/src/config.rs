@@ -528,6 +528,7 @@ impl Checker<'_> {
             path: raw.path.clone().into(),
             limits: inner.limits,
             keepalive: Vec::new(),
+            pod: None,
         })
     }
 
@@ -1221,6 +1222,7 @@ namespaces:
                 path: "/run/netns/pod-a".into(),
                 limits: vec![limit("8000=5")],
                 keepalive: Vec::new(),
+                pod: None,
             }]
         );
         assert_eq!(config.over_limit, Some(Action::Drop));

@@ -389,6 +389,7 @@ impl LimitTable {
                 ListenerReport {
                     listener: listener.to_string(),
                     netns: self.netns.clone(),
+                    pod: None,
                     limit: limit.limit as u64,
                     action: limit.action,
                     active,

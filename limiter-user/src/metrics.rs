@@ -8,7 +8,8 @@
 //! live prometheus-client metrics would only add a second copy that can drift.
 //!
 //! Every `limiter_listener_*` sample of a listener inside another network namespace (`--limit-in`)
-//! also carries `netns`, the path that names the namespace.
+//! also carries `netns`, the path that names the namespace, and in Kubernetes mode `pod`
+//! (`NAMESPACE/NAME`).
 //!
 //! Families (counter samples carry `_total`; OpenMetrics names the family without it):
 //!
@@ -191,6 +192,9 @@ fn listener_labels<'a, const N: usize>(
     let mut labels = vec![("listener", l.listener.as_str())];
     if let Some(netns) = &l.netns {
         labels.push(("netns", netns.as_str()));
+    }
+    if let Some(pod) = &l.pod {
+        labels.push(("pod", pod.as_str()));
     }
     labels.extend(extra);
     labels
@@ -519,6 +523,7 @@ mod tests {
         ListenerReport {
             listener: name.into(),
             netns: None,
+            pod: None,
             limit: base + 1,
             action,
             active: base + 2,

@@ -225,6 +225,7 @@ fn netns_limits(
                 path,
                 limits: vec![spec],
                 keepalive: Vec::new(),
+                pod: None,
             }),
         }
     }
@@ -392,11 +393,13 @@ mod tests {
                         "9000=1:reset".parse().unwrap()
                     ],
                     keepalive: Vec::new(),
+                    pod: None,
                 },
                 NetnsLimits {
                     path: "/run/netns/b".into(),
                     limits: vec!["8000=3:drop".parse().unwrap()],
                     keepalive: Vec::new(),
+                    pod: None,
                 },
             ]
         );

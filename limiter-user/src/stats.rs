@@ -20,6 +20,9 @@ pub struct ListenerReport {
     /// `null` for the agent's own.
     #[serde(default)]
     pub netns: Option<String>,
+    /// The pod the namespace belongs to (`NAMESPACE/NAME`), in Kubernetes mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub limit: u64,
     pub action: Action,
     /// Established connections now (kernel TCP state).
@@ -69,9 +72,10 @@ impl ListenerReport {
     /// The listener, with its network namespace when it is not the agent's:
     /// `8000 in /run/netns/pod-a`.
     pub fn qualified_name(&self) -> String {
-        match &self.netns {
-            Some(netns) => format!("{} in {netns}", self.listener),
-            None => self.listener.clone(),
+        match (&self.netns, &self.pod) {
+            (Some(netns), Some(pod)) => format!("{} in pod {pod} ({netns})", self.listener),
+            (Some(netns), None) => format!("{} in {netns}", self.listener),
+            (None, _) => self.listener.clone(),
         }
     }
 }
@@ -240,6 +244,7 @@ mod tests {
         ListenerReport {
             listener: name.into(),
             netns: None,
+            pod: None,
             limit,
             action: Action::Drop,
             active,

@@ -51,6 +51,9 @@ pub struct ListenerStats {
     /// The network namespace's path (`--limit-in`); `None`: the agent's own.
     #[serde(default)]
     pub netns: Option<String>,
+    /// The pod (`NAMESPACE/NAME`) whose namespace it is, in Kubernetes mode.
+    #[serde(default)]
+    pub pod: Option<String>,
     pub limit: u64,
     pub action: String,
     pub active: u64,

@@ -88,6 +88,17 @@ fn root_a_policy_limits_each_selected_pod() {
     );
     wait_limit(&agent, &a, 2);
     wait_limit(&agent, &b, 2);
+    // Stats and metrics name the pod next to the namespace's path.
+    let row = agent.listener_in("8000", Some(&netns_of(&a)));
+    assert_eq!(row.pod.as_deref(), Some("gw/gateway-a"), "{row:?}");
+    let (_, metrics) = limiter_tests::agent::http_get(&bed, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "limiter_listener_limit{{listener=\"8000\",netns=\"{}\",pod=\"gw/gateway-a\",action=\"reset\"}} 2",
+            netns_of(&a)
+        )),
+        "{metrics}"
+    );
     let held_a = assert_full_at(&bed, &a, 2);
     let held_b = assert_full_at(&bed, &b, 2);
     // Not selected: no limit.

@@ -36,8 +36,8 @@ use crate::{
     netns::{NetnsLimits, registry::Source},
 };
 
-/// How often pods whose namespace was not found are looked for again (their namespace may
-/// appear after the pod object says Running).
+/// How often the pods' namespaces are checked again: pods whose namespace was not found (it
+/// may appear after the pod object says Running), and namespaces that went away.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until the agent stops.
@@ -85,7 +85,9 @@ pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
                     continue;
                 }
             }
-            _ = retry.tick(), if !sync.unresolved.is_empty() => {}
+            // Pods whose namespace is not found yet, and namespaces that went away under a pod
+            // whose object has not changed (a sandbox recreated with the same IP).
+            _ = retry.tick() => {}
         }
         sync.update(&pods, &policies, &state, &recorder).await;
     }
@@ -144,7 +146,11 @@ impl Sync {
                 continue;
             };
             let key = (uid.clone(), *ip);
-            let path = match self.netns.get(&key) {
+            let cached = self
+                .netns
+                .get(&key)
+                .filter(|path| crate::netns::path::current_inode(path).is_some());
+            let path = match cached {
                 Some(path) => Some(path.clone()),
                 None => pod_netns::find(*ip),
             };
@@ -155,6 +161,7 @@ impl Sync {
                         path,
                         limits,
                         keepalive,
+                        pod: Some(format!("{namespace}/{name}")),
                     });
                 }
                 None => {

@@ -33,6 +33,9 @@ pub struct NetnsLimits {
     pub path: PathBuf,
     pub limits: Vec<LimitSpec>,
     pub keepalive: Vec<(Destinations, KeepaliveSpec)>,
+    /// The pod whose namespace it is (`NAMESPACE/NAME`), when Kubernetes mode found it: stats
+    /// and metrics name it next to the path.
+    pub pod: Option<String>,
 }
 
 /// Groups `(path, limit)` pairs by path, in the order paths first appear.
@@ -45,6 +48,7 @@ pub fn group(pairs: impl IntoIterator<Item = (PathBuf, LimitSpec)>) -> Vec<Netns
                 path,
                 limits: vec![spec],
                 keepalive: Vec::new(),
+                pod: None,
             }),
         }
     }

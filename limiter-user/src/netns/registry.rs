@@ -40,6 +40,8 @@ struct Configured {
     limits: Vec<LimitSpec>,
     /// Keepalive policies of this namespace's own, over the agent's.
     keepalive: Vec<(Destinations, KeepaliveSpec)>,
+    /// The pod it belongs to, if Kubernetes mode found it.
+    pod: Option<String>,
     state: State,
     source: Source,
 }
@@ -93,6 +95,7 @@ impl Namespaces {
             path,
             limits,
             keepalive,
+            pod,
         } in all
         {
             let started = Netns::open(path)
@@ -107,6 +110,7 @@ impl Namespaces {
                         Configured {
                             limits: limits.clone(),
                             keepalive: keepalive.clone(),
+                            pod: pod.clone(),
                             state: State::Enforcing(Box::new(enforcement)),
                             source: Source::Settings,
                         },
@@ -217,6 +221,7 @@ impl Namespaces {
                 Configured {
                     limits: vec![*spec],
                     keepalive: Vec::new(),
+                    pod: None,
                     state: State::Enforcing(Box::new(enforcement)),
                     source: Source::Settings,
                 },
@@ -289,6 +294,7 @@ impl Namespaces {
             path,
             limits,
             keepalive,
+            pod,
         } in new
         {
             let Some(configured) = self.configured.get(path) else {
@@ -310,6 +316,7 @@ impl Namespaces {
                             Configured {
                                 limits: limits.clone(),
                                 keepalive: keepalive.clone(),
+                                pod: pod.clone(),
                                 state: State::Enforcing(Box::new(enforcement)),
                                 source,
                             },
@@ -470,12 +477,18 @@ impl Namespaces {
             })
     }
 
-    /// Every namespace's report, in path order.
+    /// Every namespace's report, in path order, each listener with its pod when known.
     pub fn reports(&self) -> Vec<Report> {
         self.configured
             .values()
             .filter_map(|c| match &c.state {
-                State::Enforcing(enforcement) => Some(enforcement.report()),
+                State::Enforcing(enforcement) => {
+                    let mut report = enforcement.report();
+                    for listener in &mut report.listeners {
+                        listener.pod = c.pod.clone();
+                    }
+                    Some(report)
+                }
                 State::Waiting { .. } => None,
             })
             .collect()
