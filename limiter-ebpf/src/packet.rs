@@ -4,30 +4,41 @@
 //! header is found: a segment that is not a plain SYN is `NotOurs` from there (the common case,
 //! kept short); a frame cut short before that point, or a SYN whose headers are short or
 //! inconsistent, is `Malformed`. Both are passed untouched.
-use core::mem::size_of;
+//!
+//! Header layouts, lengths and protocol numbers come from network-types; each field is read
+//! where its struct puts it (`offset_of!`), one field at a time, so that a frame is read only as
+//! far as the decision needs, and values are compared raw (network order) rather than through
+//! network-types' enum conversions.
+use core::mem::{offset_of, size_of};
 
 use aya_ebpf::programs::XdpContext;
 use limiter_common::{FlowKey, family};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const VLAN_HLEN: usize = 4;
+/// EtherTypes as they sit in the frame (network-types declares them in network order).
+const ETH_P_IP: u16 = EtherType::Ipv4 as u16;
+const ETH_P_IPV6: u16 = EtherType::Ipv6 as u16;
+const ETH_P_8021Q: u16 = EtherType::Ieee8021q as u16;
+const ETH_P_8021AD: u16 = EtherType::Ieee8021ad as u16;
 const MAX_VLAN_TAGS: usize = 2;
 
-const IPPROTO_TCP: u8 = 6;
-const IPV4_MIN_HLEN: usize = 20;
+const IPPROTO_TCP: u8 = IpProto::Tcp as u8;
 const IPV4_MF_AND_OFFSET: u16 = 0x3FFF;
-const IPV6_HLEN: usize = 40;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_HOP_BY_HOP: u8 = IpProto::HopOpt as u8;
+const IPV6_ROUTING: u8 = IpProto::Ipv6Route as u8;
+const IPV6_DEST_OPTS: u8 = IpProto::Ipv6Opts as u8;
 /// Extension headers walked before giving up (and passing the frame).
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 
-const TCP_MIN_HLEN: usize = 20;
+/// The TCP header without options; its data offset and flags are the two bytes of
+/// network-types' bitfield.
+const TCP_MIN_HLEN: usize = TcpHdr::LEN;
+const TCP_OFFSET_AND_FLAGS: usize = offset_of!(TcpHdr, _bitfield_1);
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -80,14 +91,15 @@ macro_rules! or_malformed {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Frame {
-    let mut ether_type = or_malformed!(load_be16(ctx, 12));
-    let mut l3 = ETH_HLEN;
+    let mut ether_type: u16 = or_malformed!(load(ctx, offset_of!(EthHdr, ether_type)));
+    let mut l3 = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        ether_type = or_malformed!(load_be16(ctx, l3 + 2));
-        l3 += VLAN_HLEN;
+        // A tag takes the EtherType's place: the next EtherType ends the tag.
+        ether_type = or_malformed!(load(ctx, l3 + offset_of!(VlanHdr, ether_type)));
+        l3 += VlanHdr::LEN;
     }
     match ether_type {
         ETH_P_IP => parse_ipv4(ctx, l3),
@@ -99,13 +111,13 @@ pub fn parse(ctx: &XdpContext) -> Frame {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
-    let version_ihl: u8 = or_malformed!(load(ctx, l3));
+    let version_ihl: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv4Hdr, vihl)));
     let header_len = ((version_ihl & 0x0F) as usize) * 4;
-    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
+    if version_ihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Frame::Malformed;
     }
-    let fragment = or_malformed!(load_be16(ctx, l3 + 6));
-    let protocol: u8 = or_malformed!(load(ctx, l3 + 9));
+    let fragment = or_malformed!(load_be16(ctx, l3 + offset_of!(Ipv4Hdr, frags)));
+    let protocol: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv4Hdr, proto)));
     if protocol != IPPROTO_TCP || fragment & IPV4_MF_AND_OFFSET != 0 {
         return Frame::NotOurs;
     }
@@ -113,8 +125,9 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
     let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
         return Frame::NotOurs;
     };
-    let total_len = or_malformed!(load_be16(ctx, l3 + 2)) as usize;
-    let [src, dst]: [u32; 2] = or_malformed!(load(ctx, addresses_at(l3 + 12)));
+    let total_len = or_malformed!(load_be16(ctx, l3 + offset_of!(Ipv4Hdr, tot_len))) as usize;
+    let [src, dst]: [u32; 2] =
+        or_malformed!(load(ctx, addresses_at(l3 + offset_of!(Ipv4Hdr, src_addr))));
     if total_len < header_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }
@@ -129,19 +142,19 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
         family::V4,
         [src, 0, 0, 0],
         [dst, 0, 0, 0],
-        header_len == IPV4_MIN_HLEN,
+        header_len == Ipv4Hdr::LEN,
     )
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
-    let version: u8 = or_malformed!(load(ctx, l3));
+    let version: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv6Hdr, vcf)));
     if version >> 4 != 6 {
         return Frame::Malformed;
     }
-    let payload_len = or_malformed!(load_be16(ctx, l3 + 4)) as usize;
-    let mut next_header: u8 = or_malformed!(load(ctx, l3 + 6));
-    let mut l4 = l3 + IPV6_HLEN;
+    let payload_len = or_malformed!(load_be16(ctx, l3 + offset_of!(Ipv6Hdr, payload_len))) as usize;
+    let mut next_header: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv6Hdr, next_hdr)));
+    let mut l4 = l3 + Ipv6Hdr::LEN;
     let mut ext_len = 0usize;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if next_header != IPV6_HOP_BY_HOP
@@ -163,7 +176,8 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
         return Frame::NotOurs;
     };
-    let [src, dst]: [[u32; 4]; 2] = or_malformed!(load(ctx, addresses_at(l3 + 8)));
+    let [src, dst]: [[u32; 4]; 2] =
+        or_malformed!(load(ctx, addresses_at(l3 + offset_of!(Ipv6Hdr, src_addr))));
     if payload_len < ext_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }
@@ -172,7 +186,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
         l3,
         l4,
         offset_byte,
-        l3 + IPV6_HLEN + payload_len,
+        l3 + Ipv6Hdr::LEN + payload_len,
         payload_len - ext_len,
         family::V6,
         src,
@@ -189,7 +203,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
 /// folded away by LLVM in a form the verifier cannot follow.
 #[inline(always)]
 fn syn_data_offset(ctx: &XdpContext, l4: usize) -> Option<Option<u8>> {
-    let [offset_byte, flags]: [u8; 2] = load(ctx, l4 + 12)?;
+    let [offset_byte, flags]: [u8; 2] = load(ctx, l4 + TCP_OFFSET_AND_FLAGS)?;
     Some((flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN).then_some(offset_byte))
 }
 
@@ -230,8 +244,8 @@ fn parse_tcp(
     if ctx.data() + core::hint::black_box(ip_end) > ctx.data_end() {
         return Frame::Malformed;
     }
-    let ports: [u16; 2] = or_malformed!(load(ctx, l4));
-    let seq: u32 = or_malformed!(load(ctx, l4 + 4));
+    let ports: [u16; 2] = or_malformed!(load(ctx, l4 + offset_of!(TcpHdr, source)));
+    let seq: u32 = or_malformed!(load(ctx, l4 + offset_of!(TcpHdr, seq)));
     let (src_port, dst_port) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
     Frame::Syn(Syn {
         flow: FlowKey {

@@ -5,13 +5,22 @@
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use limiter_common::family;
 
+use network_types::{
+    eth::EthHdr,
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+
 use crate::packet::{Syn, load};
 
-const TCP_HLEN: usize = 20;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
+/// The RST has no options and replies only to IP headers without options or extensions.
+const TCP_HLEN: usize = TcpHdr::LEN;
+const IPV4_HLEN: usize = Ipv4Hdr::LEN;
+const IPV6_HLEN: usize = Ipv6Hdr::LEN;
+/// Both MAC addresses, swapped in one read and one write.
+const MACS_LEN: usize = 2 * size_of::<[u8; 6]>();
 const TCP_RST_ACK: u8 = 0x14;
-const IPPROTO_TCP: u32 = 6;
+const IPPROTO_TCP: u32 = IpProto::Tcp as u32;
 const TTL: u8 = 64;
 const IPV4_DONT_FRAGMENT: u16 = 0x4000;
 
@@ -46,10 +55,11 @@ fn store<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
 
 #[inline(always)]
 fn swap_macs(ctx: &XdpContext) -> bool {
-    let Some(macs) = load::<[u8; 12]>(ctx, 0) else {
+    const _: () = assert!(core::mem::offset_of!(EthHdr, src_addr) == MACS_LEN / 2);
+    let Some(macs) = load::<[u8; MACS_LEN]>(ctx, core::mem::offset_of!(EthHdr, dst_addr)) else {
         return false;
     };
-    let mut swapped = [0u8; 12];
+    let mut swapped = [0u8; MACS_LEN];
     swapped[..6].copy_from_slice(&macs[6..]);
     swapped[6..].copy_from_slice(&macs[..6]);
     store(ctx, 0, swapped)
