@@ -25,6 +25,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
+use aya_log_ebpf::warn;
 use limiter_common::{FlowKey, OverLimit, action, family};
 
 use crate::{
@@ -122,6 +123,11 @@ fn established(ctx: &SockOpsContext) {
     if SOCKETS.insert(&cookie, &slot, BPF_NOEXIST as u64).is_err() {
         usage.release_reservation();
         count_slot(slot, |s| &mut s.untracked);
+        warn!(
+            ctx,
+            "a connection to port {} could not be tracked (SOCKETS full): not counted",
+            flow_port(ctx)
+        );
         return;
     }
     if ctx
@@ -153,6 +159,11 @@ fn over_limit(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) {
         count_slot(slot, |s| &mut s.over_limit_established);
     } else {
         count_slot(slot, |s| &mut s.untracked);
+        warn!(
+            ctx,
+            "flood mode: a connection over the limit on port {} could not be handed to the agent (OVER_LIMIT full): it stays, uncounted",
+            flow.local_port
+        );
     }
 }
 
@@ -169,6 +180,12 @@ fn closed(ctx: &SockOpsContext) {
         }
         count_slot(slot, |s| &mut s.closed);
     }
+}
+
+/// The local port of the socket, for log lines.
+#[inline(always)]
+fn flow_port(ctx: &SockOpsContext) -> u32 {
+    ctx.local_port()
 }
 
 /// Hands the handshake's reservation over: whoever deletes the PENDING entry owns it (the

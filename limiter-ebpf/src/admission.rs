@@ -16,6 +16,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use limiter_common::{ListenerConfig, Pending, action, packet_stat};
 
 use crate::{
@@ -89,6 +90,11 @@ pub fn admission(ctx: XdpContext) -> u32 {
         Err(_) => {
             usage.release_reservation();
             count_packet(packet_stat::PENDING_TABLE_FULL);
+            // Per SYN under a flood, so debug (off unless --log-level debug).
+            debug!(
+                &ctx,
+                "PENDING table full: SYN to port {} refused", flow.local_port
+            );
             refuse(&ctx, &syn, &listener)
         }
     }
@@ -109,6 +115,11 @@ fn refuse(ctx: &XdpContext, syn: &Syn, listener: &ListenerConfig) -> u32 {
             return xdp_action::XDP_TX;
         }
         count_packet(packet_stat::RESET_FELL_BACK_TO_DROP);
+        debug!(
+            ctx,
+            "reset fell back to a drop: no RST for a SYN with IP options or IPv6 extension headers (port {})",
+            syn.flow.local_port
+        );
     }
     count_slot(listener.slot, |s| &mut s.refused_drop);
     xdp_action::XDP_DROP

@@ -3,6 +3,7 @@
 //! destination, SO_KEEPALIVE and TCP_KEEPIDLE/INTVL/CNT are set on it with `bpf_setsockopt`
 //! (Linux 5.9+ for the keepalive options), as if the process had called setsockopt itself.
 use aya_ebpf::{helpers::generated::bpf_setsockopt, maps::lpm_trie::Key, programs::SockOpsContext};
+use aya_log_ebpf::warn;
 use limiter_common::{KeepaliveConfig, KeepaliveTarget, packet_stat};
 
 use crate::{
@@ -48,6 +49,11 @@ pub fn apply(ctx: &SockOpsContext) {
         count_packet(packet_stat::KEEPALIVE_SET);
     } else {
         count_packet(packet_stat::KEEPALIVE_FAILED);
+        warn!(
+            ctx,
+            "keepalive: bpf_setsockopt failed on a connection to port {}; it keeps the OS defaults",
+            flow.remote_port
+        );
     }
 }
 

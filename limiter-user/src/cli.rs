@@ -7,7 +7,7 @@ use crate::{
     duration,
     keepalive::{Destinations, KeepaliveSpec},
     listener::{Action, LimitSpec, Listener},
-    logging::LogFormat,
+    logging::{LogFormat, LogLevel},
     proxy::ProxySpec,
 };
 
@@ -162,6 +162,12 @@ pub struct RunArgs {
     /// Log lines as `limiter: message key=value` (human) or one JSON object each (json).
     #[arg(long, value_enum, default_value_t = LogFormat::Human, value_name = "FORMAT")]
     pub log_format: LogFormat,
+
+    /// The most detailed lines logged, the agent's and the kernel programs' (the programs get
+    /// it at load time: their disabled statements are removed by the verifier). `debug` adds
+    /// per-packet events such as a RST that fell back to a drop.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, env = "LIMITER_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: LogLevel,
 
     /// Pin maps and links under this bpffs directory: a restarted agent adopts them with their
     /// counts, and with --keep-pinned (or after SIGKILL) enforcement continues while no agent runs.

@@ -50,6 +50,8 @@ pub struct Maps {
 /// The loaded programs and their attachments.
 pub struct Programs {
     ebpf: Ebpf,
+    /// Forwards the programs' aya-log records to the agent's log; stopped with the programs.
+    log_task: Option<tokio::task::JoinHandle<()>>,
     /// Links that live on a pin (or were adopted from one): they stay attached when this
     /// process exits, until their pins are removed.
     pinned_links: Vec<PinnedOrAdopted>,
@@ -75,6 +77,8 @@ pub fn load(
 ) -> Result<(Programs, Maps), AgentError> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::PENDING, pending_entries);
+    let log_level = crate::logging::level().kernel();
+    loader.override_global(aya_log::LEVEL, &log_level, true);
     let paths: Vec<(&str, std::path::PathBuf)> = match pins {
         Some(pins) => map_names::ALL
             .iter()
@@ -154,13 +158,51 @@ pub fn load(
             take(&mut ebpf, map_names::NETNS_ACCOUNTING)?,
         )),
     };
+    let log_task = log_kernel_events(&mut ebpf);
     Ok((
         Programs {
             ebpf,
             pinned_links: Vec::new(),
+            log_task,
         },
         maps,
     ))
+}
+
+/// Reads the programs' aya-log ring buffer as records arrive and logs them through the `log`
+/// facade (the agent's tracing output). Without a tokio runtime (tools, tests) or a ring
+/// buffer, the records are not read; the programs run the same.
+fn log_kernel_events(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let logger = aya_log::EbpfLogger::init(ebpf)
+        .inspect_err(|error| tracing::warn!(%error, "the kernel programs' log cannot be read"))
+        .ok()?;
+    let _guard = runtime.enter();
+    // SAFETY: the logger owns the ring buffer's map fd, which stays open and the same for as
+    // long as the AsyncFd holds it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = registered
+        .inspect_err(|error| tracing::warn!(%error, "the kernel programs' log cannot be polled"))
+        .ok()?;
+    Some(runtime.spawn(async move {
+        loop {
+            let Ok(mut ready) = logger.readable_mut().await else {
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    }))
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        if let Some(task) = &self.log_task {
+            task.abort();
+        }
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, AgentError>

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
                 Ok(settings) => settings,
                 Err(message) => return fail(EXIT_USAGE, &message),
             };
-            limiter::logging::init(args.log_format);
+            limiter::logging::init(args.log_format, args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

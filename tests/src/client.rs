@@ -233,21 +233,23 @@ pub fn churn(
 /// caller must first drop what comes back to `sport` ([`TestBed::drop_incoming_tcp_port`]),
 /// or the client kernel answers the SYN-ACK with a RST.
 pub fn raw_syn(bed: &TestBed, src: &str, sport: u16, dst: &str, dport: u16, count: u32) {
-    let proc = bed.spawn(
-        "raw-syn",
-        tool(
-            bed,
-            Side::Client,
-            &[
-                "raw-syn",
-                src,
-                &sport.to_string(),
-                dst,
-                &dport.to_string(),
-                &count.to_string(),
-            ],
-        ),
-    );
+    raw_syn_with(bed, src, sport, dst, dport, count, &[]);
+}
+
+/// [`raw_syn`] with netns-tool's extra arguments (`ip-options`: 4 bytes of IPv4 options).
+pub fn raw_syn_with(
+    bed: &TestBed,
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    count: u32,
+    extra: &[&str],
+) {
+    let (sport, dport, count) = (sport.to_string(), dport.to_string(), count.to_string());
+    let mut args = vec!["raw-syn", src, &sport, dst, &dport, &count];
+    args.extend_from_slice(extra);
+    let proc = bed.spawn("raw-syn", tool(bed, Side::Client, &args));
     proc.expect_line("`sent`", Duration::from_secs(15), |l| l.starts_with("sent"));
     let status = proc.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "raw-syn failed: {}", proc.transcript());

@@ -16,7 +16,8 @@
 //! churn TOTAL CONCURRENCY ADDR TIMEOUT_MS MAX_MS
 //!                                         TOTAL connect/close cycles (failed connects retried);
 //!                                         prints {succeeded, failed, ...}
-//! raw-syn SRC SPORT DST DPORT COUNT       COUNT identical bare IPv4 SYNs from a raw socket
+//! raw-syn SRC SPORT DST DPORT COUNT [ip-options]  COUNT identical bare IPv4 SYNs from a raw
+//!                                          socket (with 4 bytes of IP options if asked)
 //! syn-flood DST DPORT RATE SECONDS        SYNs from forged sources (random in 198.19.0.0/16,
 //!                                         random ports) at RATE per second for SECONDS;
 //!                                         prints {sent}
@@ -420,6 +421,28 @@ fn raw_syn(args: &[String]) -> Result<()> {
     }
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
     socket.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
+    // `ip-options`: an IPv4 header with 4 bytes of options (NOP NOP NOP EOL), which limiter's
+    // RST builder does not reflect.
+    if args.get(5).map(String::as_str) == Some("ip-options") {
+        use std::os::fd::AsRawFd as _;
+        let options = [1u8, 1, 1, 0];
+        // SAFETY: a valid socket and a buffer of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                options.as_ptr().cast(),
+                options.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "setsockopt(IP_OPTIONS): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let tcp = tcp_syn(src, sport, dst, dport, 0x1000_0000);
     let to = SockAddr::from(SocketAddrV4::new(dst, 0));
     for _ in 0..count {

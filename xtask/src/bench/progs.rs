@@ -81,9 +81,15 @@ pub struct Loaded {
     name: String,
 }
 
+/// aya-log's `Level::Info`.
+const INFO_LOG_LEVEL: u8 = 3;
+
 impl Loaded {
     pub fn load(object: &Path, program: &str) -> Result<Loaded> {
+        // limiter's programs at the agent's default log level (info: their debug statements,
+        // on per-packet paths, removed by the verifier); the C baselines have no such global.
         let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &INFO_LOG_LEVEL, false)
             .load_file(object)
             .with_context(|| format!("loading {}", object.display()))?;
         let xdp: &mut Xdp = ebpf
