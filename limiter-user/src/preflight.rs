@@ -1,17 +1,13 @@
 //! Checks of the environment before anything is loaded, so that a missing privilege, interface
 //! or mount is reported by name instead of as a failed syscall, and nothing is half-attached.
 use std::{
-    fs,
+    fs, io,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
 use crate::error::AgentError;
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// CAP_BPF (or CAP_SYS_ADMIN on its behalf) loads the programs; CAP_PERFMON lets the verifier
@@ -21,25 +17,23 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// network namespaces (`other_netns`) also needs CAP_SYS_ADMIN: `setns` into a namespace is
 /// how the agent attaches XDP to its interfaces and opens its sock_diag socket.
 pub fn check_capabilities(other_netns: bool) -> Result<(), AgentError> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(AgentError::syscall("reading /proc/self/status"))?;
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
+    use caps::{CapSet, Capability};
+    let effective = caps::read(None, CapSet::Effective).map_err(|e| {
+        AgentError::syscall("reading this process's capabilities")(io::Error::other(e))
+    })?;
+    let has = |cap: Capability| effective.contains(&cap);
+    let admin = has(Capability::CAP_SYS_ADMIN);
     let mut missing = Vec::new();
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+    if !has(Capability::CAP_BPF) && !admin {
         missing.push("CAP_BPF");
     }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+    if !has(Capability::CAP_PERFMON) && !admin {
         missing.push("CAP_PERFMON");
     }
-    if !has(CAP_NET_ADMIN) {
+    if !has(Capability::CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
-    if other_netns && !has(CAP_SYS_ADMIN) {
+    if other_netns && !admin {
         missing.push("CAP_SYS_ADMIN (for --limit-in: entering another network namespace)");
     }
     if missing.is_empty() {
@@ -123,9 +117,12 @@ pub fn cgroup_root(flag: Option<&Path>) -> Result<PathBuf, AgentError> {
         Some(path) if is_cgroup2(path) => Ok(path.to_owned()),
         Some(path) => Err(AgentError::NotCgroup2(path.to_owned())),
         None => {
-            let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-                .map_err(AgentError::syscall("reading /proc/self/mountinfo"))?;
-            find_cgroup2_mount(&mountinfo)
+            let mounts = procfs::process::Process::myself()
+                .and_then(|me| me.mountinfo())
+                .map_err(|e| {
+                    AgentError::syscall("reading /proc/self/mountinfo")(io::Error::other(e))
+                })?;
+            find_cgroup2_mount(&mounts)
                 .filter(|path| is_cgroup2(path))
                 .ok_or(AgentError::NoCgroup2)
         }
@@ -133,14 +130,11 @@ pub fn cgroup_root(flag: Option<&Path>) -> Result<PathBuf, AgentError> {
 }
 
 /// The shortest cgroup2 mount point (the root of the hierarchy when several are mounted).
-fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (mount, filesystem) = line.split_once(" - ")?;
-            (filesystem.split_whitespace().next()? == "cgroup2")
-                .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
-        })
+fn find_cgroup2_mount(mounts: &procfs::process::MountInfos) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .filter(|mount| mount.fs_type == "cgroup2")
+        .map(|mount| mount.mount_point.clone())
         .min_by_key(|path| path.as_os_str().len())
 }
 
@@ -215,11 +209,15 @@ ens5\t0012A8C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0";
 31 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
 32 31 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
 33 31 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd";
+        let parse = |text: &str| {
+            use procfs::FromBufRead as _;
+            procfs::process::MountInfos::from_buf_read(text.as_bytes()).unwrap()
+        };
         assert_eq!(
-            find_cgroup2_mount(hybrid),
+            find_cgroup2_mount(&parse(hybrid)),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let none = "25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw";
-        assert_eq!(find_cgroup2_mount(none), None);
+        assert_eq!(find_cgroup2_mount(&parse(none)), None);
     }
 }
