@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -118,6 +118,9 @@ pub mod action {
     /// the connection for `delay-before-close`, then closes it. Admission happens when the
     /// connection is established (accounting), and a held connection is never counted.
     pub const CLOSE: u32 = 2;
+    /// Dry run: a connection over the limit is let through and counted as one that would have
+    /// been refused, so a limit can be rolled out and sized from real traffic.
+    pub const DRY_RUN: u32 = 3;
 }
 
 /// A listener as the kernel programs see it: local address and port.
@@ -213,6 +216,9 @@ pub struct SlotStats {
     /// Flood mode: connections whose handshake completed with the listener full, handed to the
     /// agent to be reset (not counted).
     pub over_limit_established: u64,
+    /// `dry-run` listeners: SYNs (and, in flood mode, completed handshakes) over the limit let
+    /// through that any other action would have refused.
+    pub dry_run_would_refuse: u64,
 }
 
 impl SlotStats {
@@ -228,6 +234,7 @@ impl SlotStats {
         self.untracked += other.untracked;
         self.held += other.held;
         self.proven_syn_passed += other.proven_syn_passed;
+        self.dry_run_would_refuse += other.dry_run_would_refuse;
         self.over_limit_established += other.over_limit_established;
     }
 }

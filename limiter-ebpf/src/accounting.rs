@@ -103,8 +103,14 @@ fn established(ctx: &SockOpsContext) {
                 // is real, and it is admitted now. One too many (more handshakes completed
                 // than there were free slots) cannot be refused any more: the agent resets it.
                 if !usage.try_reserve(listener.limit) {
-                    over_limit(ctx, &flow, listener.slot);
-                    return;
+                    if listener.action == action::DRY_RUN {
+                        // Counted as would-be-refused, kept and counted as it really is.
+                        count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
+                        usage.reserve_unconditionally();
+                    } else {
+                        over_limit(ctx, &flow, listener.slot);
+                        return;
+                    }
                 }
             } else {
                 // The SYN crossed no watched interface (e.g. loopback) or its reservation

@@ -108,6 +108,12 @@ fn pass(counter: u32) -> u32 {
 
 #[inline(always)]
 fn refuse(ctx: &XdpContext, syn: &Syn, listener: &ListenerConfig) -> u32 {
+    // Dry run: what would have been refused passes, counted; it takes no slot (accounting
+    // counts the connection if it is established, so the count shows the real load).
+    if listener.action == action::DRY_RUN {
+        count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
+        return pass(packet_stat::SYN_PASSED);
+    }
     count_packet(packet_stat::SYN_REFUSED);
     if listener.action == action::RESET {
         if reset::reply(ctx, syn) {

@@ -1779,7 +1779,7 @@ namespaces:
             "listeners:\n  - listener: 8000\n    action: bounce\n",
             Some("listeners[0].action"),
             Some(3),
-            "'bounce' is not an over-limit action: expected drop, reset or close",
+            "'bounce' is not an over-limit action: expected drop, reset, close or dry-run",
         );
         // A proxy alone is fine: it forwards, and nothing is limited.
         let config = ok("listeners:\n  - listener: 8000\n    proxy: {upstream: 198.18.0.3:1}\n");

@@ -414,6 +414,7 @@ impl LimitTable {
                     handshakes_not_completed_total: self.handshake_timeouts[limit.slot as usize]
                         + flood.not_completed,
                     reset_after_handshake_total: stats.over_limit_established,
+                    dry_run_would_refuse_total: stats.dry_run_would_refuse,
                     listening: !self.unbound.contains(listener),
                 }
             })

@@ -125,7 +125,7 @@ impl fmt::Display for Listener {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Drop the SYN silently; the client's SYN backoff slows it down.
     Drop,
@@ -134,6 +134,9 @@ pub enum Action {
     /// Proxy mode only: accept, hold for --delay-before-close, then close (Envoy/Gloo
     /// semantics); held connections do not count as active.
     Close,
+    /// Let it through and count it as would-have-been-refused (nginx's limit_conn_dry_run):
+    /// roll a limit out safely and size it from real traffic.
+    DryRun,
 }
 
 impl Action {
@@ -142,6 +145,7 @@ impl Action {
             Action::Drop => action::DROP,
             Action::Reset => action::RESET,
             Action::Close => action::CLOSE,
+            Action::DryRun => action::DRY_RUN,
         }
     }
 
@@ -149,6 +153,7 @@ impl Action {
         match action {
             action::RESET => Action::Reset,
             action::CLOSE => Action::Close,
+            action::DRY_RUN => Action::DryRun,
             _ => Action::Drop,
         }
     }
@@ -158,6 +163,7 @@ impl Action {
             Action::Drop => "drop",
             Action::Reset => "reset",
             Action::Close => "close",
+            Action::DryRun => "dry-run",
         }
     }
 }
@@ -170,8 +176,9 @@ impl FromStr for Action {
             "drop" => Ok(Action::Drop),
             "reset" => Ok(Action::Reset),
             "close" => Ok(Action::Close),
+            "dry-run" => Ok(Action::DryRun),
             other => Err(format!(
-                "'{other}' is not an over-limit action: expected drop, reset or close"
+                "'{other}' is not an over-limit action: expected drop, reset, close or dry-run"
             )),
         }
     }

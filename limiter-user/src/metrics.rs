@@ -31,6 +31,7 @@
 //! | `limiter_listener_flood_syns_passed_total` | counter | `listener` |
 //! | `limiter_listener_handshakes_not_completed_total` | counter | `listener` |
 //! | `limiter_listener_reset_after_handshake_total` | counter | `listener` |
+//! | `limiter_listener_dry_run_would_refuse_total` | counter | `listener` |
 //! | `limiter_packets_total` | counter | `result` = `seen`/`not_ours`/`malformed`/`syn_passed`/`syn_refused` |
 //! | `limiter_reset_fallback_drops_total` | counter | |
 //! | `limiter_pending_table_full_total` | counter | |
@@ -361,6 +362,14 @@ impl Collector for ReportCollector {
             Kind::Counter,
             per_listener(|l| l.reset_after_handshake_total),
         )?;
+        family(
+            e,
+            "listener_dry_run_would_refuse",
+            "dry-run listeners: connections over the limit let through that another action would have refused.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.dry_run_would_refuse_total),
+        )?;
 
         // Program-wide.
         let p = &report.packets;
@@ -547,6 +556,7 @@ mod tests {
             proven_syn_passed_total: base + 14,
             handshakes_not_completed_total: base + 15,
             reset_after_handshake_total: base + 16,
+            dry_run_would_refuse_total: base + 17,
             listening: base.is_multiple_of(200),
         }
     }
@@ -699,6 +709,11 @@ mod tests {
                 "limiter_listener_reset_after_handshake_total",
                 &[],
                 l.reset_after_handshake_total,
+            );
+            put(
+                "limiter_listener_dry_run_would_refuse_total",
+                &[],
+                l.dry_run_would_refuse_total,
             );
         }
         let p = &report.packets;

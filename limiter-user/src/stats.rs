@@ -62,6 +62,10 @@ pub struct ListenerReport {
     /// Flood mode: connections whose handshake completed with the listener full, reset.
     #[serde(default)]
     pub reset_after_handshake_total: u64,
+    /// `dry-run`: connections over the limit let through that another action would have
+    /// refused.
+    #[serde(default)]
+    pub dry_run_would_refuse_total: u64,
     /// Whether a socket listens on the listener in the network namespace the agent enforces
     /// in; `false`: the limit cannot take effect (the agent's log says so too).
     #[serde(default = "yes")]
@@ -194,6 +198,13 @@ impl Report {
                 }
             ));
         }
+        for l in self.listeners.iter().filter(|l| l.action == Action::DryRun) {
+            out.push_str(&format!(
+                "{}: dry run: {} over the limit let through (would have been refused)\n",
+                l.qualified_name(),
+                l.dry_run_would_refuse_total
+            ));
+        }
         // Floods, where there were any: the mode now and what they cost.
         for l in self
             .listeners
@@ -263,6 +274,7 @@ mod tests {
             proven_syn_passed_total: 0,
             handshakes_not_completed_total: 0,
             reset_after_handshake_total: 0,
+            dry_run_would_refuse_total: 0,
             listening: true,
         }
     }

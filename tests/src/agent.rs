@@ -84,6 +84,9 @@ pub struct ListenerStats {
     /// Connections found over the limit when their handshake completed (flood mode): reset.
     #[serde(default)]
     pub reset_after_handshake_total: u64,
+    /// `dry-run` listeners: connections over the limit let through.
+    #[serde(default)]
+    pub dry_run_would_refuse_total: u64,
     /// Whether a socket listens on the listener in the agent's namespace.
     #[serde(default)]
     pub listening: bool,

@@ -96,7 +96,8 @@ pub struct PolicyListener {
     /// Envoy Gateway's `connection.connectionLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_limit: Option<ConnectionLimitValue>,
-    /// Over the limit: `drop` (silent, the default) or `reset` ("connection refused").
+    /// Over the limit: `drop` (silent, the default), `reset` ("connection refused") or
+    /// `dry-run` (let through, counted as would-have-been-refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<PolicyAction>,
 }
@@ -109,10 +110,12 @@ pub struct ConnectionLimitValue {
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyAction {
     Drop,
     Reset,
+    /// Let it through and count it as would-have-been-refused.
+    DryRun,
 }
 
 /// The CustomResourceDefinition, as YAML (`limiter crd`, deploy/kubernetes/crd.yaml).
@@ -268,6 +271,7 @@ fn limit_of(listener: &PolicyListener) -> Result<LimitSpec, String> {
         limit,
         action: Some(match listener.action {
             Some(PolicyAction::Reset) => Action::Reset,
+            Some(PolicyAction::DryRun) => Action::DryRun,
             Some(PolicyAction::Drop) | None => Action::Drop,
         }),
     })
