@@ -297,6 +297,39 @@ fn root_syn_refused_at_a_limit_of_established_connections() {
     );
 }
 
+/// `dry-run`: a SYN at the limit (reserve and flood mode alike) passes, takes no slot and is
+/// counted as would-have-been-refused; nothing is counted as refused.
+#[test]
+fn root_dry_run_passes_what_it_would_refuse() {
+    let mut program = program_with(listener_v4(SERVER4, PORT), 2, action::DRY_RUN);
+    for mode in [admission_mode::RESERVE, admission_mode::FLOOD] {
+        let full = SlotUsage {
+            reserved: 2,
+            active: 2,
+            mode,
+        };
+        program.set_usage(0, full);
+        let before = program.packets();
+        let would_before = program.slot_stats(0).dry_run_would_refuse;
+        for port in [41_000, 41_001] {
+            expect(&program, &syn4(port), XDP_PASS, "dry run at the limit");
+        }
+        assert_eq!(program.usage(0), full, "no slot taken");
+        assert!(program.pending().is_empty());
+        let delta = program.packets().since(&before);
+        assert_eq!(
+            (
+                delta.get(packet_stat::SYN_PASSED),
+                delta.get(packet_stat::SYN_REFUSED)
+            ),
+            (2, 0),
+            "{delta:?}"
+        );
+        assert_eq!(program.slot_stats(0).dry_run_would_refuse - would_before, 2);
+        assert_eq!(program.slot_stats(0).refused_drop, 0);
+    }
+}
+
 #[test]
 fn root_ipv6_syn_admitted_then_dropped() {
     let program = program_with(listener_v6(SERVER6, PORT), 1, action::DROP);
