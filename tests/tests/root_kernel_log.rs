@@ -15,7 +15,7 @@ const RAW_SPORT: u16 = 40_077;
 const NEEDLE: &str = "reset fell back to a drop";
 
 /// A listener full at 1 with `reset`, and a SYN with IP options sent to it.
-fn refuse_a_syn_with_ip_options(bed: &TestBed, agent: &Agent, listener: &str) {
+fn refuse_a_syn_with_ip_options(bed: &TestBed, agent: &Agent) {
     let held = Hold::open(bed, 1, &addr(bed.srv_v4, PORT), 2000);
     assert_eq!(held.result.connected, 1, "{:?}", held.result);
     bed.drop_incoming_tcp_port(Side::Client, RAW_SPORT);
@@ -37,7 +37,6 @@ fn refuse_a_syn_with_ip_options(bed: &TestBed, agent: &Agent, listener: &str) {
         },
     );
     drop(held);
-    let _ = listener;
 }
 
 #[test]
@@ -59,7 +58,7 @@ fn root_a_kernel_event_reaches_the_agents_log_at_debug() {
             "debug",
         ],
     );
-    refuse_a_syn_with_ip_options(&bed, &agent, &listener);
+    refuse_a_syn_with_ip_options(&bed, &agent);
     eventually(
         "the kernel's debug line in the agent's log",
         Duration::from_secs(10),
@@ -88,7 +87,7 @@ fn root_disabled_kernel_log_levels_log_nothing() {
     );
     let listener = format!("{}:{PORT}", bed.srv_v4);
     let agent = Agent::start(&bed, &["--limit", &format!("{listener}=1:reset")]);
-    refuse_a_syn_with_ip_options(&bed, &agent, &listener);
+    refuse_a_syn_with_ip_options(&bed, &agent);
     std::thread::sleep(Duration::from_millis(500));
     let log = agent.stderr().join("\n");
     assert!(

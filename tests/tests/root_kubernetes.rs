@@ -300,3 +300,38 @@ fn root_keepalive_by_policy_reaches_the_selected_pods_sockets() {
     let untouched = limiter_tests::client::connect_sockopts_in(&bed, other.ns(), &to, 5000);
     assert_eq!(untouched.keepalive, 0, "a pod not selected: {untouched:?}");
 }
+
+/// A pod whose sandbox is recreated (its namespace deleted and made again, same IP) is found
+/// again by its IP and enforced in its new namespace, without the Pod object changing.
+#[test]
+fn root_a_recreated_pod_namespace_is_found_again() {
+    let bed = TestBed::new();
+    let a = bed.add_pod();
+    let server = serve(&bed, &a);
+    let mut api = FakeApiServer::start(&bed);
+    api.apply_pod("gw", "gateway-a", &a, json!({"app": "gateway"}));
+    api.apply_policy(
+        "gw",
+        "limit",
+        json!({"podSelector": {}, "listeners": [{"port": 8000, "maxActiveConnections": 1, "action": "reset"}]}),
+    );
+    let agent = agent(&bed, &api);
+    wait_limit(&agent, &a, 1);
+    let held = assert_full_at(&bed, &a, 1);
+    drop(held);
+    drop(server);
+    bed.restart_pod(&a);
+    let _server = serve(&bed, &a);
+    eventually("the pod's new namespace enforced", SETTLE, || {
+        let log = agent.stderr().join("\n");
+        let row = agent
+            .stats()
+            .listener_in("8000", Some(&netns_of(&a)))
+            .cloned();
+        match row {
+            Some(row) if row.admitted_total == 0 && log.contains("looked for by its IP") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let _held = assert_full_at(&bed, &a, 1);
+}

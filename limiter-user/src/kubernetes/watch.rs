@@ -96,8 +96,9 @@ pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
 /// What the last update found, so that each finding is said once.
 #[derive(Default)]
 struct Sync {
-    /// A pod (uid) at an IP, and the namespace holding that IP.
-    netns: BTreeMap<(String, IpAddr), PathBuf>,
+    /// A pod (uid) at an IP, and the namespace holding that IP: its path and inode (a path
+    /// such as /proc/PID/ns/net may later name another namespace).
+    netns: BTreeMap<(String, IpAddr), (PathBuf, u64)>,
     /// Pods with limits whose namespace was not found (uid → what was said).
     unresolved: BTreeMap<String, String>,
     /// Per policy, the problems last reported.
@@ -149,14 +150,17 @@ impl Sync {
             let cached = self
                 .netns
                 .get(&key)
-                .filter(|path| crate::netns::path::current_inode(path).is_some());
-            let path = match cached {
-                Some(path) => Some(path.clone()),
-                None => pod_netns::find(*ip),
+                .filter(|(path, inode)| crate::netns::path::current_inode(path) == Some(*inode));
+            let found = match cached {
+                Some(found) => Some(found.clone()),
+                None => pod_netns::find(*ip).and_then(|path| {
+                    let inode = crate::netns::path::current_inode(&path)?;
+                    Some((path, inode))
+                }),
             };
-            match path {
-                Some(path) => {
-                    self.netns.insert(key, path.clone());
+            match found {
+                Some((path, inode)) => {
+                    self.netns.insert(key, (path.clone(), inode));
                     desired.push(NetnsLimits {
                         path,
                         limits,

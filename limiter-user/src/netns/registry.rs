@@ -91,39 +91,36 @@ impl Namespaces {
                     })?;
             }
         }
-        for NetnsLimits {
-            path,
-            limits,
-            keepalive,
-            pod,
-        } in all
-        {
-            let started = Netns::open(path)
-                .map_err(AgentError::from)
-                .and_then(|netns| {
-                    NetnsEnforcement::start(netns, limits, keepalive, &self.env, &mut self.dispatch)
-                });
-            match started {
-                Ok(enforcement) => {
-                    self.configured.insert(
-                        path.clone(),
-                        Configured {
-                            limits: limits.clone(),
-                            keepalive: keepalive.clone(),
-                            pod: pod.clone(),
-                            state: State::Enforcing(Box::new(enforcement)),
-                            source: Source::Settings,
-                        },
-                    );
-                }
-                Err(e) => {
-                    let keep = self.env.pins.as_ref().is_some_and(|p| p.adopting);
-                    self.stop_all(keep);
-                    return Err(e);
-                }
+        for netns in all {
+            if let Err(e) = self.start_new(netns, Source::Settings) {
+                let keep = self.env.pins.as_ref().is_some_and(|p| p.adopting);
+                self.stop_all(keep);
+                return Err(e);
             }
         }
         self.dispatch.prune();
+        Ok(())
+    }
+
+    /// Opens the namespace at `netns.path`, starts enforcing there and records it.
+    fn start_new(&mut self, netns: &NetnsLimits, source: Source) -> Result<(), AgentError> {
+        let enforcement = NetnsEnforcement::start(
+            Netns::open(&netns.path)?,
+            &netns.limits,
+            &netns.keepalive,
+            &self.env,
+            &mut self.dispatch,
+        )?;
+        self.configured.insert(
+            netns.path.clone(),
+            Configured {
+                limits: netns.limits.clone(),
+                keepalive: netns.keepalive.clone(),
+                pod: netns.pod.clone(),
+                state: State::Enforcing(Box::new(enforcement)),
+                source,
+            },
+        );
         Ok(())
     }
 
@@ -145,7 +142,11 @@ impl Namespaces {
                     netns = %path.display(),
                     "the network namespace {}: its programs, counts and metrics are removed{}",
                     if replaced { "at this path was replaced" } else { "went away" },
-                    if replaced { "; enforcing in the new one" } else { "; its limits apply again when the path names a namespace" }
+                    match (configured.source, replaced) {
+                        (Source::Kubernetes, _) => "; the pod's new namespace is looked for by its IP",
+                        (Source::Settings, true) => "; enforcing in the new one",
+                        (Source::Settings, false) => "; its limits apply again when the path names a namespace",
+                    }
                 );
                 let State::Enforcing(old) = std::mem::replace(
                     &mut configured.state,
@@ -156,6 +157,12 @@ impl Namespaces {
                     unreachable!("matched above");
                 };
                 old.stop(false, &mut self.dispatch);
+            }
+            // A pod's path (Kubernetes mode) is not reused for its next namespace, and a
+            // `/proc/PID/ns/net` may come to name another process's: the watch finds the pod's
+            // new namespace by its IP and replaces the entry.
+            if configured.source == Source::Kubernetes {
+                continue;
             }
             let started = Netns::open(path)
                 .map_err(AgentError::from)
@@ -290,43 +297,32 @@ impl Namespaces {
         // A namespace that cannot be enforced in does not stop the others; all errors are
         // returned together at the end.
         let mut errors = Vec::new();
-        for NetnsLimits {
-            path,
-            limits,
-            keepalive,
-            pod,
-        } in new
-        {
+        for wanted in new {
+            let NetnsLimits {
+                path,
+                limits,
+                keepalive,
+                ..
+            } = wanted;
             let Some(configured) = self.configured.get(path) else {
-                let started = Netns::open(path)
-                    .map_err(AgentError::from)
-                    .and_then(|netns| {
-                        NetnsEnforcement::start(
-                            netns,
-                            limits,
-                            keepalive,
-                            &self.env,
-                            &mut self.dispatch,
-                        )
-                    });
-                match started {
-                    Ok(enforcement) => {
-                        self.configured.insert(
-                            path.clone(),
-                            Configured {
-                                limits: limits.clone(),
-                                keepalive: keepalive.clone(),
-                                pod: pod.clone(),
-                                state: State::Enforcing(Box::new(enforcement)),
-                                source,
-                            },
-                        );
-                        done.push(format!("enforcing in {}", path.display()));
-                    }
+                match self.start_new(wanted, source) {
+                    Ok(()) => done.push(format!("enforcing in {}", path.display())),
                     Err(e) => errors.push(e.to_string()),
                 }
                 continue;
             };
+            // A pod's entry whose namespace went: the watch has found the pod's namespace again.
+            if source == Source::Kubernetes
+                && configured.source == source
+                && matches!(configured.state, State::Waiting { .. })
+            {
+                self.configured.remove(path);
+                match self.start_new(wanted, source) {
+                    Ok(()) => done.push(format!("enforcing in {}", path.display())),
+                    Err(e) => errors.push(e.to_string()),
+                }
+                continue;
+            }
             if configured.source != source {
                 done.push(format!(
                     "not applied in {}: its limits are configured by {}",
