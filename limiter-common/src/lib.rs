@@ -376,7 +376,7 @@ mod tests {
         assert_eq!(size_of::<ListenerConfig>(), 16);
         assert_eq!(size_of::<SlotListener>(), 40);
         assert_eq!(size_of::<SlotUsage>(), 24);
-        assert_eq!(size_of::<SlotStats>(), 88);
+        assert_eq!(size_of::<SlotStats>(), 96);
         assert_eq!(size_of::<OverLimit>(), 48);
         assert_eq!(size_of::<KeepaliveTarget>(), 20);
         assert_eq!(size_of::<KeepaliveConfig>(), 16);
