@@ -202,6 +202,29 @@ impl Agent {
         Agent::start_env(bed, args, &[])
     }
 
+    /// An echo server on the server's IPv4 address at `port`, and an agent limiting that
+    /// listener with `limit` (`N[:ACTION]`) and `extra` flags. Returns the server (keep it), the
+    /// listener's name as stats print it, and the agent.
+    pub fn with_echo_server(
+        bed: &TestBed,
+        port: u16,
+        limit: &str,
+        extra: &[&str],
+    ) -> (crate::client::EchoServer, String, Agent) {
+        let server = crate::client::EchoServer::start(
+            bed,
+            crate::Side::Server,
+            &crate::client::addr(bed.srv_v4, port),
+            crate::client::ServerMode::Echo,
+        );
+        let listener = format!("{}:{port}", bed.srv_v4);
+        let spec = format!("{listener}={limit}");
+        let mut args = vec!["--limit", spec.as_str()];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(bed, &args);
+        (server, listener, agent)
+    }
+
     /// [`Agent::start`] with environment variables set for the agent (e.g. `KUBECONFIG`).
     pub fn start_env(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let socket = Agent::socket_path();

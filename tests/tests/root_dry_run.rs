@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use limiter_tests::{
-    Agent, Side, TestBed,
-    client::{EchoServer, Hold, ServerMode, addr},
+    Agent, TestBed,
+    client::{Hold, addr},
 };
 
 const PORT: u16 = 8000;
@@ -15,14 +15,7 @@ const SETTLE: Duration = Duration::from_secs(20);
 #[test]
 fn root_dry_run_lets_everything_through_and_counts_what_it_would_refuse() {
     let bed = TestBed::new();
-    let _server = EchoServer::start(
-        &bed,
-        Side::Server,
-        &addr(bed.srv_v4, PORT),
-        ServerMode::Echo,
-    );
-    let listener = format!("{}:{PORT}", bed.srv_v4);
-    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=2:dry-run")]);
+    let (_server, listener, agent) = Agent::with_echo_server(&bed, PORT, "2:dry-run", &[]);
     let held = Hold::open(&bed, 5, &addr(bed.srv_v4, PORT), 2000);
     assert_eq!(
         held.result.connected, 5,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use limiter_tests::{
     Agent, Side, TestBed,
-    client::{EchoServer, Hold, ServerMode, addr, raw_syn_with},
+    client::{Hold, addr, raw_syn_with},
     eventually,
 };
 
@@ -42,22 +42,8 @@ fn refuse_a_syn_with_ip_options(bed: &TestBed, agent: &Agent) {
 #[test]
 fn root_a_kernel_event_reaches_the_agents_log_at_debug() {
     let bed = TestBed::new();
-    let _server = EchoServer::start(
-        &bed,
-        Side::Server,
-        &addr(bed.srv_v4, PORT),
-        ServerMode::Echo,
-    );
-    let listener = format!("{}:{PORT}", bed.srv_v4);
-    let agent = Agent::start(
-        &bed,
-        &[
-            "--limit",
-            &format!("{listener}=1:reset"),
-            "--log-level",
-            "debug",
-        ],
-    );
+    let (_server, _, agent) =
+        Agent::with_echo_server(&bed, PORT, "1:reset", &["--log-level", "debug"]);
     refuse_a_syn_with_ip_options(&bed, &agent);
     eventually(
         "the kernel's debug line in the agent's log",
@@ -79,14 +65,7 @@ fn root_a_kernel_event_reaches_the_agents_log_at_debug() {
 #[test]
 fn root_disabled_kernel_log_levels_log_nothing() {
     let bed = TestBed::new();
-    let _server = EchoServer::start(
-        &bed,
-        Side::Server,
-        &addr(bed.srv_v4, PORT),
-        ServerMode::Echo,
-    );
-    let listener = format!("{}:{PORT}", bed.srv_v4);
-    let agent = Agent::start(&bed, &["--limit", &format!("{listener}=1:reset")]);
+    let (_server, _, agent) = Agent::with_echo_server(&bed, PORT, "1:reset", &[]);
     refuse_a_syn_with_ip_options(&bed, &agent);
     std::thread::sleep(Duration::from_millis(500));
     let log = agent.stderr().join("\n");
