@@ -6,7 +6,8 @@
 //! The one with an interface holding the pod's `status.podIP` is the pod's, as Istio's CNI node
 //! agent checks it; the IP is what makes this independent of the runtime and cgroup layout. A
 //! pod IP belongs to one pod of the cluster at a time, so it cannot name another pod's
-//! namespace.
+//! namespace. (Opening another user's `/proc/PID/ns/net` takes CAP_SYS_PTRACE; the runtime's
+//! bind mounts need nothing more than read access to the directory.)
 use std::{
     collections::BTreeSet,
     fs,
