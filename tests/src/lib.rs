@@ -3,6 +3,7 @@
 //! follow: unique names, guards that clean up on panic, bounded loops, polling with deadlines).
 //!
 //! - [`netns`]: [`TestBed`], a server and a client namespace joined by a veth pair.
+//! - [`pins`]: a pin directory on bpffs, removed even when a test panics.
 //! - [`node`]: the bed as a Kubernetes node: pods behind veths, a NodePort DNAT.
 //! - [`kubernetes`]: a stand-in API server (list/watch JSON) for Kubernetes mode.
 //! - [`agent`]: [`Agent`], the real `limiter` binary running in the server namespace.
@@ -23,6 +24,7 @@ pub mod kubernetes;
 pub mod names;
 pub mod netns;
 pub mod node;
+pub mod pins;
 pub mod poll;
 pub mod process;
 pub mod program;

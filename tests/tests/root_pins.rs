@@ -5,7 +5,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -14,51 +13,11 @@ use limiter_tests::{
     Agent, Side, TestBed,
     client::{EchoServer, Hold, ServerMode, addr},
     names,
+    pins::PinDir,
 };
 
 const PORT: u16 = 8000;
 const LIMIT: u32 = 3;
-
-/// A unique pin directory on bpffs, removed (with whatever an agent left in it) when dropped,
-/// even if the test panics.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new() -> PinDir {
-        ensure_bpffs();
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/{}",
-            names::unique("pins", names::next_id())
-        )))
-    }
-
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// bpffs is not mounted on a fresh machine; the test setup mounts it, as a node's would be.
-fn ensure_bpffs() {
-    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
-    if !mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
-    {
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "mounting bpffs: {status:?}"
-        );
-    }
-}
 
 fn pins_exist(dir: &Path) -> bool {
     let layout = dir.join(format!("v{MAP_LAYOUT_VERSION}"));

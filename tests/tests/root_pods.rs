@@ -13,6 +13,7 @@ use limiter_tests::{
     eventually,
     flood::{Flood, probe},
     node::Pod,
+    pins::PinDir,
     refusal::check_refusal,
     sockopt::Keepalive,
 };
@@ -252,10 +253,13 @@ fn root_set_and_unset_in_a_pod_live() {
 /// the agent. Then the agent restarts with pins and adopts the pod's live count.
 #[test]
 fn root_pod_restart_and_agent_restart_with_pins() {
+    // Dropped last: removed (and with it whatever the agent left attached) even if the test
+    // fails.
+    let pins = PinDir::new();
     let bed = TestBed::new();
     let pod = bed.add_pod();
     let netns = netns_of(&pod);
-    let pin_dir = format!("/sys/fs/bpf/{}", bed.srv_ns);
+    let pin_dir = pins.arg();
     let server = serve(&bed, &pod);
     let agent = agent_for(
         &bed,
@@ -480,10 +484,11 @@ fn root_spoofed_flood_at_a_pod_keeps_real_clients_in() {
 /// agent lets go of the namespace (its veth disappears from the node), all without a restart.
 #[test]
 fn root_a_pod_that_goes_away_leaves_nothing_behind() {
+    let pins = PinDir::new();
     let bed = TestBed::new();
     let pod = bed.add_pod();
     let netns = netns_of(&pod);
-    let pin_dir = format!("/sys/fs/bpf/{}", bed.srv_ns);
+    let pin_dir = pins.arg();
     let server = serve(&bed, &pod);
     let agent = agent_for(&bed, &[(&pod, "8000=3")], &["--pin-dir", &pin_dir]);
     let (status, metrics) = http_get(&bed, "/metrics");
