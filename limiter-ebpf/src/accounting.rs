@@ -132,7 +132,7 @@ fn established(ctx: &SockOpsContext) {
         warn!(
             ctx,
             "a connection to port {} could not be tracked (SOCKETS full): not counted",
-            flow_port(ctx)
+            flow.local_port
         );
         return;
     }
@@ -186,12 +186,6 @@ fn closed(ctx: &SockOpsContext) {
         }
         count_slot(slot, |s| &mut s.closed);
     }
-}
-
-/// The local port of the socket, for log lines.
-#[inline(always)]
-fn flow_port(ctx: &SockOpsContext) -> u32 {
-    ctx.local_port()
 }
 
 /// Hands the handshake's reservation over: whoever deletes the PENDING entry owns it (the

@@ -63,6 +63,16 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Where the API server is (in-cluster, or KUBECONFIG) is known before anything is loaded.
+    let kubernetes = match (args.kubernetes, &args.node_name) {
+        (true, Some(node)) => Some((
+            kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubernetes: no API server to talk to: {e}"))?,
+            node.clone(),
+        )),
+        _ => None,
+    };
     let pins = args.pin_dir.as_deref().map(PinDir::open).transpose()?;
 
     let setup = Setup {
@@ -72,6 +82,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         pins: pins.as_ref(),
         control: &control,
         attachments,
+        kubernetes,
     };
     match enforce(setup, settings, proxies, metrics).await {
         Ok(keep) => {
@@ -277,6 +288,8 @@ struct Setup<'a> {
     control: &'a ControlSocket,
     /// The XDP mode of each interface.
     attachments: Vec<Attachment>,
+    /// `--kubernetes`: the API server's client and this node's name.
+    kubernetes: Option<(kube::Client, String)>,
 }
 
 /// Every action the limits can ask for (each limit's, and `--over-limit` for later `set`s)
@@ -317,6 +330,7 @@ async fn enforce(
         pins,
         control,
         attachments,
+        kubernetes,
     } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
@@ -324,27 +338,11 @@ async fn enforce(
     let mut table = LimitTable::new(maps, settings.over_limit);
     table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
     table.set_attachments(attachments.clone());
-    if pins.is_some_and(|p| p.adopting) {
-        let adopted = table.adopt();
-        tracing::info!(
-            pin_dir = %pins_dir(args).display(),
-            "adopted {} limit(s) with their live counts",
-            adopted.len()
-        );
-        // The settings say what is in force now: drop adopted limits they no longer name.
-        for listener in adopted.iter().filter(|l| settings.limit_for(l).is_none()) {
-            table.unset(listener)?;
-            tracing::info!(%listener, "limit removed (no longer configured)");
-        }
-    }
-    for spec in &settings.limits {
-        let now = table.set(spec)?;
-        tracing::info!("limit set: {now}");
-    }
-    for (destinations, keepalive) in &settings.keepalive_for {
-        table.set_keepalive_policy(destinations, keepalive)?;
-        tracing::info!(%destinations, %keepalive, "keepalive policy set");
-    }
+    table.configure(
+        pins.is_some_and(|p| p.adopting),
+        &settings.limits,
+        &settings.keepalive_for,
+    )?;
     programs.attach_accounting(cgroup, pins)?;
     tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
     programs.attach_admission(&attachments, pins)?;
@@ -435,19 +433,9 @@ async fn enforce(
     let mut netns_watch = tokio::time::interval(WATCH_EVERY);
     netns_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Kubernetes mode: the watches start once everything else is in place.
-    let kubernetes_task = match (args.kubernetes, &args.node_name) {
-        (true, Some(node)) => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| anyhow::anyhow!("--kubernetes: no API server to talk to: {e}"))?;
-            Some(tokio::spawn(crate::kubernetes::watch::run(
-                client,
-                node.clone(),
-                state.clone(),
-            )))
-        }
-        _ => None,
-    };
+    let kubernetes_task = kubernetes.map(|(client, node)| {
+        tokio::spawn(crate::kubernetes::watch::run(client, node, state.clone()))
+    });
     tracing::info!("ready");
 
     let signal_name = loop {

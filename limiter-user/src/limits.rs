@@ -17,6 +17,7 @@ use limiter_common::{
 use crate::{
     error::AgentError,
     flood::FloodWatch,
+    keepalive::{Destinations, KeepaliveSpec},
     kernel::Maps,
     listener::{Action, LimitSpec, Listener},
     proxy::coverage,
@@ -276,6 +277,43 @@ impl LimitTable {
         if let Ok(zeros) = PerCpuValues::try_from(vec![SlotStats::default(); cpus]) {
             let _ = self.maps.slot_stats.set(slot, zeros, 0);
         }
+    }
+
+    /// Puts `limits` and `keepalive` in force at start: after adopting what an earlier agent
+    /// left in pinned maps (`adopting`), dropping the adopted limits no longer configured, so
+    /// the configuration says what is in force. Logs each step, naming the namespace.
+    pub fn configure<'a>(
+        &mut self,
+        adopting: bool,
+        limits: &[LimitSpec],
+        keepalive: impl IntoIterator<Item = &'a (Destinations, KeepaliveSpec)>,
+    ) -> Result<(), AgentError> {
+        let netns = self.netns.clone();
+        let netns = netns.as_deref();
+        if adopting {
+            let adopted = self.adopt();
+            tracing::info!(
+                netns,
+                "adopted {} limit(s) with their live counts",
+                adopted.len()
+            );
+            for listener in adopted
+                .iter()
+                .filter(|l| !limits.iter().any(|s| s.listener == **l))
+            {
+                self.unset(listener)?;
+                tracing::info!(netns, %listener, "limit removed (no longer configured)");
+            }
+        }
+        for spec in limits {
+            let now = self.set(spec)?;
+            tracing::info!(netns, "limit set: {now}");
+        }
+        for (destinations, keepalive) in keepalive {
+            self.set_keepalive_policy(destinations, keepalive)?;
+            tracing::info!(netns, %destinations, %keepalive, "keepalive policy set");
+        }
+        Ok(())
     }
 
     /// Takes over the limits and slots an earlier agent left in pinned maps; returns the

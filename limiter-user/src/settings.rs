@@ -46,7 +46,7 @@ impl Settings {
         } else {
             flags.ifaces.clone()
         };
-        let namespaces = netns_limits(file.namespaces, flags.netns_limits()?)?;
+        let namespaces = netns_limits(file.namespaces, flags.netns_limits()?);
         if ifaces.is_empty() && namespaces.is_empty() && !flags.kubernetes {
             return Err(
                 "--iface: no interface given (pass --iface, or `interfaces:` in --config)".into(),
@@ -210,10 +210,7 @@ impl Change {
 
 /// The file's namespaces with the flags' `--limit-in` over them: a flag's limit replaces the
 /// file's for that listener in that namespace.
-fn netns_limits(
-    file: Vec<NetnsLimits>,
-    flags: Vec<(PathBuf, LimitSpec)>,
-) -> Result<Vec<NetnsLimits>, String> {
+fn netns_limits(file: Vec<NetnsLimits>, flags: Vec<(PathBuf, LimitSpec)>) -> Vec<NetnsLimits> {
     let mut namespaces = file;
     for (path, spec) in flags {
         match namespaces.iter_mut().find(|n| n.path == path) {
@@ -229,7 +226,7 @@ fn netns_limits(
             }),
         }
     }
-    Ok(namespaces)
+    namespaces
 }
 
 /// Each namespace limit's action, resolved; `close` needs the agent's proxy, which listens in

@@ -20,14 +20,17 @@ use crate::netns::{Netns, path::current_inode};
 /// Where container runtimes bind-mount pod network namespaces.
 pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
-/// The path of the network namespace holding `ip`, if any on this node.
-pub fn find(ip: IpAddr) -> Option<PathBuf> {
+/// The path and inode of the network namespace holding `ip`, if any on this node.
+pub fn find(ip: IpAddr) -> Option<(PathBuf, u64)> {
     let own = current_inode(Path::new("/proc/self/ns/net"));
     let mut seen: BTreeSet<u64> = own.into_iter().collect();
     candidates()
         .into_iter()
-        .filter(|path| current_inode(path).is_some_and(|inode| seen.insert(inode)))
-        .find(|path| holds(path, ip))
+        .filter_map(|path| {
+            let inode = current_inode(&path).filter(|inode| seen.insert(*inode))?;
+            Some((path, inode))
+        })
+        .find(|(path, _)| holds(path, ip))
 }
 
 fn candidates() -> Vec<PathBuf> {

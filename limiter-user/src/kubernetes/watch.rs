@@ -153,10 +153,7 @@ impl Sync {
                 .filter(|(path, inode)| crate::netns::path::current_inode(path) == Some(*inode));
             let found = match cached {
                 Some(found) => Some(found.clone()),
-                None => pod_netns::find(*ip).and_then(|path| {
-                    let inode = crate::netns::path::current_inode(&path)?;
-                    Some((path, inode))
-                }),
+                None => pod_netns::find(*ip),
             };
             match found {
                 Some((path, inode)) => {
@@ -190,9 +187,7 @@ impl Sync {
         self.netns.retain(|key, _| live.contains(key));
 
         let applied = state
-            .namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_namespaces()
             .apply_from(Source::Kubernetes, &desired);
         match applied {
             Ok(done) => {

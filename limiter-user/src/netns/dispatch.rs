@@ -41,8 +41,8 @@ impl Dispatch {
         }
     }
 
-    /// Routes the sockets of the namespace with `cookie` to `program`; returns its index.
-    pub fn add(&mut self, cookie: u64, program: &ProgramFd) -> Result<u32, AgentError> {
+    /// Routes the sockets of the namespace with `cookie` to `program`.
+    pub fn add(&mut self, cookie: u64, program: &ProgramFd) -> Result<(), AgentError> {
         self.adopted.retain(|c| *c != cookie);
         let index = match self.entries.get(&cookie) {
             Some(&index) => index,
@@ -61,7 +61,7 @@ impl Dispatch {
             .insert(cookie, index, 0)
             .map_err(AgentError::map(map_names::NETNS_INDEX))?;
         self.entries.insert(cookie, index);
-        Ok(index)
+        Ok(())
     }
 
     /// Stops routing the namespace's sockets anywhere.

@@ -93,12 +93,14 @@ impl NetnsEnforcement {
             .map_err(in_netns)?;
         crate::agent::check_actions_deliverable(limits, env.over_limit, &attachments)
             .map_err(in_netns)?;
-        let mut pins = env
-            .pins
-            .as_ref()
-            .map(|p| p.for_netns(netns.path()))
-            .transpose()
-            .map_err(in_netns)?;
+        let open_pins = || {
+            env.pins
+                .as_ref()
+                .map(|p| p.for_netns(netns.path()))
+                .transpose()
+                .map_err(in_netns)
+        };
+        let mut pins = open_pins()?;
         let (programs, maps) = match kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()) {
             // Pins of the namespace that was at this path before (a pod that restarted while
             // no agent ran): its counts mean nothing here.
@@ -111,12 +113,7 @@ impl NetnsEnforcement {
                         source,
                     })
                 })?;
-                pins = env
-                    .pins
-                    .as_ref()
-                    .map(|p| p.for_netns(netns.path()))
-                    .transpose()
-                    .map_err(in_netns)?;
+                pins = open_pins()?;
                 kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()).map_err(in_netns)?
             }
             loaded => loaded.map_err(in_netns)?,
@@ -153,26 +150,13 @@ impl NetnsEnforcement {
         let label = self.label();
         self.table.netns = Some(label.clone());
         self.table.set_attachments(self.attachments.clone());
-        if self.pins.as_ref().is_some_and(|p| p.adopting) {
-            let adopted = self.table.adopt();
-            tracing::info!(netns = %label, "adopted {} limit(s) with their live counts", adopted.len());
-            for listener in adopted
-                .iter()
-                .filter(|l| !limits.iter().any(|s| s.listener == **l))
-            {
-                self.table.unset(listener)?;
-                tracing::info!(netns = %label, %listener, "limit removed (no longer configured)");
-            }
-        }
-        for spec in limits {
-            let now = self.table.set(spec)?;
-            tracing::info!(netns = %label, "limit set: {now}");
-        }
-        // The agent's policies, then this namespace's own (which win for the same
+        // The agent's keepalive policies, then this namespace's own (which win for the same
         // destinations).
-        for (destinations, spec) in env.keepalive_for.iter().chain(keepalive) {
-            self.table.set_keepalive_policy(destinations, spec)?;
-        }
+        self.table.configure(
+            self.pins.as_ref().is_some_and(|p| p.adopting),
+            limits,
+            env.keepalive_for.iter().chain(keepalive),
+        )?;
         // Counting starts with the dispatch entry: from then on the agent's accounting program
         // hands this namespace's sockets to this copy's.
         let accounting = self.programs.load_accounting()?;

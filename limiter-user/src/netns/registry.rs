@@ -208,33 +208,23 @@ impl Namespaces {
 
     /// `limiter set --netns PATH`: a namespace not configured yet must be one now.
     pub fn set(&mut self, path: &Path, spec: &LimitSpec) -> Result<String, AgentError> {
-        let Some(configured) = self.configured.get_mut(path) else {
-            let mut enforcement = NetnsEnforcement::start(
-                Netns::open(path)?,
-                &[],
-                &[],
-                &self.env,
-                &mut self.dispatch,
-            )?;
-            let now = match in_netns(path, enforcement.table.set(spec)) {
-                Ok(now) => now,
-                Err(e) => {
-                    enforcement.stop(false, &mut self.dispatch);
-                    return Err(e);
-                }
+        if !self.configured.contains_key(path) {
+            let netns = NetnsLimits {
+                path: path.to_owned(),
+                limits: vec![*spec],
+                ..NetnsLimits::default()
             };
-            self.configured.insert(
-                path.to_owned(),
-                Configured {
-                    limits: vec![*spec],
-                    keepalive: Vec::new(),
-                    pod: None,
-                    state: State::Enforcing(Box::new(enforcement)),
-                    source: Source::Settings,
-                },
-            );
-            return Ok(format!("{now} in {} (now enforcing in it)", path.display()));
-        };
+            self.start_new(&netns, Source::Settings)?;
+            let action = spec.action.unwrap_or(self.env.over_limit);
+            return Ok(format!(
+                "{}={}:{} in {} (now enforcing in it)",
+                spec.listener,
+                spec.limit,
+                action.as_str(),
+                path.display()
+            ));
+        }
+        let configured = self.configured.get_mut(path).expect("checked just above");
         let now = match &mut configured.state {
             State::Enforcing(enforcement) => in_netns(path, enforcement.table.set(spec))?,
             State::Waiting { .. } => format!("{spec} (applied when the path names a namespace)"),
@@ -506,6 +496,15 @@ impl Namespaces {
                 State::Enforcing(enforcement) => Some(enforcement.as_mut()),
                 State::Waiting { .. } => None,
             })
+    }
+}
+
+/// An agent that stops on an error (after the namespaces started) detaches them as well, and
+/// removes their pins unless they were adopted; after `stop_all` there is nothing left to do.
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        let adopted = self.env.pins.as_ref().is_some_and(|p| p.adopting);
+        self.stop_all(adopted);
     }
 }
 
