@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -24,6 +24,14 @@ pub const MAX_TRACKED_SOCKETS: u32 = 1 << 20;
 /// for that namespace's sockets, so a connection event runs one sock_ops program however many
 /// namespaces there are.
 pub const MAX_NETNS: u32 = 1024;
+/// Client addresses holding connections on listeners with a per-source limit (`SOURCES`). An
+/// entry exists only while its source holds an established connection, so there can never be
+/// more than there are tracked sockets: the table cannot fill before SOCKETS does, and forged
+/// sources, which never complete a handshake, never take an entry.
+pub const MAX_SOURCES: u32 = MAX_TRACKED_SOCKETS;
+/// Connections that were established before their listener was limited, handed by the agent to
+/// the `adopt` iterator to be counted (`PREEXISTING`); filled and emptied per run.
+pub const MAX_PREEXISTING: u32 = 65_536;
 /// One entry per TCP port: how many listeners use it, and the slot of the only one (see
 /// [`port_entry`]). Lets XDP pass other ports after one array lookup, and find a port's only
 /// listener by index instead of by hash.
@@ -70,7 +78,9 @@ pub mod map_names {
     pub const OVER_LIMIT: &str = "OVER_LIMIT";
     pub const NETNS_INDEX: &str = "NETNS_INDEX";
     pub const NETNS_ACCOUNTING: &str = "NETNS_ACCOUNTING";
-    pub const ALL: [&str; 13] = [
+    pub const SOURCES: &str = "SOURCES";
+    pub const PREEXISTING: &str = "PREEXISTING";
+    pub const ALL: [&str; 15] = [
         LISTENERS,
         PORTS,
         SLOT_LISTENERS,
@@ -84,6 +94,8 @@ pub mod map_names {
         OVER_LIMIT,
         NETNS_INDEX,
         NETNS_ACCOUNTING,
+        SOURCES,
+        PREEXISTING,
     ];
 }
 
@@ -94,6 +106,10 @@ pub mod program_names {
     /// sock_ops: where the count goes up (established) and down (closed), and where keepalive
     /// is set on connections of processes the agent does not own.
     pub const ACCOUNTING: &str = "accounting";
+    /// iter/tcp: counts connections established before their listener was limited (an agent
+    /// started without pins, a limit added live), run by the agent over each namespace's
+    /// sockets.
+    pub const ADOPT: &str = "adopt";
 }
 
 /// Keepalive policies for connections of unmodified processes (`--keepalive-for`).
@@ -144,11 +160,73 @@ pub struct ListenerKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerConfig {
+    /// [`NO_LIMIT`] when the listener has only a per-source limit.
     pub limit: u64,
     /// Index into [`SLOT_USAGE`] / [`SLOT_STATS`].
     pub slot: u32,
     /// One of [`action`].
     pub action: u32,
+    /// Active connections one client address ([`SourceKey`]) may hold; 0: no per-source limit.
+    pub source_limit: u32,
+    /// One of [`action`] (never `CLOSE`), for SYNs over the per-source limit.
+    pub source_action: u32,
+}
+
+/// [`ListenerConfig::limit`] of a listener limited per source only.
+pub const NO_LIMIT: u64 = u64::MAX;
+
+/// One client of one listener, for per-source limits: an IPv4 address, or an IPv6 /64 (one
+/// IPv6 client owns a whole /64, so counting addresses would let it take the listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// The listener's slot: each listener counts its sources apart.
+    pub slot: u32,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u16,
+    pub _pad: u16,
+    /// Network order: the IPv4 address in `addr[0]` (`addr[1]` zero), or the IPv6 /64.
+    pub addr: [u32; 2],
+}
+
+impl SourceKey {
+    /// The source of a connection, as both XDP and sock_ops build it from a [`FlowKey`].
+    #[inline(always)]
+    pub fn of(slot: u32, flow: &FlowKey) -> Self {
+        SourceKey {
+            slot,
+            family: flow.family,
+            _pad: 0,
+            addr: [
+                flow.remote_addr[0],
+                if flow.family == family::V6 {
+                    flow.remote_addr[1]
+                } else {
+                    0
+                },
+            ],
+        }
+    }
+}
+
+/// A `SOURCES` value (connections the source holds) while its last connection's close is
+/// deleting the entry: a new connection from that source seeing it waits for the entry to go
+/// and makes a fresh one, so no count lands in an entry being deleted.
+pub const SOURCE_DYING: u64 = u64::MAX;
+
+/// A counted socket (`SOCKETS`, by socket cookie): the slot it holds and whether it holds a
+/// place in its source's count too (it is given back at close only then, so a per-source limit
+/// set or removed while connections are open never miscounts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackedSocket {
+    pub slot: u32,
+    /// [`tracked::COUNTED_PER_SOURCE`] or 0.
+    pub flags: u32,
+}
+
+pub mod tracked {
+    pub const COUNTED_PER_SOURCE: u32 = 1;
 }
 
 /// A slot's listener and settings, as in `LISTENERS`: where admission finds a port's only
@@ -219,6 +297,16 @@ pub struct SlotStats {
     /// `dry-run` listeners: SYNs (and, in flood mode, completed handshakes) over the limit let
     /// through that any other action would have refused.
     pub dry_run_would_refuse: u64,
+    /// SYNs refused (dropped or reset) because their source held its per-source limit; also
+    /// counted in `refused_drop` / `refused_reset`.
+    pub refused_per_source: u64,
+    /// Connections whose handshake completed with their source already at its per-source limit
+    /// (several SYNs from one client in flight at once), handed to the agent to be reset (not
+    /// counted).
+    pub per_source_over_limit_established: u64,
+    /// Connections that were established before the listener was limited, counted by the agent
+    /// at start or when the limit was set.
+    pub preexisting: u64,
 }
 
 impl SlotStats {
@@ -236,6 +324,9 @@ impl SlotStats {
         self.proven_syn_passed += other.proven_syn_passed;
         self.dry_run_would_refuse += other.dry_run_would_refuse;
         self.over_limit_established += other.over_limit_established;
+        self.refused_per_source += other.refused_per_source;
+        self.per_source_over_limit_established += other.per_source_over_limit_established;
+        self.preexisting += other.preexisting;
     }
 }
 
@@ -362,6 +453,8 @@ mod pod {
     unsafe impl aya::Pod for KeepaliveTarget {}
     unsafe impl aya::Pod for KeepaliveConfig {}
     unsafe impl aya::Pod for OverLimit {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for TrackedSocket {}
 }
 
 #[cfg(test)]
@@ -373,10 +466,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ListenerKey>(), 20);
-        assert_eq!(size_of::<ListenerConfig>(), 16);
-        assert_eq!(size_of::<SlotListener>(), 40);
+        assert_eq!(size_of::<ListenerConfig>(), 24);
+        assert_eq!(size_of::<SlotListener>(), 48);
         assert_eq!(size_of::<SlotUsage>(), 24);
-        assert_eq!(size_of::<SlotStats>(), 96);
+        assert_eq!(size_of::<SlotStats>(), 120);
+        assert_eq!(size_of::<SourceKey>(), 16);
+        assert_eq!(size_of::<TrackedSocket>(), 8);
         assert_eq!(size_of::<OverLimit>(), 48);
         assert_eq!(size_of::<KeepaliveTarget>(), 20);
         assert_eq!(size_of::<KeepaliveConfig>(), 16);

@@ -5,10 +5,14 @@
 //! (deleting the PENDING entry is the hand-off). Without one, a listener in flood mode admits
 //! here with the same atomic reservation XDP uses (over the limit the connection goes to the
 //! agent, which resets it); otherwise a slot is taken unconditionally: the kernel already holds
-//! the connection. The socket is then tagged in SOCKETS and asked for state callbacks.
+//! the connection. A listener with a per-source limit then takes a place in the source's count
+//! (`sources.rs`); a source found over its limit here (several handshakes in flight at once) has
+//! its connection reset by the agent. The socket is then tagged in SOCKETS and asked for state
+//! callbacks.
 //!
 //! Down: when a tagged socket reaches CLOSE (FIN, RST or timeout, whichever side). Deleting the
-//! tag is what makes every decrement match exactly one increment.
+//! tag is what makes every decrement match exactly one increment, of the listener's count and,
+//! if the tag says it holds one, of its source's.
 //!
 //! Outgoing connections (ACTIVE_ESTABLISHED) go to [`keepalive`].
 //!
@@ -26,12 +30,16 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
-use limiter_common::{FlowKey, OverLimit, action, family};
+use limiter_common::{
+    FlowKey, ListenerConfig, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family,
+    tracked,
+};
 
 use crate::{
     atomic::Usage,
     keepalive, listeners,
     maps::{AGENT_CONFIG, NETNS_ACCOUNTING, NETNS_INDEX, OVER_LIMIT, PENDING, SOCKETS, count_slot},
+    sources::{self, Take},
 };
 
 const AF_INET: u32 = 2;
@@ -80,11 +88,12 @@ fn established(ctx: &SockOpsContext) {
     let Some(flow) = flow_of(ctx) else {
         return;
     };
+    let listener = listeners::lookup(flow.family, &flow.local_addr, flow.local_port);
     let slot = match take_reservation(&flow) {
+        // (Its listener may have been unset since the SYN: the slot counts it all the same.)
         Some(slot) => slot,
         None => {
-            let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
-            else {
+            let Some(listener) = listener else {
                 return;
             };
             let Some(usage) = Usage::of(listener.slot) else {
@@ -108,7 +117,9 @@ fn established(ctx: &SockOpsContext) {
                         count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
                         usage.reserve_unconditionally();
                     } else {
-                        over_limit(ctx, &flow, listener.slot);
+                        over_limit(ctx, &flow, listener.slot, |s| {
+                            &mut s.over_limit_established
+                        });
                         return;
                     }
                 }
@@ -124,11 +135,15 @@ fn established(ctx: &SockOpsContext) {
     let Some(usage) = Usage::of(slot) else {
         return;
     };
+    let Some(flags) = take_source_place(ctx, &flow, slot, listener.as_ref()) else {
+        usage.release_reservation();
+        return;
+    };
     // SAFETY: the helper only reads the socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if SOCKETS.insert(&cookie, &slot, BPF_NOEXIST as u64).is_err() {
-        usage.release_reservation();
-        count_slot(slot, |s| &mut s.untracked);
+    let tag = TrackedSocket { slot, flags };
+    if SOCKETS.insert(&cookie, &tag, BPF_NOEXIST as u64).is_err() {
+        untrack(&usage, &flow, &tag);
         warn!(
             ctx,
             "a connection to port {} could not be tracked (SOCKETS full): not counted",
@@ -142,19 +157,69 @@ fn established(ctx: &SockOpsContext) {
     {
         // Without state callbacks the close would never be seen: do not count it at all.
         let _ = SOCKETS.remove(&cookie);
-        usage.release_reservation();
-        count_slot(slot, |s| &mut s.untracked);
+        untrack(&usage, &flow, &tag);
         return;
     }
     usage.established();
     count_slot(slot, |s| &mut s.established);
 }
 
+/// The connection's place in its source's count, for a listener with a per-source limit: the
+/// flags of its SOCKETS tag, or `None` when its source is over the limit (the connection is then
+/// handed to the agent to be reset, and the caller gives back its listener slot).
+#[inline(always)]
+fn take_source_place(
+    ctx: &SockOpsContext,
+    flow: &FlowKey,
+    slot: u32,
+    listener: Option<&ListenerConfig>,
+) -> Option<u32> {
+    // A listener limited per source, still on the slot this connection holds.
+    let Some(listener) = listener.filter(|l| l.source_limit != 0 && l.slot == slot) else {
+        return Some(0);
+    };
+    // A dry run counts the source's connections as they are; XDP counted the SYN that would
+    // have been refused.
+    let limit = (listener.source_action != action::DRY_RUN).then_some(listener.source_limit as u64);
+    match sources::take(&SourceKey::of(slot, flow), limit) {
+        Take::Taken => Some(tracked::COUNTED_PER_SOURCE),
+        Take::Over => {
+            over_limit(ctx, flow, slot, |s| &mut s.per_source_over_limit_established);
+            None
+        }
+        Take::Lost => {
+            // Too rare to cost a real client more than a retry; never an uncounted connection.
+            warn!(
+                ctx,
+                "the source of a connection to port {} could not be counted (SOURCES full or busy): reset",
+                flow.local_port
+            );
+            over_limit(ctx, flow, slot, |s| &mut s.per_source_over_limit_established);
+            None
+        }
+    }
+}
+
+/// Gives back what a connection that cannot be tracked took.
+#[inline(always)]
+fn untrack(usage: &Usage, flow: &FlowKey, tag: &TrackedSocket) {
+    usage.release_reservation();
+    if tag.flags & tracked::COUNTED_PER_SOURCE != 0 {
+        sources::give_back(&SourceKey::of(tag.slot, flow));
+    }
+    count_slot(tag.slot, |s| &mut s.untracked);
+}
+
 /// Hands a connection established over the limit to the agent, which resets it (sock_ops
 /// cannot abort a socket). If the ring is full the connection stays, uncounted, and the
 /// agent's report shows the loss.
 #[inline(always)]
-fn over_limit(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) {
+fn over_limit(
+    ctx: &SockOpsContext,
+    flow: &FlowKey,
+    slot: u32,
+    counter: fn(&mut SlotStats) -> &mut u64,
+) {
     // SAFETY: the helper only reads the socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let event = OverLimit {
@@ -162,7 +227,7 @@ fn over_limit(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) {
         cookie,
     };
     if OVER_LIMIT.output::<OverLimit>(&event, 0).is_ok() {
-        count_slot(slot, |s| &mut s.over_limit_established);
+        count_slot(slot, counter);
     } else {
         count_slot(slot, |s| &mut s.untracked);
         warn!(
@@ -177,14 +242,19 @@ fn over_limit(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) {
 fn closed(ctx: &SockOpsContext) {
     // SAFETY: the helper only reads the socket's cookie.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let Some(&slot) = (unsafe { SOCKETS.get(&cookie) }) else {
+    let Some(&tag) = (unsafe { SOCKETS.get(&cookie) }) else {
         return;
     };
     if SOCKETS.remove(&cookie).is_ok() {
-        if let Some(usage) = Usage::of(slot) {
+        if let Some(usage) = Usage::of(tag.slot) {
             usage.closed();
         }
-        count_slot(slot, |s| &mut s.closed);
+        if tag.flags & tracked::COUNTED_PER_SOURCE != 0
+            && let Some(flow) = flow_of(ctx)
+        {
+            sources::give_back(&SourceKey::of(tag.slot, &flow));
+        }
+        count_slot(tag.slot, |s| &mut s.closed);
     }
 }
 

@@ -6,6 +6,9 @@
 //! reservation is handed to accounting when the handshake completes, or released by the agent
 //! when it does not complete in time.
 //!
+//! A listener with a per-source limit first refuses a SYN whose source already holds that many
+//! established connections: one hash lookup, no state (`sources.rs`).
+//!
 //! In flood mode (`limiter_common::admission_mode::FLOOD`, set by the agent when reservations
 //! stop completing) a SYN takes nothing: a full listener still refuses it here, at the same
 //! cost, and any other passes; accounting admits the connection once the kernel has completed
@@ -17,14 +20,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use limiter_common::{ListenerConfig, Pending, action, packet_stat};
+use limiter_common::{Pending, SourceKey, action, packet_stat};
 
 use crate::{
     atomic::Usage,
     listeners,
     maps::{PENDING, count_packet, count_slot},
     packet::{self, Frame, Syn},
-    reset,
+    reset, sources,
 };
 
 const EEXIST: i32 = 17;
@@ -48,9 +51,20 @@ pub fn admission(ctx: XdpContext) -> u32 {
     let Some(usage) = Usage::of(listener.slot) else {
         return pass(packet_stat::NOT_OURS);
     };
+    if listener.source_limit != 0
+        && sources::at_limit(&SourceKey::of(listener.slot, flow), listener.source_limit)
+    {
+        // A dry run counts it and goes on to the listener's own limit.
+        if listener.source_action == action::DRY_RUN {
+            count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
+        } else {
+            count_slot(listener.slot, |s| &mut s.refused_per_source);
+            return refuse(&ctx, &syn, listener.slot, listener.source_action);
+        }
+    }
     if usage.flood_mode() {
         if usage.full(listener.limit) {
-            return refuse(&ctx, &syn, &listener);
+            return refuse(&ctx, &syn, listener.slot, listener.action);
         }
         count_slot(listener.slot, |s| &mut s.proven_syn_passed);
         return pass(packet_stat::SYN_PASSED);
@@ -63,7 +77,7 @@ pub fn admission(ctx: XdpContext) -> u32 {
             count_slot(listener.slot, |s| &mut s.syn_retransmitted);
             return pass(packet_stat::SYN_PASSED);
         }
-        return refuse(&ctx, &syn, &listener);
+        return refuse(&ctx, &syn, listener.slot, listener.action);
     }
     // SAFETY: a helper without arguments or side effects.
     let since_ns = unsafe { bpf_ktime_get_ns() };
@@ -95,7 +109,7 @@ pub fn admission(ctx: XdpContext) -> u32 {
                 &ctx,
                 "PENDING table full: SYN to port {} refused", flow.local_port
             );
-            refuse(&ctx, &syn, &listener)
+            refuse(&ctx, &syn, listener.slot, listener.action)
         }
     }
 }
@@ -106,18 +120,20 @@ fn pass(counter: u32) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Refuses a SYN for listener `slot` with the action `refusal` (the listener's, or its
+/// per-source one).
 #[inline(always)]
-fn refuse(ctx: &XdpContext, syn: &Syn, listener: &ListenerConfig) -> u32 {
+fn refuse(ctx: &XdpContext, syn: &Syn, slot: u32, refusal: u32) -> u32 {
     // Dry run: what would have been refused passes, counted; it takes no slot (accounting
     // counts the connection if it is established, so the count shows the real load).
-    if listener.action == action::DRY_RUN {
-        count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
+    if refusal == action::DRY_RUN {
+        count_slot(slot, |s| &mut s.dry_run_would_refuse);
         return pass(packet_stat::SYN_PASSED);
     }
     count_packet(packet_stat::SYN_REFUSED);
-    if listener.action == action::RESET {
+    if refusal == action::RESET {
         if reset::reply(ctx, syn) {
-            count_slot(listener.slot, |s| &mut s.refused_reset);
+            count_slot(slot, |s| &mut s.refused_reset);
             return xdp_action::XDP_TX;
         }
         count_packet(packet_stat::RESET_FELL_BACK_TO_DROP);
@@ -127,6 +143,6 @@ fn refuse(ctx: &XdpContext, syn: &Syn, listener: &ListenerConfig) -> u32 {
             syn.flow.local_port
         );
     }
-    count_slot(listener.slot, |s| &mut s.refused_drop);
+    count_slot(slot, |s| &mut s.refused_drop);
     xdp_action::XDP_DROP
 }

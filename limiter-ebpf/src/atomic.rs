@@ -1,6 +1,6 @@
 //! The shared per-listener budget, changed only with atomic read-modify-write instructions
 //! (BPF_ATOMIC | BPF_FETCH, Linux 5.12+), so SYNs on several CPUs can never over-admit.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use limiter_common::{SlotUsage, admission_mode};
 
@@ -97,11 +97,11 @@ impl Usage {
 /// `lock +=` (BPF_ADD without BPF_FETCH) even when the result is used, so the "old value" would be
 /// the addend. SeqCst selects `atomic_fetch_add` (BPF_ADD | BPF_FETCH), which also acts as a
 /// full barrier in the kernel.
-struct Counter(*mut u64);
+pub struct Counter(pub *mut u64);
 
 impl Counter {
     #[inline(always)]
-    fn load(&self) -> u64 {
+    pub fn load(&self) -> u64 {
         // A plain (volatile) 64-bit load is single-copy atomic on BPF; the BPF backend has no
         // instruction for an LLVM atomic load.
         // SAFETY: `self.0` points into a live map value (see `Usage::of`).
@@ -109,15 +109,28 @@ impl Counter {
     }
 
     #[inline(always)]
-    fn fetch_add(&self, n: u64) -> u64 {
+    pub fn fetch_add(&self, n: u64) -> u64 {
         // SAFETY: as for `load`.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n) }
     }
 
+    /// Returns the value before.
     #[inline(always)]
-    fn fetch_sub(&self, n: u64) {
+    pub fn fetch_sub(&self, n: u64) -> u64 {
         // BPF has no atomic sub: add the two's complement.
         // SAFETY: as for `load`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n.wrapping_neg()) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(self.0, n.wrapping_neg()) }
+    }
+
+    /// Replaces `current` with `new` if the word still holds `current` (BPF_CMPXCHG).
+    #[inline(always)]
+    pub fn compare_exchange(&self, current: u64, new: u64) -> bool {
+        // SAFETY: as for `load`.
+        unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                self.0, current, new,
+            )
+        }
+        .1
     }
 }

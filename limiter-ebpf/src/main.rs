@@ -6,7 +6,10 @@
 //!   connection to ESTABLISHED and down when the socket reaches CLOSE; [`keepalive`] sets TCP
 //!   keepalive on outgoing connections to selected destinations.
 //!
-//! Both share the maps declared once in [`maps`]; keys and values come from `limiter-common`.
+//! - [`preexisting`]: an iterator over TCP sockets the agent runs to count connections that were
+//!   established before their listener was limited.
+//!
+//! Per-source limits live in [`sources`]. All share the maps declared once in [`maps`]; keys and values come from `limiter-common`.
 #![no_std]
 #![no_main]
 // Atomic read-modify-write on the BPF target (see `atomic.rs`).
@@ -20,7 +23,9 @@ mod keepalive;
 mod listeners;
 mod maps;
 mod packet;
+mod preexisting;
 mod reset;
+mod sources;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_NETNS, MAX_PENDING, MAX_TRACKED_SOCKETS,
-    OVER_LIMIT_RING_BYTES, PORT_TABLE_SIZE, Pending, SlotListener, SlotStats, SlotUsage,
-    packet_stat,
+    MAX_KEEPALIVE_POLICIES, MAX_LISTENERS, MAX_NETNS, MAX_PENDING, MAX_PREEXISTING, MAX_SOURCES,
+    MAX_TRACKED_SOCKETS, OVER_LIMIT_RING_BYTES, PORT_TABLE_SIZE, Pending, SlotListener, SlotStats,
+    SlotUsage, SourceKey, TrackedSocket, packet_stat,
 };
 
 /// Limited listeners and their settings; written only by the agent.
@@ -41,11 +41,25 @@ pub static SLOT_STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MA
 #[map]
 pub static PENDING: HashMap<FlowKey, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
 
-/// Counted sockets (by socket cookie) and the slot each holds. Deleting the entry at CLOSE is
-/// what makes every decrement match exactly one increment.
+/// Counted sockets (by socket cookie): the slot each holds, and whether it holds a place in its
+/// source's count. Deleting the entry at CLOSE is what makes every decrement match exactly one
+/// increment.
 #[map]
-pub static SOCKETS: HashMap<u64, u32> =
+pub static SOCKETS: HashMap<u64, TrackedSocket> =
     HashMap::with_max_entries(MAX_TRACKED_SOCKETS, BPF_F_NO_PREALLOC);
+
+/// Per-source limits: established connections each client address holds on each listener
+/// (`sources.rs`). Entries are made by a source's first counted connection and deleted by its
+/// last close; admission only reads them.
+#[map]
+pub static SOURCES: HashMap<SourceKey, u64> =
+    HashMap::with_max_entries(MAX_SOURCES, BPF_F_NO_PREALLOC);
+
+/// Connections established before their listener was limited, by socket cookie, with the
+/// source (and slot) to count them on: written by the agent, read by the `adopt` iterator.
+#[map]
+pub static PREEXISTING: HashMap<u64, SourceKey> =
+    HashMap::with_max_entries(MAX_PREEXISTING, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static PACKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(packet_stat::COUNT, 0);

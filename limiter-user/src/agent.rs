@@ -14,7 +14,7 @@ use crate::{
     error::AgentError,
     handshake, kernel,
     limits::LimitTable,
-    listener::{Action, LimitSpec, Listener},
+    listener::{Action, LimitSpec, Listener, Scope},
     metrics::{self, MetricsSource},
     netns::{
         Namespaces,
@@ -197,18 +197,23 @@ impl AgentState {
         &self,
         netns: Option<&std::path::Path>,
         listener: &Listener,
+        scope: Scope,
     ) -> Result<String, AgentError> {
+        let what = match scope {
+            Scope::Listener => "limit",
+            Scope::PerSource => "per-source limit",
+        };
         match netns {
             None => {
                 self.table
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .unset(listener)?;
-                Ok(format!("limit removed: {listener}"))
+                    .unset(listener, scope)?;
+                Ok(format!("{what} removed: {listener}"))
             }
             Some(path) => {
-                self.lock_namespaces().unset(path, listener)?;
-                Ok(format!("limit removed: {listener} in {}", path.display()))
+                self.lock_namespaces().unset(path, listener, scope)?;
+                Ok(format!("{what} removed: {listener} in {}", path.display()))
             }
         }
     }
@@ -226,9 +231,12 @@ impl AgentState {
         let change = Change::between(&current, &new);
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = Vec::new();
-        for listener in &change.unset {
-            table.unset(listener).map_err(|e| e.to_string())?;
-            done.push(format!("limit removed: {listener}"));
+        for (listener, scope) in &change.unset {
+            table.unset(listener, *scope).map_err(|e| e.to_string())?;
+            done.push(match scope {
+                Scope::Listener => format!("limit removed: {listener}"),
+                Scope::PerSource => format!("per-source limit removed: {listener}"),
+            });
         }
         for spec in &change.set {
             done.push(format!(

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     duration,
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener},
+    listener::{Action, LimitSpec, Listener, Scope},
     logging::{LogFormat, LogLevel},
     proxy::ProxySpec,
 };
@@ -56,7 +56,7 @@ pub struct RunArgs {
     #[arg(
         long = "iface",
         value_name = "IFACE",
-        required_unless_present_any = ["config", "limits_in", "kubernetes"]
+        required_unless_present_any = ["config", "limits_in", "limits_per_source_in", "kubernetes"]
     )]
     pub ifaces: Vec<String>,
 
@@ -73,6 +73,14 @@ pub struct RunArgs {
     #[arg(long = "limit", value_name = "LISTENER=N[:ACTION]")]
     pub limits: Vec<LimitSpec>,
 
+    /// At most N active connections to LISTENER from one client address (an IPv4 address, or
+    /// an IPv6 /64): LISTENER=N[:ACTION] (repeatable), as nftables' `ct count` per saddr or
+    /// nginx's limit_conn per address. Independent of the listener's --limit (either refuses);
+    /// ACTION drop, reset or dry-run. Only established connections count, so forged sources
+    /// never take a place.
+    #[arg(long = "limit-per-source", value_name = "LISTENER=N[:ACTION]")]
+    pub limits_per_source: Vec<LimitSpec>,
+
     /// A listener's limit inside another network namespace (a pod's): NETNS LISTENER=N[:ACTION]
     /// (repeatable), NETNS a path such as /run/netns/NAME or /proc/PID/ns/net, e.g.
     /// --limit-in /run/netns/pod-a 8000=5:reset. SYNs are admitted on the namespace's own
@@ -81,6 +89,15 @@ pub struct RunArgs {
     /// stops; when it names a namespace again (a pod restarted), it starts again.
     #[arg(long = "limit-in", num_args = 2, value_names = ["NETNS", "LISTENER=N[:ACTION]"])]
     pub limits_in: Vec<String>,
+
+    /// A per-source limit (as --limit-per-source) inside another network namespace:
+    /// NETNS LISTENER=N[:ACTION] (repeatable).
+    #[arg(
+        long = "limit-per-source-in",
+        num_args = 2,
+        value_names = ["NETNS", "LISTENER=N[:ACTION]"]
+    )]
+    pub limits_per_source_in: Vec<String>,
 
     /// Kubernetes mode: watch the Pods on this node (--node-name) and every
     /// ConnectionLimitPolicy (limiter.dev/v1alpha1), and enforce each policy's limits inside the
@@ -212,6 +229,10 @@ pub struct SetArgs {
     #[arg(long, value_name = "NETNS")]
     pub netns: Option<PathBuf>,
 
+    /// Set the listener's per-source limit (as `run --limit-per-source`) rather than its own.
+    #[arg(long)]
+    pub per_source: bool,
+
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -226,6 +247,10 @@ pub struct UnsetArgs {
     /// own.
     #[arg(long, value_name = "NETNS")]
     pub netns: Option<PathBuf>,
+
+    /// Remove the listener's per-source limit rather than its own.
+    #[arg(long)]
+    pub per_source: bool,
 
     #[command(flatten)]
     pub control: ControlArgs,
@@ -291,29 +316,46 @@ impl RunArgs {
             .collect()
     }
 
-    /// `--limit-in` pairs, parsed; errors name the flag.
+    /// `--limit` and `--limit-per-source`, as one list of limits.
+    pub fn all_limits(&self) -> Vec<LimitSpec> {
+        self.limits
+            .iter()
+            .copied()
+            .chain(self.limits_per_source.iter().map(|l| l.per_source()))
+            .collect()
+    }
+
+    /// `--limit-in` and `--limit-per-source-in` pairs, parsed; errors name the flag.
     pub fn netns_limits(&self) -> Result<Vec<(PathBuf, LimitSpec)>, String> {
-        let pairs = self
-            .limits_in
-            .chunks(2)
-            .map(|pair| {
+        let pairs = [
+            ("--limit-in", &self.limits_in, Scope::Listener),
+            (
+                "--limit-per-source-in",
+                &self.limits_per_source_in,
+                Scope::PerSource,
+            ),
+        ]
+        .into_iter()
+        .flat_map(|(flag, values, scope)| {
+            values.chunks(2).map(move |pair| {
                 let (path, spec) = (&pair[0], pair.get(1).map(String::as_str).unwrap_or(""));
                 if !path.starts_with('/') {
                     return Err(format!(
-                        "--limit-in '{path}': not a path to a network namespace (e.g. \
+                        "{flag} '{path}': not a path to a network namespace (e.g. \
                          /run/netns/NAME or /proc/PID/ns/net)"
                     ));
                 }
                 let spec = spec
                     .parse::<LimitSpec>()
-                    .map_err(|e| format!("--limit-in {path} '{spec}': {e}"))?;
-                Ok((PathBuf::from(path), spec))
+                    .map_err(|e| format!("{flag} {path} '{spec}': {e}"))?;
+                Ok((PathBuf::from(path), LimitSpec { scope, ..spec }))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+        })
+        .collect::<Result<Vec<_>, String>>()?;
         for (i, (path, spec)) in pairs.iter().enumerate() {
             if pairs[..i]
                 .iter()
-                .any(|(p, s)| p == path && s.listener == spec.listener)
+                .any(|(p, s)| p == path && s.same_limit(spec))
             {
                 return Err(format!(
                     "--limit-in {} '{spec}': listener {} is given twice in that namespace",
@@ -328,15 +370,20 @@ impl RunArgs {
     /// Checks that need all flags at once; each error names the flag.
     pub fn validate(&self) -> Result<(), String> {
         self.netns_limits()?;
-        for (i, spec) in self.limits.iter().enumerate() {
-            if self.limits[..i]
-                .iter()
-                .any(|earlier| earlier.listener == spec.listener)
-            {
-                return Err(format!(
-                    "--limit '{spec}': listener {} is given twice",
-                    spec.listener
-                ));
+        for (flag, limits) in [
+            ("--limit", &self.limits),
+            ("--limit-per-source", &self.limits_per_source),
+        ] {
+            for (i, spec) in limits.iter().enumerate() {
+                if limits[..i]
+                    .iter()
+                    .any(|earlier| earlier.listener == spec.listener)
+                {
+                    return Err(format!(
+                        "{flag} '{spec}': listener {} is given twice",
+                        spec.listener
+                    ));
+                }
             }
         }
         for (i, proxy) in self.proxies.iter().enumerate() {

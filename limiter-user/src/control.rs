@@ -19,7 +19,7 @@ use tokio::{
 use crate::{
     agent::AgentState,
     error::AgentError,
-    listener::{LimitSpec, Listener},
+    listener::{LimitSpec, Listener, Scope},
     stats::Report,
 };
 
@@ -29,16 +29,33 @@ pub enum Request {
     Stats,
     Reload,
     /// `netns`: the network namespace's path (`--limit-in`); absent: the agent's own.
+    /// `per_source`: the listener's per-source limit rather than its own.
     Set {
         limit: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        per_source: bool,
     },
     Unset {
         listener: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        per_source: bool,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+fn scope(per_source: bool) -> Scope {
+    if per_source {
+        Scope::PerSource
+    } else {
+        Scope::Listener
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -123,15 +140,31 @@ fn handle(request: Request, state: &AgentState) -> Response {
                 ..Default::default()
             };
         }
-        Request::Set { limit, netns } => limit.parse::<LimitSpec>().and_then(|spec| {
+        Request::Set {
+            limit,
+            netns,
+            per_source,
+        } => limit.parse::<LimitSpec>().and_then(|spec| {
+            let spec = LimitSpec {
+                scope: scope(per_source),
+                ..spec
+            };
             state
                 .set(netns.as_deref(), &spec)
                 .map_err(|e| e.to_string())
         }),
-        Request::Unset { listener, netns } => listener
+        Request::Unset {
+            listener,
+            netns,
+            per_source,
+        } => listener
             .parse::<Listener>()
             .map_err(|e| e.to_string())
-            .and_then(|l| state.unset(netns.as_deref(), &l).map_err(|e| e.to_string())),
+            .and_then(|l| {
+                state
+                    .unset(netns.as_deref(), &l, scope(per_source))
+                    .map_err(|e| e.to_string())
+            }),
     };
     match result {
         Ok(message) => {

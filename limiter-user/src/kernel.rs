@@ -11,13 +11,14 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, ProgramFd, SockOps, Xdp,
+        CgroupAttachMode, Iter, ProgramFd, SockOps, Xdp,
         links::{FdLink, PinnedLink},
     },
 };
 use limiter_common::{
     AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, map_names, program_names,
+    MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, SourceKey, TrackedSocket, map_names,
+    program_names,
 };
 
 use crate::{
@@ -37,7 +38,11 @@ pub struct Maps {
     pub packet_stats: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, FlowKey, Pending>,
     /// Counted sockets by cookie: how the proxy tells an admitted connection from a held one.
-    pub sockets: HashMap<MapData, u64, u32>,
+    pub sockets: HashMap<MapData, u64, TrackedSocket>,
+    /// Per-source counts, read for the report (sources at their limit).
+    pub sources: HashMap<MapData, SourceKey, u64>,
+    /// Connections for the `adopt` iterator to count (`preexisting`).
+    pub preexisting: HashMap<MapData, u64, SourceKey>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
     /// Flood mode's connections over the limit, to reset; taken by the agent's reset task.
@@ -150,6 +155,8 @@ pub fn load(
         packet_stats: take(&mut ebpf, map_names::PACKET_STATS)?,
         pending: take(&mut ebpf, map_names::PENDING)?,
         sockets: take(&mut ebpf, map_names::SOCKETS)?,
+        sources: take(&mut ebpf, map_names::SOURCES)?,
+        preexisting: take(&mut ebpf, map_names::PREEXISTING)?,
         keepalive: take(&mut ebpf, map_names::KEEPALIVE_POLICIES)?,
         usage,
         over_limit: Some(take(&mut ebpf, map_names::OVER_LIMIT)?),
@@ -229,6 +236,32 @@ impl Programs {
             program: name,
             source,
         })
+    }
+
+    /// Runs the `adopt` iterator once over the TCP sockets of the calling thread's network
+    /// namespace (an iterator walks the namespace it was created in): it counts the connections
+    /// listed in PREEXISTING. Loaded on first use.
+    pub fn run_adopt(&mut self) -> Result<(), AgentError> {
+        let name = program_names::ADOPT;
+        let load_error = |source| AgentError::LoadProgram {
+            program: name,
+            source,
+        };
+        let program: &mut Iter = program(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            let btf = aya::Btf::from_sys_fs()
+                .map_err(|e| AgentError::syscall("reading the kernel's BTF")(io_error(e)))?;
+            program.load("tcp", &btf).map_err(load_error)?;
+        }
+        let link = program.attach().map_err(load_error)?;
+        let link = program.take_link(link).map_err(load_error)?;
+        // Reading the iterator's file runs the program over every socket; it prints nothing.
+        let mut walk = link
+            .into_file()
+            .map_err(|e| AgentError::syscall("creating the TCP socket iterator")(io_error(e)))?;
+        std::io::copy(&mut walk, &mut std::io::sink())
+            .map_err(AgentError::syscall("walking the TCP sockets"))?;
+        Ok(())
     }
 
     /// sock_ops on the cgroup: from now on connections are counted.
@@ -343,6 +376,10 @@ fn pin_link(
         .pin(pin)
         .map_err(|e| pin_error(pin, std::io::Error::other(e.to_string())))?;
     Ok(PinnedOrAdopted::Pinned(pinned))
+}
+
+fn io_error(error: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::other(error)
 }
 
 fn pin_error(path: &Path, source: std::io::Error) -> AgentError {

@@ -6,12 +6,16 @@
 //! pass), but its slot keeps counting the connections it already holds until they close; only
 //! then can the slot serve another listener. Setting the same listener again takes its slot
 //! back, counts intact.
+//!
+//! A listener has up to two limits, each with its action: its own (`--limit`), and the one each
+//! client address has (`--limit-per-source`). The slot and the kernel's `ListenerConfig` carry
+//! both; a listener with only a per-source limit has `NO_LIMIT` as its own.
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use limiter_common::{
-    ListenerConfig, MAX_LISTENERS, SlotListener, SlotStats, SlotUsage, admission_mode, map_names,
-    port_entry,
+    ListenerConfig, MAX_LISTENERS, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats, SlotUsage,
+    admission_mode, map_names, port_entry,
 };
 
 use crate::{
@@ -19,7 +23,7 @@ use crate::{
     flood::FloodWatch,
     keepalive::{Destinations, KeepaliveSpec},
     kernel::Maps,
-    listener::{Action, LimitSpec, Listener},
+    listener::{Action, LimitSpec, Listener, Scope},
     proxy::coverage,
     stats::{ListenerReport, PacketReport, Report},
     xdp_mode::{self, Attachment},
@@ -27,9 +31,41 @@ use crate::{
 
 #[derive(Clone, Copy, Debug)]
 struct Limit {
-    limit: u32,
-    action: Action,
+    /// The listener's own limit and action; `None`: limited per source only.
+    own: Option<(u32, Action)>,
+    /// The limit and action of each client address.
+    per_source: Option<(u32, Action)>,
     slot: u32,
+}
+
+impl Limit {
+    fn get(&self, scope: Scope) -> Option<(u32, Action)> {
+        match scope {
+            Scope::Listener => self.own,
+            Scope::PerSource => self.per_source,
+        }
+    }
+
+    fn of(&mut self, scope: Scope) -> &mut Option<(u32, Action)> {
+        match scope {
+            Scope::Listener => &mut self.own,
+            Scope::PerSource => &mut self.per_source,
+        }
+    }
+
+    fn config(&self) -> ListenerConfig {
+        let (source_limit, source_action) = self
+            .per_source
+            .map_or((0, 0), |(limit, action)| (limit, action.to_kernel()));
+        ListenerConfig {
+            limit: self.own.map_or(NO_LIMIT, |(limit, _)| limit as u64),
+            slot: self.slot,
+            // With no limit of its own nothing is refused for the listener: drop stands in.
+            action: self.own.map_or(Action::Drop, |(_, action)| action).to_kernel(),
+            source_limit,
+            source_action,
+        }
+    }
 }
 
 pub struct LimitTable {
@@ -95,7 +131,8 @@ impl LimitTable {
         &mut self.maps
     }
 
-    /// Adds or changes a limit. Returns the limit as now in force, for the log.
+    /// Adds or changes a limit (the listener's own, or its per-source one). Returns the limit
+    /// as now in force, for the log.
     pub fn set(&mut self, spec: &LimitSpec) -> Result<String, AgentError> {
         let action = spec.action.unwrap_or(self.default_action);
         let fail = |reason: String| AgentError::Listener {
@@ -107,6 +144,15 @@ impl LimitTable {
                 format!("the proxy on {p}")
             }))
         })?;
+        if spec.scope == Scope::PerSource && action == Action::Close {
+            return Err(fail(format!(
+                "a per-source limit is enforced when the SYN arrives, so the close action \
+                 (proxy mode) cannot apply to it: give {}={}:drop, :reset or :dry-run",
+                spec.listener, spec.limit
+            )));
+        }
+        let mut written = *spec;
+        written.action = Some(action);
         if let Some(reason) = xdp_mode::undeliverable(
             &self.attachments,
             action,
@@ -115,27 +161,46 @@ impl LimitTable {
             return Err(fail(reason));
         }
         let existing = self.configured.get(&listener).copied();
-        let slot = match existing {
-            Some(limit) => limit.slot,
-            None => match self.draining.remove(&listener) {
-                Some(slot) => slot,
-                None => self.allocate_slot().ok_or_else(|| {
-                    fail(format!("no free listener slot ({MAX_LISTENERS} in use)"))
-                })?,
+        let mut limit = match existing {
+            Some(limit) => limit,
+            None => Limit {
+                own: None,
+                per_source: None,
+                slot: match self.draining.remove(&listener) {
+                    Some(slot) => slot,
+                    None => self.allocate_slot().ok_or_else(|| {
+                        fail(format!("no free listener slot ({MAX_LISTENERS} in use)"))
+                    })?,
+                },
             },
         };
-        let config = ListenerConfig {
-            limit: spec.limit as u64,
-            slot,
-            action: action.to_kernel(),
-        };
+        *limit.of(spec.scope) = Some((spec.limit, action));
+        if let Err(e) = self.write(listener, limit, existing.is_none()) {
+            if existing.is_none() {
+                self.free_slots.push(limit.slot);
+            }
+            return Err(fail(e));
+        }
+        written.listener = listener;
+        Ok(if listener == spec.listener {
+            written.to_string()
+        } else {
+            format!(
+                "{written} (written {}: every client of the proxy, IPv4 and IPv6)",
+                spec.listener
+            )
+        })
+    }
+
+    /// Puts `limit` in force for `listener` in the kernel maps, and in `configured`.
+    fn write(&mut self, listener: Listener, limit: Limit, new: bool) -> Result<(), String> {
+        let config = limit.config();
         let key = listener.key();
         // The slot's entry first: admission reads it as soon as PORTS names the slot.
-        let written = self
-            .maps
+        self.maps
             .slot_listeners
             .set(
-                slot,
+                limit.slot,
                 SlotListener {
                     key,
                     _pad: 0,
@@ -149,38 +214,15 @@ impl LimitTable {
                     .listeners
                     .insert(key, config, 0)
                     .map_err(|e| (map_names::LISTENERS, e))
-            });
-        if let Err((map, e)) = written {
-            if existing.is_none() {
-                self.free_slots.push(slot);
-            }
-            return Err(fail(format!("writing map {map}: {e}")));
-        }
-        self.configured.insert(
-            listener,
-            Limit {
-                limit: spec.limit,
-                action,
-                slot,
-            },
-        );
-        if existing.is_none()
-            && let Err(e) = self.adjust_port(listener.port(), 1, slot)
-        {
+            })
+            .map_err(|(map, e)| format!("writing map {map}: {e}"))?;
+        self.configured.insert(listener, limit);
+        if new && let Err(e) = self.adjust_port(listener.port(), 1, limit.slot) {
             self.configured.remove(&listener);
             let _ = self.maps.listeners.remove(&key);
-            self.free_slots.push(slot);
-            return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
+            return Err(format!("writing map {}: {e}", map_names::PORTS));
         }
-        let now = format!("{listener}={}:{}", spec.limit, action.as_str());
-        Ok(if listener == spec.listener {
-            now
-        } else {
-            format!(
-                "{now} (written {}: every client of the proxy, IPv4 and IPv6)",
-                spec.listener
-            )
-        })
+        Ok(())
     }
 
     /// The listener a limit written as `written` is enforced on (a proxy's own listener stands
@@ -190,28 +232,41 @@ impl LimitTable {
             listener: *written,
             limit: 1,
             action: None,
+            scope: Scope::Listener,
         };
         coverage::enforced_on(&spec, Action::Drop, &self.proxied).unwrap_or(*written)
     }
 
-    pub fn unset(&mut self, written: &Listener) -> Result<(), AgentError> {
+    /// Removes one of a listener's limits; with neither left, the listener is no longer
+    /// limited (its slot drains).
+    pub fn unset(&mut self, written: &Listener, scope: Scope) -> Result<(), AgentError> {
         let listener = &self.enforced_listener(written);
         let fail = |reason: String| AgentError::Listener {
             listener: listener.to_string(),
             reason,
         };
-        let limit = self
+        let mut limit = self
             .configured
             .get(listener)
             .copied()
-            .ok_or_else(|| fail("has no limit".into()))?;
+            .filter(|limit| limit.get(scope).is_some())
+            .ok_or_else(|| {
+                fail(match scope {
+                    Scope::Listener => "has no limit".into(),
+                    Scope::PerSource => "has no per-source limit".into(),
+                })
+            })?;
+        *limit.of(scope) = None;
+        if limit.own.is_some() || limit.per_source.is_some() {
+            return self.write(*listener, limit, false).map_err(fail);
+        }
         self.maps
             .listeners
             .remove(&listener.key())
             .map_err(|e| fail(format!("removing from map {}: {e}", map_names::LISTENERS)))?;
-        self.configured.remove(listener);
+        let before = self.configured.remove(listener);
         if let Err(e) = self.adjust_port(listener.port(), -1, limit.slot) {
-            self.configured.insert(*listener, limit);
+            self.configured.extend(before.map(|b| (*listener, b)));
             return Err(fail(format!("writing map {}: {e}", map_names::PORTS)));
         }
         self.draining.insert(*listener, limit.slot);
@@ -297,12 +352,14 @@ impl LimitTable {
                 "adopted {} limit(s) with their live counts",
                 adopted.len()
             );
-            for listener in adopted
-                .iter()
-                .filter(|l| !limits.iter().any(|s| s.listener == **l))
-            {
-                self.unset(listener)?;
-                tracing::info!(netns, %listener, "limit removed (no longer configured)");
+            for (listener, scope) in adopted {
+                if !limits
+                    .iter()
+                    .any(|s| s.listener == listener && s.scope == scope)
+                {
+                    self.unset(&listener, scope)?;
+                    tracing::info!(netns, %listener, ?scope, "limit removed (no longer configured)");
+                }
             }
         }
         for spec in limits {
@@ -317,16 +374,29 @@ impl LimitTable {
     }
 
     /// Takes over the limits and slots an earlier agent left in pinned maps; returns the
-    /// listeners found.
-    pub fn adopt(&mut self) -> Vec<Listener> {
+    /// limits found.
+    pub fn adopt(&mut self) -> Vec<(Listener, Scope)> {
         let entries: Vec<_> = self.maps.listeners.iter().filter_map(Result::ok).collect();
+        let mut found = Vec::new();
         for (key, config) in entries {
             if let Some(listener) = Listener::from_key(&key) {
                 let limit = Limit {
-                    limit: config.limit.min(u32::MAX as u64) as u32,
-                    action: Action::from_kernel(config.action),
+                    own: (config.limit != NO_LIMIT).then(|| {
+                        (
+                            config.limit.min(u32::MAX as u64) as u32,
+                            Action::from_kernel(config.action),
+                        )
+                    }),
+                    per_source: (config.source_limit != 0).then(|| {
+                        (
+                            config.source_limit,
+                            Action::from_kernel(config.source_action),
+                        )
+                    }),
                     slot: config.slot,
                 };
+                found.extend(limit.own.map(|_| (listener, Scope::Listener)));
+                found.extend(limit.per_source.map(|_| (listener, Scope::PerSource)));
                 self.configured.insert(listener, limit);
             }
         }
@@ -343,12 +413,19 @@ impl LimitTable {
                 self.free_slots.push(slot)
             }
         }
-        self.configured.keys().copied().collect()
+        found
     }
 
-    /// The over-limit action for a local address, with the kernel's precedence: exact address,
-    /// then the family's wildcard, then the bare port.
+    /// The over-limit action of the listener's own limit for a local address, with the
+    /// kernel's precedence: exact address, then the family's wildcard, then the bare port.
     pub fn action_for(&self, ip: std::net::IpAddr, port: u16) -> Option<Action> {
+        let (_, limit) = self.limit_for(ip, port)?;
+        limit.own.map(|(_, action)| action)
+    }
+
+    /// The limited listener a local address belongs to, with the kernel's precedence, and its
+    /// slot and limits.
+    fn limit_for(&self, ip: std::net::IpAddr, port: u16) -> Option<(Listener, Limit)> {
         let wildcard = match ip {
             std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -358,9 +435,8 @@ impl LimitTable {
             Listener::Address(wildcard, port),
             Listener::AnyAddress(port),
         ]
-        .iter()
-        .find_map(|l| self.configured.get(l))
-        .map(|limit| limit.action)
+        .into_iter()
+        .find_map(|l| self.configured.get(&l).map(|limit| (l, *limit)))
     }
 
     /// Whether the kernel counted the connection with this socket cookie.
@@ -399,11 +475,14 @@ impl LimitTable {
         self.configured.keys().copied().collect()
     }
 
-    /// Every configured listener with its slot and limit.
+    /// Every listener with a limit of its own, with its slot and limit (per-source limits
+    /// are not flooded: forged sources never take a place in them).
     pub fn limits(&self) -> Vec<(Listener, u32, u32)> {
         self.configured
             .iter()
-            .map(|(listener, limit)| (*listener, limit.slot, limit.limit))
+            .filter_map(|(listener, limit)| {
+                limit.own.map(|(own, _)| (*listener, limit.slot, own))
+            })
             .collect()
     }
 
@@ -413,6 +492,7 @@ impl LimitTable {
     }
 
     pub fn report(&self) -> Report {
+        let sources = self.sources_by_slot();
         let listeners = self
             .configured
             .iter()
@@ -424,18 +504,29 @@ impl LimitTable {
                 } = self.maps.usage.get(limit.slot);
                 let stats = self.slot_stats(limit.slot);
                 let flood = self.flood.slot(limit.slot);
+                let held = sources.get(&limit.slot).map_or(&[][..], Vec::as_slice);
                 ListenerReport {
                     listener: listener.to_string(),
                     netns: self.netns.clone(),
                     pod: None,
-                    limit: limit.limit as u64,
-                    action: limit.action,
+                    limit: limit.own.map(|(own, _)| own as u64),
+                    action: limit.own.map_or(Action::Drop, |(_, action)| action),
+                    per_source_limit: limit.per_source.map(|(n, _)| n as u64),
+                    per_source_action: limit.per_source.map(|(_, action)| action),
+                    sources: held.len() as u64,
+                    sources_at_limit: limit.per_source.map_or(0, |(n, _)| {
+                        held.iter().filter(|&&h| h >= n as u64).count() as u64
+                    }),
                     active,
                     pending: reserved.saturating_sub(active),
                     admitted_total: stats.established,
                     refused_total: stats.refused_drop + stats.refused_reset,
                     refused_drop_total: stats.refused_drop,
                     refused_reset_total: stats.refused_reset,
+                    refused_per_source_total: stats.refused_per_source,
+                    reset_after_handshake_per_source_total: stats
+                        .per_source_over_limit_established,
+                    preexisting_total: stats.preexisting,
                     syn_retransmit_total: stats.syn_retransmitted,
                     handshake_timeout_total: self.handshake_timeouts[limit.slot as usize],
                     unreserved_total: stats.established_unreserved,
@@ -462,6 +553,17 @@ impl LimitTable {
             packets: PacketReport::from_counters(|i| self.packet_stat(i)),
             proxies: Vec::new(),
         }
+    }
+
+    /// The connections each source holds, by listener slot (one walk over SOURCES).
+    fn sources_by_slot(&self) -> BTreeMap<u32, Vec<u64>> {
+        let mut by_slot: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for (source, held) in self.maps.sources.iter().filter_map(Result::ok) {
+            if held != SOURCE_DYING && held > 0 {
+                by_slot.entry(source.slot).or_default().push(held);
+            }
+        }
+        by_slot
     }
 
     /// A slot's event counters, summed over CPUs.

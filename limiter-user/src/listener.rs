@@ -184,13 +184,41 @@ impl FromStr for Action {
     }
 }
 
-/// `LISTENER=N[:ACTION]`, as given to `--limit` and `limiter set`.
+/// Which of a listener's two limits a [`LimitSpec`] sets: its own (active connections in all),
+/// or the one each client address has (`--limit-per-source`). A listener may have both, and
+/// either refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    #[default]
+    Listener,
+    /// Per client address: an IPv4 address, or an IPv6 /64.
+    PerSource,
+}
+
+/// `LISTENER=N[:ACTION]`, as given to `--limit` (and, per source, `--limit-per-source`) and
+/// `limiter set`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSpec {
     pub listener: Listener,
     pub limit: u32,
     /// `None`: the agent's `--over-limit` default.
     pub action: Option<Action>,
+    pub scope: Scope,
+}
+
+impl LimitSpec {
+    /// The same limit, per client address.
+    pub fn per_source(self) -> Self {
+        LimitSpec {
+            scope: Scope::PerSource,
+            ..self
+        }
+    }
+
+    /// Whether `self` and `other` set the same limit (listener and scope).
+    pub fn same_limit(&self, other: &LimitSpec) -> bool {
+        self.listener == other.listener && self.scope == other.scope
+    }
 }
 
 impl FromStr for LimitSpec {
@@ -210,6 +238,7 @@ impl FromStr for LimitSpec {
             listener,
             limit,
             action,
+            scope: Scope::Listener,
         })
     }
 }
@@ -236,6 +265,9 @@ impl fmt::Display for LimitSpec {
         write!(f, "{}={}", self.listener, self.limit)?;
         if let Some(action) = self.action {
             write!(f, ":{}", action.as_str())?;
+        }
+        if self.scope == Scope::PerSource {
+            f.write_str(" per source")?;
         }
         Ok(())
     }

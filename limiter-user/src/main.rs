@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             &Request::Set {
                 limit: args.limit.to_string(),
                 netns: args.netns,
+                per_source: args.per_source,
             },
         )),
         Command::Unset(args) => reply(control::request(
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
             &Request::Unset {
                 listener: args.listener.to_string(),
                 netns: args.netns,
+                per_source: args.per_source,
             },
         )),
     }

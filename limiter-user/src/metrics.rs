@@ -66,7 +66,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::stats::Report;
+use crate::{listener::Action, stats::Report};
 
 /// What the endpoints read: a fresh Report at each scrape, and whether the agent is ready.
 pub trait MetricsSource: Send + Sync + 'static {
@@ -225,6 +225,14 @@ impl Collector for ReportCollector {
                 .iter()
                 .map(move |l| (listener_labels(l, []), value(l)))
         };
+        // Only listeners with a per-source limit (the others have no sources to count).
+        let per_source_listener = |value: fn(&crate::stats::ListenerReport) -> u64| {
+            report
+                .listeners
+                .iter()
+                .filter(|l| l.per_source_limit.is_some())
+                .map(move |l| (listener_labels(l, []), value(l)))
+        };
         family(
             e,
             "listener_active_connections",
@@ -247,10 +255,38 @@ impl Collector for ReportCollector {
             "The listener's limit on active connections plus pending handshakes, with the action taken over it.",
             None,
             Kind::Gauge,
-            report
-                .listeners
-                .iter()
-                .map(|l| (listener_labels(l, [("action", l.action.as_str())]), l.limit)),
+            report.listeners.iter().filter_map(|l| {
+                let limit = l.limit?;
+                Some((listener_labels(l, [("action", l.action.as_str())]), limit))
+            }),
+        )?;
+        family(
+            e,
+            "listener_per_source_limit",
+            "The active connections one client address (IPv4 address, IPv6 /64) may hold on the listener, with the action taken over it.",
+            None,
+            Kind::Gauge,
+            report.listeners.iter().filter_map(|l| {
+                let limit = l.per_source_limit?;
+                let action = l.per_source_action.unwrap_or(Action::Drop).as_str();
+                Some((listener_labels(l, [("action", action)]), limit))
+            }),
+        )?;
+        family(
+            e,
+            "listener_sources",
+            "Client addresses holding connections to a listener with a per-source limit now.",
+            None,
+            Kind::Gauge,
+            per_source_listener(|l| l.sources),
+        )?;
+        family(
+            e,
+            "listener_sources_at_limit",
+            "Client addresses at the listener's per-source limit now.",
+            None,
+            Kind::Gauge,
+            per_source_listener(|l| l.sources_at_limit),
         )?;
         family(
             e,
@@ -273,6 +309,39 @@ impl Collector for ReportCollector {
                 ]
                 .map(|(action, n)| (listener_labels(l, [("action", action)]), n))
             }),
+        )?;
+        family(
+            e,
+            "listener_refused_by_reason",
+            "SYNs refused at XDP, by the limit that refused them: the listener's own (listener) or its per-source limit (per_source).",
+            None,
+            Kind::Counter,
+            report.listeners.iter().flat_map(|l| {
+                [
+                    (
+                        "listener",
+                        l.refused_total.saturating_sub(l.refused_per_source_total),
+                    ),
+                    ("per_source", l.refused_per_source_total),
+                ]
+                .map(|(reason, n)| (listener_labels(l, [("reason", reason)]), n))
+            }),
+        )?;
+        family(
+            e,
+            "listener_reset_after_handshake_per_source",
+            "Connections whose handshake completed with their source already at its per-source limit (several in flight at once); reset by the agent.",
+            None,
+            Kind::Counter,
+            per_source_listener(|l| l.reset_after_handshake_per_source_total),
+        )?;
+        family(
+            e,
+            "listener_preexisting_connections",
+            "Connections established before the listener was limited (agent started without pins, limit added live), counted since.",
+            None,
+            Kind::Counter,
+            per_listener(|l| l.preexisting_total),
         )?;
         family(
             e,
@@ -523,7 +592,6 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::listener::Action;
     use crate::proxy::stats::ProxyReport;
     use crate::stats::{ListenerReport, PacketReport};
 
@@ -533,14 +601,21 @@ mod tests {
             listener: name.into(),
             netns: None,
             pod: None,
-            limit: base + 1,
+            limit: Some(base + 1),
             action,
+            per_source_limit: Some(base + 18),
+            per_source_action: Some(Action::Reset),
+            sources: base + 19,
+            sources_at_limit: base + 20,
             active: base + 2,
             pending: base + 3,
             admitted_total: base + 4,
             refused_total: 2 * base + 11,
             refused_drop_total: base + 5,
             refused_reset_total: base + 6,
+            refused_per_source_total: base + 21,
+            reset_after_handshake_per_source_total: base + 22,
+            preexisting_total: base + 23,
             syn_retransmit_total: base + 7,
             handshake_timeout_total: base + 8,
             unreserved_total: base + 9,
@@ -643,10 +718,46 @@ mod tests {
             };
             put("limiter_listener_active_connections", &[], l.active);
             put("limiter_listener_pending_handshakes", &[], l.pending);
+            if let Some(limit) = l.limit {
+                put(
+                    "limiter_listener_limit",
+                    &[("action", l.action.as_str())],
+                    limit,
+                );
+            }
+            if let Some(limit) = l.per_source_limit {
+                let action = l.per_source_action.unwrap_or(Action::Drop).as_str();
+                put(
+                    "limiter_listener_per_source_limit",
+                    &[("action", action)],
+                    limit,
+                );
+                put("limiter_listener_sources", &[], l.sources);
+                put(
+                    "limiter_listener_sources_at_limit",
+                    &[],
+                    l.sources_at_limit,
+                );
+                put(
+                    "limiter_listener_reset_after_handshake_per_source_total",
+                    &[],
+                    l.reset_after_handshake_per_source_total,
+                );
+            }
             put(
-                "limiter_listener_limit",
-                &[("action", l.action.as_str())],
-                l.limit,
+                "limiter_listener_refused_by_reason_total",
+                &[("reason", "listener")],
+                l.refused_total - l.refused_per_source_total,
+            );
+            put(
+                "limiter_listener_refused_by_reason_total",
+                &[("reason", "per_source")],
+                l.refused_per_source_total,
+            );
+            put(
+                "limiter_listener_preexisting_connections_total",
+                &[],
+                l.preexisting_total,
             );
             put(
                 "limiter_listener_admitted_connections_total",

@@ -6,7 +6,7 @@ use crate::{
     cli::RunArgs,
     config::{self, FileConfig, ProxyConfig},
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener},
+    listener::{Action, LimitSpec, Listener, Scope},
     netns::NetnsLimits,
     proxy::coverage,
 };
@@ -68,15 +68,17 @@ impl Settings {
             ),
         };
 
-        // A listener's limit from the flags replaces the file's for that listener.
+        // A listener's limit from the flags replaces the file's for that listener (its own
+        // and its per-source one apart).
+        let flag_limits = flags.all_limits();
         let mut limits: Vec<LimitSpec> = file
             .limits
             .into_iter()
-            .filter(|l| !flags.limits.iter().any(|f| f.listener == l.listener))
-            .chain(flags.limits.iter().copied())
+            .filter(|l| !flag_limits.iter().any(|f| f.same_limit(l)))
+            .chain(flag_limits.iter().copied())
             .collect();
         for limit in &mut limits {
-            limit.action = Some(limit.action.unwrap_or(over_limit));
+            limit.action = Some(resolve_action(limit, over_limit)?);
         }
         let namespaces = resolve_netns_actions(namespaces, over_limit)?;
         if let Some(unadmitted) = limits
@@ -84,8 +86,9 @@ impl Settings {
             .find(|l| ifaces.is_empty() && l.action != Some(Action::Close))
         {
             return Err(format!(
-                "--limit '{unadmitted}': no --iface to admit its SYNs on in the agent's \
-                 namespace (pass --iface, or `interfaces:` in --config)"
+                "{} '{unadmitted}': no --iface to admit its SYNs on in the agent's \
+                 namespace (pass --iface, or `interfaces:` in --config)",
+                flag_of(unadmitted)
             ));
         }
 
@@ -134,8 +137,10 @@ impl Settings {
         Ok(settings)
     }
 
-    pub fn limit_for(&self, listener: &Listener) -> Option<&LimitSpec> {
-        self.limits.iter().find(|l| l.listener == *listener)
+    pub fn limit_for(&self, listener: &Listener, scope: Scope) -> Option<&LimitSpec> {
+        self.limits
+            .iter()
+            .find(|l| l.listener == *listener && l.scope == scope)
     }
 }
 
@@ -144,7 +149,7 @@ impl Settings {
 #[derive(Debug, Default, PartialEq)]
 pub struct Change {
     pub set: Vec<LimitSpec>,
-    pub unset: Vec<Listener>,
+    pub unset: Vec<(Listener, Scope)>,
     pub keepalive_set: Vec<(Destinations, KeepaliveSpec)>,
     pub keepalive_removed: Vec<Destinations>,
     /// Settings that differ but are not changed on a running agent.
@@ -156,14 +161,14 @@ impl Change {
         let set = new
             .limits
             .iter()
-            .filter(|l| old.limit_for(&l.listener) != Some(l))
+            .filter(|l| old.limit_for(&l.listener, l.scope) != Some(l))
             .copied()
             .collect();
         let unset = old
             .limits
             .iter()
-            .filter(|l| new.limit_for(&l.listener).is_none())
-            .map(|l| l.listener)
+            .filter(|l| new.limit_for(&l.listener, l.scope).is_none())
+            .map(|l| (l.listener, l.scope))
             .collect();
         let keepalive_set = new
             .keepalive_for
@@ -215,7 +220,7 @@ fn netns_limits(file: Vec<NetnsLimits>, flags: Vec<(PathBuf, LimitSpec)>) -> Vec
     for (path, spec) in flags {
         match namespaces.iter_mut().find(|n| n.path == path) {
             Some(netns) => {
-                netns.limits.retain(|l| l.listener != spec.listener);
+                netns.limits.retain(|l| !l.same_limit(&spec));
                 netns.limits.push(spec);
             }
             None => namespaces.push(NetnsLimits {
@@ -240,8 +245,9 @@ fn resolve_netns_actions(
             let action = limit.action.unwrap_or(over_limit);
             if action == Action::Close {
                 return Err(format!(
-                    "--limit-in {} '{limit}': the close action needs limiter's proxy, which \
+                    "{}-in {} '{limit}': the close action needs limiter's proxy, which \
                      runs in the agent's own network namespace only; use drop or reset",
+                    flag_of(limit),
                     netns.path.display()
                 ));
             }
@@ -249,6 +255,30 @@ fn resolve_netns_actions(
         }
     }
     Ok(namespaces)
+}
+
+/// The flag that gives a limit of this scope.
+fn flag_of(limit: &LimitSpec) -> &'static str {
+    match limit.scope {
+        Scope::Listener => "--limit",
+        Scope::PerSource => "--limit-per-source",
+    }
+}
+
+/// A limit's action: its own, or the `--over-limit` default. A per-source limit refuses at the
+/// SYN, so the proxy's close cannot be its action.
+fn resolve_action(limit: &LimitSpec, over_limit: Action) -> Result<Action, String> {
+    match (limit.scope, limit.action) {
+        (Scope::PerSource, Some(Action::Close)) => Err(format!(
+            "--limit-per-source '{limit}': close is the proxy's action for a listener's own \
+             limit; a per-source limit refuses at the SYN: use drop, reset or dry-run"
+        )),
+        (Scope::PerSource, None) if over_limit == Action::Close => Err(format!(
+            "--limit-per-source '{limit}': --over-limit is close, which a per-source limit \
+             cannot do (it refuses at the SYN): give it :drop, :reset or :dry-run"
+        )),
+        (_, action) => Ok(action.unwrap_or(over_limit)),
+    }
 }
 
 /// The file a reload re-reads.
@@ -279,14 +309,19 @@ fn enforced_listeners(
         let action = written.action.unwrap_or(DEFAULT_OVER_LIMIT);
         let listener = coverage::enforced_on(&written, action, &listens).map_err(|mismatch| {
             format!(
-                "--limit '{written}': {}",
+                "{} '{written}': {}",
+                flag_of(&written),
                 coverage::explain(&mismatch, &written, proxy_flag)
             )
         })?;
-        if let Some((earlier, _)) = enforced.iter().find(|(_, e)| e.listener == listener) {
+        if let Some((earlier, _)) = enforced
+            .iter()
+            .find(|(_, e)| e.listener == listener && e.scope == written.scope)
+        {
             return Err(format!(
-                "--limit '{earlier}' and --limit '{written}' both limit the clients of {}: give one",
-                listens
+                "{flag} '{earlier}' and {flag} '{written}' both limit the clients of {clients}: give one",
+                flag = flag_of(&written),
+                clients = listens
                     .iter()
                     .find(|p| coverage::clients_of(**p) == listener)
                     .map_or_else(|| listener.to_string(), |p| proxy_flag(*p))

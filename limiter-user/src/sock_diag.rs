@@ -1,7 +1,8 @@
 //! The kernel's socket table through NETLINK_SOCK_DIAG (what `ss` uses): destroying one TCP
-//! socket (`SOCK_DESTROY`, what `ss -K` does), and listing the listening TCP sockets of the
-//! agent's network namespace. Netlink rather than /proc/net/tcp: a dump filtered to LISTEN
-//! costs the same whatever the number of established connections.
+//! socket (`SOCK_DESTROY`, what `ss -K` does), listing the listening TCP sockets of the agent's
+//! network namespace, and listing its established connections with their cookies. Netlink
+//! rather than /proc/net/tcp: a dump filtered by state costs the same whatever the number of
+//! sockets in other states, and it carries the socket cookie the kernel programs key on.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -15,6 +16,11 @@ const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 const TCP_LISTEN: u32 = 10;
+/// The states between ESTABLISHED and CLOSE (include/net/tcp_states.h): ESTABLISHED, FIN_WAIT1,
+/// FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING. TIME_WAIT sockets have been through CLOSE already.
+const ESTABLISHED_UNTIL_CLOSE: u32 = 1 << 1 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
+/// `::ffff:0:0/96` in network order, as the third word of an IPv4-mapped IPv6 address.
+const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xFF, 0xFF]);
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
@@ -63,6 +69,14 @@ struct InetDiagMsg {
 pub struct Listening {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+/// An established TCP connection: its 4-tuple from this side (as the kernel programs key it,
+/// IPv4-mapped addresses folded back to IPv4) and its socket cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub flow: FlowKey,
+    pub cookie: u64,
 }
 
 /// A NETLINK_SOCK_DIAG socket.
@@ -149,13 +163,28 @@ impl SockDiag {
 
     /// Every listening TCP socket of this network namespace, both families.
     pub fn listening(&self) -> io::Result<Vec<Listening>> {
+        Ok(self.dump(1 << TCP_LISTEN)?.iter().map(listening_of).collect())
+    }
+
+    /// Every TCP connection of this network namespace between ESTABLISHED and CLOSE, both
+    /// families.
+    pub fn connections(&self) -> io::Result<Vec<Connection>> {
+        Ok(self
+            .dump(ESTABLISHED_UNTIL_CLOSE)?
+            .iter()
+            .map(connection_of)
+            .collect())
+    }
+
+    /// The TCP sockets in `states` (a bit per state), both families.
+    fn dump(&self, states: u32) -> io::Result<Vec<InetDiagMsg>> {
         let mut found = Vec::new();
         for af in [libc::AF_INET, libc::AF_INET6] {
             self.send(&request(
                 SOCK_DIAG_BY_FAMILY,
                 libc::NLM_F_DUMP,
                 af,
-                1 << TCP_LISTEN,
+                states,
                 InetDiagSockId::default(),
             ))?;
             let mut buffer = vec![0u8; 32 * 1024];
@@ -180,9 +209,7 @@ impl SockDiag {
                             let body = &batch[at + size_of::<libc::nlmsghdr>()..at + len];
                             if body.len() >= size_of::<InetDiagMsg>() {
                                 // SAFETY: long enough (checked); read unaligned.
-                                let msg: InetDiagMsg =
-                                    unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
-                                found.push(listening_of(&msg));
+                                found.push(unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) });
                             }
                         }
                         _ => {}
@@ -237,6 +264,29 @@ fn listening_of(msg: &InetDiagMsg) -> Listening {
     }
 }
 
+fn connection_of(msg: &InetDiagMsg) -> Connection {
+    let id = &msg.id;
+    let is_mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_PREFIX;
+    let (addr_family, local_addr, remote_addr) = if msg.family == libc::AF_INET as u8 {
+        (family::V4, [id.src[0], 0, 0, 0], [id.dst[0], 0, 0, 0])
+    } else if is_mapped(&id.src) && is_mapped(&id.dst) {
+        (family::V4, [id.src[3], 0, 0, 0], [id.dst[3], 0, 0, 0])
+    } else {
+        (family::V6, id.src, id.dst)
+    };
+    Connection {
+        flow: FlowKey {
+            local_addr,
+            remote_addr,
+            local_port: u16::from_be_bytes(id.sport),
+            remote_port: u16::from_be_bytes(id.dport),
+            family: addr_family,
+            _pad: 0,
+        },
+        cookie: id.cookie[0] as u64 | (id.cookie[1] as u64) << 32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +312,29 @@ mod tests {
             }),
             "{found:?}"
         );
+    }
+
+    /// Both ends of a loopback connection are listed, IPv4-mapped addresses folded to IPv4,
+    /// with distinct cookies.
+    #[test]
+    fn established_connections_are_listed_with_cookies() {
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let found = SockDiag::open().unwrap().connections().unwrap();
+        let server_side = found
+            .iter()
+            .find(|c| c.flow.local_port == port && c.flow.remote_port == client_port)
+            .unwrap_or_else(|| panic!("server side missing: {found:?}"));
+        assert_eq!(server_side.flow.family, family::V4);
+        assert_eq!(server_side.flow.remote_addr[0], u32::from_ne_bytes([127, 0, 0, 1]));
+        let client_side = found
+            .iter()
+            .find(|c| c.flow.local_port == client_port && c.flow.remote_port == port)
+            .unwrap_or_else(|| panic!("client side missing: {found:?}"));
+        assert_ne!(server_side.cookie, client_side.cookie);
+        assert_ne!(server_side.cookie, 0);
     }
 }

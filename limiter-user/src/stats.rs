@@ -23,8 +23,20 @@ pub struct ListenerReport {
     /// The pod the namespace belongs to (`NAMESPACE/NAME`), in Kubernetes mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    pub limit: u64,
+    /// The listener's own limit; `null` when it is limited per source only.
+    pub limit: Option<u64>,
     pub action: Action,
+    /// Active connections one client address (IPv4 address, IPv6 /64) may hold; `null`: none.
+    #[serde(default)]
+    pub per_source_limit: Option<u64>,
+    #[serde(default)]
+    pub per_source_action: Option<Action>,
+    /// Client addresses holding connections now (listeners with a per-source limit).
+    #[serde(default)]
+    pub sources: u64,
+    /// Of those, the ones at their per-source limit now.
+    #[serde(default)]
+    pub sources_at_limit: u64,
     /// Established connections now (kernel TCP state).
     pub active: u64,
     /// Handshakes in flight holding a slot.
@@ -34,6 +46,18 @@ pub struct ListenerReport {
     pub refused_total: u64,
     pub refused_drop_total: u64,
     pub refused_reset_total: u64,
+    /// Of `refused_total`, SYNs refused because their source held its per-source limit (the
+    /// rest were refused by the listener's own limit).
+    #[serde(default)]
+    pub refused_per_source_total: u64,
+    /// Connections whose handshake completed with their source already at its per-source limit
+    /// (several SYNs from one client in flight at once): reset by the agent, never counted.
+    #[serde(default)]
+    pub reset_after_handshake_per_source_total: u64,
+    /// Connections established before the listener was limited (an agent started without
+    /// pins, a limit added live), counted since.
+    #[serde(default)]
+    pub preexisting_total: u64,
     pub syn_retransmit_total: u64,
     pub handshake_timeout_total: u64,
     /// Counted connections whose SYN held no reservation (came in on an interface the agent does
@@ -153,13 +177,19 @@ impl Report {
         ];
         let mut rows: Vec<[String; 8]> = vec![HEADER.map(String::from)];
         for l in &self.listeners {
-            let utilisation = 100.0 * (l.active + l.pending) as f64 / l.limit.max(1) as f64;
+            let utilisation = match l.limit {
+                Some(limit) => format!(
+                    "{:.0}%",
+                    100.0 * (l.active + l.pending) as f64 / limit.max(1) as f64
+                ),
+                None => "-".to_owned(),
+            };
             rows.push([
                 l.qualified_name(),
-                l.limit.to_string(),
+                l.limit.map_or("-".to_owned(), |limit| limit.to_string()),
                 l.active.to_string(),
                 l.pending.to_string(),
-                format!("{utilisation:.0}%"),
+                utilisation,
                 l.admitted_total.to_string(),
                 l.refused_total.to_string(),
                 l.action.as_str().to_owned(),
@@ -198,7 +228,24 @@ impl Report {
                 }
             ));
         }
-        for l in self.listeners.iter().filter(|l| l.action == Action::DryRun) {
+        for l in &self.listeners {
+            let Some(limit) = l.per_source_limit else {
+                continue;
+            };
+            out.push_str(&format!(
+                "{}: per source {limit} ({}): {} sources hold connections, {} at the limit; \
+                 refused {}, reset after handshake {}\n",
+                l.qualified_name(),
+                l.per_source_action.unwrap_or(Action::Drop).as_str(),
+                l.sources,
+                l.sources_at_limit,
+                l.refused_per_source_total,
+                l.reset_after_handshake_per_source_total
+            ));
+        }
+        for l in self.listeners.iter().filter(|l| {
+            l.action == Action::DryRun || l.per_source_action == Some(Action::DryRun)
+        }) {
             out.push_str(&format!(
                 "{}: dry run: {} over the limit let through (would have been refused)\n",
                 l.qualified_name(),
@@ -256,14 +303,21 @@ mod tests {
             listener: name.into(),
             netns: None,
             pod: None,
-            limit,
+            limit: Some(limit),
             action: Action::Drop,
+            per_source_limit: None,
+            per_source_action: None,
+            sources: 0,
+            sources_at_limit: 0,
             active,
             pending: 0,
             admitted_total: 12345,
             refused_total: 7,
             refused_drop_total: 7,
             refused_reset_total: 0,
+            refused_per_source_total: 0,
+            reset_after_handshake_per_source_total: 0,
+            preexisting_total: 0,
             syn_retransmit_total: 0,
             handshake_timeout_total: 0,
             unreserved_total: 0,

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener},
+    listener::{Action, LimitSpec, Listener, Scope},
 };
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -268,6 +268,7 @@ fn limit_of(listener: &PolicyListener) -> Result<LimitSpec, String> {
     }
     Ok(LimitSpec {
         listener: Listener::AnyAddress(port),
+        scope: Scope::Listener,
         limit,
         action: Some(match listener.action {
             Some(PolicyAction::Reset) => Action::Reset,

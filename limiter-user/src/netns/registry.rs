@@ -15,7 +15,7 @@ use std::{
 use crate::{
     error::AgentError,
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{LimitSpec, Listener},
+    listener::{LimitSpec, Listener, Scope},
     netns::{
         Netns, NetnsLimits,
         dispatch::Dispatch,
@@ -215,28 +215,30 @@ impl Namespaces {
                 ..NetnsLimits::default()
             };
             self.start_new(&netns, Source::Settings)?;
-            let action = spec.action.unwrap_or(self.env.over_limit);
-            return Ok(format!(
-                "{}={}:{} in {} (now enforcing in it)",
-                spec.listener,
-                spec.limit,
-                action.as_str(),
-                path.display()
-            ));
+            let spec = LimitSpec {
+                action: Some(spec.action.unwrap_or(self.env.over_limit)),
+                ..*spec
+            };
+            return Ok(format!("{spec} in {} (now enforcing in it)", path.display()));
         }
         let configured = self.configured.get_mut(path).expect("checked just above");
         let now = match &mut configured.state {
             State::Enforcing(enforcement) => in_netns(path, enforcement.table.set(spec))?,
             State::Waiting { .. } => format!("{spec} (applied when the path names a namespace)"),
         };
-        configured.limits.retain(|l| l.listener != spec.listener);
+        configured.limits.retain(|l| !l.same_limit(spec));
         configured.limits.push(*spec);
         Ok(format!("{now} in {}", path.display()))
     }
 
     /// `limiter unset --netns PATH`. The namespace stays enforced in (its other limits, and
     /// the connections the removed one still counts) until the agent stops or it goes away.
-    pub fn unset(&mut self, path: &Path, listener: &Listener) -> Result<(), AgentError> {
+    pub fn unset(
+        &mut self,
+        path: &Path,
+        listener: &Listener,
+        scope: Scope,
+    ) -> Result<(), AgentError> {
         let configured = self
             .configured
             .get_mut(path)
@@ -248,14 +250,20 @@ impl Namespaces {
                 ),
             })?;
         if let State::Enforcing(enforcement) = &mut configured.state {
-            in_netns(path, enforcement.table.unset(listener))?;
-        } else if !configured.limits.iter().any(|l| l.listener == *listener) {
+            in_netns(path, enforcement.table.unset(listener, scope))?;
+        } else if !configured
+            .limits
+            .iter()
+            .any(|l| l.listener == *listener && l.scope == scope)
+        {
             return Err(AgentError::Listener {
                 listener: listener.to_string(),
                 reason: format!("has no limit in {}", path.display()),
             });
         }
-        configured.limits.retain(|l| l.listener != *listener);
+        configured
+            .limits
+            .retain(|l| l.listener != *listener || l.scope != scope);
         Ok(())
     }
 
@@ -324,19 +332,19 @@ impl Namespaces {
                 ));
                 continue;
             }
-            let removed: Vec<Listener> = configured
+            let removed: Vec<(Listener, Scope)> = configured
                 .limits
                 .iter()
-                .filter(|old| !limits.iter().any(|l| l.listener == old.listener))
-                .map(|old| old.listener)
+                .filter(|old| !limits.iter().any(|l| l.same_limit(old)))
+                .map(|old| (old.listener, old.scope))
                 .collect();
             let changed: Vec<LimitSpec> = limits
                 .iter()
                 .filter(|l| !configured.limits.contains(l))
                 .copied()
                 .collect();
-            for listener in removed {
-                match self.unset(path, &listener) {
+            for (listener, scope) in removed {
+                match self.unset(path, &listener, scope) {
                     Ok(()) => done.push(format!("limit removed: {listener} in {}", path.display())),
                     Err(e) => errors.push(e.to_string()),
                 }

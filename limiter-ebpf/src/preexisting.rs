@@ -1,0 +1,114 @@
+//! Connections that were there first: counting connections established before their listener
+//! was limited (an agent started without pins, a limit added live).
+//!
+//! sock_ops counts a connection when it becomes ESTABLISHED, and sees its close only if it asked
+//! for state callbacks then; a connection already open never passed through it. The agent finds
+//! such connections on limited listeners (sock_diag) and puts their cookies in PREEXISTING with
+//! the slot and source to count them on; it then runs this iterator over the namespace's TCP
+//! sockets. For each listed socket it asks for the state callbacks (`bpf_setsockopt` of
+//! TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12+), so that sock_ops sees its close, and counts it
+//! exactly as sock_ops would have: tagged in SOCKETS, one slot, a place in its source's count.
+//!
+//! The iterator holds the socket's lock and skips sockets already unhashed (closed), so the
+//! socket cannot close between being tagged and being asked for its callbacks; a socket that
+//! sock_ops counted in the meantime (it became ESTABLISHED after the programs were attached) is
+//! already tagged, and the NOEXIST insert leaves it alone.
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
+    cty::c_void,
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt, bpf_skc_to_tcp_sock,
+    },
+};
+use limiter_common::{TrackedSocket, tracked};
+
+use crate::{
+    atomic::Usage,
+    maps::{PREEXISTING, SOCKETS, count_slot},
+    sources::{self, Take},
+};
+
+const SOL_TCP: i32 = 6;
+/// `bpf_setsockopt`'s option for a socket's sock_ops callback flags (Linux 6.12+).
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
+
+/// The kernel's `struct bpf_iter__tcp`: the iterator's context.
+#[repr(C)]
+pub struct IterTcp {
+    meta: *mut c_void,
+    /// `struct sock_common *`, NULL at the end of the walk.
+    sk_common: *mut c_void,
+    uid: u32,
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
+    // SAFETY: the kernel passes a valid context; its socket pointer is checked for NULL.
+    let sk = unsafe { (*ctx).sk_common };
+    if sk.is_null() {
+        return 0;
+    }
+    // SAFETY: the helper only reads (or makes) the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: copied out at once.
+    let Some(&source) = (unsafe { PREEXISTING.get(&cookie) }) else {
+        return 0;
+    };
+    // SAFETY: the helper returns NULL for anything but a full TCP socket (time-wait, request).
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<c_void>();
+    if tcp.is_null() {
+        return 0;
+    }
+    let mut flags: i32 = 0;
+    // SAFETY: the option is an int, read into and written from a local of that size.
+    let asked = unsafe {
+        bpf_getsockopt(
+            tcp,
+            SOL_TCP,
+            TCP_BPF_SOCK_OPS_CB_FLAGS,
+            (&raw mut flags).cast(),
+            4,
+        ) == 0
+            && {
+                flags |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
+                bpf_setsockopt(
+                    tcp,
+                    SOL_TCP,
+                    TCP_BPF_SOCK_OPS_CB_FLAGS,
+                    (&raw mut flags).cast(),
+                    4,
+                ) == 0
+            }
+    };
+    if !asked {
+        // Its close would never be seen: leave it uncounted (the agent reports those left).
+        return 0;
+    }
+    let Some(usage) = Usage::of(source.slot) else {
+        return 0;
+    };
+    // The agent gives a family only for a listener with a per-source limit. Counted whatever
+    // the source holds: the kernel holds the connection already.
+    let per_source = source.family != 0 && matches!(sources::take(&source, None), Take::Taken);
+    let tag = TrackedSocket {
+        slot: source.slot,
+        flags: if per_source {
+            tracked::COUNTED_PER_SOURCE
+        } else {
+            0
+        },
+    };
+    if SOCKETS.insert(&cookie, &tag, BPF_NOEXIST as u64).is_err() {
+        // Counted already (by sock_ops, or an earlier run).
+        if per_source {
+            sources::give_back(&source);
+        }
+        return 0;
+    }
+    usage.reserve_unconditionally();
+    usage.established();
+    count_slot(source.slot, |s| &mut s.preexisting);
+    let _ = PREEXISTING.remove(&cookie);
+    0
+}
