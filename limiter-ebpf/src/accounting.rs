@@ -31,8 +31,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use limiter_common::{
-    FlowKey, ListenerConfig, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family,
-    tracked,
+    FlowKey, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family, tracked,
 };
 
 use crate::{
@@ -88,12 +87,12 @@ fn established(ctx: &SockOpsContext) {
     let Some(flow) = flow_of(ctx) else {
         return;
     };
-    let listener = listeners::lookup(flow.family, &flow.local_addr, flow.local_port);
     let slot = match take_reservation(&flow) {
         // (Its listener may have been unset since the SYN: the slot counts it all the same.)
         Some(slot) => slot,
         None => {
-            let Some(listener) = listener else {
+            let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
+            else {
                 return;
             };
             let Some(usage) = Usage::of(listener.slot) else {
@@ -117,9 +116,7 @@ fn established(ctx: &SockOpsContext) {
                         count_slot(listener.slot, |s| &mut s.dry_run_would_refuse);
                         usage.reserve_unconditionally();
                     } else {
-                        over_limit(ctx, &flow, listener.slot, |s| {
-                            &mut s.over_limit_established
-                        });
+                        over_limit(ctx, &flow, listener.slot, |s| &mut s.over_limit_established);
                         return;
                     }
                 }
@@ -135,7 +132,7 @@ fn established(ctx: &SockOpsContext) {
     let Some(usage) = Usage::of(slot) else {
         return;
     };
-    let Some(flags) = take_source_place(ctx, &flow, slot, listener.as_ref()) else {
+    let Some(flags) = take_source_place(ctx, &flow, slot) else {
         usage.release_reservation();
         return;
     };
@@ -168,14 +165,13 @@ fn established(ctx: &SockOpsContext) {
 /// flags of its SOCKETS tag, or `None` when its source is over the limit (the connection is then
 /// handed to the agent to be reset, and the caller gives back its listener slot).
 #[inline(always)]
-fn take_source_place(
-    ctx: &SockOpsContext,
-    flow: &FlowKey,
-    slot: u32,
-    listener: Option<&ListenerConfig>,
-) -> Option<u32> {
-    // A listener limited per source, still on the slot this connection holds.
-    let Some(listener) = listener.filter(|l| l.source_limit != 0 && l.slot == slot) else {
+fn take_source_place(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) -> Option<u32> {
+    // A listener limited per source, still on the slot this connection holds. (Looked up again
+    // rather than passed in: an Option<ListenerConfig> kept across the helper calls above makes
+    // LLVM spill an undefined register, which the verifier rejects.)
+    let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
+        .filter(|l| l.source_limit != 0 && l.slot == slot)
+    else {
         return Some(0);
     };
     // A dry run counts the source's connections as they are; XDP counted the SYN that would
@@ -184,7 +180,9 @@ fn take_source_place(
     match sources::take(&SourceKey::of(slot, flow), limit) {
         Take::Taken => Some(tracked::COUNTED_PER_SOURCE),
         Take::Over => {
-            over_limit(ctx, flow, slot, |s| &mut s.per_source_over_limit_established);
+            over_limit(ctx, flow, slot, |s| {
+                &mut s.per_source_over_limit_established
+            });
             None
         }
         Take::Lost => {
@@ -194,7 +192,9 @@ fn take_source_place(
                 "the source of a connection to port {} could not be counted (SOURCES full or busy): reset",
                 flow.local_port
             );
-            over_limit(ctx, flow, slot, |s| &mut s.per_source_over_limit_established);
+            over_limit(ctx, flow, slot, |s| {
+                &mut s.per_source_over_limit_established
+            });
             None
         }
     }

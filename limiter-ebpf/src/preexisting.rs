@@ -12,7 +12,8 @@
 //! The iterator holds the socket's lock and skips sockets already unhashed (closed), so the
 //! socket cannot close between being tagged and being asked for its callbacks; a socket that
 //! sock_ops counted in the meantime (it became ESTABLISHED after the programs were attached) is
-//! already tagged, and the NOEXIST insert leaves it alone.
+//! already tagged, and the NOEXIST insert leaves it alone. A socket counted already, on a
+//! listener that has since got a per-source limit, only takes its place in its source's count.
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
     cty::c_void,
@@ -55,6 +56,25 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
     let Some(&source) = (unsafe { PREEXISTING.get(&cookie) }) else {
         return 0;
     };
+    // The agent gives a family only for a listener with a per-source limit.
+    let per_source = source.family != 0;
+    if let Some(tag) = SOCKETS.get_ptr_mut(&cookie) {
+        // Counted already (by sock_ops, or an earlier run): what may be missing is its place in
+        // its source's count. Counted whatever the source holds: the connection exists.
+        // SAFETY: a live map value; the socket's lock keeps its close (the only other writer,
+        // which deletes it) away.
+        let (slot, flags) = unsafe { ((*tag).slot, &mut (*tag).flags) };
+        // (Its close gives the place back on the slot it holds: only that slot's source.)
+        if per_source
+            && slot == source.slot
+            && *flags & tracked::COUNTED_PER_SOURCE == 0
+            && matches!(sources::take(&source, None), Take::Taken)
+        {
+            *flags |= tracked::COUNTED_PER_SOURCE;
+        }
+        let _ = PREEXISTING.remove(&cookie);
+        return 0;
+    }
     // SAFETY: the helper returns NULL for anything but a full TCP socket (time-wait, request).
     let tcp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<c_void>();
     if tcp.is_null() {
@@ -88,9 +108,8 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
     let Some(usage) = Usage::of(source.slot) else {
         return 0;
     };
-    // The agent gives a family only for a listener with a per-source limit. Counted whatever
-    // the source holds: the kernel holds the connection already.
-    let per_source = source.family != 0 && matches!(sources::take(&source, None), Take::Taken);
+    // Counted whatever the source holds: the kernel holds the connection already.
+    let per_source = per_source && matches!(sources::take(&source, None), Take::Taken);
     let tag = TrackedSocket {
         slot: source.slot,
         flags: if per_source {
@@ -100,15 +119,16 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
         },
     };
     if SOCKETS.insert(&cookie, &tag, BPF_NOEXIST as u64).is_err() {
-        // Counted already (by sock_ops, or an earlier run).
+        // The table is full (counted already cannot be: checked above, under the lock).
         if per_source {
             sources::give_back(&source);
         }
         return 0;
     }
+    // Counted: the agent takes what is left in PREEXISTING as not counted.
+    let _ = PREEXISTING.remove(&cookie);
     usage.reserve_unconditionally();
     usage.established();
     count_slot(source.slot, |s| &mut s.preexisting);
-    let _ = PREEXISTING.remove(&cookie);
     0
 }

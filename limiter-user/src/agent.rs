@@ -24,7 +24,7 @@ use crate::{
     },
     over_limit::{self, ResetStats},
     pins::PinDir,
-    preflight,
+    preexisting, preflight,
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
     settings::{Change, Settings},
     sock_diag::SockDiag,
@@ -182,11 +182,12 @@ impl AgentState {
         spec: &LimitSpec,
     ) -> Result<String, AgentError> {
         let now = match netns {
-            None => self
-                .table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set(spec)?,
+            None => {
+                let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+                let now = table.set(spec)?;
+                preexisting::count(&mut table);
+                now
+            }
             Some(path) => self.lock_namespaces().set(path, spec)?,
         };
         Ok(format!("limit set: {now}"))
@@ -243,6 +244,9 @@ impl AgentState {
                 "limit set: {}",
                 table.set(spec).map_err(|e| e.to_string())?
             ));
+        }
+        if !change.set.is_empty() {
+            preexisting::count(&mut table);
         }
         let mut namespaces = self.lock_namespaces();
         for destinations in &change.keepalive_removed {
@@ -360,6 +364,8 @@ async fn enforce(
     {
         tracing::info!(%iface, %mode, why, "attached: admitting SYNs (XDP)");
     }
+    // Counting has started: the connections that were there first count too.
+    preexisting::count(&mut table);
     // Flood mode's connections over the limit, reset as soon as sock_ops reports them.
     let resets = Arc::new(ResetStats::default());
     let reset_task = table.maps_mut().over_limit.take().map(|ring| {

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::LpmTrie},
     programs::{
-        CgroupAttachMode, Iter, ProgramFd, SockOps, Xdp,
+        CgroupAttachMode, ProgramFd, SockOps, Xdp,
         links::{FdLink, PinnedLink},
     },
 };
@@ -43,6 +43,9 @@ pub struct Maps {
     pub sources: HashMap<MapData, SourceKey, u64>,
     /// Connections for the `adopt` iterator to count (`preexisting`).
     pub preexisting: HashMap<MapData, u64, SourceKey>,
+    /// The `adopt` iterator; `None` where it cannot load (connections established before the
+    /// limits are then not counted, and the log says so).
+    pub adopter: Option<crate::preexisting::Adopter>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
     /// Flood mode's connections over the limit, to reset; taken by the agent's reset task.
@@ -164,6 +167,15 @@ pub fn load(
             take(&mut ebpf, map_names::NETNS_INDEX)?,
             take(&mut ebpf, map_names::NETNS_ACCOUNTING)?,
         )),
+        adopter: crate::preexisting::Adopter::load(&mut ebpf)
+            .inspect_err(|error| {
+                tracing::warn!(
+                    %error,
+                    "connections established before their listener is limited cannot be \
+                     counted (they will not count against the limit)"
+                );
+            })
+            .ok(),
     };
     let log_task = log_kernel_events(&mut ebpf);
     Ok((
@@ -236,32 +248,6 @@ impl Programs {
             program: name,
             source,
         })
-    }
-
-    /// Runs the `adopt` iterator once over the TCP sockets of the calling thread's network
-    /// namespace (an iterator walks the namespace it was created in): it counts the connections
-    /// listed in PREEXISTING. Loaded on first use.
-    pub fn run_adopt(&mut self) -> Result<(), AgentError> {
-        let name = program_names::ADOPT;
-        let load_error = |source| AgentError::LoadProgram {
-            program: name,
-            source,
-        };
-        let program: &mut Iter = program(&mut self.ebpf, name)?;
-        if program.fd().is_err() {
-            let btf = aya::Btf::from_sys_fs()
-                .map_err(|e| AgentError::syscall("reading the kernel's BTF")(io_error(e)))?;
-            program.load("tcp", &btf).map_err(load_error)?;
-        }
-        let link = program.attach().map_err(load_error)?;
-        let link = program.take_link(link).map_err(load_error)?;
-        // Reading the iterator's file runs the program over every socket; it prints nothing.
-        let mut walk = link
-            .into_file()
-            .map_err(|e| AgentError::syscall("creating the TCP socket iterator")(io_error(e)))?;
-        std::io::copy(&mut walk, &mut std::io::sink())
-            .map_err(AgentError::syscall("walking the TCP sockets"))?;
-        Ok(())
     }
 
     /// sock_ops on the cgroup: from now on connections are counted.
@@ -376,10 +362,6 @@ fn pin_link(
         .pin(pin)
         .map_err(|e| pin_error(pin, std::io::Error::other(e.to_string())))?;
     Ok(PinnedOrAdopted::Pinned(pinned))
-}
-
-fn io_error(error: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::other(error)
 }
 
 fn pin_error(path: &Path, source: std::io::Error) -> AgentError {

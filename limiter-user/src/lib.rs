@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod netns;
 pub mod over_limit;
 pub mod pins;
+pub mod preexisting;
 pub mod preflight;
 pub mod proxy;
 pub mod settings;

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use limiter_common::{
-    ListenerConfig, MAX_LISTENERS, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats, SlotUsage,
-    admission_mode, map_names, port_entry,
+    FlowKey, ListenerConfig, MAX_LISTENERS, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats,
+    SlotUsage, SourceKey, admission_mode, family, map_names, port_entry, tracked,
 };
 
 use crate::{
@@ -61,7 +61,10 @@ impl Limit {
             limit: self.own.map_or(NO_LIMIT, |(limit, _)| limit as u64),
             slot: self.slot,
             // With no limit of its own nothing is refused for the listener: drop stands in.
-            action: self.own.map_or(Action::Drop, |(_, action)| action).to_kernel(),
+            action: self
+                .own
+                .map_or(Action::Drop, |(_, action)| action)
+                .to_kernel(),
             source_limit,
             source_action,
         }
@@ -439,6 +442,41 @@ impl LimitTable {
         .find_map(|l| self.configured.get(&l).map(|limit| (l, *limit)))
     }
 
+    /// The listener slot (and, for a listener with a per-source limit, the source) a connection
+    /// of this namespace is counted on, as the `adopt` iterator wants it (`preexisting`);
+    /// `None` for a connection to no limited listener, or to a `close` listener, whose
+    /// connections over the limit are the proxy's to hold and must not count.
+    pub fn counting_key(&self, flow: &FlowKey) -> Option<SourceKey> {
+        let bytes: Vec<u8> = flow
+            .local_addr
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let ip = match flow.family {
+            family::V4 => std::net::IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?),
+            family::V6 => std::net::IpAddr::from(<[u8; 16]>::try_from(&bytes[..]).ok()?),
+            _ => return None,
+        };
+        let (_, limit) = self.limit_for(ip, flow.local_port)?;
+        if limit.own.is_some_and(|(_, action)| action == Action::Close) {
+            return None;
+        }
+        let mut key = SourceKey::of(limit.slot, flow);
+        if limit.per_source.is_none() {
+            key.family = 0;
+        }
+        Some(key)
+    }
+
+    /// Whether a connection the kernel may count as `key` says (see [`Self::counting_key`])
+    /// lacks any of it: not counted at all, or not in its source's count.
+    pub fn needs_counting(&self, cookie: u64, key: &SourceKey) -> bool {
+        match self.maps.sockets.get(&cookie, 0) {
+            Ok(tag) => key.family != 0 && tag.flags & tracked::COUNTED_PER_SOURCE == 0,
+            Err(_) => true,
+        }
+    }
+
     /// Whether the kernel counted the connection with this socket cookie.
     pub fn is_counted(&self, cookie: u64) -> bool {
         self.maps.sockets.get(&cookie, 0).is_ok()
@@ -480,9 +518,7 @@ impl LimitTable {
     pub fn limits(&self) -> Vec<(Listener, u32, u32)> {
         self.configured
             .iter()
-            .filter_map(|(listener, limit)| {
-                limit.own.map(|(own, _)| (*listener, limit.slot, own))
-            })
+            .filter_map(|(listener, limit)| limit.own.map(|(own, _)| (*listener, limit.slot, own)))
             .collect()
     }
 
@@ -524,8 +560,7 @@ impl LimitTable {
                     refused_drop_total: stats.refused_drop,
                     refused_reset_total: stats.refused_reset,
                     refused_per_source_total: stats.refused_per_source,
-                    reset_after_handshake_per_source_total: stats
-                        .per_source_over_limit_established,
+                    reset_after_handshake_per_source_total: stats.per_source_over_limit_established,
                     preexisting_total: stats.preexisting,
                     syn_retransmit_total: stats.syn_retransmitted,
                     handshake_timeout_total: self.handshake_timeouts[limit.slot as usize],

@@ -733,11 +733,7 @@ mod tests {
                     limit,
                 );
                 put("limiter_listener_sources", &[], l.sources);
-                put(
-                    "limiter_listener_sources_at_limit",
-                    &[],
-                    l.sources_at_limit,
-                );
+                put("limiter_listener_sources_at_limit", &[], l.sources_at_limit);
                 put(
                     "limiter_listener_reset_after_handshake_per_source_total",
                     &[],

@@ -163,7 +163,11 @@ impl SockDiag {
 
     /// Every listening TCP socket of this network namespace, both families.
     pub fn listening(&self) -> io::Result<Vec<Listening>> {
-        Ok(self.dump(1 << TCP_LISTEN)?.iter().map(listening_of).collect())
+        Ok(self
+            .dump(1 << TCP_LISTEN)?
+            .iter()
+            .map(listening_of)
+            .collect())
     }
 
     /// Every TCP connection of this network namespace between ESTABLISHED and CLOSE, both
@@ -209,7 +213,9 @@ impl SockDiag {
                             let body = &batch[at + size_of::<libc::nlmsghdr>()..at + len];
                             if body.len() >= size_of::<InetDiagMsg>() {
                                 // SAFETY: long enough (checked); read unaligned.
-                                found.push(unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) });
+                                found.push(unsafe {
+                                    std::ptr::read_unaligned(body.as_ptr().cast())
+                                });
                             }
                         }
                         _ => {}
@@ -329,7 +335,10 @@ mod tests {
             .find(|c| c.flow.local_port == port && c.flow.remote_port == client_port)
             .unwrap_or_else(|| panic!("server side missing: {found:?}"));
         assert_eq!(server_side.flow.family, family::V4);
-        assert_eq!(server_side.flow.remote_addr[0], u32::from_ne_bytes([127, 0, 0, 1]));
+        assert_eq!(
+            server_side.flow.remote_addr[0],
+            u32::from_ne_bytes([127, 0, 0, 1])
+        );
         let client_side = found
             .iter()
             .find(|c| c.flow.local_port == client_port && c.flow.remote_port == port)

@@ -243,9 +243,11 @@ impl Report {
                 l.reset_after_handshake_per_source_total
             ));
         }
-        for l in self.listeners.iter().filter(|l| {
-            l.action == Action::DryRun || l.per_source_action == Some(Action::DryRun)
-        }) {
+        for l in self
+            .listeners
+            .iter()
+            .filter(|l| l.action == Action::DryRun || l.per_source_action == Some(Action::DryRun))
+        {
             out.push_str(&format!(
                 "{}: dry run: {} over the limit let through (would have been refused)\n",
                 l.qualified_name(),

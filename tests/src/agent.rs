@@ -44,6 +44,10 @@ pub fn limiter_bin() -> PathBuf {
     path
 }
 
+fn zero_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
 /// One listener's row of `limiter stats --json`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct ListenerStats {
@@ -54,8 +58,26 @@ pub struct ListenerStats {
     /// The pod (`NAMESPACE/NAME`) whose namespace it is, in Kubernetes mode.
     #[serde(default)]
     pub pod: Option<String>,
+    /// The listener's own limit; 0 when it has only a per-source limit (`null` in the JSON).
+    #[serde(deserialize_with = "zero_if_null")]
     pub limit: u64,
     pub action: String,
+    #[serde(default)]
+    pub per_source_limit: Option<u64>,
+    #[serde(default)]
+    pub per_source_action: Option<String>,
+    /// Client addresses holding connections now, and those at the per-source limit.
+    #[serde(default)]
+    pub sources: u64,
+    #[serde(default)]
+    pub sources_at_limit: u64,
+    #[serde(default)]
+    pub refused_per_source_total: u64,
+    #[serde(default)]
+    pub reset_after_handshake_per_source_total: u64,
+    /// Connections established before the limit started, counted since.
+    #[serde(default)]
+    pub preexisting_total: u64,
     pub active: u64,
     pub pending: u64,
     pub admitted_total: u64,

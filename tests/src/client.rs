@@ -1,6 +1,10 @@
 //! Servers and clients inside the bed's namespaces, run through the `netns-tool` helper binary
 //! of this crate (sockets must live in the namespaces, so they cannot be the test's own).
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -126,14 +130,29 @@ impl Hold {
     /// Starts `hold` in `side` and returns at once; [`Hold::wait`] gets the result. Lets a test sample
     /// the server while the connects are still in flight.
     pub fn spawn(bed: &TestBed, side: Side, count: u32, addr: &str, timeout_ms: u64) -> Proc {
-        bed.spawn(
-            &format!("hold {count} {addr}"),
-            tool(
-                bed,
-                side,
-                &["hold", &count.to_string(), addr, &timeout_ms.to_string()],
-            ),
-        )
+        Hold::spawn_with(bed, side, count, addr, timeout_ms, &[])
+    }
+
+    fn spawn_with(
+        bed: &TestBed,
+        side: Side,
+        count: u32,
+        addr: &str,
+        timeout_ms: u64,
+        extra: &[&str],
+    ) -> Proc {
+        let (count, timeout) = (count.to_string(), timeout_ms.to_string());
+        let mut args = vec!["hold", &count, addr, &timeout];
+        args.extend_from_slice(extra);
+        bed.spawn(&format!("hold {count} {addr}"), tool(bed, side, &args))
+    }
+
+    /// [`Hold::open`] from the client's address `source` (one it has, see
+    /// `TestBed::add_client_address`).
+    pub fn open_as(bed: &TestBed, source: IpAddr, count: u32, addr: &str, timeout_ms: u64) -> Hold {
+        let source = source.to_string();
+        let proc = Hold::spawn_with(bed, Side::Client, count, addr, timeout_ms, &[&source]);
+        Hold::wait(proc, count, timeout_ms)
     }
 
     /// Waits for the result line of a spawned `hold`.

@@ -1,7 +1,7 @@
 //! [`TestBed`]: a server namespace and a client namespace joined by a veth pair, with IPv4 and
 //! IPv6 addresses, deleted (with everything started in it) when the guard drops, even on panic.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::Command,
     sync::Mutex,
@@ -83,6 +83,39 @@ impl TestBed {
             }
         });
         bed
+    }
+
+    /// Gives the client a second address, `addr` (routed to it from the server over the veth),
+    /// for tests that need two clients: [`crate::client::Hold::open_as`] connects from it.
+    pub fn add_client_address(&self, addr: IpAddr) {
+        let (prefix, nodad): (&str, &[&str]) = match addr {
+            IpAddr::V4(_) => ("32", &[]),
+            IpAddr::V6(_) => ("128", &["nodad"]),
+        };
+        let host = format!("{addr}/{prefix}");
+        let mut add = vec![
+            "-n",
+            &self.cli_ns,
+            "addr",
+            "add",
+            &host,
+            "dev",
+            &self.cli_veth,
+        ];
+        add.extend_from_slice(nodad);
+        run_ok("ip", &add);
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                &self.srv_ns,
+                "route",
+                "add",
+                &host,
+                "dev",
+                &self.srv_veth,
+            ],
+        );
     }
 
     pub fn ns(&self, side: Side) -> &str {

@@ -10,7 +10,7 @@ use aya::{
 };
 use limiter_common::{
     AgentConfig, FlowKey, ListenerConfig, ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotListener,
-    SlotStats, SlotUsage, family, map_names, packet_stat, port_entry, program_names,
+    SlotStats, SlotUsage, SourceKey, family, map_names, packet_stat, port_entry, program_names,
 };
 
 use crate::require_root;
@@ -161,11 +161,21 @@ impl AdmissionProgram {
     /// Adds a limited listener in `slot`, as the agent does: its key and config in
     /// SLOT_LISTENERS and LISTENERS, and one more user of its port in PORTS.
     pub fn add_listener(&mut self, key: ListenerKey, slot: u32, limit: u64, action: u32) {
-        let config = ListenerConfig {
-            limit,
-            slot,
-            action,
-        };
+        self.add_listener_config(
+            key,
+            ListenerConfig {
+                limit,
+                slot,
+                action,
+                source_limit: 0,
+                source_action: 0,
+            },
+        );
+    }
+
+    /// [`Self::add_listener`] with the whole config (a per-source limit).
+    pub fn add_listener_config(&mut self, key: ListenerKey, config: ListenerConfig) {
+        let slot = config.slot;
         let mut slots: Array<_, SlotListener> =
             Array::try_from(self.map_mut(map_names::SLOT_LISTENERS)).unwrap();
         slots
@@ -247,6 +257,13 @@ impl AdmissionProgram {
                 .iter()
                 .sum()
         }))
+    }
+
+    /// Sets the connections a source holds (SOURCES), as accounting would leave them.
+    pub fn set_source(&mut self, source: SourceKey, held: u64) {
+        let mut sources: HashMap<_, SourceKey, u64> =
+            HashMap::try_from(self.map_mut(map_names::SOURCES)).unwrap();
+        sources.insert(source, held, 0).expect("write SOURCES");
     }
 
     /// Every reservation held in PENDING.

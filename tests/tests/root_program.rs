@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use limiter_common::{SlotStats, SlotUsage, action, admission_mode, family, packet_stat};
+use limiter_common::{
+    ListenerConfig, NO_LIMIT, SlotStats, SlotUsage, SourceKey, action, admission_mode, family,
+    packet_stat,
+};
 use limiter_tests::{
     frames::{
         self, CLIENT_MAC, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
@@ -328,6 +331,90 @@ fn root_dry_run_passes_what_it_would_refuse() {
         assert_eq!(program.slot_stats(0).dry_run_would_refuse - would_before, 2);
         assert_eq!(program.slot_stats(0).refused_drop, 0);
     }
+}
+
+/// Per-source limits at XDP: a SYN from a source holding its limit is refused with the
+/// per-source action, statelessly (no slot, no PENDING entry); another source, and the same
+/// source below its limit, go on to the listener's own limit. IPv6 sources are /64s.
+#[test]
+fn root_per_source_refusal_at_the_syn() {
+    let mut program = AdmissionProgram::load();
+    let config = |source_action| ListenerConfig {
+        limit: NO_LIMIT,
+        slot: 0,
+        action: action::DROP,
+        source_limit: 2,
+        source_action,
+    };
+    program.add_listener_config(listener_port(PORT), config(action::DROP));
+    let source4 = |addr: Ipv4Addr| SourceKey {
+        slot: 0,
+        family: family::V4,
+        _pad: 0,
+        addr: [v4_words(addr)[0], 0],
+    };
+    program.set_source(source4(CLIENT4), 2);
+    expect(&program, &syn4(41_000), XDP_DROP, "a source at its limit");
+    assert!(program.pending().is_empty(), "no state for a refusal");
+    assert_eq!(reserved(&program), 0, "no slot for a refusal");
+    let stats = program.slot_stats(0);
+    assert_eq!((stats.refused_per_source, stats.refused_drop), (1, 1));
+
+    // Another source, and the same one below its limit, are admitted (a slot, a reservation).
+    let other = tcp_v4(
+        Ipv4Addr::new(198, 18, 0, 3),
+        SERVER4,
+        &Tcp::syn(41_001, PORT),
+    );
+    expect(&program, &other, XDP_PASS, "another source");
+    program.set_source(source4(CLIENT4), 1);
+    expect(&program, &syn4(41_002), XDP_PASS, "below its limit");
+    assert_eq!(reserved(&program), 2);
+    assert_eq!(program.pending().len(), 2);
+
+    // A source being deleted (its last close) does not refuse.
+    program.set_source(source4(CLIENT4), limiter_common::SOURCE_DYING);
+    expect(&program, &syn4(41_003), XDP_PASS, "an entry on its way out");
+
+    // IPv6: the /64 is the source, whatever the low 64 bits; reset answers with a RST.
+    let mut program = AdmissionProgram::load();
+    program.add_listener_config(listener_port(PORT), config(action::RESET));
+    let words = v6_words(CLIENT6);
+    program.set_source(
+        SourceKey {
+            slot: 0,
+            family: family::V6,
+            _pad: 0,
+            addr: [words[0], words[1]],
+        },
+        2,
+    );
+    let neighbour = Ipv6Addr::new(0xfd00, 0x1e, 0x57, 0, 0xaaaa, 0xbbbb, 0xcccc, 0xdddd);
+    for client in [CLIENT6, neighbour] {
+        let frame = tcp_v6(client, SERVER6, &Tcp::syn(41_004, PORT));
+        expect(&program, &frame, XDP_TX, "a /64 at its limit, reset");
+    }
+    let elsewhere = Ipv6Addr::new(0xfd00, 0x1e, 0x57, 1, 0, 0, 0, 2);
+    let frame = tcp_v6(elsewhere, SERVER6, &Tcp::syn(41_005, PORT));
+    expect(&program, &frame, XDP_PASS, "another /64");
+    let stats = program.slot_stats(0);
+    assert_eq!((stats.refused_per_source, stats.refused_reset), (2, 2));
+
+    // Dry run per source: counted, and on to the listener's own limit (none here): passes.
+    let mut program = AdmissionProgram::load();
+    program.add_listener_config(listener_port(PORT), config(action::DRY_RUN));
+    program.set_source(source4(CLIENT4), 5);
+    expect(&program, &syn4(41_006), XDP_PASS, "dry run per source");
+    let stats = program.slot_stats(0);
+    assert_eq!(
+        (stats.dry_run_would_refuse, stats.refused_per_source),
+        (1, 0)
+    );
+    assert_eq!(
+        reserved(&program),
+        1,
+        "the listener's slot is taken as usual"
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::{
     netns::{Netns, dispatch::Dispatch},
     over_limit::{self, ResetStats},
     pins::PinDir,
+    preexisting,
     sock_diag::SockDiag,
     stats::Report,
     unbound,
@@ -161,6 +162,7 @@ impl NetnsEnforcement {
         // hands this namespace's sockets to this copy's.
         let accounting = self.programs.load_accounting()?;
         dispatch.add(self.cookie, accounting)?;
+        self.count_preexisting()?;
         let (programs, attachments, pins) = (&mut self.programs, &self.attachments, &self.pins);
         self.netns
             .run_in(|| programs.attach_admission(attachments, pins.as_ref()))??;
@@ -184,6 +186,14 @@ impl NetnsEnforcement {
                 self.resets.clone(),
             ))
         });
+        Ok(())
+    }
+
+    /// Counts the connections established in the namespace before their listener was limited
+    /// (`preexisting`); after every change of limits.
+    pub fn count_preexisting(&mut self) -> Result<(), AgentError> {
+        let table = &mut self.table;
+        self.netns.run_in(|| preexisting::count(table))?;
         Ok(())
     }
 

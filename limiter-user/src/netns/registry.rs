@@ -219,11 +219,18 @@ impl Namespaces {
                 action: Some(spec.action.unwrap_or(self.env.over_limit)),
                 ..*spec
             };
-            return Ok(format!("{spec} in {} (now enforcing in it)", path.display()));
+            return Ok(format!(
+                "{spec} in {} (now enforcing in it)",
+                path.display()
+            ));
         }
         let configured = self.configured.get_mut(path).expect("checked just above");
         let now = match &mut configured.state {
-            State::Enforcing(enforcement) => in_netns(path, enforcement.table.set(spec))?,
+            State::Enforcing(enforcement) => {
+                let now = in_netns(path, enforcement.table.set(spec))?;
+                in_netns(path, enforcement.count_preexisting())?;
+                now
+            }
             State::Waiting { .. } => format!("{spec} (applied when the path names a namespace)"),
         };
         configured.limits.retain(|l| !l.same_limit(spec));

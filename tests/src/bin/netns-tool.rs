@@ -10,9 +10,10 @@
 //!                                         threaded TCP echo; prints `listening ADDR` when bound;
 //!                                         count-after-eof reads to EOF, then writes back
 //!                                         `received N` and closes (a half-close check)
-//! hold N ADDR TIMEOUT_MS                  N concurrent connects, prints {connected, refused,
-//!                                         timed_out, other, ...}; then holds them; stdin lines:
-//!                                         `ping` (echo check), `close`, `rst` (SO_LINGER 0)
+//! hold N ADDR TIMEOUT_MS [SRC]            N concurrent connects (from source address SRC if
+//!                                         given), prints {connected, refused, timed_out, other,
+//!                                         ...}; then holds them; stdin lines: `ping` (echo
+//!                                         check), `close`, `rst` (SO_LINGER 0)
 //! churn TOTAL CONCURRENCY ADDR TIMEOUT_MS MAX_MS
 //!                                         TOTAL connect/close cycles (failed connects retried);
 //!                                         prints {succeeded, failed, ...}
@@ -219,10 +220,33 @@ fn error_name(err: &io::Error) -> String {
     }
 }
 
+/// A connect from `source` (any port), or from wherever the routes say.
+fn connect_from(
+    source: Option<IpAddr>,
+    addr: &SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(addr, timeout);
+    };
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+    socket.connect_timeout(&SockAddr::from(*addr), timeout)?;
+    Ok(socket.into())
+}
+
 fn hold(args: &[String]) -> Result<()> {
     let count: u64 = parse(args, 0, "N")?;
     let addr: SocketAddr = parse(args, 1, "ADDR")?;
     let timeout = Duration::from_millis(parse(args, 2, "TIMEOUT_MS")?);
+    let source: Option<IpAddr> = match args.get(3) {
+        Some(_) => Some(parse(args, 3, "SRC")?),
+        None => None,
+    };
     if count == 0 || count > MAX_CONNECTIONS {
         bail!("N must be 1..={MAX_CONNECTIONS}");
     }
@@ -237,7 +261,7 @@ fn hold(args: &[String]) -> Result<()> {
                 .spawn(move || {
                     barrier.wait();
                     let started = Instant::now();
-                    let result = TcpStream::connect_timeout(&addr, timeout);
+                    let result = connect_from(source, &addr, timeout);
                     (result, started.elapsed())
                 })?,
         );
