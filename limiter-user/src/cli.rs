@@ -491,6 +491,21 @@ mod tests {
         for (args, needle) in [
             (&["--iface", "eth0", "--limit", "8000=0"][..], "--limit"),
             (
+                &["--iface", "eth0", "--limit-per-source", "8000=x"][..],
+                "--limit-per-source",
+            ),
+            (
+                &[
+                    "--iface",
+                    "eth0",
+                    "--limit-per-source",
+                    "8000=1",
+                    "--limit-per-source",
+                    "8000=2",
+                ][..],
+                "--limit-per-source '8000=2': listener 8000 is given twice",
+            ),
+            (
                 &["--iface", "eth0", "--limit", "8000=1", "--limit", "8000=2"][..],
                 "given twice",
             ),

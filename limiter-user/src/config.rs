@@ -240,6 +240,15 @@ struct RawListener {
     connection: Option<RawEnvoyConnection>,
     action: Option<String>,
     proxy: Option<RawProxy>,
+    /// At most this many connections per client address (`--limit-per-source`).
+    per_source_limit: Option<RawPerSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPerSource {
+    max_active_connections: String,
+    action: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -605,14 +614,18 @@ impl Checker<'_> {
         };
         let delay = limit.and_then(|(_, delay)| delay);
         let limit = limit.map(|(spec, _)| spec);
+        let per_source = match &raw.per_source_limit {
+            Some(per_source) => Some(self.per_source(listener, &path, per_source)?),
+            None => None,
+        };
 
         // What the listener amounts to, and whether the action in force can work here.
         match (&limit, proxy.is_some()) {
-            (None, false) => {
+            (None, false) if per_source.is_none() => {
                 return Err(self.at(
                     &path,
                     "nothing to do: give it a limit (options.connectionLimit or \
-                     connection.connectionLimit), a proxy, or both",
+                     connection.connectionLimit), a perSourceLimit, a proxy, or a mix",
                 ));
             }
             (None, true) if action.is_some() => {
@@ -642,6 +655,7 @@ impl Checker<'_> {
         }
 
         config.limits.extend(limit);
+        config.limits.extend(per_source);
         if let Some(mut proxy) = proxy {
             if let Some(earlier) = config
                 .proxies
@@ -729,6 +743,46 @@ impl Checker<'_> {
                 }
             }
         }
+    }
+
+    /// A listener's `perSourceLimit`: a limit per client address, with its own action.
+    fn per_source(
+        &self,
+        listener: Listener,
+        path: &str,
+        raw: &RawPerSource,
+    ) -> Result<LimitSpec, ConfigError> {
+        let base = format!("{path}.perSourceLimit");
+        let value_field = format!("{base}.maxActiveConnections");
+        if raw.max_active_connections.contains([':', '=']) {
+            return Err(self.at(
+                &value_field,
+                format!(
+                    "limit '{}' is not a whole number",
+                    raw.max_active_connections
+                ),
+            ));
+        }
+        let mut spec = format!("{listener}={}", raw.max_active_connections)
+            .parse::<LimitSpec>()
+            .map_err(|e| self.at(&value_field, e))?
+            .per_source();
+        let action_field = format!("{base}.action");
+        spec.action = match &raw.action {
+            Some(text) => match text.parse::<Action>() {
+                Ok(Action::Close) => {
+                    return Err(self.at(
+                        &action_field,
+                        "close is the proxy's action for a listener's own limit; a per-source \
+                         limit refuses at the SYN: use drop, reset or dry-run",
+                    ));
+                }
+                Ok(action) => Some(action),
+                Err(e) => return Err(self.at(&action_field, e)),
+            },
+            None => None,
+        };
+        Ok(spec)
     }
 
     /// The limit of a listener and the delay that goes with it.
@@ -1333,6 +1387,38 @@ namespaces:
             ok("listeners: [{listener: 8000, connection: {connectionLimit: {value: 4294967295}}}]")
                 .limits,
             [limit("8000=4294967295")]
+        );
+    }
+
+    #[test]
+    fn per_source_limits() {
+        let both = ok(
+            "listeners:\n  - listener: 8000\n    connection: {connectionLimit: {value: 100}}\n    perSourceLimit: {maxActiveConnections: 2, action: reset}\n",
+        );
+        assert_eq!(
+            both.limits,
+            [limit("8000=100"), limit("8000=2:reset").per_source()]
+        );
+        // A per-source limit alone is something to do; its action defaults like any limit's.
+        let alone = ok("listeners: [{listener: 8000, perSourceLimit: {maxActiveConnections: 3}}]");
+        assert_eq!(alone.limits, [limit("8000=3").per_source()]);
+        fails(
+            "listeners: [{listener: 8000, perSourceLimit: {maxActiveConnections: 0}}]",
+            Some("listeners[0].perSourceLimit.maxActiveConnections"),
+            Some(1),
+            "out of range",
+        );
+        fails(
+            "listeners: [{listener: 8000, perSourceLimit: {maxActiveConnections: 2, action: close}}]",
+            Some("listeners[0].perSourceLimit.action"),
+            Some(1),
+            "refuses at the SYN",
+        );
+        fails(
+            "listeners: [{listener: 8000, perSourceLimit: {maxActiveConnections: 2, per: ip}}]",
+            Some("listeners[0].perSourceLimit.per"),
+            Some(1),
+            "unknown field",
         );
     }
 
@@ -2057,7 +2143,7 @@ namespaces:
         assert_eq!(
             err,
             format!(
-                "config {}: line 3, column 5: field `listeners[0]`: nothing to do: give it a limit (options.connectionLimit or connection.connectionLimit), a proxy, or both",
+                "config {}: line 3, column 5: field `listeners[0]`: nothing to do: give it a limit (options.connectionLimit or connection.connectionLimit), a perSourceLimit, a proxy, or a mix",
                 path.display()
             )
         );

@@ -907,7 +907,10 @@ mod tests {
         sample.strip_suffix("_total").unwrap_or(sample)
     }
 
-    const GAUGES: [&str; 7] = [
+    const GAUGES: [&str; 10] = [
+        "limiter_listener_per_source_limit",
+        "limiter_listener_sources",
+        "limiter_listener_sources_at_limit",
         "limiter_listener_active_connections",
         "limiter_listener_listening",
         "limiter_listener_flood_mode",

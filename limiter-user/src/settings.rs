@@ -400,6 +400,60 @@ mod tests {
     }
 
     #[test]
+    fn per_source_limits_beside_listener_limits() {
+        let settings = merge(&[
+            "--iface",
+            "eth0",
+            "--limit",
+            "8000=100",
+            "--limit-per-source",
+            "8000=2:reset",
+            "--limit-per-source-in",
+            "/run/netns/a",
+            "9000=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.limits,
+            [
+                "8000=100:drop".parse::<LimitSpec>().unwrap(),
+                "8000=2:reset".parse::<LimitSpec>().unwrap().per_source()
+            ]
+        );
+        assert_eq!(settings.namespaces[0].limits[0].scope, Scope::PerSource);
+        // close is the proxy's; a per-source limit refuses at the SYN.
+        for args in [
+            &["--iface", "eth0", "--limit-per-source", "8000=2:close"][..],
+            &[
+                "--iface",
+                "eth0",
+                "--proxy",
+                "8000=198.18.0.3:1025",
+                "--over-limit",
+                "close",
+                "--limit-per-source",
+                "8000=2",
+            ][..],
+        ] {
+            let error = merge(args).unwrap_err();
+            assert!(
+                error.starts_with("--limit-per-source '8000=2") && error.contains("at the SYN"),
+                "{error}"
+            );
+        }
+        // A reload tells the two limits of a listener apart.
+        let old = merge(&["--iface", "eth0", "--limit", "8000=100"]).unwrap();
+        let change = Change::between(&old, &settings);
+        assert_eq!(change.set.len(), 1);
+        assert_eq!(change.set[0].scope, Scope::PerSource);
+        let change = Change::between(&settings, &old);
+        assert_eq!(
+            change.unset,
+            [(Listener::AnyAddress(8000), Scope::PerSource)]
+        );
+    }
+
+    #[test]
     fn limits_in_other_namespaces() {
         let settings = merge(&[
             "--over-limit",

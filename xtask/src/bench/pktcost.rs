@@ -31,6 +31,8 @@ const PORT_FULL_RESET: u16 = 8002;
 /// Limited and full, `drop`, its one slot a handshake in flight (slot 3): a refused SYN is
 /// first looked up as a possible retransmit.
 const PORT_FULL_HANDSHAKE: u16 = 8003;
+/// Limited per source to 1, which the client holds (slot 4): its SYN is refused per source.
+const PORT_FULL_SOURCE: u16 = 8004;
 /// Not limited.
 const PORT_OTHER: u16 = 9999;
 /// Listeners configured in the "many listeners" phase.
@@ -118,9 +120,21 @@ impl Programs {
         limiter.set_usage(2, 1, 1)?;
         limiter.add_listener(SERVER, PORT_FULL_HANDSHAKE, 3, 1, action::DROP)?;
         limiter.set_usage(3, 1, 0)?;
+        limiter.add_listener_config(
+            SERVER,
+            PORT_FULL_SOURCE,
+            limiter_common::ListenerConfig {
+                limit: limiter_common::NO_LIMIT,
+                slot: 4,
+                action: action::DROP,
+                source_limit: 1,
+                source_action: action::DROP,
+            },
+        )?;
+        limiter.set_source(4, CLIENT, 1)?;
         // More listeners (other ports of the same address, each its own slot), as a node
         // with many limited services would have.
-        for i in 4..listeners {
+        for i in 5..listeners {
             limiter.add_listener(SERVER, 10_000 + i as u16, i, 100, action::DROP)?;
         }
         Ok(Programs {
@@ -196,6 +210,14 @@ fn repeated_cases() -> Vec<Repeated> {
             label: "limiter: SYN refused, drop (limit held by established connections)",
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
+            verdict: XDP_DROP,
+            counter: Some(packet_stat::SYN_REFUSED),
+        },
+        Repeated {
+            key: "limiter_syn_refused_per_source",
+            label: "limiter: SYN refused per source, drop (the client holds its per-source limit)",
+            prog: Prog::Limiter,
+            frame: frames::tcp(c, 40_000, PORT_FULL_SOURCE, TCP_SYN),
             verdict: XDP_DROP,
             counter: Some(packet_stat::SYN_REFUSED),
         },

@@ -200,15 +200,31 @@ impl Limiter {
         limit: u64,
         action: u32,
     ) -> Result<()> {
+        self.add_listener_config(
+            addr,
+            port,
+            ListenerConfig {
+                limit,
+                slot,
+                action,
+                source_limit: 0,
+                source_action: 0,
+            },
+        )
+    }
+
+    /// [`Self::add_listener`] with the whole config (a per-source limit).
+    pub fn add_listener_config(
+        &mut self,
+        addr: Ipv4Addr,
+        port: u16,
+        config: ListenerConfig,
+    ) -> Result<()> {
+        let slot = config.slot;
         let key = ListenerKey {
             addr: [u32::from_ne_bytes(addr.octets()), 0, 0, 0],
             port,
             family: family::V4,
-        };
-        let config = ListenerConfig {
-            limit,
-            slot,
-            action,
         };
         let ebpf = &mut self.prog.ebpf;
         let mut slots: Array<_, SlotListener> =
@@ -228,6 +244,21 @@ impl Limiter {
         let mut ports: Array<_, u32> = Array::try_from(map_mut(ebpf, map_names::PORTS)?)?;
         let entry = ports.get(&u32::from(port), 0)?;
         ports.set(u32::from(port), port_entry::with_listener(entry, slot), 0)?;
+        Ok(())
+    }
+
+    /// Sets the connections an IPv4 source holds on listener `slot` (SOURCES), as accounting
+    /// leaves them.
+    pub fn set_source(&mut self, slot: u32, source: Ipv4Addr, held: u64) -> Result<()> {
+        let mut sources: HashMap<_, limiter_common::SourceKey, u64> =
+            HashMap::try_from(map_mut(&mut self.prog.ebpf, map_names::SOURCES)?)?;
+        let key = limiter_common::SourceKey {
+            slot,
+            family: family::V4,
+            _pad: 0,
+            addr: [u32::from_ne_bytes(source.octets()), 0],
+        };
+        sources.insert(key, held, 0)?;
         Ok(())
     }
 

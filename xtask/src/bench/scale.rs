@@ -184,6 +184,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             bed.server_veth.clone(),
             "--limit".into(),
             format!("198.18.0.1:{HELD_PORT}=100000"),
+            // Counts the held connections' source too: the memory of one tracked source.
+            "--limit-per-source".into(),
+            format!("198.18.0.1:{HELD_PORT}=100000"),
             "--limit".into(),
             format!("198.18.0.1:{}=100000", flood::PORT),
             "--handshake-timeout".into(),
@@ -247,7 +250,12 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     flood_server.stop()?;
     drop(bed);
 
-    let per_conn = (total(&with_conns) as f64 - total(&before) as f64) / CONNECTIONS as f64;
+    // Every held connection comes from the client's one address: one SOURCES entry, whose
+    // growth is what a tracked source costs (an entry's size does not depend on how many there
+    // are), and a thousandth of it is in the per-connection figure.
+    let per_source = memlock(&with_conns, "SOURCES") as f64 - memlock(&before, "SOURCES") as f64;
+    let per_conn =
+        (total(&with_conns) as f64 - total(&before) as f64 - per_source) / CONNECTIONS as f64;
     let per_pending = (total(&with_pending) as f64 - total(&with_conns) as f64) / pending as f64;
     let per_listener =
         (total(&maps_many) as f64 - total(&maps_one) as f64) / (LISTENERS - 1) as f64;
@@ -273,7 +281,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
              for preallocated maps, growing with the entries for maps created with \
              BPF_F_NO_PREALLOC). Per tracked connection: the agent with one listener, then \
              {CONNECTIONS} real connections held open (limiter's `active` = {CONNECTIONS}); the \
-             growth divided by {CONNECTIONS}. Per handshake in flight: {sent} SYNs from random \
+             growth divided by {CONNECTIONS}, less the one source entry. Per tracked source \
+             (`--limit-per-source`): the growth of the SOURCES map when those connections' one \
+             client address took its entry. Per handshake in flight: {sent} SYNs from random \
              sources sent by the flood generator to a second listener (limit 100000, handshake \
              timeout 120 s: the handshakes never complete and hold their reservations); the growth \
              divided by limiter's `pending` ({pending}). Per listener: the agent with 10,000 \
@@ -292,6 +302,10 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     mem.row(vec![
         "per tracked (established) connection".into(),
         format!("**{}**", number(per_conn)),
+    ]);
+    mem.row(vec![
+        "per tracked source (client address holding connections, `--limit-per-source`)".into(),
+        format!("**{}**", number(per_source)),
     ]);
     mem.row(vec![
         "per handshake in flight (SYN admitted, no final ACK yet)".into(),
