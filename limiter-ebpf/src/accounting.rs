@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use limiter_common::{
-    FlowKey, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family, tracked,
+    FlowKey, NO_LIMIT, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family, tracked,
 };
 
 use crate::{
@@ -122,9 +122,12 @@ fn established(ctx: &SockOpsContext) {
                 }
             } else {
                 // The SYN crossed no watched interface (e.g. loopback) or its reservation
-                // expired: the kernel holds the connection anyway, so it counts.
+                // expired (or its listener, limited per source only, reserves nothing): the
+                // kernel holds the connection anyway, so it counts.
                 usage.reserve_unconditionally();
-                count_slot(listener.slot, |s| &mut s.established_unreserved);
+                if listener.limit != NO_LIMIT {
+                    count_slot(listener.slot, |s| &mut s.established_unreserved);
+                }
             }
             listener.slot
         }
@@ -232,7 +235,7 @@ fn over_limit(
         count_slot(slot, |s| &mut s.untracked);
         warn!(
             ctx,
-            "flood mode: a connection over the limit on port {} could not be handed to the agent (OVER_LIMIT full): it stays, uncounted",
+            "a connection over the limit (flood mode or per source) on port {} could not be handed to the agent (OVER_LIMIT full): it stays, uncounted",
             flow.local_port
         );
     }

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use limiter_common::{Pending, SourceKey, action, packet_stat};
+use limiter_common::{NO_LIMIT, Pending, SourceKey, action, packet_stat};
 
 use crate::{
     atomic::Usage,
@@ -43,14 +43,6 @@ pub fn admission(ctx: XdpContext) -> u32 {
     let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port) else {
         return pass(packet_stat::NOT_OURS);
     };
-    // Proxy mode (`close`): every handshake completes; accounting admits or holds the
-    // connection once it is established, and the proxy closes held ones after its delay.
-    if listener.action == action::CLOSE {
-        return pass(packet_stat::SYN_PASSED);
-    }
-    let Some(usage) = Usage::of(listener.slot) else {
-        return pass(packet_stat::NOT_OURS);
-    };
     if listener.source_limit != 0
         && sources::at_limit(&SourceKey::of(listener.slot, flow), listener.source_limit)
     {
@@ -62,6 +54,16 @@ pub fn admission(ctx: XdpContext) -> u32 {
             return refuse(&ctx, &syn, listener.slot, listener.source_action);
         }
     }
+    // Proxy mode (`close`): every handshake completes; accounting admits or holds the
+    // connection once it is established, and the proxy closes held ones after its delay. A
+    // listener limited per source only has no budget to reserve in: only established
+    // connections count per source, so a SYN takes nothing (and a flood of them fills nothing).
+    if listener.action == action::CLOSE || listener.limit == NO_LIMIT {
+        return pass(packet_stat::SYN_PASSED);
+    }
+    let Some(usage) = Usage::of(listener.slot) else {
+        return pass(packet_stat::NOT_OURS);
+    };
     if usage.flood_mode() {
         if usage.full(listener.limit) {
             return refuse(&ctx, &syn, listener.slot, listener.action);

@@ -64,15 +64,22 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
         // SAFETY: a live map value; the socket's lock keeps its close (the only other writer,
         // which deletes it) away.
         let (slot, flags) = unsafe { ((*tag).slot, &mut (*tag).flags) };
-        // (Its close gives the place back on the slot it holds: only that slot's source.)
-        if per_source
-            && slot == source.slot
-            && *flags & tracked::COUNTED_PER_SOURCE == 0
-            && matches!(sources::take(&source, None), Take::Taken)
-        {
+        let done = if !per_source || *flags & tracked::COUNTED_PER_SOURCE != 0 {
+            true
+        } else if slot != source.slot {
+            // Its close gives the place back on the slot it holds (a listener unset and set
+            // again while it was open): not this one's source.
+            false
+        } else if matches!(sources::take(&source, None), Take::Taken) {
             *flags |= tracked::COUNTED_PER_SOURCE;
+            true
+        } else {
+            false
+        };
+        // What is left in PREEXISTING the agent reports as not counted.
+        if done {
+            let _ = PREEXISTING.remove(&cookie);
         }
-        let _ = PREEXISTING.remove(&cookie);
         return 0;
     }
     // SAFETY: the helper returns NULL for anything but a full TCP socket (time-wait, request).

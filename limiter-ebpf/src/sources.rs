@@ -83,7 +83,15 @@ pub fn give_back(source: &SourceKey) {
     };
     let held = Counter(entry);
     // A connection taking a place from 0 before the mark keeps the entry alive.
-    if held.fetch_sub(1) == 1 && held.compare_exchange(0, SOURCE_DYING) {
+    if held.fetch_sub(1) != 1 || !held.compare_exchange(0, SOURCE_DYING) {
+        return;
+    }
+    // Between the two, other CPUs may have taken and given back places, deleted the entry and
+    // reused its memory for another source: delete only an entry that is still this source's,
+    // and otherwise take the mark back off whoever's it is.
+    if SOURCES.get_ptr_mut(source) == Some(entry) {
         let _ = SOURCES.remove(source);
+    } else {
+        held.compare_exchange(SOURCE_DYING, 0);
     }
 }

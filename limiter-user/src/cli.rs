@@ -357,8 +357,12 @@ impl RunArgs {
                 .iter()
                 .any(|(p, s)| p == path && s.same_limit(spec))
             {
+                let flag = match spec.scope {
+                    Scope::Listener => "--limit-in",
+                    Scope::PerSource => "--limit-per-source-in",
+                };
                 return Err(format!(
-                    "--limit-in {} '{spec}': listener {} is given twice in that namespace",
+                    "{flag} {} '{spec}': listener {} is given twice in that namespace",
                     path.display(),
                     spec.listener
                 ));

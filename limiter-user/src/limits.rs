@@ -164,12 +164,13 @@ impl LimitTable {
             return Err(fail(reason));
         }
         let existing = self.configured.get(&listener).copied();
+        let draining = self.draining.remove(&listener);
         let mut limit = match existing {
             Some(limit) => limit,
             None => Limit {
                 own: None,
                 per_source: None,
-                slot: match self.draining.remove(&listener) {
+                slot: match draining {
                     Some(slot) => slot,
                     None => self.allocate_slot().ok_or_else(|| {
                         fail(format!("no free listener slot ({MAX_LISTENERS} in use)"))
@@ -179,14 +180,23 @@ impl LimitTable {
         };
         *limit.of(spec.scope) = Some((spec.limit, action));
         if let Err(e) = self.write(listener, limit, existing.is_none()) {
-            if existing.is_none() {
-                self.free_slots.push(limit.slot);
+            // A slot taken back from draining still counts its connections: back it goes.
+            match (existing, draining) {
+                (Some(_), _) => {}
+                (None, Some(slot)) => {
+                    self.draining.insert(listener, slot);
+                }
+                (None, None) => self.free_slots.push(limit.slot),
             }
             return Err(fail(e));
         }
         written.listener = listener;
+        let written = match spec.scope {
+            Scope::Listener => written.to_string(),
+            Scope::PerSource => format!("{written} per source"),
+        };
         Ok(if listener == spec.listener {
-            written.to_string()
+            written
         } else {
             format!(
                 "{written} (written {}: every client of the proxy, IPv4 and IPv6)",

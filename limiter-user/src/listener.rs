@@ -263,11 +263,9 @@ fn parse_limit(limit: &str) -> Result<u32, String> {
 impl fmt::Display for LimitSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}={}", self.listener, self.limit)?;
+        // As written (the scope is the flag's): logs that need it say "per source" themselves.
         if let Some(action) = self.action {
             write!(f, ":{}", action.as_str())?;
-        }
-        if self.scope == Scope::PerSource {
-            f.write_str(" per source")?;
         }
         Ok(())
     }

@@ -125,13 +125,16 @@ pub fn count(table: &mut LimitTable) -> u64 {
 }
 
 fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), AgentError> {
-    let connections = SockDiag::open()
-        .and_then(|diag| diag.connections())
+    let (connections, listening) = SockDiag::open()
+        .and_then(|diag| Ok((diag.connections()?, diag.listening()?)))
         .map_err(AgentError::syscall(
             "listing established connections (sock_diag)",
         ))?;
+    // Accepted connections only, as sock_ops counts (passive ones): a socket listens on their
+    // local port. (An outgoing connection from a limited port is not the listener's.)
     let wanted: Vec<_> = connections
         .iter()
+        .filter(|c| listening.iter().any(|l| l.port == c.flow.local_port))
         .filter_map(|c| Some((c.cookie, table.counting_key(&c.flow)?)))
         .filter(|(cookie, key)| table.needs_counting(*cookie, key))
         .collect();
@@ -139,14 +142,17 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
     // PREEXISTING holds a bounded number at a time; most runs take one batch.
     for batch in wanted.chunks(MAX_PREEXISTING as usize) {
         let map = &mut table.maps_mut().preexisting;
-        for (cookie, source) in batch {
-            map.insert(cookie, source, 0)
-                .map_err(AgentError::map(limiter_common::map_names::PREEXISTING))?;
-        }
-        adopter.walk().map_err(AgentError::syscall(
-            "walking the TCP sockets (adopt iterator)",
-        ))?;
-        // The iterator removes what it counted; what is left was not.
+        let walked = batch
+            .iter()
+            .try_for_each(|(cookie, source)| map.insert(cookie, source, 0))
+            .map_err(AgentError::map(limiter_common::map_names::PREEXISTING))
+            .and_then(|()| {
+                adopter.walk().map_err(AgentError::syscall(
+                    "walking the TCP sockets (adopt iterator)",
+                ))
+            });
+        // The iterator removes what it counted; what is left was not, and goes (a later run
+        // must not find stale entries).
         let map = &mut table.maps_mut().preexisting;
         for (cookie, _) in batch {
             if map.remove(cookie).is_ok() {
@@ -155,6 +161,7 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
                 counted += 1;
             }
         }
+        walked?;
     }
     Ok((counted, left))
 }

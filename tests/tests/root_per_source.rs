@@ -167,32 +167,39 @@ fn root_per_source_and_listener_limits_together_and_live() {
     });
 }
 
-/// A forged-source flood at a listener with a per-source limit: forged sources never complete a
-/// handshake, so they never take a place, and a real client keeps connecting (one connect every
-/// 100 ms, 1 s timeout, each closed at once).
+/// A forged-source flood at a listener with a per-source limit, at 2,000 SYN/s and flat out:
+/// forged sources never complete a handshake, so they never take a place, the listener (limited
+/// per source only) reserves nothing for their SYNs, and a real client keeps connecting (one
+/// connect every 100 ms, 1 s timeout, each closed at once).
 #[test]
 fn root_forged_sources_take_no_place() {
-    let bed = TestBed::new();
-    let (_server, listener, agent) = per_source_agent(&bed, &addr(bed.srv_v4, PORT), "2:drop", &[]);
-    let flood = Flood::start(&bed, &bed.srv_v4.to_string(), PORT, 2_000, 6);
-    std::thread::sleep(Duration::from_millis(500));
-    let result = probe(
-        &bed,
-        &addr(bed.srv_v4, PORT),
-        Duration::from_millis(100),
-        40,
-        Duration::from_secs(1),
-    );
-    flood.finish();
-    let row = agent.listener(&listener);
-    assert!(
-        result.success_rate() >= 0.9,
-        "the real client during the flood: {result:?}; {row:?}"
-    );
-    assert_eq!(row.refused_per_source_total, 0, "{row:?}");
-    agent.wait_listener(&listener, "no source left", SETTLE, |l| {
-        l.active == 0 && l.sources == 0
-    });
+    for rate in [2_000, 100_000] {
+        let bed = TestBed::new();
+        let (_server, listener, agent) =
+            per_source_agent(&bed, &addr(bed.srv_v4, PORT), "2:drop", &[]);
+        let flood = Flood::start(&bed, &bed.srv_v4.to_string(), PORT, rate, 6);
+        std::thread::sleep(Duration::from_millis(500));
+        let result = probe(
+            &bed,
+            &addr(bed.srv_v4, PORT),
+            Duration::from_millis(100),
+            40,
+            Duration::from_secs(1),
+        );
+        let row = agent.listener(&listener);
+        let sent = flood.finish();
+        assert!(
+            result.success_rate() >= 0.9,
+            "{rate} forged SYN/s ({sent:?}): the real client got {result:?}; {row:?}"
+        );
+        assert_eq!(row.pending, 0, "no reservation for a SYN: {row:?}");
+        assert_eq!(row.refused_per_source_total, 0, "{row:?}");
+        let stats = agent.stats();
+        assert_eq!(stats.packets.pending_full_total, 0, "{stats:?}");
+        agent.wait_listener(&listener, "no source left", SETTLE, |l| {
+            l.active == 0 && l.sources == 0
+        });
+    }
 }
 
 /// A second IPv4 client address, outside the bed's own /30.

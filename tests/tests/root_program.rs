@@ -339,14 +339,14 @@ fn root_dry_run_passes_what_it_would_refuse() {
 #[test]
 fn root_per_source_refusal_at_the_syn() {
     let mut program = AdmissionProgram::load();
-    let config = |source_action| ListenerConfig {
-        limit: NO_LIMIT,
+    let config = |limit, source_action| ListenerConfig {
+        limit,
         slot: 0,
         action: action::DROP,
         source_limit: 2,
         source_action,
     };
-    program.add_listener_config(listener_port(PORT), config(action::DROP));
+    program.add_listener_config(listener_port(PORT), config(NO_LIMIT, action::DROP));
     let source4 = |addr: Ipv4Addr| SourceKey {
         slot: 0,
         family: family::V4,
@@ -360,7 +360,8 @@ fn root_per_source_refusal_at_the_syn() {
     let stats = program.slot_stats(0);
     assert_eq!((stats.refused_per_source, stats.refused_drop), (1, 1));
 
-    // Another source, and the same one below its limit, are admitted (a slot, a reservation).
+    // Another source, and the same one below its limit, pass; with no limit of its own the
+    // listener reserves nothing for them (only established connections count per source).
     let other = tcp_v4(
         Ipv4Addr::new(198, 18, 0, 3),
         SERVER4,
@@ -369,8 +370,8 @@ fn root_per_source_refusal_at_the_syn() {
     expect(&program, &other, XDP_PASS, "another source");
     program.set_source(source4(CLIENT4), 1);
     expect(&program, &syn4(41_002), XDP_PASS, "below its limit");
-    assert_eq!(reserved(&program), 2);
-    assert_eq!(program.pending().len(), 2);
+    assert_eq!(reserved(&program), 0);
+    assert!(program.pending().is_empty());
 
     // A source being deleted (its last close) does not refuse.
     program.set_source(source4(CLIENT4), limiter_common::SOURCE_DYING);
@@ -378,7 +379,7 @@ fn root_per_source_refusal_at_the_syn() {
 
     // IPv6: the /64 is the source, whatever the low 64 bits; reset answers with a RST.
     let mut program = AdmissionProgram::load();
-    program.add_listener_config(listener_port(PORT), config(action::RESET));
+    program.add_listener_config(listener_port(PORT), config(NO_LIMIT, action::RESET));
     let words = v6_words(CLIENT6);
     program.set_source(
         SourceKey {
@@ -400,9 +401,9 @@ fn root_per_source_refusal_at_the_syn() {
     let stats = program.slot_stats(0);
     assert_eq!((stats.refused_per_source, stats.refused_reset), (2, 2));
 
-    // Dry run per source: counted, and on to the listener's own limit (none here): passes.
+    // Dry run per source: counted, and on to the listener's own limit (10): a slot, passed.
     let mut program = AdmissionProgram::load();
-    program.add_listener_config(listener_port(PORT), config(action::DRY_RUN));
+    program.add_listener_config(listener_port(PORT), config(10, action::DRY_RUN));
     program.set_source(source4(CLIENT4), 5);
     expect(&program, &syn4(41_006), XDP_PASS, "dry run per source");
     let stats = program.slot_stats(0);

@@ -219,8 +219,12 @@ impl Namespaces {
                 action: Some(spec.action.unwrap_or(self.env.over_limit)),
                 ..*spec
             };
+            let per_source = match spec.scope {
+                Scope::Listener => "",
+                Scope::PerSource => " per source",
+            };
             return Ok(format!(
-                "{spec} in {} (now enforcing in it)",
+                "{spec}{per_source} in {} (now enforcing in it)",
                 path.display()
             ));
         }
@@ -351,8 +355,14 @@ impl Namespaces {
                 .copied()
                 .collect();
             for (listener, scope) in removed {
+                let what = match scope {
+                    Scope::Listener => "limit",
+                    Scope::PerSource => "per-source limit",
+                };
                 match self.unset(path, &listener, scope) {
-                    Ok(()) => done.push(format!("limit removed: {listener} in {}", path.display())),
+                    Ok(()) => {
+                        done.push(format!("{what} removed: {listener} in {}", path.display()))
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
