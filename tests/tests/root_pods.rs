@@ -620,3 +620,38 @@ fn root_pod_limit_holds_through_an_overlay() {
     });
     assert_eq!(row.refused_reset_total, 1, "{row:?}");
 }
+
+/// Connections open in a pod before the agent starts count there too, and a per-source limit
+/// inside the pod (`--limit-per-source-in`) counts their source: the next one from that client
+/// is refused, and everything returns to 0 when they close.
+#[test]
+fn root_connections_open_in_a_pod_before_the_agent_count() {
+    let bed = TestBed::new();
+    let pod = bed.add_pod();
+    let _server = serve(&bed, &pod);
+    let mut before = Hold::open(&bed, 3, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(before.result.connected, 3, "{:?}", before.result);
+    let path = netns_of(&pod);
+    let agent = agent_for(
+        &bed,
+        &[(&pod, "8000=4:reset")],
+        &["--limit-per-source-in", &path, "8000=3:reset"],
+    );
+    let row = agent.listener_in("8000", Some(&path));
+    assert_eq!(
+        (row.active, row.preexisting_total, row.sources_at_limit),
+        (3, 3, 1),
+        "{row:?}"
+    );
+    let refused = Hold::open(&bed, 1, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(refused.result.refused, 1, "{:?}", refused.result);
+    assert_eq!(
+        agent.listener_in("8000", Some(&path)).refused_per_source_total,
+        1
+    );
+    assert_eq!(before.ping().echoed, 3);
+    before.close();
+    agent.wait_listener_in("8000", Some(&path), "back to 0", SETTLE, |l| {
+        l.active == 0 && l.sources == 0
+    });
+}
