@@ -646,7 +646,9 @@ fn root_connections_open_in_a_pod_before_the_agent_count() {
     let refused = Hold::open(&bed, 1, &pod.addr(PORT), CONNECT_MS);
     assert_eq!(refused.result.refused, 1, "{:?}", refused.result);
     assert_eq!(
-        agent.listener_in("8000", Some(&path)).refused_per_source_total,
+        agent
+            .listener_in("8000", Some(&path))
+            .refused_per_source_total,
         1
     );
     assert_eq!(before.ping().echoed, 3);

@@ -81,7 +81,7 @@ pub struct TcpKeepalive {
     pub interval: Option<String>,
 }
 
-/// One listener's limit. Give the count one way: Gloo's `maxActiveConnections` or Envoy
+/// One listener's limits. Give its own count one way: Gloo's `maxActiveConnections` or Envoy
 /// Gateway's `connectionLimit.value`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -98,6 +98,20 @@ pub struct PolicyListener {
     pub connection_limit: Option<ConnectionLimitValue>,
     /// Over the limit: `drop` (silent, the default), `reset` ("connection refused") or
     /// `dry-run` (let through, counted as would-have-been-refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<PolicyAction>,
+    /// At most this many active connections from one client address (an IPv4 address, an
+    /// IPv6 /64), beside or instead of the listener's own limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_source_limit: Option<PerSourceLimit>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PerSourceLimit {
+    #[schemars(range(min = 1, max = 4294967295u32))]
+    pub max_active_connections: u32,
+    /// Over it: as the listener's `action`; default `drop`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<PolicyAction>,
 }
@@ -189,12 +203,13 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
             .listeners
             .iter()
             .filter_map(|l| match limit_of(l) {
-                Ok(spec) => Some(spec),
+                Ok(specs) => Some(specs),
                 Err(problem) => {
                     problems.push(format!("port {}: {problem}", l.port));
                     None
                 }
             })
+            .flatten()
             .collect();
         for pod in pods
             .iter()
@@ -203,7 +218,8 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
             for limit in &limits {
                 let port = limit.listener.port();
                 let slot = (pod.namespace.clone(), pod.name.clone(), port);
-                if let Some(first) = owner.get(&slot) {
+                // (A policy's own two limits on one port, its own and per source, go together.)
+                if let Some(first) = owner.get(&slot).filter(|first| *first != key) {
                     problems.push(format!(
                         "port {port} of pod {}: already limited by the older policy {first}",
                         pod.name
@@ -245,37 +261,51 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
     resolved
 }
 
-/// A listener of a policy as a limit on the pod's port (every address, both families).
-fn limit_of(listener: &PolicyListener) -> Result<LimitSpec, String> {
+/// A listener of a policy as limits on the pod's port (every address, both families): its own,
+/// its per-source one, or both.
+fn limit_of(listener: &PolicyListener) -> Result<Vec<LimitSpec>, String> {
     let port = u16::try_from(listener.port)
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{} is not a port (1-65535)", listener.port))?;
-    let limit = match (
+    let own = match (
         listener.max_active_connections,
         listener.connection_limit.as_ref().map(|c| c.value),
     ) {
         (Some(_), Some(_)) => {
             return Err("give maxActiveConnections or connectionLimit.value, not both".to_string());
         }
-        (Some(n), None) | (None, Some(n)) => n,
-        (None, None) => {
-            return Err("no limit (maxActiveConnections or connectionLimit.value)".to_string());
-        }
+        (Some(n), None) | (None, Some(n)) => Some((n, listener.action)),
+        (None, None) => None,
     };
-    if limit == 0 {
-        return Err("a limit of 0 would refuse every connection".to_string());
+    let per_source = listener
+        .per_source_limit
+        .as_ref()
+        .map(|p| (p.max_active_connections, p.action));
+    if own.is_none() && per_source.is_none() {
+        return Err(
+            "no limit (maxActiveConnections, connectionLimit.value or perSourceLimit)".to_string(),
+        );
     }
-    Ok(LimitSpec {
-        listener: Listener::AnyAddress(port),
-        scope: Scope::Listener,
-        limit,
-        action: Some(match listener.action {
-            Some(PolicyAction::Reset) => Action::Reset,
-            Some(PolicyAction::DryRun) => Action::DryRun,
-            Some(PolicyAction::Drop) | None => Action::Drop,
-        }),
-    })
+    [(own, Scope::Listener), (per_source, Scope::PerSource)]
+        .into_iter()
+        .filter_map(|(limit, scope)| limit.map(|(n, action)| (n, action, scope)))
+        .map(|(limit, action, scope)| {
+            if limit == 0 {
+                return Err("a limit of 0 would refuse every connection".to_string());
+            }
+            Ok(LimitSpec {
+                listener: Listener::AnyAddress(port),
+                scope,
+                limit,
+                action: Some(match action {
+                    Some(PolicyAction::Reset) => Action::Reset,
+                    Some(PolicyAction::DryRun) => Action::DryRun,
+                    Some(PolicyAction::Drop) | None => Action::Drop,
+                }),
+            })
+        })
+        .collect()
 }
 
 /// A keepalive entry of a policy, through the same parsers as `--keepalive-for`.
@@ -393,6 +423,34 @@ mod tests {
             )])
         );
         assert!(resolved.conflicts.is_empty());
+    }
+
+    #[test]
+    fn per_source_limits_beside_or_instead_of_the_listeners() {
+        let pods = [pod("gw", "a", &[])];
+        let resolved = resolve(
+            &pods,
+            &[policy(
+                "2026-01-01T00:00:00Z",
+                "gw",
+                "limit",
+                "podSelector: {}\nlisteners:\n  - { port: 8000, maxActiveConnections: 100, perSourceLimit: { maxActiveConnections: 2, action: reset } }\n  - { port: 9000, perSourceLimit: { maxActiveConnections: 3 } }\n  - { port: 9001 }\n",
+            )],
+        );
+        assert_eq!(
+            resolved.limits[&("gw".to_string(), "a".to_string())],
+            vec![
+                "8000=100:drop".parse::<LimitSpec>().unwrap(),
+                "8000=2:reset".parse::<LimitSpec>().unwrap().per_source(),
+                "9000=3:drop".parse::<LimitSpec>().unwrap().per_source(),
+            ]
+        );
+        let problems = resolved.conflicts.values().next().unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("port 9001: no limit"),
+            "{problems:?}"
+        );
     }
 
     #[test]
