@@ -25,6 +25,9 @@
 //!     connection:                 # ... with Envoy Gateway's connectionLimit
 //!       connectionLimit: { value: 5 }
 //!     action: reset
+//!     perSourceLimit:             # --limit-per-source: per client address (IPv4, IPv6 /64)
+//!       maxActiveConnections: 2
+//!       action: reset             # drop | reset | dry-run (not close)
 //! keepalivePolicies:              # --keepalive-for
 //!   - destinations: 198.18.0.0/15:5432
 //!     tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
@@ -55,7 +58,8 @@
 //!   closed); else the file's `overLimit` (or `--over-limit`). `close` and a delay need a
 //!   `proxy` on that listener: without one, limiter refuses the SYN itself and there is nothing
 //!   to hold. A delay with `action: drop|reset` is a contradiction and an error. An `action`
-//!   needs a limit, and a listener needs a limit or a proxy (else it does nothing).
+//!   needs a limit, and a listener needs a limit, a `perSourceLimit` or a proxy (else it does
+//!   nothing). `perSourceLimit` is a second limit with its own action, per client address.
 //! - `proxy.upstream` is `IP:PORT` or `[IPv6]:PORT`; the proxy listens on the listener's address.
 //!   `proxy.tcp` is per proxy what `--max-upstream-connections` (`maxConnections`, at least 1),
 //!   `--connect-timeout` (`connectTimeout`, more than 0) and `--upstream-keepalive`
@@ -1260,6 +1264,9 @@ listeners:
     connection:
       connectionLimit: { value: 5 }
     action: reset
+    perSourceLimit:
+      maxActiveConnections: 2
+      action: reset
 keepalivePolicies:
   - destinations: 198.18.0.0/15:5432
     tcpKeepalive: { time: 60s, probes: 3, interval: 5s }
@@ -1284,7 +1291,11 @@ namespaces:
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
             config.limits,
-            [limit("8000=1:close"), limit("198.18.0.1:9000=5:reset")]
+            [
+                limit("8000=1:close"),
+                limit("198.18.0.1:9000=5:reset"),
+                limit("198.18.0.1:9000=2:reset").per_source()
+            ]
         );
         assert_eq!(config.proxies[0].max_connections, Some(100));
         assert_eq!(config.keepalive_for.len(), 1);
