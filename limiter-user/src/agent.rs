@@ -200,10 +200,7 @@ impl AgentState {
         listener: &Listener,
         scope: Scope,
     ) -> Result<String, AgentError> {
-        let what = match scope {
-            Scope::Listener => "limit",
-            Scope::PerSource => "per-source limit",
-        };
+        let what = scope.noun();
         match netns {
             None => {
                 self.table
@@ -234,10 +231,7 @@ impl AgentState {
         let mut done = Vec::new();
         for (listener, scope) in &change.unset {
             table.unset(listener, *scope).map_err(|e| e.to_string())?;
-            done.push(match scope {
-                Scope::Listener => format!("limit removed: {listener}"),
-                Scope::PerSource => format!("per-source limit removed: {listener}"),
-            });
+            done.push(format!("{} removed: {listener}", scope.noun()));
         }
         for spec in &change.set {
             done.push(format!(

@@ -357,12 +357,9 @@ impl RunArgs {
                 .iter()
                 .any(|(p, s)| p == path && s.same_limit(spec))
             {
-                let flag = match spec.scope {
-                    Scope::Listener => "--limit-in",
-                    Scope::PerSource => "--limit-per-source-in",
-                };
                 return Err(format!(
-                    "{flag} {} '{spec}': listener {} is given twice in that namespace",
+                    "{}-in {} '{spec}': listener {} is given twice in that namespace",
+                    spec.scope.flag(),
                     path.display(),
                     spec.listener
                 ));

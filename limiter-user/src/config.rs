@@ -91,7 +91,7 @@ use serde_saphyr::{
 use crate::{
     cli, duration,
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener, ListenerParseError},
+    listener::{Action, LimitSpec, Listener, ListenerParseError, NO_CLOSE_PER_SOURCE},
     proxy::ProxySpec,
 };
 
@@ -775,11 +775,7 @@ impl Checker<'_> {
         spec.action = match &raw.action {
             Some(text) => match text.parse::<Action>() {
                 Ok(Action::Close) => {
-                    return Err(self.at(
-                        &action_field,
-                        "close is the proxy's action for a listener's own limit; a per-source \
-                         limit refuses at the SYN: use drop, reset or dry-run",
-                    ));
+                    return Err(self.at(&action_field, NO_CLOSE_PER_SOURCE));
                 }
                 Ok(action) => Some(action),
                 Err(e) => return Err(self.at(&action_field, e)),

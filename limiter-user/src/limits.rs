@@ -23,7 +23,7 @@ use crate::{
     flood::FloodWatch,
     keepalive::{Destinations, KeepaliveSpec},
     kernel::Maps,
-    listener::{Action, LimitSpec, Listener, Scope},
+    listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     proxy::coverage,
     stats::{ListenerReport, PacketReport, Report},
     xdp_mode::{self, Attachment},
@@ -148,11 +148,7 @@ impl LimitTable {
             }))
         })?;
         if spec.scope == Scope::PerSource && action == Action::Close {
-            return Err(fail(format!(
-                "a per-source limit is enforced when the SYN arrives, so the close action \
-                 (proxy mode) cannot apply to it: give {}={}:drop, :reset or :dry-run",
-                spec.listener, spec.limit
-            )));
+            return Err(fail(NO_CLOSE_PER_SOURCE.into()));
         }
         let mut written = *spec;
         written.action = Some(action);
@@ -191,10 +187,7 @@ impl LimitTable {
             return Err(fail(e));
         }
         written.listener = listener;
-        let written = match spec.scope {
-            Scope::Listener => written.to_string(),
-            Scope::PerSource => format!("{written} per source"),
-        };
+        let written = written.described();
         Ok(if listener == spec.listener {
             written
         } else {
@@ -263,12 +256,7 @@ impl LimitTable {
             .get(listener)
             .copied()
             .filter(|limit| limit.get(scope).is_some())
-            .ok_or_else(|| {
-                fail(match scope {
-                    Scope::Listener => "has no limit".into(),
-                    Scope::PerSource => "has no per-source limit".into(),
-                })
-            })?;
+            .ok_or_else(|| fail(format!("has no {}", scope.noun())))?;
         *limit.of(scope) = None;
         if limit.own.is_some() || limit.per_source.is_some() {
             return self.write(*listener, limit, false).map_err(fail);

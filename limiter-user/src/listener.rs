@@ -195,6 +195,28 @@ pub enum Scope {
     PerSource,
 }
 
+/// Why a per-source limit cannot take the `close` action, as every place that checks it says.
+pub const NO_CLOSE_PER_SOURCE: &str = "close is the proxy's action for a listener's own limit; a \
+     per-source limit refuses at the SYN: use drop, reset or dry-run";
+
+impl Scope {
+    /// What logs and errors call a limit of this scope.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Scope::Listener => "limit",
+            Scope::PerSource => "per-source limit",
+        }
+    }
+
+    /// The `run` flag that sets a limit of this scope (`-in` appended: inside a namespace).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Scope::Listener => "--limit",
+            Scope::PerSource => "--limit-per-source",
+        }
+    }
+}
+
 /// `LISTENER=N[:ACTION]`, as given to `--limit` (and, per source, `--limit-per-source`) and
 /// `limiter set`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +234,14 @@ impl LimitSpec {
         LimitSpec {
             scope: Scope::PerSource,
             ..self
+        }
+    }
+
+    /// The limit as logs show it: as written, then "per source" for a per-source limit.
+    pub fn described(&self) -> String {
+        match self.scope {
+            Scope::Listener => self.to_string(),
+            Scope::PerSource => format!("{self} per source"),
         }
     }
 

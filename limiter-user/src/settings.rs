@@ -6,7 +6,7 @@ use crate::{
     cli::RunArgs,
     config::{self, FileConfig, ProxyConfig},
     keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener, Scope},
+    listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     netns::NetnsLimits,
     proxy::coverage,
 };
@@ -88,7 +88,7 @@ impl Settings {
             return Err(format!(
                 "{} '{unadmitted}': no --iface to admit its SYNs on in the agent's \
                  namespace (pass --iface, or `interfaces:` in --config)",
-                flag_of(unadmitted)
+                unadmitted.scope.flag()
             ));
         }
 
@@ -247,7 +247,7 @@ fn resolve_netns_actions(
                 return Err(format!(
                     "{}-in {} '{limit}': the close action needs limiter's proxy, which \
                      runs in the agent's own network namespace only; use drop or reset",
-                    flag_of(limit),
+                    limit.scope.flag(),
                     netns.path.display()
                 ));
             }
@@ -257,21 +257,12 @@ fn resolve_netns_actions(
     Ok(namespaces)
 }
 
-/// The flag that gives a limit of this scope.
-fn flag_of(limit: &LimitSpec) -> &'static str {
-    match limit.scope {
-        Scope::Listener => "--limit",
-        Scope::PerSource => "--limit-per-source",
-    }
-}
-
 /// A limit's action: its own, or the `--over-limit` default. A per-source limit refuses at the
 /// SYN, so the proxy's close cannot be its action.
 fn resolve_action(limit: &LimitSpec, over_limit: Action) -> Result<Action, String> {
     match (limit.scope, limit.action) {
         (Scope::PerSource, Some(Action::Close)) => Err(format!(
-            "--limit-per-source '{limit}': close is the proxy's action for a listener's own \
-             limit; a per-source limit refuses at the SYN: use drop, reset or dry-run"
+            "--limit-per-source '{limit}': {NO_CLOSE_PER_SOURCE}"
         )),
         (Scope::PerSource, None) if over_limit == Action::Close => Err(format!(
             "--limit-per-source '{limit}': --over-limit is close, which a per-source limit \
@@ -310,7 +301,7 @@ fn enforced_listeners(
         let listener = coverage::enforced_on(&written, action, &listens).map_err(|mismatch| {
             format!(
                 "{} '{written}': {}",
-                flag_of(&written),
+                written.scope.flag(),
                 coverage::explain(&mismatch, &written, proxy_flag)
             )
         })?;
@@ -320,7 +311,7 @@ fn enforced_listeners(
         {
             return Err(format!(
                 "{flag} '{earlier}' and {flag} '{written}' both limit the clients of {clients}: give one",
-                flag = flag_of(&written),
+                flag = written.scope.flag(),
                 clients = listens
                     .iter()
                     .find(|p| coverage::clients_of(**p) == listener)

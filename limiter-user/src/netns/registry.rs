@@ -219,12 +219,9 @@ impl Namespaces {
                 action: Some(spec.action.unwrap_or(self.env.over_limit)),
                 ..*spec
             };
-            let per_source = match spec.scope {
-                Scope::Listener => "",
-                Scope::PerSource => " per source",
-            };
             return Ok(format!(
-                "{spec}{per_source} in {} (now enforcing in it)",
+                "{} in {} (now enforcing in it)",
+                spec.described(),
                 path.display()
             ));
         }
@@ -355,14 +352,12 @@ impl Namespaces {
                 .copied()
                 .collect();
             for (listener, scope) in removed {
-                let what = match scope {
-                    Scope::Listener => "limit",
-                    Scope::PerSource => "per-source limit",
-                };
                 match self.unset(path, &listener, scope) {
-                    Ok(()) => {
-                        done.push(format!("{what} removed: {listener} in {}", path.display()))
-                    }
+                    Ok(()) => done.push(format!(
+                        "{} removed: {listener} in {}",
+                        scope.noun(),
+                        path.display()
+                    )),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
