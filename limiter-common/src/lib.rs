@@ -364,7 +364,9 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     pub slot: u32,
-    pub _pad: u32,
+    /// 1 when the listener had a per-source limit at the SYN: only then does accounting look
+    /// the listener up again when the handshake completes (else 0).
+    pub per_source: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the first SYN was admitted.
     pub since_ns: u64,
 }

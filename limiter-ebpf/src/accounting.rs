@@ -31,7 +31,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use limiter_common::{
-    FlowKey, NO_LIMIT, OverLimit, SlotStats, SourceKey, TrackedSocket, action, family, tracked,
+    FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, TrackedSocket,
+    action, family, tracked,
 };
 
 use crate::{
@@ -87,9 +88,15 @@ fn established(ctx: &SockOpsContext) {
     let Some(flow) = flow_of(ctx) else {
         return;
     };
-    let slot = match take_reservation(&flow) {
+    let (slot, listener) = match take_reservation(&flow) {
         // (Its listener may have been unset since the SYN: the slot counts it all the same.)
-        Some(slot) => slot,
+        // The listener is needed again only for a per-source limit.
+        Some(pending) => (
+            pending.slot,
+            (pending.per_source != 0)
+                .then(|| listeners::lookup(flow.family, &flow.local_addr, flow.local_port))
+                .flatten(),
+        ),
         None => {
             let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
             else {
@@ -129,13 +136,13 @@ fn established(ctx: &SockOpsContext) {
                     count_slot(listener.slot, |s| &mut s.established_unreserved);
                 }
             }
-            listener.slot
+            (listener.slot, Some(listener))
         }
     };
     let Some(usage) = Usage::of(slot) else {
         return;
     };
-    let Some(flags) = take_source_place(ctx, &flow, slot) else {
+    let Some(flags) = take_source_place(ctx, &flow, slot, listener) else {
         usage.release_reservation();
         return;
     };
@@ -168,13 +175,14 @@ fn established(ctx: &SockOpsContext) {
 /// flags of its SOCKETS tag, or `None` when its source is over the limit (the connection is then
 /// handed to the agent to be reset, and the caller gives back its listener slot).
 #[inline(always)]
-fn take_source_place(ctx: &SockOpsContext, flow: &FlowKey, slot: u32) -> Option<u32> {
-    // A listener limited per source, still on the slot this connection holds. (Looked up again
-    // rather than passed in: an Option<ListenerConfig> kept across the helper calls above makes
-    // LLVM spill an undefined register, which the verifier rejects.)
-    let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port)
-        .filter(|l| l.source_limit != 0 && l.slot == slot)
-    else {
+fn take_source_place(
+    ctx: &SockOpsContext,
+    flow: &FlowKey,
+    slot: u32,
+    listener: Option<&ListenerConfig>,
+) -> Option<u32> {
+    // A listener limited per source, still on the slot this connection holds.
+    let Some(listener) = listener.filter(|l| l.source_limit != 0 && l.slot == slot) else {
         return Some(0);
     };
     // A dry run counts the source's connections as they are; XDP counted the SYN that would
@@ -264,11 +272,11 @@ fn closed(ctx: &SockOpsContext) {
 /// Hands the handshake's reservation over: whoever deletes the PENDING entry owns it (the
 /// agent's sweeper may be deleting it at the same moment).
 #[inline(always)]
-fn take_reservation(flow: &FlowKey) -> Option<u32> {
+fn take_reservation(flow: &FlowKey) -> Option<Pending> {
     let pending = PENDING.get_ptr(flow)?;
     // SAFETY: the entry was just found; it is read before it is deleted.
-    let slot = unsafe { (*pending).slot };
-    PENDING.remove(flow).ok().map(|()| slot)
+    let pending = unsafe { *pending };
+    PENDING.remove(flow).ok().map(|()| pending)
 }
 
 /// The connection's 4-tuple as XDP saw it. An IPv4 connection accepted by a dual-stack

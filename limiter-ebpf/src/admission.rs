@@ -85,7 +85,7 @@ pub fn admission(ctx: XdpContext) -> u32 {
     let since_ns = unsafe { bpf_ktime_get_ns() };
     let reservation = Pending {
         slot: listener.slot,
-        _pad: 0,
+        per_source: (listener.source_limit != 0) as u32,
         since_ns,
     };
     match PENDING.insert(flow, &reservation, BPF_NOEXIST as u64) {
