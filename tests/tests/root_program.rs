@@ -416,6 +416,11 @@ fn root_per_source_refusal_at_the_syn() {
         1,
         "the listener's slot is taken as usual"
     );
+    assert_eq!(
+        program.pending()[0].1.per_source,
+        1,
+        "the reservation says the listener is limited per source (accounting looks it up then)"
+    );
 }
 
 #[test]
