@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::process::Process;
+use super::{Ctx, netns::TestBed, process::Process};
 use crate::cmd::{self, command};
 
 static AGENTS: AtomicU32 = AtomicU32::new(0);
@@ -27,6 +27,19 @@ pub struct Agent {
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Agent {
+    /// [`Agent::start`] in the test bed's server namespace, with the bench's agent binary and
+    /// scratch directory.
+    pub fn in_server_ns(ctx: &Ctx, bed: &TestBed, args: &[String]) -> Result<Agent> {
+        Agent::start(&ctx.agent, &ctx.scratch.dir, &bed.server_ns, args)
+    }
+
+    /// [`Agent::in_server_ns`] admitting on the server's veth: `--iface VETH ARGS`.
+    pub fn on_server_veth(ctx: &Ctx, bed: &TestBed, args: &[String]) -> Result<Agent> {
+        let mut all = vec!["--iface".to_string(), bed.server_veth.clone()];
+        all.extend_from_slice(args);
+        Agent::in_server_ns(ctx, bed, &all)
+    }
+
     /// Starts `limiter run` in namespace `ns` with `args` (plus the bench's control socket,
     /// `--metrics-addr off`), and waits for `limiter: ready`.
     pub fn start(binary: &Path, scratch: &Path, ns: &str, args: &[String]) -> Result<Agent> {

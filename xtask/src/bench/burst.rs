@@ -126,13 +126,10 @@ fn measure(ctx: &Ctx, bed: &TestBed, system: System, reps: usize) -> Result<Vec<
     let mut rules = None;
     match system {
         System::Limiter => {
-            agent = Some(Agent::start(
-                &ctx.agent,
-                &ctx.scratch.dir,
-                &bed.server_ns,
+            agent = Some(Agent::on_server_veth(
+                ctx,
+                bed,
                 &[
-                    "--iface".into(),
-                    bed.server_veth.clone(),
                     "--limit".into(),
                     format!("{LISTENER}={LIMIT}"),
                     "--xdp-mode".into(),

@@ -101,35 +101,10 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 (Config::EmptyXdpGeneric, _) => {
                     bed.attach_xdp_as(true, &ctx.objects.pass, "xdpgeneric")?
                 }
-                (_, Some(mode)) => {
-                    agent = Some(Agent::start(
-                        &ctx.agent,
-                        &ctx.scratch.dir,
-                        &bed.server_ns,
-                        &[
-                            "--iface".into(),
-                            bed.server_veth.clone(),
-                            "--limit".into(),
-                            format!("{LISTENER}={LIMIT}"),
-                            "--limit".into(),
-                            format!("{IPERF_LISTENER}={LIMIT}"),
-                            "--xdp-mode".into(),
-                            mode.into(),
-                        ],
-                    )?)
-                }
+                (_, Some(mode)) => agent = Some(start_limiter(ctx, &bed, mode)?),
                 _ => {}
             }
-            let result = netns::churn(
-                &bed.client_ns,
-                PORT,
-                Churn {
-                    threads: CLIENT_THREADS,
-                    cpu: None,
-                    server: OnAccept::Reset,
-                },
-                window,
-            );
+            let result = churn(&bed, window);
             let bitrate = result.as_ref().ok().map(|_| {
                 iperf::throughput(
                     &bed.client_ns,
@@ -213,30 +188,15 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
 
 fn program_time(ctx: &Ctx, bed: &TestBed, window: Duration) -> Result<ProgramTime> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let agent = Agent::start(
-        &ctx.agent,
-        &ctx.scratch.dir,
-        &bed.server_ns,
-        &[
-            "--iface".into(),
-            bed.server_veth.clone(),
-            "--limit".into(),
-            format!("{LISTENER}={LIMIT}"),
-        ],
+    let agent = start_limiter(
+        ctx,
+        bed,
+        Config::LimiterGeneric.limiter_mode().context("a mode")?,
     )?;
     let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let measured = program_stats().and_then(|before| {
-        let (ok, _) = netns::churn(
-            &bed.client_ns,
-            PORT,
-            Churn {
-                threads: CLIENT_THREADS,
-                cpu: None,
-                server: OnAccept::Reset,
-            },
-            window,
-        )?;
+        let (ok, _) = churn(bed, window)?;
         let after = program_stats()?;
         Ok(ProgramTime {
             connections: ok,
@@ -310,6 +270,36 @@ impl ProgramTime {
             "gap_ns_per_connection": gap_ns,
         });
     }
+}
+
+/// limiter with both listeners limited (never reached), in `--xdp-mode` `mode`.
+fn start_limiter(ctx: &Ctx, bed: &TestBed, mode: &str) -> Result<Agent> {
+    Agent::on_server_veth(
+        ctx,
+        bed,
+        &[
+            "--limit".into(),
+            format!("{LISTENER}={LIMIT}"),
+            "--limit".into(),
+            format!("{IPERF_LISTENER}={LIMIT}"),
+            "--xdp-mode".into(),
+            mode.into(),
+        ],
+    )
+}
+
+/// One window of the client threads connecting and being reset: (connected, failed).
+fn churn(bed: &TestBed, window: Duration) -> Result<(u64, u64)> {
+    netns::churn(
+        &bed.client_ns,
+        PORT,
+        Churn {
+            threads: CLIENT_THREADS,
+            cpu: None,
+            server: OnAccept::Reset,
+        },
+        window,
+    )
 }
 
 /// A configuration's connections/s per window, failed connects, and iperf3 bits/s per window.

@@ -294,12 +294,7 @@ pub fn set_up<'a>(
                 args.push("--limit".into());
                 args.push(format!("{SERVER_IP}:{}={}", also.port, also.limit));
             }
-            setup.agent = Some(Agent::start(
-                &ctx.agent,
-                &ctx.scratch.dir,
-                &bed.server_ns,
-                &args,
-            )?);
+            setup.agent = Some(Agent::in_server_ns(ctx, bed, &args)?);
         }
         Config::XdpDrop => bed.attach_xdp(true, &ctx.objects.drop_syn_flood)?,
         _ => bed.attach_xdp(true, &ctx.objects.pass)?,

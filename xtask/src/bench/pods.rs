@@ -176,12 +176,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                     )?;
                     None
                 }
-                Config::LimiterInPod => Some(Agent::start(
-                    &ctx.agent,
-                    &ctx.scratch.dir,
-                    &bed.server_ns,
-                    &args,
-                )?),
+                Config::LimiterInPod => Some(Agent::in_server_ns(ctx, &bed, &args)?),
                 Config::LimiterInPodOf16 => {
                     for ns in &pods.others {
                         args.extend([
@@ -190,12 +185,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                             format!("{PORT}={LIMIT}"),
                         ]);
                     }
-                    Some(Agent::start(
-                        &ctx.agent,
-                        &ctx.scratch.dir,
-                        &bed.server_ns,
-                        &args,
-                    )?)
+                    Some(Agent::in_server_ns(ctx, &bed, &args)?)
                 }
             };
             let result = netns::churn(

@@ -232,7 +232,7 @@ impl<'a> Setup<'a> {
                     args.push("--limit".into());
                     args.push(format!("{SERVER_IP}:{listen}={LIMIT}"));
                 }
-                let agent = Agent::start(&ctx.agent, &ctx.scratch.dir, &bed.server_ns, &args)?;
+                let agent = Agent::in_server_ns(ctx, bed, &args)?;
                 // One CPU, as the peers have: every thread of the agent (its tokio workers
                 // included) on the server's CPU.
                 sys::pin_process(agent.pid(), SERVER_CPU)?;

@@ -118,10 +118,9 @@ fn write_config(path: &Path, veth: &str, listeners: usize) -> Result<()> {
 }
 
 fn start_with_config(ctx: &Ctx, bed: &TestBed, config: &Path) -> Result<Agent> {
-    Agent::start(
-        &ctx.agent,
-        &ctx.scratch.dir,
-        &bed.server_ns,
+    Agent::in_server_ns(
+        ctx,
+        bed,
         &[
             "--config".into(),
             config.display().to_string(),
@@ -175,13 +174,10 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     // Memory per tracked connection and per handshake in flight.
     let server = Server::start(&bed.server_ns, HELD_PORT, OnAccept::Hold)?;
     let flood_server = Server::start(&bed.server_ns, flood::PORT, OnAccept::Hold)?;
-    let agent = Agent::start(
-        &ctx.agent,
-        &ctx.scratch.dir,
-        &bed.server_ns,
+    let agent = Agent::on_server_veth(
+        ctx,
+        &bed,
         &[
-            "--iface".into(),
-            bed.server_veth.clone(),
             "--limit".into(),
             format!("198.18.0.1:{HELD_PORT}=100000"),
             // Counts the held connections' source too: the memory of one tracked source.

@@ -141,16 +141,10 @@ fn measure(
 ) -> Result<Measured> {
     let listener = format!("{SERVER_IP}:{PORT}");
     let agent = match config {
-        Config::Limiter => Some(Agent::start(
-            &ctx.agent,
-            &ctx.scratch.dir,
-            &bed.server_ns,
-            &[
-                "--iface".into(),
-                bed.server_veth.clone(),
-                "--limit".into(),
-                format!("{listener}={LIMIT}"),
-            ],
+        Config::Limiter => Some(Agent::on_server_veth(
+            ctx,
+            bed,
+            &["--limit".into(), format!("{listener}={LIMIT}")],
         )?),
         _ => None,
     };

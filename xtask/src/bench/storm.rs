@@ -294,13 +294,10 @@ impl<'a> Setup<'a> {
                 } else {
                     "drop"
                 };
-                let agent = Agent::start(
-                    &ctx.agent,
-                    &ctx.scratch.dir,
-                    &bed.server_ns,
+                let agent = Agent::on_server_veth(
+                    ctx,
+                    bed,
                     &[
-                        "--iface".into(),
-                        bed.server_veth.clone(),
                         "--limit".into(),
                         format!("{LISTENER}={LIMIT}:{action}"),
                         "--xdp-mode".into(),
