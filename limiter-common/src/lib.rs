@@ -8,7 +8,7 @@
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
 /// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;
@@ -17,18 +17,16 @@ pub const MAX_LISTENERS: u32 = 16_384;
 /// a free list instead of allocating (half the cost of an admitted SYN in bench part 1). Floods
 /// do not fill it for long: flood mode releases their reservations.
 pub const MAX_PENDING: u32 = 65_536;
-/// Established connections tracked across all listeners.
-pub const MAX_TRACKED_SOCKETS: u32 = 1 << 20;
 /// Other network namespaces enforced in (`--limit-in`): each has its own copy of the programs,
 /// whose accounting program the agent's own copy (the one attached to the cgroup) tail-calls
 /// for that namespace's sockets, so a connection event runs one sock_ops program however many
 /// namespaces there are.
 pub const MAX_NETNS: u32 = 1024;
 /// Client addresses holding connections on listeners with a per-source limit (`SOURCES`). An
-/// entry exists only while its source holds an established connection, so there can never be
-/// more than there are tracked sockets: the table cannot fill before SOCKETS does, and forged
-/// sources, which never complete a handshake, never take an entry.
-pub const MAX_SOURCES: u32 = MAX_TRACKED_SOCKETS;
+/// entry exists only while its source holds an established connection, so forged sources, which
+/// never complete a handshake, never take an entry; a connection whose source finds the table
+/// full is reset by the agent rather than counted wrong.
+pub const MAX_SOURCES: u32 = 1 << 20;
 /// Connections that were established before their listener was limited, handed by the agent to
 /// the `adopt` iterator to be counted (`PREEXISTING`); filled and emptied per run.
 pub const MAX_PREEXISTING: u32 = 65_536;
@@ -214,19 +212,24 @@ impl SourceKey {
 /// and makes a fresh one, so no count lands in an entry being deleted.
 pub const SOURCE_DYING: u64 = u64::MAX;
 
-/// A counted socket (`SOCKETS`, by socket cookie): the slot it holds and whether it holds a
-/// place in its source's count too (it is given back at close only then, so a per-source limit
-/// set or removed while connections are open never miscounts).
+/// A socket's tag in `SOCKETS` (socket-local storage, freed with the socket): whether it is
+/// counted, the slot it holds, and whether it holds a place in its source's count too (given back
+/// at close only then, so a per-source limit set or removed while connections are open never
+/// miscounts). Its close clears the flags: that is what makes every decrement match exactly one
+/// increment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackedSocket {
     pub slot: u32,
-    /// [`tracked::COUNTED_PER_SOURCE`] or 0.
+    /// [`tracked`] bits; 0 for a socket not counted (or counted and closed).
     pub flags: u32,
 }
 
 pub mod tracked {
+    /// The socket holds a place in its source's count.
     pub const COUNTED_PER_SOURCE: u32 = 1;
+    /// The socket holds its slot: counted in its listener's active connections.
+    pub const COUNTED: u32 = 2;
 }
 
 /// A slot's listener and settings, as in `LISTENERS`: where admission finds a port's only

@@ -7,10 +7,10 @@
 //! agent, which resets it); otherwise a slot is taken unconditionally: the kernel already holds
 //! the connection. A listener with a per-source limit then takes a place in the source's count
 //! (`sources.rs`); a source found over its limit here (several handshakes in flight at once) has
-//! its connection reset by the agent. The socket is then tagged in SOCKETS and asked for state
-//! callbacks.
+//! its connection reset by the agent. The socket is then tagged counted (`socket_tags.rs`) and
+//! asked for state callbacks.
 //!
-//! Down: when a tagged socket reaches CLOSE (FIN, RST or timeout, whichever side). Deleting the
+//! Down: when a counted socket reaches CLOSE (FIN, RST or timeout, whichever side). Clearing the
 //! tag is what makes every decrement match exactly one increment, of the listener's count and,
 //! if the tag says it holds one, of its source's.
 //!
@@ -22,23 +22,25 @@
 //! counts with its own maps.
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
+    cty::c_void,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
 use limiter_common::{
-    FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, TrackedSocket,
-    action, family, tracked,
+    FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, action, family,
+    tracked,
 };
 
 use crate::{
     atomic::Usage,
     keepalive, listeners,
-    maps::{AGENT_CONFIG, NETNS_ACCOUNTING, NETNS_INDEX, OVER_LIMIT, PENDING, SOCKETS, count_slot},
+    maps::{AGENT_CONFIG, NETNS_ACCOUNTING, NETNS_INDEX, OVER_LIMIT, PENDING, count_slot},
+    socket_tags,
     sources::{self, Take},
 };
 
@@ -146,16 +148,18 @@ fn established(ctx: &SockOpsContext) {
         usage.release_reservation();
         return;
     };
-    // SAFETY: the helper only reads the socket's cookie.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let tag = TrackedSocket { slot, flags };
-    if SOCKETS.insert(&cookie, &tag, BPF_NOEXIST as u64).is_err() {
-        untrack(&usage, &flow, &tag);
+    let Some(tag) = socket_of(ctx).and_then(socket_tags::get_or_make) else {
+        untrack(&usage, &flow, slot, flags);
         warn!(
             ctx,
-            "a connection to port {} could not be tracked (SOCKETS full): not counted",
+            "a connection to port {} could not be tracked (no memory for its tag): not counted",
             flow.local_port
         );
+        return;
+    };
+    if !socket_tags::count(tag, slot, flags) {
+        // Counted already (by the adopt iterator, under this same lock): never twice.
+        untrack(&usage, &flow, slot, flags);
         return;
     }
     if ctx
@@ -163,8 +167,8 @@ fn established(ctx: &SockOpsContext) {
         .is_err()
     {
         // Without state callbacks the close would never be seen: do not count it at all.
-        let _ = SOCKETS.remove(&cookie);
-        untrack(&usage, &flow, &tag);
+        let _ = socket_tags::release(tag);
+        untrack(&usage, &flow, slot, flags);
         return;
     }
     usage.established();
@@ -211,14 +215,24 @@ fn take_source_place(
     }
 }
 
-/// Gives back what a connection that cannot be tracked took.
+/// Gives back what a connection that cannot be tracked took: its slot and, with `flags` saying
+/// so, its place in its source's count.
 #[inline(always)]
-fn untrack(usage: &Usage, flow: &FlowKey, tag: &TrackedSocket) {
+fn untrack(usage: &Usage, flow: &FlowKey, slot: u32, flags: u32) {
     usage.release_reservation();
-    if tag.flags & tracked::COUNTED_PER_SOURCE != 0 {
-        sources::give_back(&SourceKey::of(tag.slot, flow));
+    if flags & tracked::COUNTED_PER_SOURCE != 0 {
+        sources::give_back(&SourceKey::of(slot, flow));
     }
-    count_slot(tag.slot, |s| &mut s.untracked);
+    count_slot(slot, |s| &mut s.untracked);
+}
+
+/// The full socket sock_ops runs for (NULL only for a request socket, which never reaches the
+/// ops handled here).
+#[inline(always)]
+fn socket_of(ctx: &SockOpsContext) -> Option<*mut c_void> {
+    // SAFETY: reading the context's socket pointer; the verifier knows it may be NULL.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    (!sk.is_null()).then_some(sk.cast())
 }
 
 /// Hands a connection established over the limit to the agent, which resets it (sock_ops
@@ -251,22 +265,21 @@ fn over_limit(
 
 #[inline(always)]
 fn closed(ctx: &SockOpsContext) {
-    // SAFETY: the helper only reads the socket's cookie.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let Some(&tag) = (unsafe { SOCKETS.get(&cookie) }) else {
+    let Some(tag) = socket_of(ctx)
+        .and_then(socket_tags::get)
+        .and_then(socket_tags::release)
+    else {
         return;
     };
-    if SOCKETS.remove(&cookie).is_ok() {
-        if let Some(usage) = Usage::of(tag.slot) {
-            usage.closed();
-        }
-        if tag.flags & tracked::COUNTED_PER_SOURCE != 0
-            && let Some(flow) = flow_of(ctx)
-        {
-            sources::give_back(&SourceKey::of(tag.slot, &flow));
-        }
-        count_slot(tag.slot, |s| &mut s.closed);
+    if let Some(usage) = Usage::of(tag.slot) {
+        usage.closed();
     }
+    if tag.flags & tracked::COUNTED_PER_SOURCE != 0
+        && let Some(flow) = flow_of(ctx)
+    {
+        sources::give_back(&SourceKey::of(tag.slot, &flow));
+    }
+    count_slot(tag.slot, |s| &mut s.closed);
 }
 
 /// Hands the handshake's reservation over: whoever deletes the PENDING entry owns it (the

@@ -25,6 +25,7 @@ mod maps;
 mod packet;
 mod preexisting;
 mod reset;
+mod socket_tags;
 mod sources;
 
 #[cfg(not(test))]

@@ -7,25 +7,26 @@
 //! the slot and source to count them on; it then runs this iterator over the namespace's TCP
 //! sockets. For each listed socket it asks for the state callbacks (`bpf_setsockopt` of
 //! TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12+), so that sock_ops sees its close, and counts it
-//! exactly as sock_ops would have: tagged in SOCKETS, one slot, a place in its source's count.
+//! exactly as sock_ops would have: tagged counted (`socket_tags.rs`), one slot, a place in its source's count.
 //!
 //! The iterator holds the socket's lock and skips sockets already unhashed (closed), so the
 //! socket cannot close between being tagged and being asked for its callbacks; a socket that
 //! sock_ops counted in the meantime (it became ESTABLISHED after the programs were attached) is
-//! already tagged, and the NOEXIST insert leaves it alone. A socket counted already, on a
+//! already tagged counted, and is left alone. A socket counted already, on a
 //! listener that has since got a per-source limit, only takes its place in its source's count.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
+    bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, seq_file},
     cty::c_void,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt, bpf_skc_to_tcp_sock,
+        bpf_get_socket_cookie, bpf_getsockopt, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock,
     },
 };
-use limiter_common::{TrackedSocket, tracked};
+use limiter_common::tracked;
 
 use crate::{
     atomic::Usage,
-    maps::{PREEXISTING, SOCKETS, count_slot},
+    maps::{PREEXISTING, count_slot},
+    socket_tags,
     sources::{self, Take},
 };
 
@@ -33,10 +34,16 @@ const SOL_TCP: i32 = 6;
 /// `bpf_setsockopt`'s option for a socket's sock_ops callback flags (Linux 6.12+).
 const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 
+/// The kernel's `struct bpf_iter_meta`: the start of it, the walk's output file.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut seq_file,
+}
+
 /// The kernel's `struct bpf_iter__tcp`: the iterator's context.
 #[repr(C)]
 pub struct IterTcp {
-    meta: *mut c_void,
+    meta: *mut IterMeta,
     /// `struct sock_common *`, NULL at the end of the walk.
     sk_common: *mut c_void,
     uid: u32,
@@ -56,22 +63,29 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
     let Some(&source) = (unsafe { PREEXISTING.get(&cookie) }) else {
         return 0;
     };
+    // SAFETY: the helper returns NULL for anything but a full TCP socket (time-wait, request).
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<c_void>();
+    if tcp.is_null() {
+        return 0;
+    }
+    // Without memory for a tag it stays in PREEXISTING, which the agent reports as not counted.
+    let Some(tag) = socket_tags::get_or_make(tcp) else {
+        return 0;
+    };
     // The agent gives a family only for a listener with a per-source limit.
     let per_source = source.family != 0;
-    if let Some(tag) = SOCKETS.get_ptr_mut(&cookie) {
+    if socket_tags::is_counted(tag) {
         // Counted already (by sock_ops, or an earlier run): what may be missing is its place in
         // its source's count. Counted whatever the source holds: the connection exists.
-        // SAFETY: a live map value; the socket's lock keeps its close (the only other writer,
-        // which deletes it) away.
-        let (slot, flags) = unsafe { ((*tag).slot, &mut (*tag).flags) };
-        let done = if !per_source || *flags & tracked::COUNTED_PER_SOURCE != 0 {
+        let done = if !per_source || tag.flags & tracked::COUNTED_PER_SOURCE != 0 {
             true
-        } else if slot != source.slot {
+        } else if tag.slot != source.slot {
             // Its close gives the place back on the slot it holds (a listener unset and set
             // again while it was open): not this one's source.
             false
         } else if matches!(sources::take(&source, None), Take::Taken) {
-            *flags |= tracked::COUNTED_PER_SOURCE;
+            tag.flags |= tracked::COUNTED_PER_SOURCE;
+            report_counted(ctx, cookie);
             true
         } else {
             false
@@ -80,11 +94,6 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
         if done {
             let _ = PREEXISTING.remove(&cookie);
         }
-        return 0;
-    }
-    // SAFETY: the helper returns NULL for anything but a full TCP socket (time-wait, request).
-    let tcp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<c_void>();
-    if tcp.is_null() {
         return 0;
     }
     let mut flags: i32 = 0;
@@ -117,25 +126,30 @@ pub extern "C" fn adopt(ctx: *mut IterTcp) -> i32 {
     };
     // Counted whatever the source holds: the kernel holds the connection already.
     let per_source = per_source && matches!(sources::take(&source, None), Take::Taken);
-    let tag = TrackedSocket {
-        slot: source.slot,
-        flags: if per_source {
-            tracked::COUNTED_PER_SOURCE
-        } else {
-            0
-        },
+    let tag_flags = if per_source {
+        tracked::COUNTED_PER_SOURCE
+    } else {
+        0
     };
-    if SOCKETS.insert(&cookie, &tag, BPF_NOEXIST as u64).is_err() {
-        // The table is full (counted already cannot be: checked above, under the lock).
-        if per_source {
-            sources::give_back(&source);
-        }
-        return 0;
-    }
+    // Not counted yet (checked above, under the socket's lock): this cannot fail.
+    socket_tags::count(tag, source.slot, tag_flags);
     // Counted: the agent takes what is left in PREEXISTING as not counted.
     let _ = PREEXISTING.remove(&cookie);
     usage.reserve_unconditionally();
     usage.established();
     count_slot(source.slot, |s| &mut s.preexisting);
+    report_counted(ctx, cookie);
     0
+}
+
+/// Tells the agent this walk counted the connection (or its place in its source's count): its
+/// cookie, written to the walk's output, which the agent reads. A connection counted before is
+/// taken out of PREEXISTING without a word, so the agent can tell the two apart.
+#[inline(always)]
+fn report_counted(ctx: *mut IterTcp, cookie: u64) {
+    // SAFETY: the kernel passes a valid context and meta; the cookie is a local of 8 bytes.
+    unsafe {
+        let seq = (*(*ctx).meta).seq;
+        bpf_seq_write(seq, (&raw const cookie).cast(), 8);
+    }
 }

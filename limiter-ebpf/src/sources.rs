@@ -2,11 +2,10 @@
 //! /64) holds on a listener (`SOURCES`).
 //!
 //! Only connections the kernel has established count, so a source that never completes a
-//! handshake (a forged one) never takes an entry, and the table cannot fill before SOCKETS
-//! does. Admission only reads a source's count: a SYN from a source at its limit is refused at
-//! XDP without state. Several SYNs from one source in flight at once can all pass that read;
-//! the count is taken exactly, with compare-and-exchange, when each handshake completes, and the
-//! one too many is reset by the agent then.
+//! handshake (a forged one) never takes an entry. Admission only reads a source's count: a SYN
+//! from a source at its limit is refused at XDP without state. Several SYNs from one source in
+//! flight at once can all pass that read; the count is taken exactly, with compare-and-exchange,
+//! when each handshake completes, and the one too many is reset by the agent then.
 //!
 //! An entry lives while its source holds connections: made by the first, deleted by the last
 //! close. The close marks it [`SOURCE_DYING`] (0 to dying, one exchange) before deleting it, so

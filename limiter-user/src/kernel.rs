@@ -9,7 +9,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::LpmTrie},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SkStorage, lpm_trie::LpmTrie,
+    },
     programs::{
         CgroupAttachMode, ProgramFd, SockOps, Xdp,
         links::{FdLink, PinnedLink},
@@ -37,8 +39,9 @@ pub struct Maps {
     pub slot_stats: PerCpuArray<MapData, SlotStats>,
     pub packet_stats: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, FlowKey, Pending>,
-    /// Counted sockets by cookie: how the proxy tells an admitted connection from a held one.
-    pub sockets: HashMap<MapData, u64, TrackedSocket>,
+    /// Counted sockets' tags (socket-local storage, read by fd): how the proxy tells an
+    /// admitted connection from a held one.
+    pub sockets: SkStorage<MapData, TrackedSocket>,
     /// Per-source counts, read for the report (sources at their limit).
     pub sources: HashMap<MapData, SourceKey, u64>,
     /// Connections for the `adopt` iterator to count (`preexisting`).

@@ -466,18 +466,12 @@ impl LimitTable {
         Some(key)
     }
 
-    /// Whether a connection the kernel may count as `key` says (see [`Self::counting_key`])
-    /// lacks any of it: not counted at all, or not in its source's count.
-    pub fn needs_counting(&self, cookie: u64, key: &SourceKey) -> bool {
-        match self.maps.sockets.get(&cookie, 0) {
-            Ok(tag) => key.family != 0 && tag.flags & tracked::COUNTED_PER_SOURCE == 0,
-            Err(_) => true,
-        }
-    }
-
-    /// Whether the kernel counted the connection with this socket cookie.
-    pub fn is_counted(&self, cookie: u64) -> bool {
-        self.maps.sockets.get(&cookie, 0).is_ok()
+    /// Whether the kernel counted this connection (an accepted socket of this namespace).
+    pub fn is_counted(&self, socket: &impl std::os::fd::AsRawFd) -> bool {
+        self.maps
+            .sockets
+            .get(socket, 0)
+            .is_ok_and(|tag| tag.flags & tracked::COUNTED != 0)
     }
 
     pub fn set_keepalive_policy(

@@ -5,14 +5,14 @@
 //! sock_ops counts a connection as it becomes ESTABLISHED, and sees its close only if it asked
 //! for state callbacks then, so a connection that was open before never passed through it: a
 //! listener with N open would get N more. The agent lists the namespace's established
-//! connections (sock_diag, with their socket cookies), keeps those on limited listeners that the
-//! kernel does not count yet, and hands them to the `adopt` iterator (limiter-ebpf's
-//! `preexisting.rs`) through PREEXISTING. The iterator, holding each socket's lock, asks for its
-//! state callbacks and counts it as sock_ops would have; from then on its close is seen like any
-//! other.
+//! connections (sock_diag, with their socket cookies), keeps those on limited listeners, and
+//! hands them to the `adopt` iterator (limiter-ebpf's `preexisting.rs`) through PREEXISTING.
+//! Whether the kernel counts one already is in the socket's own tag, which only the iterator can
+//! read; holding each socket's lock, it asks for the state callbacks of those not counted yet and
+//! counts them as sock_ops would have; from then on their close is seen like any other.
 use std::{
     fs::File,
-    io,
+    io::{self, Read as _},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -65,13 +65,20 @@ impl Adopter {
         Ok(Adopter { link })
     }
 
-    /// Runs the iterator once over the TCP sockets of the calling thread's network namespace.
-    fn walk(&self) -> io::Result<()> {
+    /// Runs the iterator once over the TCP sockets of the calling thread's network namespace:
+    /// the cookies of the connections it counted (those in PREEXISTING counted already it only
+    /// takes out).
+    fn walk(&self) -> io::Result<Vec<u64>> {
         // union bpf_attr for BPF_ITER_CREATE: link_fd, flags.
         let mut attr = [self.link.as_raw_fd() as u32, 0];
         let mut walk = File::from(bpf(BPF_ITER_CREATE, &mut attr)?);
-        // Reading runs the program over every socket; it prints nothing.
-        io::copy(&mut walk, &mut io::sink()).map(|_| ())
+        // Reading runs the program over every socket; it writes a counted one's cookie.
+        let mut out = Vec::new();
+        walk.read_to_end(&mut out)?;
+        Ok(out
+            .chunks_exact(size_of::<u64>())
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8-byte chunk")))
+            .collect())
     }
 }
 
@@ -136,7 +143,6 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
         .iter()
         .filter(|c| listening.iter().any(|l| l.port == c.flow.local_port))
         .filter_map(|c| Some((c.cookie, table.counting_key(&c.flow)?)))
-        .filter(|(cookie, key)| table.needs_counting(*cookie, key))
         .collect();
     let (mut counted, mut left) = (0, 0);
     // PREEXISTING holds a bounded number at a time; most runs take one batch.
@@ -151,17 +157,15 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
                     "walking the TCP sockets (adopt iterator)",
                 ))
             });
-        // The iterator removes what it counted; what is left was not, and goes (a later run
-        // must not find stale entries).
+        // The iterator removes what it counted, or found counted already; what is left was
+        // not, and goes (a later run must not find stale entries).
         let map = &mut table.maps_mut().preexisting;
         for (cookie, _) in batch {
             if map.remove(cookie).is_ok() {
                 left += 1;
-            } else {
-                counted += 1;
             }
         }
-        walked?;
+        counted += walked?.len() as u64;
     }
     Ok((counted, left))
 }

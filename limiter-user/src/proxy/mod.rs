@@ -188,33 +188,8 @@ fn is_held(stream: &TcpStream, table: &Mutex<LimitTable>) -> bool {
     };
     let table = table.lock().unwrap_or_else(|p| p.into_inner());
     match table.action_for(local.ip().to_canonical(), local.port()) {
-        Some(Action::Close) => match socket_cookie(stream) {
-            Ok(cookie) => !table.is_counted(cookie),
-            Err(_) => false,
-        },
+        Some(Action::Close) => !table.is_counted(stream),
         _ => false,
-    }
-}
-
-fn socket_cookie(stream: &TcpStream) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
-    const SO_COOKIE: libc::c_int = 57;
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd and out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
