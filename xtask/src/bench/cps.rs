@@ -253,13 +253,13 @@ impl ProgramTime {
              are in the same cgroup here, and on the server socket's state changes once it is \
              counted). The rate windows put limiter's cost at {} ns per connection over the empty \
              program in generic mode (two client threads). The run times include the kernel's own \
-             two clock reads per run. Most of accounting's time is the SOCKETS table (counted \
-             sockets by cookie, a hash map of 1M entries allocated on demand): its insert at \
-             ESTABLISHED and lookup and delete at CLOSE: cutting the program short step by step (by \
-             hand, with the same churn, not part of this bench) put them at about 0.85 and 1.45 µs \
-             of its 3 µs per connection, against 0.5 µs for everything before the insert. Keeping \
-             the tag in socket-local storage (BPF_MAP_TYPE_SK_STORAGE, freed with the socket) \
-             instead is the way to the 97% target.",
+             two clock reads per run. Counted sockets are tagged in socket-local storage \
+             (BPF_MAP_TYPE_SK_STORAGE, freed with the socket). Until commit 5b1ff3c the tag was \
+             an entry in a hash map by socket cookie (1M entries, allocated on demand), and its \
+             insert at ESTABLISHED and lookup and delete at CLOSE took about 0.85 and 1.45 µs of \
+             accounting's 3 µs per connection (measured by cutting the program short step by \
+             step, by hand, with the same churn); accounting took 1.95 µs per connection in that \
+             commit's full run of this part.",
             number(total),
             self.connections,
             number(gap_ns)

@@ -92,6 +92,26 @@ fn total(maps: &[MapInfo]) -> u64 {
     maps.iter().map(|m| m.memlock).sum()
 }
 
+/// The socket-local storage of the server's established sockets on `port`: the kernel charges
+/// it to each socket (`sk_omem_alloc`, `ss -m`'s `o`), not to the map, whose `bytes_memlock`
+/// stays fixed.
+fn socket_storage_bytes(bed: &TestBed, port: u16) -> Result<u64> {
+    let filter = format!("sport = :{port}");
+    let text = bed.exec(
+        &bed.server_ns,
+        &["ss", "-tnmH", "state", "established", &filter],
+    )?;
+    text.split("skmem:(")
+        .skip(1)
+        .map(|mem| {
+            mem.split([',', ')'])
+                .find_map(|field| field.strip_prefix('o'))
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("no optmem (o) in ss's skmem: {mem}"))
+        })
+        .sum()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -220,6 +240,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         },
     )?;
     let with_conns = agent_maps(agent.pid())?;
+    let tags = socket_storage_bytes(&bed, HELD_PORT)?;
     // Handshakes that never complete: SYNs from the flood generator (their SYN-ACKs go nowhere),
     // each admitted and holding a reservation until the handshake timeout (120 s here).
     let generator = Generator::start(ctx, &bed, true)?;
@@ -250,8 +271,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     // growth is what a tracked source costs (an entry's size does not depend on how many there
     // are), and a thousandth of it is in the per-connection figure.
     let per_source = memlock(&with_conns, "SOURCES") as f64 - memlock(&before, "SOURCES") as f64;
-    let per_conn =
-        (total(&with_conns) as f64 - total(&before) as f64 - per_source) / CONNECTIONS as f64;
+    let per_conn = (total(&with_conns) as f64 - total(&before) as f64 - per_source + tags as f64)
+        / CONNECTIONS as f64;
     let per_pending = (total(&with_pending) as f64 - total(&with_conns) as f64) / pending as f64;
     let per_listener =
         (total(&maps_many) as f64 - total(&maps_one) as f64) / (LISTENERS - 1) as f64;
@@ -277,7 +298,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
              for preallocated maps, growing with the entries for maps created with \
              BPF_F_NO_PREALLOC). Per tracked connection: the agent with one listener, then \
              {CONNECTIONS} real connections held open (limiter's `active` = {CONNECTIONS}); the \
-             growth divided by {CONNECTIONS}, less the one source entry. Per tracked source \
+             growth divided by {CONNECTIONS}, less the one source entry, plus each socket's tag, \
+             which lives in the socket's own storage and is charged to the socket (`ss -m`'s \
+             `o`, summed over the server's {CONNECTIONS} sockets). Per tracked source \
              (`--limit-per-source`): the growth of the SOURCES map when those connections' one \
              client address took its entry. Per handshake in flight: {sent} SYNs from random \
              sources sent by the flood generator to a second listener (limit 100000, handshake \
