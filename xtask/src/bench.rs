@@ -34,7 +34,8 @@
 //! default all),
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
-//! `LIMITER_BENCH_OUT=DIR` (default `bench/results`).
+//! `LIMITER_BENCH_OUT=DIR` (default `bench/results`), `LIMITER_BENCH_AGENT=PATH` (run another
+//! build of the agent, e.g. an older commit's, in the parts that start it).
 mod agent;
 mod burst;
 mod cps;
@@ -46,6 +47,8 @@ mod netns;
 mod peers;
 mod pktcost;
 mod pods;
+mod pods_flood;
+mod pods_storm;
 mod process;
 mod progs;
 mod proxy;
@@ -160,7 +163,12 @@ fn run() -> Result<bool> {
     println!("==> Prerequisites");
     setup::run()?;
     let has_iptables = bench_packages()?;
-    let agent = build::build_agent(true)?;
+    let mut agent = build::build_agent(true)?;
+    // Another build of the agent (an older commit's, say) for the parts that run it, to compare
+    // two builds on one machine; part 1 still loads this tree's eBPF object.
+    if let Some(other) = std::env::var_os("LIMITER_BENCH_AGENT") {
+        agent = PathBuf::from(other);
+    }
     let object = ebpf_object()?;
     println!(
         "bench: agent {}, eBPF object {}",

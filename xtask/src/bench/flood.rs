@@ -377,7 +377,7 @@ fn counter_after(text: &str, marker: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-fn process_cpu_ns(pid: u32) -> Option<u64> {
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -499,6 +499,12 @@ impl Generator {
     /// threaded NAPI on GENERATOR_CPU) and starts the generator thread, SCHED_FIFO if
     /// `realtime` (exact pacing; but then every other task on its CPU waits for each burst).
     pub fn start(ctx: &Ctx, bed: &TestBed, realtime: bool) -> Result<Generator> {
+        Generator::start_to(ctx, bed, realtime, SERVER_IP)
+    }
+
+    /// [`Generator::start`] with the SYNs addressed to `dst` (still sent to the server veth's
+    /// MAC: another address is one the server namespace routes on, as a node to its pods).
+    pub fn start_to(ctx: &Ctx, bed: &TestBed, realtime: bool, dst: Ipv4Addr) -> Result<Generator> {
         bed.attach_xdp(false, &ctx.objects.generator_rx)?;
         bed.threaded_napi(false, GENERATOR_CPU)?;
         let object = &ctx.objects.generator;
@@ -522,7 +528,7 @@ impl Generator {
                 src_mac: CLIENT_MAC,
                 dst_mac: SERVER_MAC,
                 src: Ipv4Addr::new(198, 19, 0, 1),
-                dst: SERVER_IP,
+                dst,
             },
             1024,
             PORT,

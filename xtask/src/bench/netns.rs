@@ -472,9 +472,26 @@ pub fn connect_many(
     threads: usize,
     timeout: Duration,
 ) -> Result<Vec<Socket>> {
+    connect_many_to(
+        ns,
+        SocketAddrV4::new(SERVER_IP, port),
+        count,
+        threads,
+        timeout,
+    )
+}
+
+/// [`connect_many`] to another address (one the server namespace routes to, e.g. a pod's).
+pub fn connect_many_to(
+    ns: &str,
+    to: SocketAddrV4,
+    count: usize,
+    threads: usize,
+    timeout: Duration,
+) -> Result<Vec<Socket>> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let barrier = Barrier::new(threads);
-    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, port)).into();
+    let target: socket2::SockAddr = SocketAddr::V4(to).into();
     let results: Vec<Result<Vec<Socket>>> = thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {

@@ -51,12 +51,12 @@ impl Kind {
     }
 }
 
-/// One listener a peer serves: it listens on `SERVER_IP:port` and forwards every connection to
+/// One listener a peer serves: it listens on `listen` and forwards every connection to
 /// `upstream`; with a limit, it lets at most that many connections in at once, its own way
 /// (HAProxy `maxconn` on the frontend, nginx `limit_conn`, Envoy's `connection_limit` filter).
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
-    pub port: u16,
+    pub listen: SocketAddrV4,
     pub upstream: SocketAddrV4,
     pub limit: Option<u32>,
 }
@@ -154,7 +154,7 @@ impl Peers {
         for route in routes {
             netns::wait_listening(
                 ns,
-                route.port,
+                route.listen.port(),
                 kind.name(),
                 READY_TIMEOUT.saturating_sub(started.elapsed()),
                 || peer.process.tail(),
@@ -241,8 +241,8 @@ fn haproxy_config(routes: &[Route]) -> String {
     for r in routes {
         s += &format!(
             "\nfrontend f{port}\n    bind {ip}:{port}\n",
-            port = r.port,
-            ip = netns::SERVER_IP
+            port = r.listen.port(),
+            ip = r.listen.ip()
         );
         if let Some(limit) = r.limit {
             // At the limit HAProxy stops accepting: the kernel's accept queue (its backlog,
@@ -251,7 +251,7 @@ fn haproxy_config(routes: &[Route]) -> String {
         }
         s += &format!(
             "    default_backend b{port}\n\nbackend b{port}\n    server upstream {up}\n",
-            port = r.port,
+            port = r.listen.port(),
             up = r.upstream
         );
     }
@@ -274,16 +274,19 @@ fn nginx_config(routes: &[Route], pid_file: &Path) -> String {
             // One zone per listener, keyed by its port: all of its connections count together.
             s += &format!(
                 "    limit_conn_zone $server_port zone=l{port}:1m;\n",
-                port = r.port
+                port = r.listen.port()
             );
         }
         s += &format!(
             "    server {{\n        listen {ip}:{port} backlog=4096;\n",
-            ip = netns::SERVER_IP,
-            port = r.port
+            ip = r.listen.ip(),
+            port = r.listen.port()
         );
         if let Some(limit) = r.limit {
-            s += &format!("        limit_conn l{port} {limit};\n", port = r.port);
+            s += &format!(
+                "        limit_conn l{port} {limit};\n",
+                port = r.listen.port()
+            );
         }
         s += &format!("        proxy_pass {up};\n    }}\n", up = r.upstream);
     }
@@ -299,8 +302,8 @@ fn envoy_config(routes: &[Route]) -> String {
         s += &format!(
             "  - name: l{port}\n    address:\n      socket_address: {{ address: {ip}, port_value: {port} }}\n    \
              filter_chains:\n    - filters:\n",
-            port = r.port,
-            ip = netns::SERVER_IP
+            port = r.listen.port(),
+            ip = r.listen.ip()
         );
         if let Some(limit) = r.limit {
             // No `delay`: a connection over the limit is closed at once.
@@ -308,14 +311,14 @@ fn envoy_config(routes: &[Route]) -> String {
                 "      - name: envoy.filters.network.connection_limit\n        typed_config:\n          \
                  \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit\n          \
                  stat_prefix: l{port}\n          max_connections: {limit}\n",
-                port = r.port
+                port = r.listen.port()
             );
         }
         s += &format!(
             "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \
              \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          \
              stat_prefix: l{port}\n          cluster: c{port}\n",
-            port = r.port
+            port = r.listen.port()
         );
     }
     s += "  clusters:\n";
@@ -324,7 +327,7 @@ fn envoy_config(routes: &[Route]) -> String {
             "  - name: c{port}\n    connect_timeout: 5s\n    type: STATIC\n    load_assignment:\n      \
              cluster_name: c{port}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            \
              address:\n              socket_address: {{ address: {ip}, port_value: {up} }}\n",
-            port = r.port,
+            port = r.listen.port(),
             ip = r.upstream.ip(),
             up = r.upstream.port()
         );

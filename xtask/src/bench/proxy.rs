@@ -256,7 +256,7 @@ impl<'a> Setup<'a> {
                     let routes: Vec<Route> = routes
                         .iter()
                         .map(|(listen, upstream)| Route {
-                            port: *listen,
+                            listen: SocketAddrV4::new(SERVER_IP, *listen),
                             upstream: SocketAddrV4::new(SERVER_IP, *upstream),
                             limit: None,
                         })

@@ -439,6 +439,33 @@ pub fn number(v: f64) -> String {
     }
 }
 
+/// min, median, max of `a[i] / b[i]`: a paired comparison of two configurations measured in
+/// the same repetitions, each of `a`'s windows against `b`'s window of the same repetition
+/// (next to each other in time, so the machine's slow swings cancel out of each ratio).
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    spread(&a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>())
+}
+
+/// A target on a paired ratio of rates (see [`paired_ratio`]): ≥ `goal`, as a percentage.
+pub fn paired_rate_target(what: String, limiter: &[f64], baseline: &[f64], goal: f64) -> Target {
+    let (lo, ratio, hi) = paired_ratio(limiter, baseline);
+    Target {
+        what,
+        goal: format!("≥ {:.0}%", goal * 100.0),
+        measured: format!(
+            "{:.1}% (median of {} paired repetitions, {:.1}–{:.1}%; medians {} vs {} \
+             connections/s)",
+            ratio * 100.0,
+            limiter.len().min(baseline.len()),
+            lo * 100.0,
+            hi * 100.0,
+            number(spread(limiter).1),
+            number(spread(baseline).1)
+        ),
+        met: Some(ratio.is_finite() && ratio >= goal),
+    }
+}
+
 /// min, median, max of some values (NaN for none).
 pub fn spread(values: &[f64]) -> (f64, f64, f64) {
     if values.is_empty() {

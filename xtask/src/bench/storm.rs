@@ -6,7 +6,7 @@
 //! CPU-second it spends.
 use std::{
     io::Read as _,
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     sync::Barrier,
     time::{Duration, Instant},
@@ -27,7 +27,6 @@ use super::{
 use crate::cmd;
 
 const PORT: u16 = 8300;
-const LISTENER: &str = "198.18.0.1:8300";
 /// The peers' upstream (in the server namespace).
 const UPSTREAM_PORT: u16 = 8301;
 /// The limit of every configuration, and the connections held open to reach it.
@@ -42,7 +41,7 @@ const IN_FLIGHT: usize = 256;
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Config {
+pub(super) enum Config {
     LimiterReset,
     LimiterDrop,
     Envoy,
@@ -138,7 +137,7 @@ impl Outcomes {
 
 /// One storm window against one configuration.
 #[derive(Clone, Debug, Default)]
-struct Sample {
+pub(super) struct Sample {
     window_s: f64,
     outcomes: Outcomes,
     /// CPU 1's busy time from /proc/stat (every task and interrupt on it).
@@ -161,7 +160,7 @@ impl Sample {
         self.napi_ns + self.process_ns
     }
 
-    fn refused_per_cpu_s(&self) -> f64 {
+    pub(super) fn refused_per_cpu_s(&self) -> f64 {
         let ns = self.server_ns();
         if ns == 0 {
             f64::NAN
@@ -210,24 +209,63 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     ];
     let peers = Peers::prepare(ctx)?;
     let bed = TestBed::create()?;
+    let place = Place {
+        ns: bed.server_ns.clone(),
+        addr: SERVER_IP,
+        pod: None,
+    };
+    let samples = storms(ctx, &peers, &bed, &place, &configs, window, reps)?;
+    drop(bed);
+    Ok(report(&samples, window, reps, &peers.versions))
+}
+
+/// Where the storm's listener is: on the server namespace's own address, limiter admitting on
+/// the server veth (part 3), or in a pod the server namespace routes to, limiter enforcing
+/// there with `--limit-in` (part 10).
+pub(super) struct Place {
+    /// The namespace the listener, its upstream and the peers run in.
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    /// The pod's namespace path, for `--limit-in`; None: the server namespace itself.
+    pub pod: Option<String>,
+}
+
+impl Place {
+    /// The listener, as limiter names it.
+    fn listener(&self) -> String {
+        format!("{}:{PORT}", self.addr)
+    }
+}
+
+pub(super) type Samples = Vec<(Config, Vec<Sample>)>;
+
+/// Storms `configs` at their limit at `place`, interleaved, `reps` windows of `window` each.
+pub(super) fn storms(
+    ctx: &Ctx,
+    peers: &Peers,
+    bed: &TestBed,
+    place: &Place,
+    configs: &[Config],
+    window: Duration,
+    reps: usize,
+) -> Result<Samples> {
     // Replies to the client go through the client veth's NAPI thread on the client's CPU (it
     // has NAPI only with an XDP program), not through a softirq on the server's CPU.
     bed.attach_xdp(false, &ctx.objects.pass)?;
     let client_napi = bed.threaded_napi(false, CLIENT_CPU)?;
-    let upstream = Server::start(&bed.server_ns, UPSTREAM_PORT, OnAccept::Greet)?;
-    let mut samples: Vec<(Config, Vec<Sample>)> =
-        configs.iter().map(|c| (*c, Vec::new())).collect();
+    let upstream = Server::start_at(&place.ns, place.addr, UPSTREAM_PORT, OnAccept::Greet, None)?;
+    let mut samples: Samples = configs.iter().map(|c| (*c, Vec::new())).collect();
     let mut napi = None;
     for rep in 0..reps {
         for (i, config) in configs.iter().enumerate() {
             cmd::check_interrupted()?;
             println!("  storm {}/{reps}: {}", rep + 1, config.label());
-            let setup = Setup::new(ctx, &peers, &bed, *config, &mut napi)
+            let setup = Setup::new(ctx, peers, bed, place, *config, &mut napi)
                 .with_context(|| format!("setting up {}", config.label()))?;
             // Warm-up, not measured: the first attempts find cold caches and allocations.
-            storm(&bed.client_ns, Duration::from_millis(500))?;
+            storm(&bed.client_ns, place.addr, Duration::from_millis(500))?;
             let sample = setup
-                .measure(&bed, window, client_napi)
+                .measure(bed, place, window, client_napi)
                 .with_context(|| format!("storm against {}", config.label()))?;
             setup.finish()?;
             let o = &sample.outcomes;
@@ -254,15 +292,18 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         }
     }
     upstream.stop()?;
-    drop(bed);
-    Ok(report(&samples, window, reps, &peers.versions))
+    bed.detach_xdp(false)?;
+    Ok(samples)
 }
 
 /// One configuration, at its limit: the server (limiter and a greeter on PORT, or a peer on
 /// PORT in front of the greeter on UPSTREAM_PORT) and LIMIT connections held open through it.
 struct Setup<'a> {
     bed: &'a TestBed,
+    listener: String,
     config: Config,
+    /// The empty XDP program this setup put on the server veth (to be taken off again).
+    empty_xdp: bool,
     held: Vec<Socket>,
     agent: Option<Agent>,
     peer: Option<Peer>,
@@ -275,18 +316,27 @@ impl<'a> Setup<'a> {
         ctx: &Ctx,
         peers: &Peers,
         bed: &'a TestBed,
+        place: &Place,
         config: Config,
         napi: &mut Option<u32>,
     ) -> Result<Setup<'a>> {
         let mut setup = Setup {
             bed,
+            listener: place.listener(),
             config,
+            empty_xdp: false,
             held: Vec::new(),
             agent: None,
             peer: None,
             greeter: None,
             napi: 0,
         };
+        // The server veth takes frames from its peer only with an XDP program: the empty one,
+        // unless limiter admits there with its own.
+        if config.peer().is_some() || place.pod.is_some() {
+            bed.attach_xdp(true, &ctx.objects.pass)?;
+            setup.empty_xdp = true;
+        }
         match config.peer() {
             None => {
                 let action = if config == Config::LimiterReset {
@@ -294,38 +344,54 @@ impl<'a> Setup<'a> {
                 } else {
                     "drop"
                 };
-                let agent = Agent::on_server_veth(
-                    ctx,
-                    bed,
-                    &[
-                        "--limit".into(),
-                        format!("{LISTENER}={LIMIT}:{action}"),
-                        "--xdp-mode".into(),
-                        "native".into(),
-                        // The client veth runs the bench's XDP program: native XDP_TX reaches it.
-                        "--veth-peer-runs-xdp".into(),
-                    ],
-                )?;
+                let limit = format!("{}={LIMIT}:{action}", setup.listener);
+                let agent = match &place.pod {
+                    Some(pod) => {
+                        Agent::in_server_ns(ctx, bed, &["--limit-in".into(), pod.clone(), limit])?
+                    }
+                    None => Agent::on_server_veth(
+                        ctx,
+                        bed,
+                        &[
+                            "--limit".into(),
+                            limit,
+                            "--xdp-mode".into(),
+                            "native".into(),
+                            // The client veth runs the bench's XDP program: native XDP_TX
+                            // reaches it.
+                            "--veth-peer-runs-xdp".into(),
+                        ],
+                    )?,
+                };
                 sys::pin_process(agent.pid(), SERVER_CPU)?;
                 setup.agent = Some(agent);
-                setup.greeter = Some(Server::start(&bed.server_ns, PORT, OnAccept::Greet)?);
+                setup.greeter = Some(Server::start_at(
+                    &place.ns,
+                    place.addr,
+                    PORT,
+                    OnAccept::Greet,
+                    None,
+                )?);
             }
             Some(kind) => {
-                // The server veth takes frames from its peer only with an XDP program (the
-                // empty one here; limiter brings its own).
-                bed.attach_xdp(true, &ctx.objects.pass)?;
                 let route = Route {
-                    port: PORT,
-                    upstream: SocketAddrV4::new(SERVER_IP, UPSTREAM_PORT),
+                    listen: SocketAddrV4::new(place.addr, PORT),
+                    upstream: SocketAddrV4::new(place.addr, UPSTREAM_PORT),
                     limit: Some(LIMIT as u32),
                 };
-                setup.peer = Some(peers.start(kind, &bed.server_ns, &[route], SERVER_CPU)?);
+                setup.peer = Some(peers.start(kind, &place.ns, &[route], SERVER_CPU)?);
             }
         }
         setup.napi = bed.threaded_napi_anew(true, SERVER_CPU, *napi)?;
         *napi = Some(setup.napi);
 
-        setup.held = netns::connect_many(&bed.client_ns, PORT, LIMIT, 1, Duration::from_secs(3))?;
+        setup.held = netns::connect_many_to(
+            &bed.client_ns,
+            SocketAddrV4::new(place.addr, PORT),
+            LIMIT,
+            1,
+            Duration::from_secs(3),
+        )?;
         if setup.held.len() != LIMIT {
             bail!(
                 "only {} of {LIMIT} connections to hold were established",
@@ -339,9 +405,9 @@ impl<'a> Setup<'a> {
         } else {
             PORT
         };
-        netns::wait_established(&bed.server_ns, upstream_port, LIMIT)?;
+        netns::wait_established(&place.ns, upstream_port, LIMIT)?;
         if let Some(agent) = &setup.agent {
-            agent.wait_counter(LISTENER, "active", LIMIT as u64)?;
+            agent.wait_counter(&setup.listener, "active", LIMIT as u64)?;
         }
         Ok(setup)
     }
@@ -357,11 +423,17 @@ impl<'a> Setup<'a> {
     fn limiter_refused(&self) -> Result<Option<u64>> {
         self.agent
             .as_ref()
-            .map(|a| a.counter(LISTENER, "refused_total"))
+            .map(|a| a.counter(&self.listener, "refused_total"))
             .transpose()
     }
 
-    fn measure(&self, bed: &TestBed, window: Duration, client_napi: u32) -> Result<Sample> {
+    fn measure(
+        &self,
+        bed: &TestBed,
+        place: &Place,
+        window: Duration,
+        client_napi: u32,
+    ) -> Result<Sample> {
         let pid = self.server_pid()?;
         let refused0 = self.limiter_refused()?;
         let cpu0 = sys::CpuTimes::read(SERVER_CPU)?;
@@ -369,7 +441,7 @@ impl<'a> Setup<'a> {
         let process0 = sys::process_tasks_cpu_ns(pid)?;
         let client0 = sys::task_cpu_ns(client_napi)?;
         let started = Instant::now();
-        let outcomes = storm(&bed.client_ns, window)?;
+        let outcomes = storm(&bed.client_ns, place.addr, window)?;
         let elapsed = started.elapsed();
         let cpu1 = sys::CpuTimes::read(SERVER_CPU)?;
         let napi1 = sys::task_cpu_ns(self.napi)?;
@@ -401,10 +473,12 @@ impl<'a> Setup<'a> {
         let mut result = Ok(());
         if let Some(peer) = self.peer.take() {
             result = result.and(peer.stop());
-            result = result.and(self.bed.detach_xdp(true));
         }
         if let Some(agent) = self.agent.take() {
             result = result.and(agent.stop());
+        }
+        if std::mem::take(&mut self.empty_xdp) {
+            result = result.and(self.bed.detach_xdp(true));
         }
         if let Some(greeter) = self.greeter.take() {
             result = result.and(greeter.stop());
@@ -429,11 +503,12 @@ struct Attempt {
 }
 
 /// The storm: CLIENT_THREADS threads in the client namespace, on CLIENT_CPU, each keeping
-/// IN_FLIGHT non-blocking connection attempts to PORT going until `window` ends, and waiting up
-/// to ANSWER_TIMEOUT for each one's answer. Every socket is closed with SO_LINGER 0 (a RST if
-/// it was established), so neither side keeps TIME_WAIT state and the client's ports last.
-fn storm(ns: &str, window: Duration) -> Result<Outcomes> {
-    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, PORT)).into();
+/// IN_FLIGHT non-blocking connection attempts to `addr`:PORT going until `window` ends, and
+/// waiting up to ANSWER_TIMEOUT for each one's answer. Every socket is closed with SO_LINGER 0
+/// (a RST if it was established), so neither side keeps TIME_WAIT state and the client's ports
+/// last.
+fn storm(ns: &str, addr: Ipv4Addr, window: Duration) -> Result<Outcomes> {
+    let target: socket2::SockAddr = SocketAddr::V4(SocketAddrV4::new(addr, PORT)).into();
     let barrier = Barrier::new(CLIENT_THREADS);
     let results: Vec<Result<Outcomes>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..CLIENT_THREADS)
@@ -574,81 +649,31 @@ fn storm_thread(target: &socket2::SockAddr, window: Duration) -> Result<Outcomes
 }
 
 /// Refused attempts in thousands, to turn ns into µs per attempt.
-fn per_refused(x: &Sample) -> f64 {
-    x.outcomes.refused() as f64 * 1e3
+/// A configuration's median over its windows of `f`.
+pub(super) fn median_of(
+    samples: &[(Config, Vec<Sample>)],
+    c: Config,
+    f: fn(&Sample) -> f64,
+) -> f64 {
+    samples
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map_or(f64::NAN, |(_, s)| {
+            spread(&s.iter().map(f).collect::<Vec<_>>()).1
+        })
 }
 
-fn report(
-    samples: &[(Config, Vec<Sample>)],
-    window: Duration,
-    reps: usize,
-    versions: &[(String, String)],
-) -> Part {
-    let mut part = Part::new(
-        "storm",
-        "3. Refusing at the SYN against accepting and then closing: refused attempts per server CPU-second",
-    );
-    part.method = vec![
-        format!(
-            "The test bed of the other parts (a server and a client namespace joined by a veth \
-             pair). Every configuration limits {SERVER_IP}:{PORT} to {LIMIT} connections, and \
-             {LIMIT} connections are opened and held first, so the limit is reached before the \
-             storm starts (checked: the upstream behind the listener has {LIMIT} established, \
-             and limiter's `active` is {LIMIT}). limiter runs as a user runs it (`limiter run \
-             --limit {LISTENER}={LIMIT}:ACTION --xdp-mode native`) in front of a server on \
-             {PORT}; the peers listen on {PORT} and forward to a server on {UPSTREAM_PORT} in \
-             the server namespace: Envoy with `envoy.filters.network.connection_limit` \
-             (`max_connections: {LIMIT}`, no delay) before `tcp_proxy`, `--concurrency 1`; \
-             HAProxy in TCP mode with `maxconn {LIMIT}` on the frontend, `nbthread 1`; nginx \
-             with the stream module, `limit_conn` {LIMIT} on a zone keyed by the listener's \
-             port, one process (`master_process off`, `worker_processes 1`). The upstream \
-             server writes one byte on every connection it accepts, so the client can tell a \
-             connection that was served from one that was accepted and closed."
-        ),
-        format!(
-            "The storm: {CLIENT_THREADS} client threads in the client namespace, pinned to CPU \
-             {CLIENT_CPU}, each keep {IN_FLIGHT} non-blocking connection attempts going for {} s \
-             windows and wait up to {} ms for each one's answer: a RST to the SYN (connect fails \
-             with ECONNREFUSED), no answer at all, or an established connection that is then \
-             closed, reset, served (the byte) or left silent (waiting in a queue); then they close \
-             it with SO_LINGER 0, so nobody keeps TIME_WAIT state. Every attempt not served \
-             counts as refused (with the limit full, that is all of them). {reps} repetitions, \
-             configurations interleaved (repetition 1 of each, then 2, ...), each after a 0.5 s \
-             warm-up storm.",
-            window.as_secs(),
-            ANSWER_TIMEOUT.as_millis()
-        ),
-        format!(
-            "Server CPU: everything on the server side runs on CPU {SERVER_CPU}: the server \
-             veth's receive work in its threaded-NAPI kernel thread (SCHED_FIFO, as softirq \
-             processing would be), and the peer's process (started with `taskset -c \
-             {SERVER_CPU}`) or limiter's agent (every thread pinned after start). Replies to the \
-             client are received by the client veth's NAPI thread on CPU {CLIENT_CPU} (an empty \
-             XDP program on the client veth gives it one), so they are not charged to the \
-             server. Server CPU-seconds = the NAPI thread's run time plus the peer's (or \
-             agent's) threads' run time over the window (/proc/…/schedstat, ns): the work the \
-             server did for the storm, and nothing that other tasks on this shared machine ran \
-             on CPU {SERVER_CPU}. CPU {SERVER_CPU}'s whole busy time from /proc/stat (which also \
-             counts timers, other softirqs and anything else scheduled there) is in the table \
-             and in report.json as a cross-check."
-        ),
-    ];
-    let versions_text = versions
-        .iter()
-        .map(|(k, v)| format!("{k}: `{v}`"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    part.method.push(format!("Peers: {versions_text}."));
+/// The storm's tables: refusals per server CPU-second (against Envoy's, which `samples` must
+/// have) and how the attempts ended; the chart's bars and the JSON, per configuration.
+pub(super) struct Tables {
+    pub rates: Table,
+    pub outcomes: Table,
+    pub bars: Vec<Bar>,
+    pub json: serde_json::Map<String, Value>,
+}
 
-    let median = |c: Config, f: fn(&Sample) -> f64| {
-        samples
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map_or(f64::NAN, |(_, s)| {
-                spread(&s.iter().map(f).collect::<Vec<_>>()).1
-            })
-    };
-    let envoy = median(Config::Envoy, Sample::refused_per_cpu_s);
+pub(super) fn tables(samples: &[(Config, Vec<Sample>)]) -> Tables {
+    let envoy = median_of(samples, Config::Envoy, Sample::refused_per_cpu_s);
     let mut table = Table::new(
         "Refused attempts per server CPU-second (median over repetitions, min–max in brackets), \
          the storm's rate and the server's load",
@@ -745,8 +770,86 @@ fn report(
             }),
         );
     }
-    part.tables.push(table);
-    part.tables.push(outcomes_table);
+    Tables {
+        rates: table,
+        outcomes: outcomes_table,
+        bars,
+        json: json_configs,
+    }
+}
+
+fn per_refused(x: &Sample) -> f64 {
+    x.outcomes.refused() as f64 * 1e3
+}
+
+fn report(
+    samples: &[(Config, Vec<Sample>)],
+    window: Duration,
+    reps: usize,
+    versions: &[(String, String)],
+) -> Part {
+    let mut part = Part::new(
+        "storm",
+        "3. Refusing at the SYN against accepting and then closing: refused attempts per server CPU-second",
+    );
+    part.method = vec![
+        format!(
+            "The test bed of the other parts (a server and a client namespace joined by a veth \
+             pair). Every configuration limits {SERVER_IP}:{PORT} to {LIMIT} connections, and \
+             {LIMIT} connections are opened and held first, so the limit is reached before the \
+             storm starts (checked: the upstream behind the listener has {LIMIT} established, \
+             and limiter's `active` is {LIMIT}). limiter runs as a user runs it (`limiter run \
+             --limit {SERVER_IP}:{PORT}={LIMIT}:ACTION --xdp-mode native`) in front of a server on \
+             {PORT}; the peers listen on {PORT} and forward to a server on {UPSTREAM_PORT} in \
+             the server namespace: Envoy with `envoy.filters.network.connection_limit` \
+             (`max_connections: {LIMIT}`, no delay) before `tcp_proxy`, `--concurrency 1`; \
+             HAProxy in TCP mode with `maxconn {LIMIT}` on the frontend, `nbthread 1`; nginx \
+             with the stream module, `limit_conn` {LIMIT} on a zone keyed by the listener's \
+             port, one process (`master_process off`, `worker_processes 1`). The upstream \
+             server writes one byte on every connection it accepts, so the client can tell a \
+             connection that was served from one that was accepted and closed."
+        ),
+        format!(
+            "The storm: {CLIENT_THREADS} client threads in the client namespace, pinned to CPU \
+             {CLIENT_CPU}, each keep {IN_FLIGHT} non-blocking connection attempts going for {} s \
+             windows and wait up to {} ms for each one's answer: a RST to the SYN (connect fails \
+             with ECONNREFUSED), no answer at all, or an established connection that is then \
+             closed, reset, served (the byte) or left silent (waiting in a queue); then they close \
+             it with SO_LINGER 0, so nobody keeps TIME_WAIT state. Every attempt not served \
+             counts as refused (with the limit full, that is all of them). {reps} repetitions, \
+             configurations interleaved (repetition 1 of each, then 2, ...), each after a 0.5 s \
+             warm-up storm.",
+            window.as_secs(),
+            ANSWER_TIMEOUT.as_millis()
+        ),
+        format!(
+            "Server CPU: everything on the server side runs on CPU {SERVER_CPU}: the server \
+             veth's receive work in its threaded-NAPI kernel thread (SCHED_FIFO, as softirq \
+             processing would be), and the peer's process (started with `taskset -c \
+             {SERVER_CPU}`) or limiter's agent (every thread pinned after start). Replies to the \
+             client are received by the client veth's NAPI thread on CPU {CLIENT_CPU} (an empty \
+             XDP program on the client veth gives it one), so they are not charged to the \
+             server. Server CPU-seconds = the NAPI thread's run time plus the peer's (or \
+             agent's) threads' run time over the window (/proc/…/schedstat, ns): the work the \
+             server did for the storm, and nothing that other tasks on this shared machine ran \
+             on CPU {SERVER_CPU}. CPU {SERVER_CPU}'s whole busy time from /proc/stat (which also \
+             counts timers, other softirqs and anything else scheduled there) is in the table \
+             and in report.json as a cross-check."
+        ),
+    ];
+    let versions_text = versions
+        .iter()
+        .map(|(k, v)| format!("{k}: `{v}`"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    part.method.push(format!("Peers: {versions_text}."));
+
+    let median = |c: Config, f: fn(&Sample) -> f64| median_of(samples, c, f);
+    let envoy = median(Config::Envoy, Sample::refused_per_cpu_s);
+    let tables = tables(samples);
+    part.tables.push(tables.rates);
+    part.tables.push(tables.outcomes);
+    let (bars, json_configs) = (tables.bars, tables.json);
 
     let lim = median(Config::LimiterReset, Sample::refused_per_cpu_s);
     part.targets.push(Target::at_least(
