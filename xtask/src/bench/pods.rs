@@ -7,7 +7,7 @@
 //! agent's accounting program tail-calls the namespace's own, so it should cost nothing); and
 //! what a SYN refused in the pod costs under a flood (`pods_flood.rs`), and what a refused
 //! connection attempt costs there against Envoy in the pod (`pods_storm.rs`).
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
@@ -154,6 +154,18 @@ pub(super) fn route_client_to_pod(bed: &TestBed) -> Result<()> {
     ])
 }
 
+/// Attaches `object`'s `xdp` section to the pod's eth0 in generic mode, as limiter does on a
+/// pod's veth (None: detaches it).
+pub(super) fn xdp_in_pod(bed: &TestBed, pod: &str, object: Option<&Path>) -> Result<()> {
+    let mut args = vec!["ip", "link", "set", "dev", "eth0", "xdpgeneric"];
+    let object = object.map(|o| o.display().to_string());
+    match &object {
+        Some(object) => args.extend(["obj", object, "sec", "xdp"]),
+        None => args.push("off"),
+    }
+    bed.exec(pod, &args).map(|_| ())
+}
+
 pub fn run(ctx: &Ctx) -> Result<Part> {
     // As part 6: many short windows, limiter's compared with the empty program's in each.
     let (window, reps) = if ctx.quick {
@@ -185,21 +197,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             let agent = match config {
                 Config::NoProgram => None,
                 Config::EmptyXdpInPod => {
-                    bed.exec(
-                        &pods.pod,
-                        &[
-                            "ip",
-                            "link",
-                            "set",
-                            "dev",
-                            "eth0",
-                            "xdpgeneric",
-                            "obj",
-                            &ctx.objects.pass.display().to_string(),
-                            "sec",
-                            "xdp",
-                        ],
-                    )?;
+                    xdp_in_pod(&bed, &pods.pod, Some(&ctx.objects.pass))?;
                     None
                 }
                 Config::LimiterInPod => Some(Agent::in_server_ns(ctx, &bed, &args)?),
@@ -235,10 +233,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 agent.stop()?;
             }
             if *config == Config::EmptyXdpInPod {
-                bed.exec(
-                    &pods.pod,
-                    &["ip", "link", "set", "dev", "eth0", "xdpgeneric", "off"],
-                )?;
+                xdp_in_pod(&bed, &pods.pod, None)?;
             }
             let (ok, failed) = result?;
             let rate = ok as f64 / window.as_secs_f64();

@@ -179,14 +179,12 @@ impl Drop for Setup<'_> {
             eprintln!("bench: cleanup: {e:#}");
         }
         let undone = match self.config {
-            Config::XdpDrop => self.bed.exec(
-                self.pod,
-                &["ip", "link", "set", "dev", "eth0", "xdpgeneric", "off"],
-            ),
+            Config::XdpDrop => pods::xdp_in_pod(self.bed, self.pod, None),
             Config::NftCtCount => self
                 .bed
-                .exec(self.pod, &["nft", "delete table inet limbench"]),
-            Config::Limiter => Ok(String::new()),
+                .exec(self.pod, &["nft", "delete table inet limbench"])
+                .map(|_| ()),
+            Config::Limiter => Ok(()),
         };
         if let Err(e) = undone {
             eprintln!("bench: cleanup in the pod: {e:#}");
@@ -211,22 +209,7 @@ fn set_up<'a>(
     };
     match config {
         Config::XdpDrop => {
-            let object = ctx.objects.drop_syn_flood.display().to_string();
-            bed.exec(
-                pod,
-                &[
-                    "ip",
-                    "link",
-                    "set",
-                    "dev",
-                    "eth0",
-                    "xdpgeneric",
-                    "obj",
-                    &object,
-                    "sec",
-                    "xdp",
-                ],
-            )?;
+            pods::xdp_in_pod(bed, pod, Some(&ctx.objects.drop_syn_flood))?;
             return Ok(setup);
         }
         Config::Limiter => {
