@@ -254,7 +254,13 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         );
     }
     let mut part = report(&rates, window, reps);
-    let (flood_window, flood_reps) = ctx.windows(10);
+    // Many shorter windows than part 2's: the targets compare each with the floor's window of
+    // the same repetition.
+    let (flood_window, flood_reps) = if ctx.quick {
+        ctx.windows(2)
+    } else {
+        (Duration::from_secs(5), 6)
+    };
     let flood = pods_flood::run(ctx, flood_window, flood_reps)?;
     pods_flood::report(&mut part, &flood, flood_window, flood_reps);
     let (storm_window, storm_reps) = ctx.windows(5);

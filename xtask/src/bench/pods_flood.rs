@@ -25,7 +25,7 @@ use super::{
     flood::{self, Generator, SERVER_CPU},
     netns::{self, OnAccept, Server, TestBed},
     pods::{self, POD_IP},
-    report::{Part, Table, Target, number, spread},
+    report::{Part, Table, Target, number, paired_ratio, spread},
     sys,
 };
 use crate::cmd;
@@ -366,7 +366,8 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
         "Refusing in a pod: the same node and pod without the NodePort rule. Part 2's generator \
          sends {} SYN/s from random sources in 198.19.0.0/16 to the pod's address \
          {POD_IP}:{PORT} (frames to the node's veth, which routes them to the pod), for {} s \
-         windows, {reps} repetitions, the configurations interleaved. The pod's listener is \
+         windows, {reps} repetitions, the configurations interleaved (the targets compare windows of \
+         the same repetition: the median of their ratios or differences). The pod's listener is \
          held at its limit of {HELD} by {HELD} real connections (for the limiting \
          configurations), so every SYN is refused in the pod. The node's veth runs an empty XDP \
          program so that its receive work runs in a NAPI thread pinned to CPU {SERVER_CPU}; the \
@@ -427,21 +428,39 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
         ]);
     }
     part.tables.push(table);
+    // Window by window: each configuration against the floor's window of the same repetition
+    // (next to each other in time, so the machine's slow swings cancel out).
+    let (floors, limiters, nfts) = (
+        per_syn(Config::XdpDrop),
+        per_syn(Config::Limiter),
+        per_syn(Config::NftCtCount),
+    );
+    let (lo, times, hi) = paired_ratio(&limiters, &floors);
     part.targets.push(Target {
         what: "SYN flood into a pod (100k SYN/s): limiter in the pod, CPU per refused SYN vs the \
                bare XDP drop program on the pod's eth0 (node forwarding included in both)"
             .into(),
         goal: "≤ 1.3×".into(),
         measured: format!(
-            "{:.2}× ({} vs {} ns)",
-            limiter / floor,
+            "{times:.2}× (median of {} paired repetitions, {lo:.2}–{hi:.2}×; medians {} vs {} ns)",
+            limiters.len().min(floors.len()),
             number(limiter),
             number(floor)
         ),
-        met: Some(limiter / floor <= 1.3),
+        met: Some(times <= 1.3),
     });
-    // What each filter adds to the floor: the forwarding to the pod is the same for all.
-    let (limiter_over, nft_over) = (limiter - floor, nft - floor);
+    // What each filter adds to the floor, window by window: the forwarding to the pod is the
+    // same for all.
+    let over = |xs: &[f64]| {
+        spread(
+            &xs.iter()
+                .zip(&floors)
+                .map(|(x, f)| x - f)
+                .collect::<Vec<_>>(),
+        )
+        .1
+    };
+    let (limiter_over, nft_over) = (over(&limiters), over(&nfts));
     let ratio = nft_over / limiter_over.max(1.0);
     part.targets.push(Target {
         what: "SYN flood into a pod (100k SYN/s): nftables `ct count` in the pod vs limiter in \
@@ -450,9 +469,10 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
             .into(),
         goal: "≥ 6×".into(),
         measured: format!(
-            "{} ({} vs {} ns over the floor of {} ns; in all, {:.2}×: {} vs {} ns)",
+            "{} ({} vs {} ns over the floor of {} ns, medians of the windows' differences; in \
+             all, {:.2}×: {} vs {} ns)",
             if limiter_over < 1.0 {
-                format!("≥ {ratio:.0}× (limiter within 1 ns of the floor)")
+                format!("≥ {ratio:.0}× (limiter at the floor or below it: taken as 1 ns over it)")
             } else {
                 format!("{ratio:.1}×")
             },
