@@ -7,13 +7,14 @@
 //! the slot and source to count them on; it then runs this iterator over the namespace's TCP
 //! sockets. For each listed socket it asks for the state callbacks (`bpf_setsockopt` of
 //! TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12+), so that sock_ops sees its close, and counts it
-//! exactly as sock_ops would have: tagged counted (`socket_tags.rs`), one slot, a place in its source's count.
+//! exactly as sock_ops would have: tagged counted (`socket_tags.rs`), one slot, a place in its
+//! source's count; it writes the cookie of each one it counted to the walk's output.
 //!
 //! The iterator holds the socket's lock and skips sockets already unhashed (closed), so the
 //! socket cannot close between being tagged and being asked for its callbacks; a socket that
 //! sock_ops counted in the meantime (it became ESTABLISHED after the programs were attached) is
-//! already tagged counted, and is left alone. A socket counted already, on a
-//! listener that has since got a per-source limit, only takes its place in its source's count.
+//! already tagged counted, and is left alone. A socket counted already, on a listener that has
+//! since got a per-source limit, only takes its place in its source's count.
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, seq_file},
     cty::c_void,
