@@ -12,7 +12,7 @@
 //! counts them as sock_ops would have; from then on their close is seen like any other.
 use std::{
     fs::File,
-    io::{self, Read as _},
+    io,
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -66,19 +66,15 @@ impl Adopter {
     }
 
     /// Runs the iterator once over the TCP sockets of the calling thread's network namespace:
-    /// the cookies of the connections it counted (those in PREEXISTING counted already it only
-    /// takes out).
-    fn walk(&self) -> io::Result<Vec<u64>> {
+    /// how many connections it counted (those in PREEXISTING counted already it only takes
+    /// out).
+    fn walk(&self) -> io::Result<u64> {
         // union bpf_attr for BPF_ITER_CREATE: link_fd, flags.
         let mut attr = [self.link.as_raw_fd() as u32, 0];
         let mut walk = File::from(bpf(BPF_ITER_CREATE, &mut attr)?);
         // Reading runs the program over every socket; it writes a counted one's cookie.
-        let mut out = Vec::new();
-        walk.read_to_end(&mut out)?;
-        Ok(out
-            .chunks_exact(size_of::<u64>())
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8-byte chunk")))
-            .collect())
+        let written = io::copy(&mut walk, &mut io::sink())?;
+        Ok(written / size_of::<u64>() as u64)
     }
 }
 
@@ -165,7 +161,7 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
                 left += 1;
             }
         }
-        counted += walked?.len() as u64;
+        counted += walked?;
     }
     Ok((counted, left))
 }

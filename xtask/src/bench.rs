@@ -100,6 +100,16 @@ impl Ctx {
             (Duration::from_secs(full_s), 3)
         }
     }
+
+    /// [`Ctx::windows`] for a part whose targets compare configurations window by window:
+    /// `reps` windows of `full_s` seconds (in quick mode 2 s and one).
+    pub fn paired_windows(&self, full_s: u64, reps: usize) -> (Duration, usize) {
+        if self.quick {
+            self.windows(full_s)
+        } else {
+            (Duration::from_secs(full_s), reps)
+        }
+    }
 }
 
 /// The baseline programs, compiled at bench time.

@@ -27,7 +27,7 @@ const IPERF_LISTENER: &str = "198.18.0.1:8201";
 const LIMIT: u32 = 1_000_000;
 /// Repetitions of the 2 s windows in a full run (see `run`); part 10 uses as many.
 pub const REPETITIONS: usize = 8;
-const CLIENT_THREADS: usize = 2;
+pub(super) const CLIENT_THREADS: usize = 2;
 /// iperf3's client and server run on different CPUs.
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
@@ -75,11 +75,7 @@ impl Config {
 pub fn run(ctx: &Ctx) -> Result<Part> {
     // Many short windows: the targets compare limiter's window with the empty program's in the
     // same repetition, and more pairs make the median of those ratios steadier.
-    let (window, reps) = if ctx.quick {
-        ctx.windows(2)
-    } else {
-        (Duration::from_secs(2), REPETITIONS)
-    };
+    let (window, reps) = ctx.paired_windows(2, REPETITIONS);
     let configs = [
         Config::NoProgram,
         Config::EmptyXdp,
@@ -112,7 +108,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 (_, Some(mode)) => agent = Some(start_limiter(ctx, &bed, mode)?),
                 _ => {}
             }
-            let result = churn(&bed, window);
+            let result = churn(&bed, PORT, window);
             let bitrate = result.as_ref().ok().map(|_| {
                 iperf::throughput(
                     &bed.client_ns,
@@ -204,7 +200,7 @@ fn program_time(ctx: &Ctx, bed: &TestBed, window: Duration) -> Result<ProgramTim
     let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let measured = program_stats().and_then(|before| {
-        let (ok, _) = churn(bed, window)?;
+        let (ok, _) = churn(bed, PORT, window)?;
         let after = program_stats()?;
         Ok(ProgramTime {
             connections: ok,
@@ -296,11 +292,11 @@ fn start_limiter(ctx: &Ctx, bed: &TestBed, mode: &str) -> Result<Agent> {
     )
 }
 
-/// One window of the client threads connecting and being reset: (connected, failed).
-fn churn(bed: &TestBed, window: Duration) -> Result<(u64, u64)> {
+/// One window of the client threads connecting to `port` and being reset: (connected, failed).
+pub(super) fn churn(bed: &TestBed, port: u16, window: Duration) -> Result<(u64, u64)> {
     netns::churn(
         &bed.client_ns,
-        PORT,
+        port,
         Churn {
             threads: CLIENT_THREADS,
             cpu: None,

@@ -15,8 +15,8 @@ use serde_json::json;
 use super::{
     Ctx,
     agent::Agent,
-    cps,
-    netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
+    cps::{self, CLIENT_THREADS},
+    netns::{OnAccept, SERVER_IP, Server, TestBed},
     pods_flood, pods_storm,
     report::{Chart, Part, Table, paired_rate_target, rate_row, spread},
 };
@@ -27,7 +27,6 @@ pub(super) const POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const NODE_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 /// Never reached.
 const LIMIT: u32 = 1_000_000;
-const CLIENT_THREADS: usize = 2;
 /// Namespaces enforced in besides the pod, for the "many namespaces" configuration.
 const OTHER_NAMESPACES: usize = 15;
 
@@ -168,11 +167,7 @@ pub(super) fn xdp_in_pod(bed: &TestBed, pod: &str, object: Option<&Path>) -> Res
 
 pub fn run(ctx: &Ctx) -> Result<Part> {
     // As part 6: many short windows, limiter's compared with the empty program's in each.
-    let (window, reps) = if ctx.quick {
-        ctx.windows(2)
-    } else {
-        (Duration::from_secs(2), cps::REPETITIONS)
-    };
+    let (window, reps) = ctx.paired_windows(2, cps::REPETITIONS);
     let configs = [
         Config::NoProgram,
         Config::EmptyXdpInPod,
@@ -212,16 +207,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                     Some(Agent::in_server_ns(ctx, &bed, &args)?)
                 }
             };
-            let result = netns::churn(
-                &bed.client_ns,
-                PORT,
-                Churn {
-                    threads: CLIENT_THREADS,
-                    cpu: None,
-                    server: OnAccept::Reset,
-                },
-                window,
-            );
+            let result = cps::churn(&bed, PORT, window);
             if let Some(agent) = agent {
                 let stats = agent.stats()?;
                 refused += stats["listeners"]
@@ -256,11 +242,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let mut part = report(&rates, window, reps);
     // Many shorter windows than part 2's: the targets compare each with the floor's window of
     // the same repetition.
-    let (flood_window, flood_reps) = if ctx.quick {
-        ctx.windows(2)
-    } else {
-        (Duration::from_secs(5), 6)
-    };
+    let (flood_window, flood_reps) = ctx.paired_windows(5, 6);
     let flood = pods_flood::run(ctx, flood_window, flood_reps)?;
     pods_flood::report(&mut part, &flood, flood_window, flood_reps);
     let (storm_window, storm_reps) = ctx.windows(5);
