@@ -25,7 +25,7 @@ use super::{
     flood::{self, Generator, SERVER_CPU},
     netns::{self, OnAccept, Server, TestBed},
     pods::{self, POD_IP},
-    report::{Part, Table, Target, number, paired_ratio, spread},
+    report::{Part, Table, number, over_floor_target, paired_cost_target, spread},
     sys,
 };
 use crate::cmd;
@@ -389,11 +389,7 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
             .unwrap_or_default()
     };
     let median = |c: Config| spread(&per_syn(c)).1;
-    let (floor, limiter, nft) = (
-        median(Config::XdpDrop),
-        median(Config::Limiter),
-        median(Config::NftCtCount),
-    );
+    let (floor, limiter) = (median(Config::XdpDrop), median(Config::Limiter));
     let mut table = Table::new(
         &format!(
             "SYN flood into a pod at {} SYN/s: server CPU per refused SYN (ns, median over \
@@ -435,56 +431,25 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
         per_syn(Config::Limiter),
         per_syn(Config::NftCtCount),
     );
-    let (lo, times, hi) = paired_ratio(&limiters, &floors);
-    part.targets.push(Target {
-        what: "SYN flood into a pod (100k SYN/s): limiter in the pod, CPU per refused SYN vs the \
-               bare XDP drop program on the pod's eth0 (node forwarding included in both)"
+    part.targets.push(paired_cost_target(
+        "SYN flood into a pod (100k SYN/s): limiter in the pod, CPU per refused SYN vs the bare \
+         XDP drop program on the pod's eth0 (node forwarding included in both)"
             .into(),
-        goal: "≤ 1.3×".into(),
-        measured: format!(
-            "{times:.2}× (median of {} paired repetitions, {lo:.2}–{hi:.2}×; medians {} vs {} ns)",
-            limiters.len().min(floors.len()),
-            number(limiter),
-            number(floor)
-        ),
-        met: Some(times <= 1.3),
-    });
-    // What each filter adds to the floor, window by window: the forwarding to the pod is the
-    // same for all.
-    let over = |xs: &[f64]| {
-        spread(
-            &xs.iter()
-                .zip(&floors)
-                .map(|(x, f)| x - f)
-                .collect::<Vec<_>>(),
-        )
-        .1
-    };
-    let (limiter_over, nft_over) = (over(&limiters), over(&nfts));
-    let ratio = nft_over / limiter_over.max(1.0);
-    part.targets.push(Target {
-        what: "SYN flood into a pod (100k SYN/s): nftables `ct count` in the pod vs limiter in \
-               the pod, CPU each adds per refused SYN over the bare XDP drop (the node's \
-               forwarding, which both pay alike, taken out)"
+        &limiters,
+        &floors,
+        1.3,
+    ));
+    // What each filter adds to the floor: the forwarding to the pod is the same for all.
+    part.targets.push(over_floor_target(
+        "SYN flood into a pod (100k SYN/s): nftables `ct count` in the pod vs limiter in the \
+         pod, CPU each adds per refused SYN over the bare XDP drop (the node's forwarding, which \
+         both pay alike, taken out)"
             .into(),
-        goal: "≥ 6×".into(),
-        measured: format!(
-            "{} ({} vs {} ns over the floor of {} ns, medians of the windows' differences; in \
-             all, {:.2}×: {} vs {} ns)",
-            if limiter_over < 1.0 {
-                format!("≥ {ratio:.0}× (limiter at the floor or below it: taken as 1 ns over it)")
-            } else {
-                format!("{ratio:.1}×")
-            },
-            number(nft_over),
-            number(limiter_over),
-            number(floor),
-            nft / limiter,
-            number(nft),
-            number(limiter)
-        ),
-        met: Some(ratio >= 6.0),
-    });
+        &nfts,
+        &limiters,
+        &floors,
+        6.0,
+    ));
     part.json["pod_flood"] = json!({
         "rate_syn_per_s": RATE, "window_s": window.as_secs_f64(), "repetitions": reps,
         "held": HELD,

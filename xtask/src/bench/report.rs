@@ -446,6 +446,61 @@ pub fn paired_ratio(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     spread(&a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>())
 }
 
+/// A target on CPU per refused SYN against the bare XDP drop's, window by window (see
+/// [`paired_ratio`]): the median of `limiter[i] / floor[i]`, ≤ `goal`.
+pub fn paired_cost_target(what: String, limiter: &[f64], floor: &[f64], goal: f64) -> Target {
+    let (lo, times, hi) = paired_ratio(limiter, floor);
+    Target {
+        what,
+        goal: format!("≤ {goal}×"),
+        measured: format!(
+            "{times:.2}× (median of {} paired repetitions, {lo:.2}–{hi:.2}×; medians {} vs {} ns)",
+            limiter.len().min(floor.len()),
+            number(spread(limiter).1),
+            number(spread(floor).1)
+        ),
+        met: Some(times.is_finite() && times <= goal),
+    }
+}
+
+/// A target on what two filters each add to the CPU per refused SYN of the bare XDP drop (the
+/// floor: what the test bed costs every configuration alike), window by window: the median of
+/// `other[i] - floor[i]` over the median of `limiter[i] - floor[i]`, ≥ `goal`. The ratio of the
+/// totals is given beside it.
+pub fn over_floor_target(
+    what: String,
+    other: &[f64],
+    limiter: &[f64],
+    floor: &[f64],
+    goal: f64,
+) -> Target {
+    let over = |xs: &[f64]| spread(&xs.iter().zip(floor).map(|(x, f)| x - f).collect::<Vec<_>>()).1;
+    let (limiter_over, other_over) = (over(limiter), over(other));
+    // Below 1 ns over the floor is within its noise: taken as 1 ns, so the ratio is a bound.
+    let ratio = other_over / limiter_over.max(1.0);
+    let (other_all, limiter_all) = (spread(other).1, spread(limiter).1);
+    Target {
+        what,
+        goal: format!("≥ {goal}×"),
+        measured: format!(
+            "{} ({} vs {} ns over the floor of {} ns, medians of the windows' differences; in \
+             all, {:.2}×: {} vs {} ns)",
+            if limiter_over < 1.0 {
+                format!("≥ {ratio:.0}× (limiter at the floor or below it: taken as 1 ns over it)")
+            } else {
+                format!("{ratio:.1}×")
+            },
+            number(other_over),
+            number(limiter_over),
+            number(spread(floor).1),
+            other_all / limiter_all,
+            number(other_all),
+            number(limiter_all)
+        ),
+        met: Some(ratio.is_finite() && ratio >= goal),
+    }
+}
+
 /// A target on a paired ratio of rates (see [`paired_ratio`]): ≥ `goal`, as a percentage.
 pub fn paired_rate_target(what: String, limiter: &[f64], baseline: &[f64], goal: f64) -> Target {
     let (lo, ratio, hi) = paired_ratio(limiter, baseline);
