@@ -14,6 +14,7 @@ use super::{
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
     report::{Bar, Chart, Part, Table, number, paired_rate_target, rate_row, spread},
+    sys,
 };
 use crate::cmd;
 
@@ -63,6 +64,15 @@ impl Config {
     }
 
     /// limiter's `--xdp-mode` for this configuration, if limiter runs in it.
+    /// The empty program in limiter's mode, for limiter's configurations.
+    fn baseline(self) -> Option<Config> {
+        match self {
+            Config::Limiter => Some(Config::EmptyXdp),
+            Config::LimiterGeneric => Some(Config::EmptyXdpGeneric),
+            _ => None,
+        }
+    }
+
     fn limiter_mode(self) -> Option<&'static str> {
         match self {
             Config::Limiter => Some("native"),
@@ -91,10 +101,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         IPERF_PORT,
         SERVER_CPU,
     )?;
-    let mut rates: Vec<Measured> = configs
-        .iter()
-        .map(|c| (*c, Vec::new(), 0, Vec::new()))
-        .collect();
+    let mut rates: Vec<Measured> = configs.iter().map(|c| Measured::new(*c)).collect();
     let mut refused_by_limiter = 0;
     for _ in 0..reps {
         for (i, config) in configs.iter().enumerate() {
@@ -108,7 +115,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 (_, Some(mode)) => agent = Some(start_limiter(ctx, &bed, mode)?),
                 _ => {}
             }
+            let load = sys::MachineLoad::read()?;
             let result = churn(&bed, PORT, window);
+            let (busy_ns, interrupts) = sys::MachineLoad::read()?.since(&load);
             let bitrate = result.as_ref().ok().map(|_| {
                 iperf::throughput(
                     &bed.client_ns,
@@ -139,9 +148,16 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 rate,
                 bitrate / 1e9
             );
-            rates[i].1.push(rate);
-            rates[i].2 += failed;
-            rates[i].3.push(bitrate);
+            let measured = &mut rates[i];
+            measured.rates.push(rate);
+            measured.failed += failed;
+            measured.bits.push(bitrate);
+            measured
+                .cpu_us
+                .push(busy_ns as f64 / 1e3 / ok.max(1) as f64);
+            measured
+                .interrupts
+                .push(interrupts as f64 / ok.max(1) as f64);
         }
     }
     let time = program_time(ctx, &bed, window)?;
@@ -239,39 +255,54 @@ impl ProgramTime {
             ]);
         }
         part.tables.push(table);
-        let median = |c: Config| {
-            rates
-                .iter()
-                .find(|r| r.0 == c)
-                .map_or(f64::NAN, |r| spread(&r.1).1)
-        };
-        // The gap per connection the rate windows show, from the client's side: 2 threads, so
-        // each connection's time is 2 / rate.
-        let gap_ns = (1.0 / median(Config::LimiterGeneric) - 1.0 / median(Config::EmptyXdpGeneric))
-            * CLIENT_THREADS as f64
-            * 1e9;
+        let cpu_over = paired_difference(rates, Config::LimiterGeneric, Config::EmptyXdpGeneric);
+        let empty_cpu = rates
+            .iter()
+            .find(|m| m.config == Config::EmptyXdpGeneric)
+            .map_or(f64::NAN, |m| spread(&m.cpu_us).1);
+        // What ≥ 97% of the rate leaves limiter, at the empty program's CPU per connection.
+        let budget_us = empty_cpu * (1.0 / 0.97 - 1.0);
+        let programs_us = total / 1e3;
         part.notes.push(format!(
             "limiter's programs take {} ns per connection ({} connections in the window; XDP \
              admission runs on the SYN and the client's other segments, sock_ops accounting on \
              every socket operation the kernel reports for both ends, since the client's sockets \
              are in the same cgroup here, and on the server socket's state changes once it is \
-             counted). The rate windows put limiter's cost at {} ns per connection over the empty \
-             program in generic mode (two client threads). The run times include the kernel's own \
-             two clock reads per run. Counted sockets are tagged in socket-local storage \
-             (BPF_MAP_TYPE_SK_STORAGE, freed with the socket). Until commit 5b1ff3c the tag was \
-             an entry in a hash map by socket cookie (1M entries, allocated on demand), and its \
-             insert at ESTABLISHED and lookup and delete at CLOSE took about 0.85 and 1.45 µs of \
-             accounting's 3 µs per connection (measured by cutting the program short step by \
-             step, by hand, with the same churn); accounting took 1.95 µs per connection in that \
-             commit's full run of this part.",
+             counted). The run times include the kernel's own two clock reads per run. Counted \
+             sockets are tagged in socket-local storage (BPF_MAP_TYPE_SK_STORAGE, freed with the \
+             socket). Until commit 5b1ff3c the tag was an entry in a hash map by socket cookie \
+             (1M entries, allocated on demand), and its insert at ESTABLISHED and lookup and \
+             delete at CLOSE took about 0.85 and 1.45 µs of accounting's 3 µs per connection \
+             (measured by cutting the program short step by step, by hand, with the same churn); \
+             accounting took 1.95 µs per connection in that commit's full run of this part.",
             number(total),
             self.connections,
-            number(gap_ns)
+        ));
+        part.notes.push(format!(
+            "Where the rate goes (generic): with limiter the machine spends {} µs more CPU time \
+             per connection than with the empty program (median of paired differences; the empty \
+             program takes {} µs), and limiter's programs are {} µs of it. The rest is the \
+             kernel's work around them (the socket's tag allocated and freed, the sock_ops calls \
+             themselves) and this test bed's scheduling: the client and server threads share the \
+             VM's two CPUs, each connection wakes a thread on the other CPU, and in every \
+             configuration the CPU time per connection moves with the interrupts per connection \
+             (table above), which is also what swings the windows. A rate ≥ 97% of the empty \
+             program's leaves limiter {} µs per connection in all, {} its programs' own run \
+             time here.",
+            number(cpu_over),
+            number(empty_cpu),
+            number(programs_us),
+            number(budget_us),
+            if budget_us < programs_us {
+                "less than"
+            } else {
+                "more than"
+            },
         ));
         part.json["program_time"] = json!({
             "connections": self.connections,
             "programs": self.programs.iter().map(|(n, t, r)| json!({"name": n, "run_time_ns": t, "runs": r})).collect::<Vec<_>>(),
-            "gap_ns_per_connection": gap_ns,
+            "limiter_generic_cpu_us_over_empty_per_connection": cpu_over,
         });
     }
 }
@@ -306,8 +337,71 @@ pub(super) fn churn(bed: &TestBed, port: u16, window: Duration) -> Result<(u64, 
     )
 }
 
-/// A configuration's connections/s per window, failed connects, and iperf3 bits/s per window.
-type Measured = (Config, Vec<f64>, u64, Vec<f64>);
+/// The machine's CPU time and interrupts per connection, and what limiter adds to the CPU time
+/// of the empty program in the same mode, window by window.
+fn cpu_table(rates: &[Measured]) -> Table {
+    let mut table = Table::new(
+        "The machine's CPU time per connection (µs: busy time of both CPUs in the window, from \
+         /proc/stat, ÷ connections; median, min–max in brackets) and interrupts per connection \
+         (/proc/stat `intr`; in this VM mostly the IPIs that wake the other CPU)",
+        &[
+            "configuration",
+            "CPU µs per connection",
+            "over the empty program, same mode (µs, median of paired differences)",
+            "interrupts per connection",
+        ],
+    );
+    for m in rates {
+        let (lo, med, hi) = spread(&m.cpu_us);
+        let over = m.config.baseline().map_or("–".into(), |baseline| {
+            number(paired_difference(rates, m.config, baseline))
+        });
+        table.row(vec![
+            m.config.label().to_string(),
+            format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
+            over,
+            format!("{:.2}", spread(&m.interrupts).1),
+        ]);
+    }
+    table
+}
+
+/// The median over repetitions of `config`'s CPU µs per connection minus `baseline`'s in the
+/// same repetition.
+fn paired_difference(rates: &[Measured], config: Config, baseline: Config) -> f64 {
+    let of = |c: Config| rates.iter().find(|m| m.config == c).map(|m| &m.cpu_us);
+    let (Some(a), Some(b)) = (of(config), of(baseline)) else {
+        return f64::NAN;
+    };
+    spread(&a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<_>>()).1
+}
+
+/// A configuration's windows.
+struct Measured {
+    config: Config,
+    /// Connections/s.
+    rates: Vec<f64>,
+    failed: u64,
+    /// iperf3's bits/s.
+    bits: Vec<f64>,
+    /// The machine's busy CPU time (every CPU) per connection, µs.
+    cpu_us: Vec<f64>,
+    /// Interrupts (IPIs included) per connection.
+    interrupts: Vec<f64>,
+}
+
+impl Measured {
+    fn new(config: Config) -> Measured {
+        Measured {
+            config,
+            rates: Vec::new(),
+            failed: 0,
+            bits: Vec::new(),
+            cpu_us: Vec::new(),
+            interrupts: Vec::new(),
+        }
+    }
+}
 
 fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let mut part = Part::new(
@@ -351,8 +445,8 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let median = |c: Config| {
         rates
             .iter()
-            .find(|r| r.0 == c)
-            .map_or(f64::NAN, |r| spread(&r.1).1)
+            .find(|r| r.config == c)
+            .map_or(f64::NAN, |r| spread(&r.rates).1)
     };
     let none = median(Config::NoProgram);
     let empty = median(Config::EmptyXdp);
@@ -366,12 +460,12 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let gbits = |c: Config| {
         rates
             .iter()
-            .find(|r| r.0 == c)
-            .map_or(f64::NAN, |r| spread(&r.3).1 / 1e9)
+            .find(|r| r.config == c)
+            .map_or(f64::NAN, |r| spread(&r.bits).1 / 1e9)
     };
     let (none_bits, empty_bits) = (gbits(Config::NoProgram), gbits(Config::EmptyXdp));
     let mut iperf_bars = Vec::new();
-    for (config, _, _, bits) in rates {
+    for Measured { config, bits, .. } in rates {
         let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
         iperf_table.row(vec![
             config.label().to_string(),
@@ -387,7 +481,15 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
             ours: matches!(config, Config::Limiter | Config::LimiterGeneric),
         });
     }
-    for (config, r, failed, bits) in rates {
+    for Measured {
+        config,
+        rates: r,
+        failed,
+        bits,
+        cpu_us,
+        interrupts,
+    } in rates
+    {
         rate_row(
             &mut table,
             &mut bars,
@@ -399,10 +501,11 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         );
         json_configs.insert(
             config.key().to_string(),
-            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits}),
+            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits, "cpu_us_per_connection": cpu_us, "interrupts_per_connection": interrupts}),
         );
     }
     part.tables.push(table);
+    part.tables.push(cpu_table(rates));
     part.tables.push(iperf_table);
     let lim = median(Config::Limiter);
     // The target compares like with like: limiter against the empty program in the same XDP
@@ -411,8 +514,8 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let windows = |c: Config| {
         rates
             .iter()
-            .find(|r| r.0 == c)
-            .map_or(&[][..], |r| r.1.as_slice())
+            .find(|r| r.config == c)
+            .map_or(&[][..], |r| r.rates.as_slice())
     };
     for (what, limiter, baseline) in [
         (

@@ -290,6 +290,49 @@ impl CpuTimes {
     }
 }
 
+/// The whole machine's busy time (every CPU; /proc/stat's `cpu` line, in USER_HZ ticks) and
+/// interrupts so far (`intr`: device interrupts and, in a VM, the IPIs that wake another CPU).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineLoad {
+    busy: u64,
+    interrupts: u64,
+}
+
+impl MachineLoad {
+    pub fn read() -> Result<MachineLoad> {
+        let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let numbers = |label: &str| -> Result<Vec<u64>> {
+            let line = stat
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(label))
+                .with_context(|| format!("no {label} line in /proc/stat"))?;
+            Ok(line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect())
+        };
+        let cpu = numbers("cpu")?;
+        if cpu.len() < 8 {
+            bail!("short cpu line in /proc/stat");
+        }
+        // user nice system idle iowait irq softirq steal
+        let busy = cpu.iter().take(8).sum::<u64>() - cpu[3] - cpu[4];
+        let interrupts = *numbers("intr")?
+            .first()
+            .context("empty intr line in /proc/stat")?;
+        Ok(MachineLoad { busy, interrupts })
+    }
+
+    /// (busy ns over all CPUs, interrupts) since `before`.
+    pub fn since(&self, before: &MachineLoad) -> (u64, u64) {
+        (
+            ticks_to_ns(self.busy.saturating_sub(before.busy)),
+            self.interrupts.saturating_sub(before.interrupts),
+        )
+    }
+}
+
 fn ticks_to_ns(ticks: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
