@@ -256,10 +256,14 @@ impl ProgramTime {
         }
         part.tables.push(table);
         let cpu_over = paired_difference(rates, Config::LimiterGeneric, Config::EmptyXdpGeneric);
-        let empty_cpu = rates
-            .iter()
-            .find(|m| m.config == Config::EmptyXdpGeneric)
-            .map_or(f64::NAN, |m| spread(&m.cpu_us).1);
+        let median = |c: Config, of: fn(&Measured) -> &Vec<f64>| {
+            rates
+                .iter()
+                .find(|m| m.config == c)
+                .map_or(f64::NAN, |m| spread(of(m)).1)
+        };
+        let empty_cpu = median(Config::EmptyXdpGeneric, |m| &m.cpu_us);
+        let interrupts = |c: Config| median(c, |m| &m.interrupts);
         // What ≥ 97% of the rate leaves limiter, at the empty program's CPU per connection.
         let budget_us = empty_cpu * (1.0 / 0.97 - 1.0);
         let programs_us = total / 1e3;
@@ -284,14 +288,17 @@ impl ProgramTime {
              program takes {} µs), and limiter's programs are {} µs of it. The rest is the \
              kernel's work around them (the socket's tag allocated and freed, the sock_ops calls \
              themselves) and this test bed's scheduling: the client and server threads share the \
-             VM's two CPUs, each connection wakes a thread on the other CPU, and in every \
-             configuration the CPU time per connection moves with the interrupts per connection \
-             (table above), which is also what swings the windows. A rate ≥ 97% of the empty \
-             program's leaves limiter {} µs per connection in all, {} its programs' own run \
-             time here.",
+             VM's two CPUs, a connection often wakes a thread on the other CPU with an IPI (a \
+             VM exit on each side), and in every configuration the CPU time per connection moves \
+             with the interrupts per connection (table above), which is also what swings the \
+             windows: {} interrupts per connection with limiter, {} with the empty program. A \
+             rate ≥ 97% of the empty program's leaves limiter {} µs per connection in all, {} \
+             its programs' own run time here.",
             number(cpu_over),
             number(empty_cpu),
             number(programs_us),
+            number(interrupts(Config::LimiterGeneric)),
+            number(interrupts(Config::EmptyXdpGeneric)),
             number(budget_us),
             if budget_us < programs_us {
                 "less than"
@@ -343,7 +350,8 @@ fn cpu_table(rates: &[Measured]) -> Table {
     let mut table = Table::new(
         "The machine's CPU time per connection (µs: busy time of both CPUs in the window, from \
          /proc/stat, ÷ connections; median, min–max in brackets) and interrupts per connection \
-         (/proc/stat `intr`; in this VM mostly the IPIs that wake the other CPU)",
+         (/proc/stat `intr`; here almost all of them are the IPIs with which one CPU wakes a thread \
+         on the other: function-call and reschedule interrupts in /proc/interrupts)",
         &[
             "configuration",
             "CPU µs per connection",
