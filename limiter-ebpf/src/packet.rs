@@ -1,6 +1,7 @@
 //! Frame parsing for admission: Ethernet, up to two VLAN tags, IPv4 (with options, never a
 //! fragment) or IPv6 (through hop-by-hop, routing and destination-options headers), then TCP.
-//! Every read is bounds-checked against the frame. The TCP flags are read as soon as the TCP
+//! Every read is bounds-checked against the frame (IPv4's fixed header once, as a whole). The
+//! TCP flags are read as soon as the TCP
 //! header is found: a segment that is not a plain SYN is `NotOurs` from there (the common case,
 //! kept short); a frame cut short before that point, or a SYN whose headers are short or
 //! inconsistent, is `Malformed`. Both are passed untouched.
@@ -80,6 +81,21 @@ fn load_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     load::<u16>(ctx, offset).map(u16::from_be)
 }
 
+/// The address of a `len`-byte header at `offset`, if the frame holds all of it: one bounds
+/// check for every field then read with [`field`].
+#[inline(always)]
+fn header(ctx: &XdpContext, offset: usize, len: usize) -> Option<usize> {
+    let start = ctx.data() + offset;
+    (start + len <= ctx.data_end()).then_some(start)
+}
+
+/// A field at `offset` in a header [`header`] checked.
+#[inline(always)]
+fn field<T: Copy>(header: usize, offset: usize) -> T {
+    // SAFETY: `header` was bounds-checked for the whole header, which holds the field.
+    unsafe { core::ptr::read_unaligned((header + offset) as *const T) }
+}
+
 macro_rules! or_malformed {
     ($e:expr) => {
         match $e {
@@ -93,6 +109,10 @@ macro_rules! or_malformed {
 pub fn parse(ctx: &XdpContext) -> Frame {
     let mut ether_type: u16 = or_malformed!(load(ctx, offset_of!(EthHdr, ether_type)));
     let mut l3 = EthHdr::LEN;
+    // Untagged IPv4 first: most frames, and one comparison for them.
+    if ether_type == ETH_P_IP {
+        return parse_ipv4(ctx, l3);
+    }
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
@@ -111,13 +131,15 @@ pub fn parse(ctx: &XdpContext) -> Frame {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
-    let version_ihl: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv4Hdr, vihl)));
+    // The fixed header, checked once for the fields the decision needs.
+    let ip = or_malformed!(header(ctx, l3, Ipv4Hdr::LEN));
+    let version_ihl: u8 = field(ip, offset_of!(Ipv4Hdr, vihl));
     let header_len = ((version_ihl & 0x0F) as usize) * 4;
     if version_ihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Frame::Malformed;
     }
-    let fragment = or_malformed!(load_be16(ctx, l3 + offset_of!(Ipv4Hdr, frags)));
-    let protocol: u8 = or_malformed!(load(ctx, l3 + offset_of!(Ipv4Hdr, proto)));
+    let fragment = u16::from_be(field(ip, offset_of!(Ipv4Hdr, frags)));
+    let protocol: u8 = field(ip, offset_of!(Ipv4Hdr, proto));
     if protocol != IPPROTO_TCP || fragment & IPV4_MF_AND_OFFSET != 0 {
         return Frame::NotOurs;
     }
@@ -125,9 +147,8 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
     let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
         return Frame::NotOurs;
     };
-    let total_len = or_malformed!(load_be16(ctx, l3 + offset_of!(Ipv4Hdr, tot_len))) as usize;
-    let [src, dst]: [u32; 2] =
-        or_malformed!(load(ctx, addresses_at(l3 + offset_of!(Ipv4Hdr, src_addr))));
+    let total_len = u16::from_be(field(ip, offset_of!(Ipv4Hdr, tot_len))) as usize;
+    let [src, dst]: [u32; 2] = field(ip, offset_of!(Ipv4Hdr, src_addr));
     if total_len < header_len + TCP_MIN_HLEN {
         return Frame::Malformed;
     }

@@ -191,6 +191,11 @@ impl Limiter {
         self.prog.run(frame, repeat)
     }
 
+    /// See [`Loaded::attach_native`].
+    pub fn attach_native(&mut self, interface: &str) -> Result<()> {
+        self.prog.attach_native(interface)
+    }
+
     /// A limited listener `addr:port` in `slot`, as the agent adds it.
     pub fn add_listener(
         &mut self,
