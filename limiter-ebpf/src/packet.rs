@@ -1,10 +1,9 @@
 //! Frame parsing for admission: Ethernet, up to two VLAN tags, IPv4 (with options, never a
 //! fragment) or IPv6 (through hop-by-hop, routing and destination-options headers), then TCP.
 //! Every read is bounds-checked against the frame (IPv4's fixed header once, as a whole). The
-//! TCP flags are read as soon as the TCP
-//! header is found: a segment that is not a plain SYN is `NotOurs` from there (the common case,
-//! kept short); a frame cut short before that point, or a SYN whose headers are short or
-//! inconsistent, is `Malformed`. Both are passed untouched.
+//! TCP flags are read as soon as the TCP header is found: a segment that is not a plain SYN is
+//! `NotOurs` from there (the common case, kept short); a frame cut short before that point, or a
+//! SYN whose headers are short or inconsistent, is `Malformed`. Both are passed untouched.
 //!
 //! Header layouts, lengths and protocol numbers come from network-types; each field is read
 //! where its struct puts it (`offset_of!`), one field at a time, so that a frame is read only as
