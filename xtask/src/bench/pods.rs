@@ -3,7 +3,8 @@
 //! limiter, running on the node, enforces the pod's limit inside the pod (`--limit-in`): XDP
 //! (generic, as on any veth) on the pod's `eth0`, sock_ops counting the pod's sockets. Measured:
 //! connections per second when not limiting, against no program and against the empty XDP
-//! program on the pod's `eth0`; what enforcing in more namespaces costs each connection (the
+//! program on the pod's `eth0`, and one connection's throughput into the pod (iperf3: the
+//! per-segment cost of admission's "not a SYN" path there); what enforcing in more namespaces costs each connection (the
 //! agent's accounting program tail-calls the namespace's own, so it should cost nothing); and
 //! what a SYN refused in the pod costs under a flood (`pods_flood.rs`), and what a refused
 //! connection attempt costs there against Envoy in the pod (`pods_storm.rs`).
@@ -16,6 +17,7 @@ use super::{
     Ctx,
     agent::Agent,
     cps::{self, CLIENT_THREADS},
+    iperf,
     netns::{OnAccept, SERVER_IP, Server, TestBed},
     pods_flood, pods_storm,
     report::{Chart, Part, Table, paired_rate_target, rate_row, spread},
@@ -23,6 +25,12 @@ use super::{
 use crate::cmd::{self, command};
 
 const PORT: u16 = 8300;
+/// iperf3's port in the pod, limited by limiter too, so its connection is counted and every one
+/// of its segments goes through admission's "not a SYN" path in the pod.
+const IPERF_PORT: u16 = 8301;
+/// iperf3's client and server run on different CPUs.
+const IPERF_CLIENT_CPU: usize = 0;
+const IPERF_SERVER_CPU: usize = 1;
 pub(super) const POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const NODE_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 /// Never reached.
@@ -177,9 +185,15 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let bed = TestBed::create()?;
     let pods = build(&bed, true, OTHER_NAMESPACES)?;
     let server = Server::start_at(&pods.pod, POD_IP, PORT, OnAccept::Reset, None)?;
+    // iperf3 connects to the pod's own address (no DNAT), routed by the node.
+    route_client_to_pod(&bed)?;
+    let iperf_server =
+        iperf::Server::start(&pods.pod, &POD_IP.to_string(), IPERF_PORT, IPERF_SERVER_CPU)?;
     let pod_path = format!("/run/netns/{}", pods.pod);
-    let mut rates: Vec<(Config, Vec<f64>, u64)> =
-        configs.iter().map(|c| (*c, Vec::new(), 0)).collect();
+    let mut rates: Vec<Measured> = configs
+        .iter()
+        .map(|c| (*c, Vec::new(), 0, Vec::new()))
+        .collect();
     let mut refused = 0;
     for _ in 0..reps {
         for (i, config) in configs.iter().enumerate() {
@@ -188,6 +202,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 "--limit-in".into(),
                 pod_path.clone(),
                 format!("{PORT}={LIMIT}"),
+                "--limit-in".into(),
+                pod_path.clone(),
+                format!("{IPERF_PORT}={LIMIT}"),
             ];
             let agent = match config {
                 Config::NoProgram => None,
@@ -208,6 +225,15 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 }
             };
             let result = cps::churn(&bed, PORT, window);
+            let bitrate = result.as_ref().ok().map(|_| {
+                iperf::throughput(
+                    &bed.client_ns,
+                    &POD_IP.to_string(),
+                    IPERF_PORT,
+                    window.as_secs(),
+                    IPERF_CLIENT_CPU,
+                )
+            });
             if let Some(agent) = agent {
                 let stats = agent.stats()?;
                 refused += stats["listeners"]
@@ -222,16 +248,20 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 xdp_in_pod(&bed, &pods.pod, None)?;
             }
             let (ok, failed) = result?;
+            let bitrate = bitrate.context("iperf3 did not run")??;
             let rate = ok as f64 / window.as_secs_f64();
             println!(
-                "  {}: {rate:.0} connections/s ({failed} failed)",
-                config.label()
+                "  {}: {rate:.0} connections/s ({failed} failed), one connection {:.2} Gbit/s",
+                config.label(),
+                bitrate / 1e9
             );
             rates[i].1.push(rate);
             rates[i].2 += failed;
+            rates[i].3.push(bitrate);
         }
     }
     server.stop()?;
+    drop(iperf_server);
     drop(pods);
     drop(bed);
     if refused != 0 {
@@ -251,7 +281,48 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     Ok(part)
 }
 
-fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> Part {
+/// One connection's throughput into the pod per configuration: what every segment's trip
+/// through admission's "not a SYN" path in the pod costs.
+fn throughput_table(rates: &[Measured]) -> Table {
+    let gbits = |c: Config| {
+        rates
+            .iter()
+            .find(|r| r.0 == c)
+            .map_or(f64::NAN, |r| spread(&r.3).1 / 1e9)
+    };
+    let (none, empty) = (gbits(Config::NoProgram), gbits(Config::EmptyXdpInPod));
+    let mut table = Table::new(
+        &format!(
+            "Throughput of one connection into the pod, iperf3 from the client namespace (CPU \
+             {IPERF_CLIENT_CPU}) to `iperf3 -s` on {POD_IP}:{IPERF_PORT} in the pod (CPU \
+             {IPERF_SERVER_CPU}), routed by the node without DNAT, after each connection-rate \
+             window (Gbit/s; median over repetitions, min–max in brackets). limiter limits that \
+             port too, so the connection is counted and its every segment goes through \
+             admission in the pod."
+        ),
+        &[
+            "configuration",
+            "Gbit/s",
+            "× no program",
+            "× empty XDP in pod",
+        ],
+    );
+    for (config, _, _, bits) in rates {
+        let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
+        table.row(vec![
+            config.label().to_string(),
+            format!("**{med:.2}** ({lo:.2}–{hi:.2})"),
+            format!("{:.3}", med / none),
+            format!("{:.3}", med / empty),
+        ]);
+    }
+    table
+}
+
+/// A configuration's connections/s per window, failed connects, and iperf3 bits/s per window.
+type Measured = (Config, Vec<f64>, u64, Vec<f64>);
+
+fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let mut part = Part::new(
         "pods",
         "10. The pod path: connections per second into a pod, and refusing there",
@@ -294,7 +365,7 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
     );
     let mut bars = Vec::new();
     let mut json_configs = serde_json::Map::new();
-    for (config, r, failed) in rates {
+    for (config, r, failed, bits) in rates {
         rate_row(
             &mut table,
             &mut bars,
@@ -306,10 +377,11 @@ fn report(rates: &[(Config, Vec<f64>, u64)], window: Duration, reps: usize) -> P
         );
         json_configs.insert(
             config.key().into(),
-            json!({"label": config.label(), "connections_per_s": r, "failed": failed}),
+            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits}),
         );
     }
     part.tables.push(table);
+    part.tables.push(throughput_table(rates));
     let (one, many) = (
         median(Config::LimiterInPod),
         median(Config::LimiterInPodOf16),
