@@ -97,6 +97,8 @@ struct Sample {
     /// SYNs the filter refused, by its own counter (None: the configuration refuses nothing).
     refused: Option<u64>,
     napi_ns: u64,
+    /// Times the NAPI thread was woken to poll.
+    napi_runs: u64,
     cpu_busy_ns: u64,
     cpu_softirq_ns: u64,
     agent_cpu_ns: Option<u64>,
@@ -126,6 +128,7 @@ impl Sample {
             "received_frames": self.received,
             "refused_by_filter": self.refused,
             "server_napi_cpu_ns": self.napi_ns,
+            "server_napi_runs": self.napi_runs,
             "server_cpu_busy_ns": self.cpu_busy_ns,
             "server_cpu_softirq_ns": self.cpu_softirq_ns,
             "agent_cpu_ns": self.agent_cpu_ns,
@@ -190,12 +193,13 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 .with_context(|| format!("flood against {}", config.label()))?;
             for (what, sample) in [("paced", &paced), ("flat out", &saturated)] {
                 println!(
-                    "    {what}: {:.2} M SYNs offered, {:.2} M received, refused {:?}, server NAPI {:.0}% busy, {} ns per SYN",
+                    "    {what}: {:.2} M SYNs offered, {:.2} M received, refused {:?}, server NAPI {:.0}% busy, {} ns per SYN, {:.2} NAPI runs per 1,000 SYNs",
                     sample.offered as f64 / 1e6,
                     sample.received as f64 / 1e6,
                     sample.refused,
                     sample.busy() * 100.0,
-                    number(sample.ns_per_syn())
+                    number(sample.ns_per_syn()),
+                    sample.napi_runs as f64 * 1e3 / sample.received.max(1) as f64
                 );
                 if std::env::var_os("LIMITER_BENCH_VERBOSE").is_some() {
                     println!("    {sample:?}");
@@ -426,6 +430,7 @@ fn sample_window(
     let stats0 = bed.veth_stats(true)?;
     let refused0 = refused_counter(bed, setup)?;
     let napi0 = sys::task_cpu_ns(napi)?;
+    let runs0 = sys::task_runs(napi)?;
     let cpu0 = sys::CpuTimes::read(SERVER_CPU)?;
     let agent0 = agent_pid.and_then(process_cpu_ns);
     let started = Instant::now();
@@ -450,6 +455,7 @@ fn sample_window(
         },
     )?;
     let napi1 = sys::task_cpu_ns(napi)?;
+    let runs1 = sys::task_runs(napi)?;
     let cpu1 = sys::CpuTimes::read(SERVER_CPU)?;
     let agent1 = agent_pid.and_then(process_cpu_ns);
     let refused1 = refused_counter(bed, setup)?;
@@ -475,6 +481,7 @@ fn sample_window(
             _ => None,
         },
         napi_ns: napi1 - napi0,
+        napi_runs: runs1 - runs0,
         cpu_busy_ns: cpu1.busy_ns_since(&cpu0),
         cpu_softirq_ns: cpu1.softirq_ns_since(&cpu0),
         agent_cpu_ns: match (agent0, agent1) {
@@ -779,6 +786,7 @@ fn report(
             "received (M SYN/s)",
             "refused / received",
             "server NAPI busy",
+            "NAPI wake-ups per burst",
             "CPU 1 busy (all tasks)",
         ],
     );
@@ -820,6 +828,14 @@ fn report(
                 .collect::<Vec<_>>(),
         )
         .1;
+        // Each burst should wake the NAPI thread once, whatever filters: the per-SYN figures
+        // then carry the same wake-up cost.
+        let wakeups = spread(
+            &s.iter()
+                .map(|x| x.napi_runs as f64 * f64::from(BURST) / x.received.max(1) as f64)
+                .collect::<Vec<_>>(),
+        )
+        .1;
         table.row(vec![
             config.label().to_string(),
             format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
@@ -831,6 +847,7 @@ fn report(
                 "— (per SYN received)".into()
             },
             format!("{:.0}%", busy * 100.0),
+            format!("{wakeups:.2}"),
             format!("{:.0}%", cpu * 100.0),
         ]);
         bars.push(Bar {

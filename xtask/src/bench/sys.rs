@@ -240,10 +240,20 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resu
 
 /// Time a task has run on a CPU, in ns (`/proc/PID/schedstat`, first field).
 pub fn task_cpu_ns(pid: u32) -> Result<u64> {
+    schedstat(pid, 0)
+}
+
+/// How many times a task has been put on a CPU so far (/proc/PID/schedstat's third field): for
+/// a NAPI thread, how many times it woke up to poll.
+pub fn task_runs(pid: u32) -> Result<u64> {
+    schedstat(pid, 2)
+}
+
+fn schedstat(pid: u32, field: usize) -> Result<u64> {
     let path = format!("/proc/{pid}/schedstat");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     text.split_whitespace()
-        .next()
+        .nth(field)
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("unexpected {path}: {text:?}"))
 }
