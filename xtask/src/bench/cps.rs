@@ -13,7 +13,10 @@ use super::{
     agent::Agent,
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
-    report::{Bar, Chart, Part, Table, number, paired_rate_target, rate_row, spread},
+    report::{
+        Chart, Part, Table, number, paired_difference, paired_rate_target, rate_row, spread,
+        throughput_row,
+    },
     sys,
 };
 use crate::cmd;
@@ -63,7 +66,6 @@ impl Config {
         }
     }
 
-    /// limiter's `--xdp-mode` for this configuration, if limiter runs in it.
     /// The empty program in limiter's mode, for limiter's configurations.
     fn baseline(self) -> Option<Config> {
         match self {
@@ -73,6 +75,7 @@ impl Config {
         }
     }
 
+    /// limiter's `--xdp-mode` for this configuration, if limiter runs in it.
     fn limiter_mode(self) -> Option<&'static str> {
         match self {
             Config::Limiter => Some("native"),
@@ -255,7 +258,7 @@ impl ProgramTime {
             ]);
         }
         part.tables.push(table);
-        let cpu_over = paired_difference(rates, Config::LimiterGeneric, Config::EmptyXdpGeneric);
+        let cpu_over = cpu_over(rates, Config::LimiterGeneric, Config::EmptyXdpGeneric);
         let median = |c: Config, of: fn(&Measured) -> &Vec<f64>| {
             rates
                 .iter()
@@ -362,7 +365,7 @@ fn cpu_table(rates: &[Measured]) -> Table {
     for m in rates {
         let (lo, med, hi) = spread(&m.cpu_us);
         let over = m.config.baseline().map_or("–".into(), |baseline| {
-            number(paired_difference(rates, m.config, baseline))
+            number(cpu_over(rates, m.config, baseline))
         });
         table.row(vec![
             m.config.label().to_string(),
@@ -376,12 +379,12 @@ fn cpu_table(rates: &[Measured]) -> Table {
 
 /// The median over repetitions of `config`'s CPU µs per connection minus `baseline`'s in the
 /// same repetition.
-fn paired_difference(rates: &[Measured], config: Config, baseline: Config) -> f64 {
+fn cpu_over(rates: &[Measured], config: Config, baseline: Config) -> f64 {
     let of = |c: Config| rates.iter().find(|m| m.config == c).map(|m| &m.cpu_us);
-    let (Some(a), Some(b)) = (of(config), of(baseline)) else {
-        return f64::NAN;
-    };
-    spread(&a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<_>>()).1
+    match (of(config), of(baseline)) {
+        (Some(a), Some(b)) => paired_difference(a, b),
+        _ => f64::NAN,
+    }
 }
 
 /// A configuration's windows.
@@ -474,20 +477,13 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
     let (none_bits, empty_bits) = (gbits(Config::NoProgram), gbits(Config::EmptyXdp));
     let mut iperf_bars = Vec::new();
     for Measured { config, bits, .. } in rates {
-        let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
-        iperf_table.row(vec![
-            config.label().to_string(),
-            format!("**{med:.2}** ({lo:.2}–{hi:.2})"),
-            format!("{:.3}", med / none_bits),
-            format!("{:.3}", med / empty_bits),
-        ]);
-        iperf_bars.push(Bar {
-            label: config.label().to_string(),
-            value: med,
-            low: lo,
-            high: hi,
-            ours: matches!(config, Config::Limiter | Config::LimiterGeneric),
-        });
+        iperf_bars.push(throughput_row(
+            &mut iperf_table,
+            config.label(),
+            bits,
+            [none_bits, empty_bits],
+            matches!(config, Config::Limiter | Config::LimiterGeneric),
+        ));
     }
     for Measured {
         config,

@@ -229,18 +229,20 @@ struct Plan {
     flat_out: Duration,
 }
 
-/// What is set up for one configuration; torn down in order on drop.
-pub struct Setup<'a> {
-    bed: &'a TestBed,
-    config: Config,
+/// What a configuration runs beside its filter's rules: limiter's agent (when limiter is the
+/// filter), the connections that hold the listener at its limit and the server holding them.
+/// Part 10's flood into a pod holds the same.
+#[derive(Default)]
+pub struct Holding {
     pub agent: Option<Agent>,
-    held: Vec<socket2::Socket>,
-    server: Option<Server>,
+    pub connections: Vec<socket2::Socket>,
+    pub server: Option<Server>,
 }
 
-impl Drop for Setup<'_> {
-    fn drop(&mut self) {
-        self.held.clear();
+impl Holding {
+    /// Closes the connections, then stops the server and the agent, in that order.
+    pub fn release(&mut self) {
+        self.connections.clear();
         if let Some(server) = self.server.take() {
             let _ = server.stop();
         }
@@ -249,6 +251,19 @@ impl Drop for Setup<'_> {
         {
             eprintln!("bench: cleanup: {e:#}");
         }
+    }
+}
+
+/// What is set up for one configuration; torn down in order on drop.
+pub struct Setup<'a> {
+    bed: &'a TestBed,
+    config: Config,
+    pub holding: Holding,
+}
+
+impl Drop for Setup<'_> {
+    fn drop(&mut self) {
+        self.holding.release();
         let _ = match self.config {
             Config::NftCtCount | Config::NftDrop => self.bed.nft("delete table inet limbench"),
             Config::IptConnlimit => self.bed.nft("delete table ip filter"),
@@ -283,9 +298,7 @@ pub fn set_up<'a>(
     let mut setup = Setup {
         bed,
         config,
-        agent: None,
-        held: Vec::new(),
-        server: None,
+        holding: Holding::default(),
     };
     let limit = HELD.to_string();
     match config {
@@ -302,7 +315,7 @@ pub fn set_up<'a>(
                 args.push("--limit".into());
                 args.push(format!("{SERVER_IP}:{}={}", also.port, also.limit));
             }
-            setup.agent = Some(Agent::in_server_ns(ctx, bed, &args)?);
+            setup.holding.agent = Some(Agent::in_server_ns(ctx, bed, &args)?);
         }
         Config::XdpDrop => bed.attach_xdp(true, &ctx.objects.drop_syn_flood)?,
         _ => bed.attach_xdp(true, &ctx.objects.pass)?,
@@ -331,18 +344,19 @@ pub fn set_up<'a>(
         }
         _ => {}
     }
-    setup.server = Some(Server::start(&bed.server_ns, PORT, OnAccept::Hold)?);
+    setup.holding.server = Some(Server::start(&bed.server_ns, PORT, OnAccept::Hold)?);
     if config.limits() {
-        setup.held = netns::connect_many(&bed.client_ns, PORT, HELD, 1, Duration::from_secs(3))?;
-        if setup.held.len() != HELD {
+        setup.holding.connections =
+            netns::connect_many(&bed.client_ns, PORT, HELD, 1, Duration::from_secs(3))?;
+        if setup.holding.connections.len() != HELD {
             bail!(
                 "only {} of {HELD} connections to hold were established",
-                setup.held.len()
+                setup.holding.connections.len()
             );
         }
         // At the limit: the server has them all, and limiter counts them.
         netns::wait_established(&bed.server_ns, PORT, HELD)?;
-        if let Some(agent) = &setup.agent {
+        if let Some(agent) = &setup.holding.agent {
             agent.wait_counter(LISTENER, "active", HELD as u64)?;
         }
     }
@@ -353,6 +367,7 @@ fn refused_counter(bed: &TestBed, setup: &Setup<'_>) -> Result<Option<u64>> {
     Ok(match setup.config {
         Config::Limiter => Some(
             setup
+                .holding
                 .agent
                 .as_ref()
                 .context("no agent")?
@@ -406,7 +421,7 @@ fn measure(
     let setup = set_up(ctx, bed, config, None)?;
     let napi = bed.threaded_napi_anew(true, SERVER_CPU, *napi_pid)?;
     *napi_pid = Some(napi);
-    let agent_pid = setup.agent.as_ref().map(Agent::pid);
+    let agent_pid = setup.holding.agent.as_ref().map(Agent::pid);
 
     let paced = sample_window(bed, &setup, napi, agent_pid, || {
         generator.run(plan.window, Some(plan.rate))
@@ -520,20 +535,7 @@ impl Generator {
         bed.threaded_napi(false, GENERATOR_CPU)?;
         let object = &ctx.objects.generator;
         let spare = format!("{}g", bed.client_veth);
-        bed.exec(
-            &bed.client_ns,
-            &[
-                "ip",
-                "link",
-                "add",
-                &spare,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{spare}p"),
-            ],
-        )?;
+        bed.add_spare_veth(&bed.client_ns, &spare)?;
         let template = frames::tcp(
             Ends {
                 src_mac: CLIENT_MAC,

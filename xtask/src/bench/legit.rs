@@ -167,7 +167,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                     w.server_veth_drops
                 );
             }
-            if let Some(agent) = &setup.agent {
+            if let Some(agent) = &setup.holding.agent {
                 let listener = format!("{SERVER_IP}:{PORT}");
                 let refused = agent.counter(&listener, "refused_total")?;
                 if refused != 0 {

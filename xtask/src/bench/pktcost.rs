@@ -484,20 +484,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         })
         .collect();
     for name in spare.iter().flatten() {
-        bed.exec(
-            &bed.server_ns,
-            &[
-                "ip",
-                "link",
-                "add",
-                name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{name}p"),
-            ],
-        )?;
+        bed.add_spare_veth(&bed.server_ns, name)?;
     }
     let (one, many) = std::thread::scope(|scope| {
         scope
@@ -714,19 +701,18 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
         number(empty1)
     ));
     // The reset target's rows are single runs, where the harness costs several times more.
-    let single = |key: &str| one.median(key);
     let (minimal_single, drop_single, reset_single) = (
-        single("minimal_drop_single"),
-        single("limiter_syn_refused_drop_single"),
-        single("limiter_syn_refused_reset"),
+        one.median("minimal_drop_single"),
+        one.median("limiter_syn_refused_drop_single"),
+        one.median("limiter_syn_refused_reset"),
     );
     part.notes.push(format!(
         "The reset target is measured one run per call (the RST overwrites the SYN), where the \
          harness' own cost per call is about {} ns. There the same refused SYN *dropped* costs \
          {:.2}× the minimal drop-SYN program ({} vs {} ns){}; building the RST (the frame cut to \
          the bare TCP header, MACs, addresses and ports swapped, both checksums computed) takes \
-         {} ns more than the drop. (Building the IPv4 reply with 16- and 32-bit stores instead of byte arrays \
-         was tried and measured no faster.)",
+         {} ns more than the drop. (Building the IPv4 reply with 16- and 32-bit stores instead \
+         of byte arrays was tried and measured no faster.)",
         number(e1),
         drop_single / minimal_single,
         number(drop_single),

@@ -4,8 +4,9 @@
 //! (generic, as on any veth) on the pod's `eth0`, sock_ops counting the pod's sockets. Measured:
 //! connections per second when not limiting, against no program and against the empty XDP
 //! program on the pod's `eth0`, and one connection's throughput into the pod (iperf3: the
-//! per-segment cost of admission's "not a SYN" path there); what enforcing in more namespaces costs each connection (the
-//! agent's accounting program tail-calls the namespace's own, so it should cost nothing); and
+//! per-segment cost of admission's "not a SYN" path there); what enforcing in more namespaces
+//! costs each connection (the agent's accounting program tail-calls the namespace's own, so it
+//! should cost nothing); and
 //! what a SYN refused in the pod costs under a flood (`pods_flood.rs`), and what a refused
 //! connection attempt costs there against Envoy in the pod (`pods_storm.rs`).
 use std::{net::Ipv4Addr, path::Path, time::Duration};
@@ -20,7 +21,7 @@ use super::{
     iperf,
     netns::{OnAccept, SERVER_IP, Server, TestBed},
     pods_flood, pods_storm,
-    report::{Chart, Part, Table, paired_rate_target, rate_row, spread},
+    report::{Chart, Part, Table, paired_rate_target, rate_row, spread, throughput_row},
 };
 use crate::cmd::{self, command};
 
@@ -308,13 +309,8 @@ fn throughput_table(rates: &[Measured]) -> Table {
         ],
     );
     for (config, _, _, bits) in rates {
-        let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
-        table.row(vec![
-            config.label().to_string(),
-            format!("**{med:.2}** ({lo:.2}–{hi:.2})"),
-            format!("{:.3}", med / none),
-            format!("{:.3}", med / empty),
-        ]);
+        // No chart for it: the table says it.
+        let _ = throughput_row(&mut table, config.label(), bits, [none, empty], false);
     }
     table
 }

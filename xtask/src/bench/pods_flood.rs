@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::{
     Ctx,
     agent::Agent,
-    flood::{self, Generator, SERVER_CPU},
+    flood::{self, Generator, Holding, SERVER_CPU},
     netns::{self, OnAccept, Server, TestBed},
     pods::{self, POD_IP},
     report::{Part, Table, number, over_floor_target, paired_cost_target, spread},
@@ -160,24 +160,15 @@ struct Setup<'a> {
     bed: &'a TestBed,
     pod: &'a str,
     config: Config,
-    agent: Option<Agent>,
-    held: Vec<socket2::Socket>,
-    /// A server of its own: one holding every connection it accepted keeps them (CLOSE_WAIT)
-    /// after the client closes, and the next agent would count them as already there.
-    server: Option<Server>,
+    /// With a server of its own: one holding every connection it accepted keeps them
+    /// (CLOSE_WAIT) after the client closes, and the next agent would count them as already
+    /// there.
+    holding: Holding,
 }
 
 impl Drop for Setup<'_> {
     fn drop(&mut self) {
-        self.held.clear();
-        if let Some(server) = self.server.take() {
-            let _ = server.stop();
-        }
-        if let Some(agent) = self.agent.take()
-            && let Err(e) = agent.stop()
-        {
-            eprintln!("bench: cleanup: {e:#}");
-        }
+        self.holding.release();
         let undone = match self.config {
             Config::XdpDrop => pods::xdp_in_pod(self.bed, self.pod, None),
             Config::NftCtCount => self
@@ -203,9 +194,10 @@ fn set_up<'a>(
         bed,
         pod,
         config,
-        agent: None,
-        held: Vec::new(),
-        server: Some(Server::start_at(pod, POD_IP, PORT, OnAccept::Hold, None)?),
+        holding: Holding {
+            server: Some(Server::start_at(pod, POD_IP, PORT, OnAccept::Hold, None)?),
+            ..Holding::default()
+        },
     };
     match config {
         Config::XdpDrop => {
@@ -213,7 +205,7 @@ fn set_up<'a>(
             return Ok(setup);
         }
         Config::Limiter => {
-            setup.agent = Some(Agent::in_server_ns(
+            setup.holding.agent = Some(Agent::in_server_ns(
                 ctx,
                 bed,
                 &[
@@ -237,25 +229,25 @@ fn set_up<'a>(
             )?;
         }
     }
-    setup.held = netns::connect_many_to(
+    setup.holding.connections = netns::connect_many_to(
         &bed.client_ns,
         SocketAddrV4::new(POD_IP, PORT),
         HELD,
         1,
         Duration::from_secs(3),
     )?;
-    if setup.held.len() != HELD {
+    if setup.holding.connections.len() != HELD {
         let eth0 = bed.exec(pod, &["ip", "-d", "link", "show", "eth0"])?;
         let sockets = bed.exec(pod, &["ss", "-tan"])?;
-        let stats = setup.agent.as_ref().map(Agent::stats);
+        let stats = setup.holding.agent.as_ref().map(Agent::stats);
         bail!(
             "only {} of {HELD} connections to hold were established; the pod's eth0:\n{eth0}\n\
              its sockets:\n{sockets}\nlimiter: {stats:?}",
-            setup.held.len()
+            setup.holding.connections.len()
         );
     }
     netns::wait_established(pod, PORT, HELD)?;
-    if let Some(agent) = &setup.agent {
+    if let Some(agent) = &setup.holding.agent {
         cmd::poll_until(
             "limiter to count the held connections",
             Duration::from_secs(5),
@@ -287,7 +279,7 @@ fn refused(setup: &Setup<'_>) -> Result<Option<u64>> {
     Ok(match setup.config {
         Config::XdpDrop => None,
         Config::Limiter => Some(total(
-            setup.agent.as_ref().context("no agent")?,
+            setup.holding.agent.as_ref().context("no agent")?,
             "refused_total",
         )?),
         Config::NftCtCount => {
@@ -317,7 +309,7 @@ fn measure(
     window: Duration,
 ) -> Result<Sample> {
     let setup = set_up(ctx, bed, pod, config)?;
-    let agent = setup.agent.as_ref().map(Agent::pid);
+    let agent = setup.holding.agent.as_ref().map(Agent::pid);
     let received = || bed.veth_stat(true, "rx_queue_0_xdp_packets");
     let (received0, refused0) = (received()?, refused(&setup)?);
     let cpu0 = sys::CpuTimes::read(SERVER_CPU)?;

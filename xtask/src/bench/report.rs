@@ -128,6 +128,31 @@ pub fn rate_row(
     });
 }
 
+/// A table row of one connection's throughput (bits/s per window, shown in Gbit/s): median with
+/// min–max, and its ratio to the two `baselines` (Gbit/s). Returns the row's chart bar.
+pub fn throughput_row(
+    table: &mut Table,
+    label: &str,
+    bits: &[f64],
+    baselines: [f64; 2],
+    ours: bool,
+) -> Bar {
+    let (lo, med, hi) = spread(&bits.iter().map(|b| b / 1e9).collect::<Vec<_>>());
+    table.row(vec![
+        label.to_string(),
+        format!("**{med:.2}** ({lo:.2}–{hi:.2})"),
+        format!("{:.3}", med / baselines[0]),
+        format!("{:.3}", med / baselines[1]),
+    ]);
+    Bar {
+        label: label.to_string(),
+        value: med,
+        low: lo,
+        high: hi,
+        ours,
+    }
+}
+
 /// A horizontal bar chart: one bar per entry, with a min–max whisker.
 pub struct Chart {
     pub title: String,
@@ -446,6 +471,12 @@ pub fn paired_ratio(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     spread(&a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>())
 }
 
+/// The median of `a[i] - b[i]`: what one configuration adds to another, window by window (see
+/// [`paired_ratio`]).
+pub fn paired_difference(a: &[f64], b: &[f64]) -> f64 {
+    spread(&a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<_>>()).1
+}
+
 /// A target on CPU per refused SYN against the bare XDP drop's, window by window (see
 /// [`paired_ratio`]): the median of `limiter[i] / floor[i]`, ≤ `goal`.
 pub fn paired_cost_target(what: String, limiter: &[f64], floor: &[f64], goal: f64) -> Target {
@@ -474,8 +505,10 @@ pub fn over_floor_target(
     floor: &[f64],
     goal: f64,
 ) -> Target {
-    let over = |xs: &[f64]| spread(&xs.iter().zip(floor).map(|(x, f)| x - f).collect::<Vec<_>>()).1;
-    let (limiter_over, other_over) = (over(limiter), over(other));
+    let (limiter_over, other_over) = (
+        paired_difference(limiter, floor),
+        paired_difference(other, floor),
+    );
     // Below 1 ns over the floor is within its noise: taken as 1 ns, so the ratio is a bound.
     let ratio = other_over / limiter_over.max(1.0);
     let (other_all, limiter_all) = (spread(other).1, spread(limiter).1);

@@ -268,25 +268,10 @@ pub struct CpuTimes {
 impl CpuTimes {
     pub fn read(cpu: usize) -> Result<CpuTimes> {
         let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let label = format!("cpu{cpu}");
-        let line = stat
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(label.as_str()))
-            .with_context(|| format!("no {label} in /proc/stat"))?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if v.len() < 8 {
-            bail!("short {label} line in /proc/stat: {line}");
-        }
-        // user nice system idle iowait irq softirq steal
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v[3] + v[4];
+        let times = cpu_line(&stat, &format!("cpu{cpu}"))?;
         Ok(CpuTimes {
-            busy: total - idle,
-            softirq: v[6],
+            busy: busy_ticks(&times),
+            softirq: times[6],
         })
     }
 
@@ -300,6 +285,34 @@ impl CpuTimes {
     }
 }
 
+/// The numbers of /proc/stat's line `label` (`cpu`, `cpu1`, `intr`, ...).
+fn stat_line(stat: &str, label: &str) -> Result<Vec<u64>> {
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label))
+        .with_context(|| format!("no {label} line in /proc/stat"))?;
+    Ok(line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect())
+}
+
+/// A CPU line of /proc/stat (`cpu` for all of them together), with at least the eight times
+/// [`busy_ticks`] reads.
+fn cpu_line(stat: &str, label: &str) -> Result<Vec<u64>> {
+    let times = stat_line(stat, label)?;
+    if times.len() < 8 {
+        bail!("short {label} line in /proc/stat: {times:?}");
+    }
+    Ok(times)
+}
+
+/// Ticks not idle: user nice system idle iowait irq softirq steal, less idle and iowait.
+fn busy_ticks(times: &[u64]) -> u64 {
+    times.iter().take(8).sum::<u64>() - times[3] - times[4]
+}
+
 /// The whole machine's busy time (every CPU; /proc/stat's `cpu` line, in USER_HZ ticks) and
 /// interrupts so far (`intr`: device interrupts and, in a VM, the IPIs that wake another CPU).
 #[derive(Clone, Copy, Debug)]
@@ -311,27 +324,13 @@ pub struct MachineLoad {
 impl MachineLoad {
     pub fn read() -> Result<MachineLoad> {
         let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let numbers = |label: &str| -> Result<Vec<u64>> {
-            let line = stat
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(label))
-                .with_context(|| format!("no {label} line in /proc/stat"))?;
-            Ok(line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect())
-        };
-        let cpu = numbers("cpu")?;
-        if cpu.len() < 8 {
-            bail!("short cpu line in /proc/stat");
-        }
-        // user nice system idle iowait irq softirq steal
-        let busy = cpu.iter().take(8).sum::<u64>() - cpu[3] - cpu[4];
-        let interrupts = *numbers("intr")?
+        let interrupts = *stat_line(&stat, "intr")?
             .first()
             .context("empty intr line in /proc/stat")?;
-        Ok(MachineLoad { busy, interrupts })
+        Ok(MachineLoad {
+            busy: busy_ticks(&cpu_line(&stat, "cpu")?),
+            interrupts,
+        })
     }
 
     /// (busy ns over all CPUs, interrupts) since `before`.
