@@ -44,6 +44,7 @@ mod frames;
 mod iperf;
 mod legit;
 mod netns;
+mod order;
 mod peers;
 mod pktcost;
 mod pods;

@@ -13,6 +13,7 @@ use super::{
     agent::Agent,
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
+    order,
     report::{
         Chart, Part, Table, number, paired_difference, paired_rate_target, rate_row, spread,
         throughput_row,
@@ -106,8 +107,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     )?;
     let mut rates: Vec<Measured> = configs.iter().map(|c| Measured::new(*c)).collect();
     let mut refused_by_limiter = 0;
-    for _ in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+    for rep in 0..reps {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             let mut agent = None;
             match (config, config.limiter_mode()) {
@@ -425,7 +427,7 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
          once with a RST (SO_LINGER 0: no TIME_WAIT, so the client never runs out of ports), and \
          {CLIENT_THREADS} client threads in the other namespace connect, wait for the RST, and \
          connect again, for {} s windows, {reps} repetitions, the configurations interleaved \
-         (the targets take the median of the ratios of limiter's window to the empty program's \
+         in a balanced order (the targets take the median of the ratios of limiter's window to the empty program's \
          window in the same repetition, so the machine's slow swings cancel out of each ratio). \
          limiter runs with `--limit {LISTENER}={LIMIT}` (never reached: the bench checks that it \
          refused nothing), so every connection goes through XDP admission (a slot reserved, the \

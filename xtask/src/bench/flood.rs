@@ -20,6 +20,7 @@ use super::{
     agent::Agent,
     frames::{self, Ends, TCP_SYN},
     netns::{self, CLIENT_MAC, OnAccept, SERVER_IP, SERVER_MAC, Server, TestBed},
+    order,
     progs::Loaded,
     report::{
         Bar, Chart, Part, Table, Target, number, over_floor_target, paired_cost_target, spread,
@@ -186,7 +187,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         .collect();
     let mut napi_pid = None;
     for rep in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             println!("  flood {}/{reps}: {}", rep + 1, config.label());
             let (paced, saturated) = measure(ctx, &bed, *config, &plan, &generator, &mut napi_pid)
@@ -755,8 +757,8 @@ fn report(
              {BURST} SYNs (one call, one flush into the veth, so the server wakes up to {BURST} \
              SYNs as after a NIC interrupt) every {:.0} µs, {:.0} SYN/s offered to every \
              configuration alike, a rate each of them absorbs (none saturated), for {} s windows, \
-             {reps} repetitions, configurations interleaved (repetition 1 of every configuration, \
-             then 2, ...; the targets compare windows of the same repetition: the median of their \
+             {reps} repetitions, configurations interleaved in a balanced order (every \
+             repetition measures each once; the targets compare windows of the same repetition: the median of their \
              ratios or differences). The generator program stays attached to a spare veth so that each \
              call costs microseconds (otherwise the kernel updates its XDP dispatcher around \
              every test run, milliseconds, and the flood stutters).",

@@ -19,6 +19,7 @@ use super::{
     Ctx,
     flood::{self, Also, Config, GENERATOR_CPU, Generator, Pace, SERVER_CPU},
     netns::{OnAccept, SERVER_IP, Server, TestBed},
+    order,
     report::{Bar, Chart, Part, Table, Target, number, spread},
     sys,
 };
@@ -135,7 +136,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         .collect();
     let mut napi_pid = None;
     for rep in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             println!("  legit {}/{reps}: {}", rep + 1, config.label());
             let setup = flood::set_up(
@@ -330,7 +332,7 @@ fn report(results: &[(Config, Vec<Window>, Vec<Window>)], window: Duration, reps
              clock, a late one at once). An attempt is a TCP connect, timed, and the server's \
              reset (SO_LINGER 0, no TIME_WAIT); a connect that takes over {} s fails. Windows of \
              {} s, first without and then with the flood, {reps} repetitions, configurations \
-             interleaved.",
+             interleaved in a balanced order.",
             THREADS as f64 / RATE * 1e3,
             CONNECT_TIMEOUT.as_secs(),
             window.as_secs()

@@ -20,7 +20,7 @@ use super::{
     cps::{self, CLIENT_THREADS},
     iperf,
     netns::{OnAccept, SERVER_IP, Server, TestBed},
-    pods_flood, pods_storm,
+    order, pods_flood, pods_storm,
     report::{Chart, Part, Table, paired_rate_target, rate_row, spread, throughput_row},
 };
 use crate::cmd::{self, command};
@@ -196,8 +196,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         .map(|c| (*c, Vec::new(), 0, Vec::new()))
         .collect();
     let mut refused = 0;
-    for _ in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+    for rep in 0..reps {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             let mut args: Vec<String> = vec![
                 "--limit-in".into(),
@@ -330,7 +331,7 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
          the pod accepts and closes every connection at once with a RST; {CLIENT_THREADS} client \
          threads in the client namespace connect to the node's address, wait for the RST and \
          connect again, for {} s windows, {reps} repetitions, the configurations interleaved \
-         (the targets take the median of the ratios of limiter's window to the empty program's \
+         in a balanced order (the targets take the median of the ratios of limiter's window to the empty program's \
          window in the same repetition, so the machine's slow swings cancel out of each ratio). \
          limiter runs on the node with `--limit-in /run/netns/POD {PORT}={LIMIT}` (never reached: \
          the bench checks that nothing was refused): generic XDP on the pod's eth0 (a veth) and \

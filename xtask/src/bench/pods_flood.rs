@@ -24,6 +24,7 @@ use super::{
     agent::Agent,
     flood::{self, Generator, Holding, SERVER_CPU},
     netns::{self, OnAccept, Server, TestBed},
+    order,
     pods::{self, POD_IP},
     report::{Part, Table, number, over_floor_target, paired_cost_target, spread},
     sys,
@@ -131,7 +132,8 @@ pub(super) fn run(ctx: &Ctx, window: Duration, reps: usize) -> Result<Samples> {
     generator.run(Duration::from_secs(1), Some(RATE))?;
     let mut samples: Samples = configs.iter().map(|c| (*c, Vec::new())).collect();
     for rep in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             println!("  pod flood {}/{reps}: {}", rep + 1, config.label());
             let sample = measure(ctx, &bed, &pod, *config, &generator, napi, window)
@@ -358,7 +360,7 @@ pub(super) fn report(part: &mut Part, samples: &Samples, window: Duration, reps:
         "Refusing in a pod: the same node and pod without the NodePort rule. Part 2's generator \
          sends {} SYN/s from random sources in 198.19.0.0/16 to the pod's address \
          {POD_IP}:{PORT} (frames to the node's veth, which routes them to the pod), for {} s \
-         windows, {reps} repetitions, the configurations interleaved (the targets compare windows of \
+         windows, {reps} repetitions, the configurations interleaved in a balanced order (the targets compare windows of \
          the same repetition: the median of their ratios or differences). The pod's listener is \
          held at its limit of {HELD} by {HELD} real connections (for the limiting \
          configurations), so every SYN is refused in the pod. The node's veth runs an empty XDP \

@@ -16,6 +16,7 @@ use super::{
     agent::Agent,
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
+    order,
     peers::{Kind, Peer, Peers, Route},
     report::{Bar, Chart, Part, Table, Target, number, spread},
     sys,
@@ -164,7 +165,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         configs.iter().map(|c| (*c, Vec::new())).collect();
     let mut napi = None;
     for rep in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             println!("  proxy {}/{reps}: {}", rep + 1, config.label());
             let setup = Setup::new(ctx, &peers, &bed, *config, &mut napi)
@@ -400,7 +402,7 @@ fn report(
              TIME_WAIT state), and connect again, for {} s windows after a 0.5 s warm-up. \
              Throughput: one iperf3 connection, client to server, for {} s (`iperf3 --client \
              --time {} --json`, the receiver's rate), TSO/GSO off on the veths as in every part. \
-             {reps} repetitions, configurations interleaved.",
+             {reps} repetitions, configurations interleaved in a balanced order.",
             window.as_secs(),
             window.as_secs(),
             window.as_secs().max(1)

@@ -221,7 +221,12 @@ impl Report {
             "Written by `cargo xtask bench` (xtask/src/bench.rs). Every figure that matters is a \
              ratio against a baseline measured in the same run, on the same machine, side by \
              side; absolute numbers are noisy on a shared 2-core VM and are given for context \
-             only. `report.json` has every number, `report.svg` the charts.\n"
+             only. `report.json` has every number, `report.svg` the charts. Where a part \
+             interleaves configurations, each repetition measures them in the next row of a \
+             balanced Latin square (xtask/src/bench/order.rs): every configuration comes right \
+             after every other equally often, so what a window leaves behind (part 2: up to \
+             1.5× the next window's CPU per SYN, after the kernel answered a flood itself) \
+             falls on all of them alike.\n"
         );
         let _ = writeln!(s, "| | |\n|---|---|");
         let _ = writeln!(

@@ -20,6 +20,7 @@ use super::{
     Ctx,
     agent::Agent,
     netns::{self, GREETING, OnAccept, SERVER_IP, Server, TestBed},
+    order,
     peers::{Kind, Peer, Peers, Route},
     report::{Bar, Chart, Part, Table, Target, number, spread},
     sys,
@@ -257,7 +258,8 @@ pub(super) fn storms(
     let mut samples: Samples = configs.iter().map(|c| (*c, Vec::new())).collect();
     let mut napi = None;
     for rep in 0..reps {
-        for (i, config) in configs.iter().enumerate() {
+        for i in order::balanced(configs.len(), rep) {
+            let config = &configs[i];
             cmd::check_interrupted()?;
             println!("  storm {}/{reps}: {}", rep + 1, config.label());
             let setup = Setup::new(ctx, peers, bed, place, *config, &mut napi)
@@ -817,7 +819,7 @@ fn report(
              closed, reset, served (the byte) or left silent (waiting in a queue); then they close \
              it with SO_LINGER 0, so nobody keeps TIME_WAIT state. Every attempt not served \
              counts as refused (with the limit full, that is all of them). {reps} repetitions, \
-             configurations interleaved (repetition 1 of each, then 2, ...), each after a 0.5 s \
+             configurations interleaved in a balanced order (every repetition measures each once), each after a 0.5 s \
              warm-up storm.",
             window.as_secs(),
             ANSWER_TIMEOUT.as_millis()
