@@ -39,6 +39,7 @@
 mod agent;
 mod burst;
 mod cps;
+mod exact_floor;
 mod flood;
 mod frames;
 mod iperf;
@@ -122,6 +123,8 @@ pub struct Objects {
     pub drop_syn_flood: PathBuf,
     pub generator: PathBuf,
     pub generator_rx: PathBuf,
+    /// The exact-count floor for part 6's port.
+    pub exact_floor: PathBuf,
 }
 
 const ALL_PARTS: &[&str] = &[
@@ -211,6 +214,7 @@ fn run() -> Result<bool> {
         )?,
         generator: scratch.compile(progs::XDP_GEN_C, 0, "xdp_gen")?,
         generator_rx: scratch.compile(progs::XDP_GEN_RX_C, 0, "xdp_gen_rx")?,
+        exact_floor: scratch.compile(progs::EXACT_FLOOR_C, cps::PORT, "exact_floor")?,
     };
     let ctx = Ctx {
         agent,

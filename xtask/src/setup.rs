@@ -266,17 +266,35 @@ fn validators() -> Result<()> {
     Ok(())
 }
 
-/// Is a filesystem of type `fstype` mounted at `mount_point` (from /proc/self/mountinfo)?
+/// Is a filesystem of type `fstype` mounted at `mount_point`?
 pub fn is_mounted(mount_point: &str, fstype: &str) -> Result<bool> {
+    Ok(mounts()?
+        .iter()
+        .any(|(m, t)| m == mount_point && t == fstype))
+}
+
+/// Where the first filesystem of type `fstype` is mounted, if one is.
+pub fn mount_of(fstype: &str) -> Result<Option<String>> {
+    Ok(mounts()?
+        .into_iter()
+        .find_map(|(m, t)| (t == fstype).then_some(m)))
+}
+
+/// (mount point, filesystem type) of every mount, from /proc/self/mountinfo.
+fn mounts() -> Result<Vec<(String, String)>> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(mountinfo.lines().any(|line| {
-        // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
-        let Some((left, right)) = line.split_once(" - ") else {
-            return false;
-        };
-        left.split(' ').nth(4) == Some(mount_point) && right.split(' ').next() == Some(fstype)
-    }))
+    Ok(mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS`
+            let (left, right) = line.split_once(" - ")?;
+            Some((
+                left.split(' ').nth(4)?.to_string(),
+                right.split(' ').next()?.to_string(),
+            ))
+        })
+        .collect())
 }
 
 fn bpffs() -> Result<()> {

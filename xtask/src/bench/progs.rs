@@ -24,6 +24,7 @@ pub const XDP_PASS_C: (&str, &str) = ("xdp_pass", include_str!("xdp_pass.c"));
 pub const XDP_DROP_SYN_C: (&str, &str) = ("xdp_drop_syn", include_str!("xdp_drop_syn.c"));
 pub const XDP_GEN_C: (&str, &str) = ("xdp_gen", include_str!("xdp_gen.c"));
 pub const XDP_GEN_RX_C: (&str, &str) = ("xdp_gen_rx", include_str!("xdp_gen_rx.c"));
+pub const EXACT_FLOOR_C: (&str, &str) = ("exact_floor", include_str!("exact_floor.c"));
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -55,7 +56,8 @@ impl Scratch {
         std::fs::write(&c, source)?;
         let mut clang = command("clang");
         clang
-            .args(["-O2", "-target", "bpf", "-Wall", "-Werror"])
+            // -g: BTF, which the maps declared in `.maps` (exact_floor.c's) are described by.
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
             .arg(format!("-DPORT={port}"))
             .arg("-c")
             .arg(&c)
