@@ -123,8 +123,9 @@ pub struct Objects {
     pub drop_syn_flood: PathBuf,
     pub generator: PathBuf,
     pub generator_rx: PathBuf,
-    /// The exact-count floor for part 6's port.
+    /// The exact-count floor for part 6's port, and for part 10's.
     pub exact_floor: PathBuf,
+    pub exact_floor_pod: PathBuf,
 }
 
 const ALL_PARTS: &[&str] = &[
@@ -215,6 +216,7 @@ fn run() -> Result<bool> {
         generator: scratch.compile(progs::XDP_GEN_C, 0, "xdp_gen")?,
         generator_rx: scratch.compile(progs::XDP_GEN_RX_C, 0, "xdp_gen_rx")?,
         exact_floor: scratch.compile(progs::EXACT_FLOOR_C, cps::PORT, "exact_floor")?,
+        exact_floor_pod: scratch.compile(progs::EXACT_FLOOR_C, pods::PORT, "exact_floor_pod")?,
     };
     let ctx = Ctx {
         agent,

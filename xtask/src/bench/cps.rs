@@ -11,13 +11,13 @@ use serde_json::json;
 use super::{
     Ctx,
     agent::Agent,
-    exact_floor::ExactFloor,
+    exact_floor::{self, ExactFloor},
     iperf,
     netns::{self, Churn, OnAccept, SERVER_IP, Server, TestBed},
     order,
     report::{
-        Chart, Part, Table, number, paired_difference, paired_rate_target, paired_ratio, rate_row,
-        spread, throughput_row,
+        Chart, Part, Table, number, paired_difference, paired_rate_target, rate_row, spread,
+        throughput_row,
     },
     sys,
 };
@@ -127,7 +127,11 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                     bed.attach_xdp_as(true, &ctx.objects.pass, "xdpgeneric")?
                 }
                 (Config::ExactFloorGeneric, _) => {
-                    floor = Some(ExactFloor::attach(&ctx.objects.exact_floor, &bed)?)
+                    floor = Some(ExactFloor::attach(
+                        &ctx.objects.exact_floor,
+                        &bed.server_ns,
+                        &bed.server_veth,
+                    )?)
                 }
                 (_, Some(mode)) => agent = Some(start_limiter(ctx, &bed, mode)?),
                 _ => {}
@@ -154,14 +158,10 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 Config::Limiter | Config::LimiterGeneric => {
                     agent.take().context("agent")?.stop()?
                 }
-                Config::ExactFloorGeneric => {
-                    let counted = floor.take().context("the floor")?.settled()?;
-                    // Every connection of the window went through the floor's work.
-                    let connected = result.as_ref().map_or(0, |(ok, _)| *ok);
-                    if counted < connected {
-                        bail!("the exact-count floor counted {counted} of {connected} connections");
-                    }
-                }
+                Config::ExactFloorGeneric => floor
+                    .take()
+                    .context("the floor")?
+                    .release(result.as_ref().map_or(0, |(ok, _)| *ok))?,
                 Config::NoProgram => {}
             }
             let (ok, failed) = result?;
@@ -337,49 +337,6 @@ impl ProgramTime {
             "limiter_generic_cpu_us_over_empty_per_connection": cpu_over,
         });
     }
-}
-
-/// What the exact-count floor costs next to the empty program, and limiter next to the floor.
-fn floor_note<'a>(rates: &[Measured], windows: &dyn Fn(Config) -> &'a [f64]) -> String {
-    let (floor, empty, limiter) = (
-        windows(Config::ExactFloorGeneric),
-        windows(Config::EmptyXdpGeneric),
-        windows(Config::LimiterGeneric),
-    );
-    let (lo, of_empty, hi) = paired_ratio(floor, empty);
-    let (_, of_floor, _) = paired_ratio(limiter, floor);
-    format!(
-        "The exact-count floor (`xtask/src/bench/exact_floor.c`, generic as limiter's row) does \
-         only what an exact count needs per connection, with the kernel's primitives: at the SYN \
-         a slot (one atomic add) and the 4-tuple recorded with its time in a hash map (what a \
-         retransmitted SYN must find and an unanswered handshake is timed out by); at \
-         ESTABLISHED the record deleted (the hand-off) and a tag made in the socket's own \
-         storage, with state callbacks asked for; at CLOSE the tag cleared and the slot given \
-         back. No listener table, no limit, no statistics, no namespaces. It makes {:.1}% of the \
-         empty program's connections/s (median of paired ratios, {:.1}–{:.1}%) and costs {} µs \
-         more CPU per connection; limiter makes {:.1}% of the floor's rate (median of paired \
-         ratios) and costs {} µs more than it. A target of 97% of the empty program {} what \
-         these primitives cost by themselves on this machine.",
-        of_empty * 100.0,
-        lo * 100.0,
-        hi * 100.0,
-        number(cpu_over(
-            rates,
-            Config::ExactFloorGeneric,
-            Config::EmptyXdpGeneric
-        )),
-        of_floor * 100.0,
-        number(cpu_over(
-            rates,
-            Config::LimiterGeneric,
-            Config::ExactFloorGeneric
-        )),
-        if of_empty < 0.97 {
-            "is below"
-        } else {
-            "leaves room above"
-        },
-    )
 }
 
 /// limiter with both listeners limited (never reached), in `--xdp-mode` `mode`.
@@ -608,7 +565,15 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
             0.97,
         ));
     }
-    part.notes.push(floor_note(rates, &windows));
+    part.notes.push(exact_floor::note(
+        windows(Config::ExactFloorGeneric),
+        windows(Config::EmptyXdpGeneric),
+        windows(Config::LimiterGeneric),
+        Some((
+            cpu_over(rates, Config::ExactFloorGeneric, Config::EmptyXdpGeneric),
+            cpu_over(rates, Config::LimiterGeneric, Config::ExactFloorGeneric),
+        )),
+    ));
     part.notes.push(format!(
         "Native mode: limiter keeps {:.1}% of the no-program rate and {:.1}% of the empty-XDP \
          rate.",

@@ -1,18 +1,21 @@
 //! The exact-count floor (`exact_floor.c`): only the kernel primitives an exact count of
 //! connections needs (a 4-tuple record per handshake, its hand-off, a tag per counted socket),
-//! attached where limiter attaches its programs (XDP on the server veth, generic as
-//! `--xdp-mode auto` attaches there; sock_ops on the cgroup root). Part 6 sets limiter's cost
-//! per connection against it: what is left above it is limiter's own.
+//! attached where limiter attaches its programs (XDP generic on the listener's interface, as
+//! `--xdp-mode auto` attaches on a veth; sock_ops on the cgroup root). Parts 6 and 10 set
+//! limiter's cost per connection against it: what is left above it is limiter's own.
 use std::{fs::File, path::Path, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap},
     programs::{CgroupAttachMode, SockOps, Xdp, XdpMode},
 };
 
-use super::{netns::TestBed, sys};
+use super::{
+    report::{number, paired_ratio},
+    sys,
+};
 use crate::{cmd, setup};
 
 /// The programs, attached while this lives (aya detaches them when it is dropped).
@@ -21,7 +24,9 @@ pub struct ExactFloor {
 }
 
 impl ExactFloor {
-    pub fn attach(object: &Path, bed: &TestBed) -> Result<ExactFloor> {
+    /// Attaches the floor's XDP program to `iface` in namespace `ns`, its sock_ops program to
+    /// the cgroup root.
+    pub fn attach(object: &Path, ns: &str, iface: &str) -> Result<ExactFloor> {
         let mut programs =
             Ebpf::load_file(object).with_context(|| format!("loading {}", object.display()))?;
         let xdp: &mut Xdp = programs
@@ -30,9 +35,9 @@ impl ExactFloor {
             .try_into()?;
         xdp.load().context("loading floor_admission")?;
         // The veth's index is looked up in its own namespace; the link holds it from then on.
-        sys::in_netns(&bed.server_ns, || {
-            xdp.attach(&bed.server_veth, XdpMode::Skb)
-                .with_context(|| format!("attaching floor_admission to {}", bed.server_veth))?;
+        sys::in_netns(ns, || {
+            xdp.attach(iface, XdpMode::Skb)
+                .with_context(|| format!("attaching floor_admission to {iface} in {ns}"))?;
             Ok(())
         })?;
         let ops: &mut SockOps = programs
@@ -47,10 +52,18 @@ impl ExactFloor {
         Ok(ExactFloor { programs })
     }
 
-    /// After a churn: how many connections the floor counted, once every slot is back and
-    /// every record handed off (within a few seconds: the last connections are still closing).
-    /// An error if that never happens: the floor would not have done the work it stands for.
-    pub fn settled(&self) -> Result<u64> {
+    /// Detaches the floor after a churn of `connected` connections, checking that it did the
+    /// work it stands for: it counted every one of them, and every slot is back and every record
+    /// handed off (within a few seconds: the last connections are still closing).
+    pub fn release(self, connected: u64) -> Result<()> {
+        let counted = self.settled()?;
+        if counted < connected {
+            bail!("the exact-count floor counted {counted} of {connected} connections");
+        }
+        Ok(())
+    }
+
+    fn settled(&self) -> Result<u64> {
         cmd::poll_until(
             "the exact-count floor to give back every slot",
             Duration::from_secs(3),
@@ -72,4 +85,41 @@ impl ExactFloor {
             },
         )
     }
+}
+
+/// What the floor costs next to the empty program in the same mode, and limiter next to the
+/// floor, from their windows' connections/s; with `cpu_over` = (the floor's CPU µs per
+/// connection over the empty program's, limiter's over the floor's) where the part measures it.
+pub fn note(floor: &[f64], empty: &[f64], limiter: &[f64], cpu_over: Option<(f64, f64)>) -> String {
+    let (lo, of_empty, hi) = paired_ratio(floor, empty);
+    let (_, of_floor, _) = paired_ratio(limiter, floor);
+    let (floor_cpu, limiter_cpu) = match cpu_over {
+        Some((floor, limiter)) => (
+            format!(" and costs {} µs more CPU per connection", number(floor)),
+            format!(" and costs {} µs more than it", number(limiter)),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        "The exact-count floor (`xtask/src/bench/exact_floor.c`, generic as limiter's XDP) does \
+         only what an exact count needs per connection, with the kernel's primitives: at the SYN \
+         a slot (one atomic add) and the 4-tuple recorded with its time in a hash map (what a \
+         retransmitted SYN must find and an unanswered handshake is timed out by); at \
+         ESTABLISHED the record deleted (the hand-off) and a tag made in the socket's own \
+         storage, with state callbacks asked for; at CLOSE the tag cleared and the slot given \
+         back. No listener table, no limit, no statistics, no namespaces (the bench checks that \
+         it counted every connection and gave every slot back). It makes {:.1}% of the empty \
+         program's connections/s (median of paired ratios, {:.1}–{:.1}%){floor_cpu}; limiter \
+         makes {:.1}% of the floor's rate (median of paired ratios){limiter_cpu}. A target of \
+         97% of the empty program {} what these primitives cost by themselves on this machine.",
+        of_empty * 100.0,
+        lo * 100.0,
+        hi * 100.0,
+        of_floor * 100.0,
+        if of_empty < 0.97 {
+            "is below"
+        } else {
+            "leaves room above"
+        },
+    )
 }

@@ -18,6 +18,7 @@ use super::{
     Ctx,
     agent::Agent,
     cps::{self, CLIENT_THREADS},
+    exact_floor::{self, ExactFloor},
     iperf,
     netns::{OnAccept, SERVER_IP, Server, TestBed},
     order, pods_flood, pods_storm,
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::cmd::{self, command};
 
-const PORT: u16 = 8300;
+pub const PORT: u16 = 8300;
 /// iperf3's port in the pod, limited by limiter too, so its connection is counted and every one
 /// of its segments goes through admission's "not a SYN" path in the pod.
 const IPERF_PORT: u16 = 8301;
@@ -43,6 +44,8 @@ const OTHER_NAMESPACES: usize = 15;
 enum Config {
     NoProgram,
     EmptyXdpInPod,
+    /// `exact_floor.c` on the pod's eth0: what any exact count costs per connection.
+    ExactFloorInPod,
     LimiterInPod,
     LimiterInPodOf16,
 }
@@ -52,6 +55,7 @@ impl Config {
         match self {
             Config::NoProgram => "no_program",
             Config::EmptyXdpInPod => "empty_xdp_generic_in_pod",
+            Config::ExactFloorInPod => "exact_floor_generic_in_pod",
             Config::LimiterInPod => "limiter_in_pod",
             Config::LimiterInPodOf16 => "limiter_in_pod_16_namespaces",
         }
@@ -61,6 +65,7 @@ impl Config {
         match self {
             Config::NoProgram => "no program",
             Config::EmptyXdpInPod => "empty XDP_PASS program on the pod's eth0 (generic)",
+            Config::ExactFloorInPod => "exact-count floor (C) on the pod's eth0 (generic)",
             Config::LimiterInPod => "limiter, --limit-in the pod, limit never reached",
             Config::LimiterInPodOf16 => "limiter in the pod and 15 other namespaces",
         }
@@ -180,6 +185,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let configs = [
         Config::NoProgram,
         Config::EmptyXdpInPod,
+        Config::ExactFloorInPod,
         Config::LimiterInPod,
         Config::LimiterInPodOf16,
     ];
@@ -208,10 +214,19 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 pod_path.clone(),
                 format!("{IPERF_PORT}={LIMIT}"),
             ];
+            let mut floor = None;
             let agent = match config {
                 Config::NoProgram => None,
                 Config::EmptyXdpInPod => {
                     xdp_in_pod(&bed, &pods.pod, Some(&ctx.objects.pass))?;
+                    None
+                }
+                Config::ExactFloorInPod => {
+                    floor = Some(ExactFloor::attach(
+                        &ctx.objects.exact_floor_pod,
+                        &pods.pod,
+                        "eth0",
+                    )?);
                     None
                 }
                 Config::LimiterInPod => Some(Agent::in_server_ns(ctx, &bed, &args)?),
@@ -248,6 +263,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             }
             if *config == Config::EmptyXdpInPod {
                 xdp_in_pod(&bed, &pods.pod, None)?;
+            }
+            if let Some(floor) = floor {
+                floor.release(result.as_ref().map_or(0, |(ok, _)| *ok))?;
             }
             let (ok, failed) = result?;
             let bitrate = bitrate.context("iperf3 did not run")??;
@@ -396,6 +414,12 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         windows(Config::LimiterInPod),
         windows(Config::EmptyXdpInPod),
         0.97,
+    ));
+    part.notes.push(exact_floor::note(
+        windows(Config::ExactFloorInPod),
+        windows(Config::EmptyXdpInPod),
+        windows(Config::LimiterInPod),
+        None,
     ));
     let per_connection_ns = |rate: f64| 1e9 * CLIENT_THREADS as f64 / rate;
     part.notes.push(format!(
