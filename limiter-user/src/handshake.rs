@@ -33,10 +33,34 @@ pub fn sweep_interval(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(20), flood::CHECK_INTERVAL)
 }
 
+/// A sweep walks PENDING at least this often (every this many sweeps), handshakes in flight
+/// or not: a bound on how long [`LimitTable::handshakes_in_flight`]'s racy look can delay a
+/// release.
+pub const WALK_AT_LEAST_EVERY: u32 = 10;
+
+/// Sweeps since PENDING was last walked.
+#[derive(Debug, Default)]
+pub struct SweepState {
+    without_walk: u32,
+}
+
 /// Releases every reservation older than `timeout` (returns how many), then lets the flood
 /// watch look at the rest.
+///
+/// PENDING is walked only while some handshake is in flight (or every
+/// [`WALK_AT_LEAST_EVERY`]th sweep): a walk visits every bucket of the table whether it holds
+/// anything or not. Walking on every sweep cost about 0.11% of a CPU per enforced namespace
+/// at rest (an agent enforcing in 16 pod namespaces, no traffic: 2.8% of a CPU, 1.2% with
+/// this), which on a node of a hundred pods would be most of what an idle agent spends.
 pub fn sweep(table: &mut LimitTable, timeout: Duration) -> usize {
     let now = monotonic_ns();
+    table.sweep.without_walk += 1;
+    if table.sweep.without_walk < WALK_AT_LEAST_EVERY && !table.handshakes_in_flight() {
+        // Nothing to release, and no reservation to call stale.
+        flood::watch(table, &[], now);
+        return 0;
+    }
+    table.sweep.without_walk = 0;
     let deadline = now.saturating_sub(timeout.as_nanos() as u64);
     let (expired, live): (Vec<Reservation>, Vec<Reservation>) = table
         .maps()

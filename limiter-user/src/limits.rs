@@ -21,6 +21,7 @@ use limiter_common::{
 use crate::{
     error::AgentError,
     flood::FloodWatch,
+    handshake::SweepState,
     keepalive::{Destinations, KeepaliveSpec},
     kernel::Maps,
     listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
@@ -92,6 +93,8 @@ pub struct LimitTable {
     attachments: Vec<Attachment>,
     /// Which listeners are in flood mode, and what the floods cost.
     pub flood: FloodWatch,
+    /// When the handshake sweep last walked PENDING.
+    pub sweep: SweepState,
     /// Limited listeners nothing listens on in this namespace (`unbound`).
     pub unbound: BTreeSet<Listener>,
     /// The network namespace these limits apply in, as its path was given; `None`: the
@@ -113,6 +116,7 @@ impl LimitTable {
             proxied: Vec::new(),
             attachments: Vec::new(),
             flood: FloodWatch::new(MAX_LISTENERS as usize),
+            sweep: SweepState::default(),
             unbound: BTreeSet::new(),
             netns: None,
         }
@@ -512,6 +516,20 @@ impl LimitTable {
             .iter()
             .filter_map(|(listener, limit)| limit.own.map(|(own, _)| (*listener, limit.slot, own)))
             .collect()
+    }
+
+    /// Whether any slot in use holds a reservation that is not an established connection: a
+    /// handshake in flight, with a PENDING entry the sweep may have to release. From the
+    /// memory-mapped budgets, without a system call. Each slot's two words are read one after
+    /// the other while the programs change them, so a connection established or closed between
+    /// the two reads can hide a handshake for that one look (the sweep walks anyway every
+    /// [`crate::handshake::WALK_AT_LEAST_EVERY`]th time); an entry made after them is younger
+    /// than the look, so nothing is due for it yet.
+    pub fn handshakes_in_flight(&self) -> bool {
+        (0..self.next_slot).any(|slot| {
+            let usage = self.maps.usage.get(slot);
+            usage.reserved > usage.active
+        })
     }
 
     pub fn count_handshake_timeout(&mut self, slot: u32) {
