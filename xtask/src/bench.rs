@@ -42,6 +42,7 @@ mod cps;
 mod exact_floor;
 mod flood;
 mod frames;
+mod idle;
 mod iperf;
 mod legit;
 mod netns;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::{Ctx, netns::TestBed, process::Process};
+use super::{Ctx, netns::TestBed, process::Process, sys};
 use crate::cmd::{self, command};
 
 static AGENTS: AtomicU32 = AtomicU32::new(0);
@@ -112,6 +112,16 @@ impl Agent {
                 })
             },
         )
+    }
+
+    /// The agent's CPU time (all its threads) over `window` with nothing else asked of it, as a
+    /// fraction of one CPU, after `settle` for what starting up left to do.
+    pub fn idle_cpu(&self, settle: Duration, window: Duration) -> Result<f64> {
+        std::thread::sleep(settle);
+        let before = sys::process_tasks_cpu_ns(self.pid())?;
+        std::thread::sleep(window);
+        let after = sys::process_tasks_cpu_ns(self.pid())?;
+        Ok((after - before) as f64 / window.as_nanos() as f64)
     }
 
     /// SIGTERM; the agent must exit 0 (it detached everything).

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use aya::programs::XdpMode;
 use serde_json::json;
 
 use super::{
@@ -42,9 +43,10 @@ const SERVER_CPU: usize = 1;
 enum Config {
     NoProgram,
     EmptyXdp,
+    /// `exact_floor.c`: what any exact count costs per connection, limiter's floor.
+    ExactFloor,
     Limiter,
     EmptyXdpGeneric,
-    /// `exact_floor.c`: what any exact count costs per connection, limiter's floor.
     ExactFloorGeneric,
     LimiterGeneric,
 }
@@ -54,6 +56,7 @@ impl Config {
         match self {
             Config::NoProgram => "no_program",
             Config::EmptyXdp => "empty_xdp",
+            Config::ExactFloor => "exact_floor",
             Config::Limiter => "limiter",
             Config::EmptyXdpGeneric => "empty_xdp_generic",
             Config::ExactFloorGeneric => "exact_floor_generic",
@@ -65,6 +68,9 @@ impl Config {
         match self {
             Config::NoProgram => "no program",
             Config::EmptyXdp => "empty XDP_PASS program (native)",
+            Config::ExactFloor => {
+                "exact-count floor (C: 4-tuple record, hand-off, socket tag; native)"
+            }
             Config::Limiter => "limiter attached, limit never reached (native)",
             Config::EmptyXdpGeneric => "empty XDP_PASS program (generic)",
             Config::ExactFloorGeneric => {
@@ -77,9 +83,18 @@ impl Config {
     /// The empty program in the same XDP mode, for the configurations that count connections.
     fn baseline(self) -> Option<Config> {
         match self {
-            Config::Limiter => Some(Config::EmptyXdp),
+            Config::Limiter | Config::ExactFloor => Some(Config::EmptyXdp),
             Config::LimiterGeneric | Config::ExactFloorGeneric => Some(Config::EmptyXdpGeneric),
             _ => None,
+        }
+    }
+
+    /// The floor's XDP mode: limiter's in the configurations it is compared with.
+    fn floor_mode(self) -> XdpMode {
+        if self == Config::ExactFloor {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
         }
     }
 
@@ -100,6 +115,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let configs = [
         Config::NoProgram,
         Config::EmptyXdp,
+        Config::ExactFloor,
         Config::Limiter,
         Config::EmptyXdpGeneric,
         Config::ExactFloorGeneric,
@@ -126,19 +142,30 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 (Config::EmptyXdpGeneric, _) => {
                     bed.attach_xdp_as(true, &ctx.objects.pass, "xdpgeneric")?
                 }
-                (Config::ExactFloorGeneric, _) => {
+                (Config::ExactFloor | Config::ExactFloorGeneric, _) => {
                     floor = Some(ExactFloor::attach(
                         &ctx.objects.exact_floor,
                         &bed.server_ns,
                         &bed.server_veth,
+                        config.floor_mode(),
                     )?)
                 }
                 (_, Some(mode)) => agent = Some(start_limiter(ctx, &bed, mode)?),
                 _ => {}
             }
+            let agent_cpu = |agent: &Option<Agent>| {
+                agent
+                    .as_ref()
+                    .map(|a| sys::process_tasks_cpu_ns(a.pid()))
+                    .transpose()
+            };
             let load = sys::MachineLoad::read()?;
+            let agent_before = agent_cpu(&agent)?;
             let result = churn(&bed, PORT, window);
             let (busy_ns, interrupts) = sys::MachineLoad::read()?.since(&load);
+            let agent_ns = agent_cpu(&agent)?
+                .zip(agent_before)
+                .map(|(after, before)| after - before);
             let bitrate = result.as_ref().ok().map(|_| {
                 iperf::throughput(
                     &bed.client_ns,
@@ -158,7 +185,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                 Config::Limiter | Config::LimiterGeneric => {
                     agent.take().context("agent")?.stop()?
                 }
-                Config::ExactFloorGeneric => floor
+                Config::ExactFloor | Config::ExactFloorGeneric => floor
                     .take()
                     .context("the floor")?
                     .release(result.as_ref().map_or(0, |(ok, _)| *ok))?,
@@ -183,6 +210,9 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             measured
                 .interrupts
                 .push(interrupts as f64 / ok.max(1) as f64);
+            if let Some(ns) = agent_ns {
+                measured.agent_us.push(ns as f64 / 1e3 / ok.max(1) as f64);
+            }
         }
     }
     let time = program_time(ctx, &bed, window)?;
@@ -199,30 +229,43 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     Ok(part)
 }
 
-/// Where a connection's time goes in limiter's programs: the kernel's own accounting of each
-/// program's run time (`kernel.bpf_stats_enabled`), over one more window of the churn with
-/// limiter attached (generic, as `--xdp-mode auto` on a veth). Measured apart from the rate
-/// windows, because the accounting itself adds two clock reads to every run.
+/// Where a connection's time goes in limiter's programs and in the exact-count floor's: the
+/// kernel's own accounting of each program's run time (`kernel.bpf_stats_enabled`), over one
+/// more window of the churn with each attached (generic, as `--xdp-mode auto` on a veth).
+/// Measured apart from the rate windows, because the accounting itself adds two clock reads to
+/// every run.
 struct ProgramTime {
+    limiter: ProgramRuns,
+    floor: ProgramRuns,
+}
+
+/// One window's connections and, per program, (name, run time in ns, runs) over it.
+struct ProgramRuns {
     connections: u64,
-    /// (program, run time in ns, runs) over the window.
     programs: Vec<(String, u64, u64)>,
 }
 
-/// Each limiter program's total run time (ns) and run count so far, by name.
-fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+/// limiter's programs, and the floor's that stand for them.
+const LIMITER_PROGRAMS: [&str; 2] = ["admission", "accounting"];
+const FLOOR_PROGRAMS: [&str; 2] = ["floor_admission", "floor_accounting"];
+
+/// The named programs' total run time (ns) and run count so far. The kernel keeps 15 bytes of a
+/// program's name (BPF_OBJ_NAME_LEN); bpftool shows either those or, when it finds it in the
+/// program's BTF, the whole name.
+fn program_stats(names: &[&str]) -> Result<Vec<(String, u64, u64)>> {
     let text = cmd::output_quiet(cmd::command("bpftool").args(["prog", "show", "--json"]))?;
     let progs: serde_json::Value =
         serde_json::from_str(&text).context("parsing bpftool prog show")?;
-    Ok(["admission", "accounting"]
+    Ok(names
         .iter()
         .map(|name| {
+            let kept = &name[..name.len().min(15)];
             let of = |field: &str| {
                 progs
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter(|p| p["name"] == *name)
+                    .filter(|p| p["name"] == *name || p["name"] == kept)
                     .filter_map(|p| p[field].as_u64())
                     .sum::<u64>()
             };
@@ -231,37 +274,87 @@ fn program_stats() -> Result<Vec<(String, u64, u64)>> {
         .collect())
 }
 
+/// One window of the churn, with the run time of the programs `names` over it.
+fn program_runs(bed: &TestBed, window: Duration, names: &[&str]) -> Result<ProgramRuns> {
+    let before = program_stats(names)?;
+    let (connections, _) = churn(bed, PORT, window)?;
+    let after = program_stats(names)?;
+    Ok(ProgramRuns {
+        connections,
+        programs: before
+            .iter()
+            .zip(&after)
+            .map(|((name, t0, n0), (_, t1, n1))| (name.clone(), t1 - t0, n1 - n0))
+            .collect(),
+    })
+}
+
 fn program_time(ctx: &Ctx, bed: &TestBed, window: Duration) -> Result<ProgramTime> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let agent = start_limiter(
-        ctx,
-        bed,
-        Config::LimiterGeneric.limiter_mode().context("a mode")?,
-    )?;
     let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let measured = program_stats().and_then(|before| {
-        let (ok, _) = churn(bed, PORT, window)?;
-        let after = program_stats()?;
+    let measured = (|| {
+        let agent = start_limiter(
+            ctx,
+            bed,
+            Config::LimiterGeneric.limiter_mode().context("a mode")?,
+        )?;
+        let limiter = program_runs(bed, window, &LIMITER_PROGRAMS);
+        agent.stop()?;
+        let floor = ExactFloor::attach(
+            &ctx.objects.exact_floor,
+            &bed.server_ns,
+            &bed.server_veth,
+            XdpMode::Skb,
+        )?;
+        let floor_runs = program_runs(bed, window, &FLOOR_PROGRAMS);
+        floor.release(floor_runs.as_ref().map_or(0, |r| r.connections))?;
         Ok(ProgramTime {
-            connections: ok,
-            programs: before
-                .iter()
-                .zip(&after)
-                .map(|((name, t0, n0), (_, t1, n1))| (name.clone(), t1 - t0, n1 - n0))
-                .collect(),
+            limiter: limiter?,
+            floor: floor_runs?,
         })
-    });
+    })();
     let _ = std::fs::write(STATS, was.trim());
-    agent.stop()?;
     measured
+}
+
+impl ProgramRuns {
+    fn per_connection(&self, ns: u64) -> f64 {
+        ns as f64 / self.connections.max(1) as f64
+    }
+
+    /// All the programs' run time per connection, ns.
+    fn total(&self) -> f64 {
+        self.programs
+            .iter()
+            .map(|(_, ns, _)| self.per_connection(*ns))
+            .sum()
+    }
+
+    fn rows(&self, table: &mut Table, what: &str) {
+        for (name, ns, runs) in &self.programs {
+            table.row(vec![
+                format!("{what}: {name}"),
+                format!("{:.1}", *runs as f64 / self.connections.max(1) as f64),
+                number(*ns as f64 / (*runs).max(1) as f64),
+                format!("**{}**", number(self.per_connection(*ns))),
+            ]);
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "connections": self.connections,
+            "programs": self.programs.iter().map(|(n, t, r)| json!({"name": n, "run_time_ns": t, "runs": r})).collect::<Vec<_>>(),
+        })
+    }
 }
 
 impl ProgramTime {
     fn add_to(&self, part: &mut Part, rates: &[Measured]) {
-        let per_conn = |ns: u64| ns as f64 / self.connections.max(1) as f64;
         let mut table = Table::new(
-            "Where a connection's time goes in limiter's programs (kernel.bpf_stats_enabled, one more window, generic)",
+            "Where a connection's time goes in limiter's programs and in the exact-count floor's \
+             (kernel.bpf_stats_enabled, one more window each, generic)",
             &[
                 "program",
                 "runs per connection",
@@ -269,16 +362,10 @@ impl ProgramTime {
                 "ns per connection",
             ],
         );
-        let mut total = 0.0;
-        for (name, ns, runs) in &self.programs {
-            total += per_conn(*ns);
-            table.row(vec![
-                name.clone(),
-                format!("{:.1}", *runs as f64 / self.connections.max(1) as f64),
-                number(*ns as f64 / (*runs).max(1) as f64),
-                format!("**{}**", number(per_conn(*ns))),
-            ]);
-        }
+        self.limiter.rows(&mut table, "limiter");
+        self.floor.rows(&mut table, "exact-count floor");
+        let total = self.limiter.total();
+        let floor_total = self.floor.total();
         part.tables.push(table);
         let cpu_over = cpu_over(rates, Config::LimiterGeneric, Config::EmptyXdpGeneric);
         let median = |c: Config, of: fn(&Measured) -> &Vec<f64>| {
@@ -303,9 +390,33 @@ impl ProgramTime {
              (1M entries, allocated on demand), and its insert at ESTABLISHED and lookup and \
              delete at CLOSE took about 0.85 and 1.45 µs of accounting's 3 µs per connection \
              (measured by cutting the program short step by step, by hand, with the same churn); \
-             accounting took 1.95 µs per connection in that commit's full run of this part.",
+             accounting took 1.95 µs per connection in that commit's full run of this part. The \
+             exact-count floor's two programs take {} ns per connection in the same churn \
+             ({} connections), so limiter's programs spend {} ns per connection on more than \
+             what any exact count needs (the listener table, limits per listener and per source, \
+             namespaces, statistics, keepalive).",
             number(total),
-            self.connections,
+            self.limiter.connections,
+            number(floor_total),
+            self.floor.connections,
+            number(total - floor_total),
+        ));
+        let agent_us = median(Config::LimiterGeneric, |m| &m.agent_us);
+        let own_us = (total - floor_total) / 1e3 + agent_us;
+        part.notes.push(format!(
+            "limiter's own cost above the exact-count floor, measured directly rather than from \
+             the noisy rates: its programs' {} ns per connection over the floor's (table above) \
+             and its agent's {} µs of CPU per connection (user space and system calls, all its \
+             threads, in limiter's generic windows; mostly its walk of the handshakes in flight \
+             every 100 ms, which times out the ones that never complete and watches for floods): \
+             {} µs in all, {:.1}% of the {} µs a connection costs the machine with the empty \
+             program. That is all a change to limiter's own work can win back directly here; the \
+             rest of the distance to the empty program is the floor's.",
+            number(total - floor_total),
+            number(agent_us),
+            number(own_us),
+            own_us / empty_cpu * 100.0,
+            number(empty_cpu),
         ));
         part.notes.push(format!(
             "Where the rate goes (generic): with limiter the machine spends {} µs more CPU time \
@@ -332,8 +443,8 @@ impl ProgramTime {
             },
         ));
         part.json["program_time"] = json!({
-            "connections": self.connections,
-            "programs": self.programs.iter().map(|(n, t, r)| json!({"name": n, "run_time_ns": t, "runs": r})).collect::<Vec<_>>(),
+            "limiter": self.limiter.json(),
+            "exact_floor": self.floor.json(),
             "limiter_generic_cpu_us_over_empty_per_connection": cpu_over,
         });
     }
@@ -382,6 +493,7 @@ fn cpu_table(rates: &[Measured]) -> Table {
             "CPU µs per connection",
             "over the empty program, same mode (µs, median of paired differences)",
             "interrupts per connection",
+            "of which limiter's agent, in user space and its system calls (µs per connection)",
         ],
     );
     for m in rates {
@@ -394,6 +506,11 @@ fn cpu_table(rates: &[Measured]) -> Table {
             format!("**{}** ({}–{})", number(med), number(lo), number(hi)),
             over,
             format!("{:.2}", spread(&m.interrupts).1),
+            if m.agent_us.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.3}", spread(&m.agent_us).1)
+            },
         ]);
     }
     table
@@ -421,6 +538,8 @@ struct Measured {
     cpu_us: Vec<f64>,
     /// Interrupts (IPIs included) per connection.
     interrupts: Vec<f64>,
+    /// The agent's own CPU time (all its threads) per connection, µs, where it runs.
+    agent_us: Vec<f64>,
 }
 
 impl Measured {
@@ -432,6 +551,7 @@ impl Measured {
             bits: Vec::new(),
             cpu_us: Vec::new(),
             interrupts: Vec::new(),
+            agent_us: Vec::new(),
         }
     }
 }
@@ -514,6 +634,7 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         bits,
         cpu_us,
         interrupts,
+        agent_us,
     } in rates
     {
         rate_row(
@@ -527,7 +648,7 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
         );
         json_configs.insert(
             config.key().to_string(),
-            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits, "cpu_us_per_connection": cpu_us, "interrupts_per_connection": interrupts}),
+            json!({"label": config.label(), "connections_per_s": r, "failed": failed, "iperf3_bits_per_s": bits, "cpu_us_per_connection": cpu_us, "interrupts_per_connection": interrupts, "agent_cpu_us_per_connection": agent_us}),
         );
     }
     part.tables.push(table);
@@ -565,15 +686,32 @@ fn report(rates: &[Measured], window: Duration, reps: usize) -> Part {
             0.97,
         ));
     }
-    part.notes.push(exact_floor::note(
-        windows(Config::ExactFloorGeneric),
-        windows(Config::EmptyXdpGeneric),
-        windows(Config::LimiterGeneric),
-        Some((
-            cpu_over(rates, Config::ExactFloorGeneric, Config::EmptyXdpGeneric),
-            cpu_over(rates, Config::LimiterGeneric, Config::ExactFloorGeneric),
-        )),
-    ));
+    part.notes.push(exact_floor::DESCRIPTION.into());
+    for (mode, floor, empty, limiter) in [
+        (
+            "Generic",
+            Config::ExactFloorGeneric,
+            Config::EmptyXdpGeneric,
+            Config::LimiterGeneric,
+        ),
+        (
+            "Native",
+            Config::ExactFloor,
+            Config::EmptyXdp,
+            Config::Limiter,
+        ),
+    ] {
+        part.notes.push(exact_floor::note(
+            mode,
+            windows(floor),
+            windows(empty),
+            windows(limiter),
+            Some((
+                cpu_over(rates, floor, empty),
+                cpu_over(rates, limiter, floor),
+            )),
+        ));
+    }
     part.notes.push(format!(
         "Native mode: limiter keeps {:.1}% of the no-program rate and {:.1}% of the empty-XDP \
          rate.",

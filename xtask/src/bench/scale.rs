@@ -11,6 +11,7 @@ use super::{
     Ctx,
     agent::Agent,
     flood::{self, Generator},
+    idle::{self, Idle},
     netns::{self, OnAccept, Server, TestBed},
     report::{Part, Table, number, spread},
 };
@@ -163,14 +164,24 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let mut ready_many = Vec::new();
     let (mut maps_one, mut maps_many) = (Vec::new(), Vec::new());
     let (mut rss_one, mut rss_many) = (0, 0);
+    let mut idle_one = Idle::new("1 listener");
+    let mut idle_many = Idle::new(format!("{LISTENERS} listeners"));
     for _ in 0..reps {
-        for (config, times, maps, rss, n) in [
-            (&one, &mut ready_one, &mut maps_one, &mut rss_one, 1usize),
+        for (config, times, maps, rss, idle, n) in [
+            (
+                &one,
+                &mut ready_one,
+                &mut maps_one,
+                &mut rss_one,
+                &mut idle_one,
+                1usize,
+            ),
             (
                 &many,
                 &mut ready_many,
                 &mut maps_many,
                 &mut rss_many,
+                &mut idle_many,
                 LISTENERS,
             ),
         ] {
@@ -183,6 +194,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             }
             *maps = agent_maps(agent.pid())?;
             *rss = rss_kib(agent.pid());
+            idle.look(&agent)?;
             agent.stop()?;
             println!(
                 "  {n} listener(s): ready after {:.2} s",
@@ -405,6 +417,8 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         e - b,
         (e - b) / (LISTENERS - 1) as f64 * 1e6
     ));
+    let idle = [idle_one, idle_many];
+    part.tables.push(idle::table(&idle));
     let maps_json = |maps: &[MapInfo]| {
         maps.iter()
             .map(|m| json!({"id": m.id, "name": m.name, "type": m.kind, "max_entries": m.max_entries, "flags": m.flags, "bytes_memlock": m.memlock}))
@@ -418,6 +432,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         "connections": CONNECTIONS, "handshakes_sent": sent, "handshakes_pending": pending,
         "agent_rss_kib": {"listeners_1": rss_one, "listeners_10000": rss_many},
         "ready_s": {"listeners_1": ready_one, "listeners_10000": ready_many},
+        "idle": idle::json(&idle),
         "maps": {
             "listeners_1": maps_json(&maps_one), "listeners_10000": maps_json(&maps_many),
             "before_connections": maps_json(&before), "with_connections": maps_json(&with_conns),
