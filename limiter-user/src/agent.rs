@@ -9,6 +9,7 @@ use std::sync::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    capacity::Capacity,
     cli::RunArgs,
     control::{self, ControlSocket},
     error::AgentError,
@@ -340,7 +341,7 @@ async fn enforce(
     } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
-    let (mut programs, maps) = kernel::load(netns_cookie, limiter_common::MAX_PENDING, pins)?;
+    let (mut programs, maps) = kernel::load(netns_cookie, &Capacity::AGENT, pins)?;
     let mut table = LimitTable::new(maps, settings.over_limit);
     table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
     table.set_attachments(attachments.clone());

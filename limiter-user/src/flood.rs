@@ -37,7 +37,7 @@ pub fn threshold(limit: u32) -> u64 {
 
 /// One listener slot's flood state. Whether the slot is in flood mode is not kept here: the
 /// kernel map's `mode` says so (also for a mode a restarted agent finds in pinned maps).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SlotFlood {
     pub entered_total: u64,
     /// Handshakes that never completed and were not released by the handshake timeout:
@@ -55,26 +55,43 @@ pub struct SlotFlood {
     quiet_windows: u32,
 }
 
-/// Flood state of every slot.
-#[derive(Debug)]
+/// A slot no flood has been looked at on yet.
+const UNWATCHED: SlotFlood = SlotFlood {
+    entered_total: 0,
+    not_completed: 0,
+    last_refused: None,
+    window_start_ns: None,
+    last_passed: 0,
+    last_completed: 0,
+    quiet_windows: 0,
+};
+
+/// Flood state of every slot in use, grown as slots are: the agent keeps one of these per
+/// namespace it enforces in, and a table for every possible slot (16,384 × 72 bytes) would cost
+/// every namespace 1.2 MB whether it limits one listener or thousands.
+#[derive(Debug, Default)]
 pub struct FloodWatch {
     slots: Vec<SlotFlood>,
 }
 
 impl FloodWatch {
-    pub fn new(slots: usize) -> Self {
-        FloodWatch {
-            slots: vec![SlotFlood::default(); slots],
-        }
+    pub fn slot(&self, slot: u32) -> &SlotFlood {
+        self.slots.get(slot as usize).unwrap_or(&UNWATCHED)
     }
 
-    pub fn slot(&self, slot: u32) -> &SlotFlood {
-        &self.slots[slot as usize]
+    fn slot_mut(&mut self, slot: u32) -> &mut SlotFlood {
+        let index = slot as usize;
+        if index >= self.slots.len() {
+            self.slots.resize(index + 1, UNWATCHED);
+        }
+        &mut self.slots[index]
     }
 
     /// A slot given to another listener starts afresh.
     pub fn reset(&mut self, slot: u32) {
-        self.slots[slot as usize] = SlotFlood::default();
+        if let Some(state) = self.slots.get_mut(slot as usize) {
+            *state = UNWATCHED;
+        }
     }
 }
 
@@ -107,13 +124,13 @@ pub fn watch(table: &mut LimitTable, pending: &[Reservation], now_ns: u64) {
         }
         let old = stale.get(&slot).copied().unwrap_or(0);
         if old < threshold(limit) {
-            table.flood.slots[slot as usize].last_refused = None;
+            table.flood.slot_mut(slot).last_refused = None;
             continue;
         }
         // Stale reservations, and SYNs turned away since the last look: a flood.
         let stats = table.slot_stats(slot);
         let refused = stats.refused_drop + stats.refused_reset;
-        let state = &mut table.flood.slots[slot as usize];
+        let state = table.flood.slot_mut(slot);
         let turned_away = state.last_refused.is_some_and(|before| refused > before);
         state.last_refused = Some(refused);
         if turned_away {
@@ -141,7 +158,7 @@ fn enter(
             released += 1;
         }
     }
-    let state = &mut table.flood.slots[slot as usize];
+    let state = table.flood.slot_mut(slot);
     state.entered_total += 1;
     state.not_completed += released;
     state.start_window(stats, now_ns);
@@ -167,7 +184,7 @@ fn check_flood_over(
         return;
     }
     let stats = table.slot_stats(slot);
-    let state = &mut table.flood.slots[slot as usize];
+    let state = table.flood.slot_mut(slot);
     if started.is_none() {
         // Found in flood mode (left by an earlier agent in pinned maps): watch from now.
         state.start_window(&stats, now_ns);

@@ -25,6 +25,7 @@ use limiter_common::{
 
 use crate::{
     EBPF_OBJECT,
+    capacity::Capacity,
     error::AgentError,
     pins::{self, PinDir},
     usage::SlotUsageView,
@@ -78,16 +79,16 @@ enum PinnedOrAdopted {
 }
 
 /// Loads the object and configures it for the network namespace with this cookie; nothing is
-/// attached yet. `pending_entries` sizes the PENDING table (preallocated: its memory is spent
-/// at load). With a pin directory, the maps are pinned there, or reused with their counts if an
-/// earlier agent pinned them for the same namespace.
+/// attached yet. `capacity` sizes the maps (`capacity.rs`: their memory is spent at load). With
+/// a pin directory, the maps are pinned there, or reused with their counts (and the sizes they
+/// were made with) if an earlier agent pinned them for the same namespace.
 pub fn load(
     netns_cookie: u64,
-    pending_entries: u32,
+    capacity: &Capacity,
     pins: Option<&PinDir>,
 ) -> Result<(Programs, Maps), AgentError> {
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::PENDING, pending_entries);
+    capacity.apply(&mut loader);
     let log_level = crate::logging::level().kernel();
     loader.override_global(aya_log::LEVEL, &log_level, true);
     let paths: Vec<(&str, std::path::PathBuf)> = match pins {
@@ -143,16 +144,19 @@ pub fn load(
             kind: "map",
             name: map_names::SLOT_USAGE,
         })?;
-    let usage_fd = match usage_map {
-        aya::maps::Map::Array(data) => data.fd().as_fd(),
-        _ => {
-            return Err(AgentError::MissingFromObject {
-                kind: "array map",
-                name: map_names::SLOT_USAGE,
-            });
-        }
+    let aya::maps::Map::Array(usage_data) = usage_map else {
+        return Err(AgentError::MissingFromObject {
+            kind: "array map",
+            name: map_names::SLOT_USAGE,
+        });
     };
-    let usage = SlotUsageView::map(usage_fd).map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
+    // As the map is (pinned maps keep the size they were made with), not as asked.
+    let slots = usage_data
+        .info()
+        .map_err(AgentError::map(map_names::SLOT_USAGE))?
+        .max_entries();
+    let usage = SlotUsageView::map(usage_data.fd().as_fd(), slots)
+        .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
     let maps = Maps {
         listeners: take(&mut ebpf, map_names::LISTENERS)?,
         ports: take(&mut ebpf, map_names::PORTS)?,

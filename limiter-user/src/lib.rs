@@ -8,6 +8,7 @@
 //! - [`control`]: the socket `limiter stats | set | unset` talk to.
 //! - [`stats`], [`cli`], [`listener`], [`duration`], [`preflight`], [`error`].
 pub mod agent;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use limiter_common::{
-    FlowKey, ListenerConfig, MAX_LISTENERS, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats,
-    SlotUsage, SourceKey, admission_mode, family, map_names, port_entry, tracked,
+    FlowKey, ListenerConfig, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats, SlotUsage, SourceKey,
+    admission_mode, family, map_names, port_entry, tracked,
 };
 
 use crate::{
@@ -83,8 +83,9 @@ pub struct LimitTable {
     orphans: Vec<u32>,
     free_slots: Vec<u32>,
     next_slot: u32,
-    /// Reservations released by the agent because the handshake never completed, per slot.
-    handshake_timeouts: Vec<u64>,
+    /// Reservations released by the agent because the handshake never completed, per slot
+    /// that had any (kept sparse, like `flood`: one table per enforced namespace).
+    handshake_timeouts: BTreeMap<u32, u64>,
     /// Listeners the agent runs a proxy on: the only ones the `close` action can apply to
     /// (the kernel lets every handshake of a `close` listener complete and relies on the proxy
     /// to close the held ones; without a proxy the limit would silently not be enforced).
@@ -112,10 +113,10 @@ impl LimitTable {
             orphans: Vec::new(),
             free_slots: Vec::new(),
             next_slot: 0,
-            handshake_timeouts: vec![0; MAX_LISTENERS as usize],
+            handshake_timeouts: BTreeMap::new(),
             proxied: Vec::new(),
             attachments: Vec::new(),
-            flood: FloodWatch::new(MAX_LISTENERS as usize),
+            flood: FloodWatch::default(),
             sweep: SweepState::default(),
             unbound: BTreeSet::new(),
             netns: None,
@@ -173,7 +174,15 @@ impl LimitTable {
                 slot: match draining {
                     Some(slot) => slot,
                     None => self.allocate_slot().ok_or_else(|| {
-                        fail(format!("no free listener slot ({MAX_LISTENERS} in use)"))
+                        fail(format!(
+                            "no free listener slot ({} in use{})",
+                            self.maps.usage.slots(),
+                            if self.netns.is_some() {
+                                ", the most a namespace's copy of the maps holds"
+                            } else {
+                                ""
+                            }
+                        ))
                     })?,
                 },
             },
@@ -309,7 +318,7 @@ impl LimitTable {
             self.reset_slot_stats(slot);
             return Some(slot);
         }
-        (self.next_slot < MAX_LISTENERS).then(|| {
+        (self.next_slot < self.maps.usage.slots()).then(|| {
             self.next_slot += 1;
             self.next_slot - 1
         })
@@ -330,7 +339,7 @@ impl LimitTable {
     }
 
     fn reset_slot_stats(&mut self, slot: u32) {
-        self.handshake_timeouts[slot as usize] = 0;
+        self.handshake_timeouts.remove(&slot);
         self.flood.reset(slot);
         self.maps.usage.set_mode(slot, admission_mode::RESERVE);
         let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -407,7 +416,7 @@ impl LimitTable {
         }
         let in_use: Vec<u32> = self.configured.values().map(|l| l.slot).collect();
         let holding = |slot: u32| self.maps.usage.get(slot).reserved != 0;
-        self.next_slot = (0..MAX_LISTENERS)
+        self.next_slot = (0..self.maps.usage.slots())
             .filter(|&slot| in_use.contains(&slot) || holding(slot))
             .max()
             .map_or(0, |slot| slot + 1);
@@ -534,7 +543,7 @@ impl LimitTable {
 
     pub fn count_handshake_timeout(&mut self, slot: u32) {
         self.maps.usage.release_reservation(slot);
-        self.handshake_timeouts[slot as usize] += 1;
+        *self.handshake_timeouts.entry(slot).or_default() += 1;
     }
 
     pub fn report(&self) -> Report {
@@ -550,6 +559,11 @@ impl LimitTable {
                 } = self.maps.usage.get(limit.slot);
                 let stats = self.slot_stats(limit.slot);
                 let flood = self.flood.slot(limit.slot);
+                let timeouts = self
+                    .handshake_timeouts
+                    .get(&limit.slot)
+                    .copied()
+                    .unwrap_or(0);
                 let held = sources.get(&limit.slot).map_or(&[][..], Vec::as_slice);
                 ListenerReport {
                     listener: listener.to_string(),
@@ -573,7 +587,7 @@ impl LimitTable {
                     reset_after_handshake_per_source_total: stats.per_source_over_limit_established,
                     preexisting_total: stats.preexisting,
                     syn_retransmit_total: stats.syn_retransmitted,
-                    handshake_timeout_total: self.handshake_timeouts[limit.slot as usize],
+                    handshake_timeout_total: timeouts,
                     unreserved_total: stats.established_unreserved,
                     untracked_total: stats.untracked,
                     held_total: stats.held,
@@ -585,8 +599,7 @@ impl LimitTable {
                     .to_string(),
                     flood_mode_entered_total: flood.entered_total,
                     proven_syn_passed_total: stats.proven_syn_passed,
-                    handshakes_not_completed_total: self.handshake_timeouts[limit.slot as usize]
-                        + flood.not_completed,
+                    handshakes_not_completed_total: timeouts + flood.not_completed,
                     reset_after_handshake_total: stats.over_limit_established,
                     dry_run_would_refuse_total: stats.dry_run_would_refuse,
                     listening: !self.unbound.contains(listener),

@@ -16,8 +16,8 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use aya::{Ebpf, programs::Iter};
-use limiter_common::{MAX_PREEXISTING, program_names};
+use aya::{Ebpf, maps::IterableMap as _, programs::Iter};
+use limiter_common::{map_names, program_names};
 
 use crate::{error::AgentError, limits::LimitTable, sock_diag::SockDiag};
 
@@ -141,13 +141,21 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
         .filter_map(|c| Some((c.cookie, table.counting_key(&c.flow)?)))
         .collect();
     let (mut counted, mut left) = (0, 0);
-    // PREEXISTING holds a bounded number at a time; most runs take one batch.
-    for batch in wanted.chunks(MAX_PREEXISTING as usize) {
+    // PREEXISTING holds a bounded number at a time (as many as the map was made with); most
+    // runs take one batch.
+    let batch_size = table
+        .maps()
+        .preexisting
+        .map()
+        .info()
+        .map_err(AgentError::map(map_names::PREEXISTING))?
+        .max_entries();
+    for batch in wanted.chunks(batch_size.max(1) as usize) {
         let map = &mut table.maps_mut().preexisting;
         let walked = batch
             .iter()
             .try_for_each(|(cookie, source)| map.insert(cookie, source, 0))
-            .map_err(AgentError::map(limiter_common::map_names::PREEXISTING))
+            .map_err(AgentError::map(map_names::PREEXISTING))
             .and_then(|()| {
                 adopter.walk().map_err(AgentError::syscall(
                     "walking the TCP sockets (adopt iterator)",

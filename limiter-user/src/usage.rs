@@ -8,11 +8,13 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use limiter_common::{MAX_LISTENERS, SlotUsage};
+use limiter_common::SlotUsage;
 
 pub struct SlotUsageView {
     base: NonNull<SlotUsage>,
     bytes: usize,
+    /// The array's entries: the listener slots of this copy of the maps.
+    slots: u32,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
@@ -21,9 +23,9 @@ unsafe impl Send for SlotUsageView {}
 unsafe impl Sync for SlotUsageView {}
 
 impl SlotUsageView {
-    /// Maps the whole array (`BPF_F_MMAPABLE`, Linux 5.5+).
-    pub fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
-        let bytes = MAX_LISTENERS as usize * size_of::<SlotUsage>();
+    /// Maps the whole array of `slots` entries (`BPF_F_MMAPABLE`, Linux 5.5+).
+    pub fn map(fd: BorrowedFd<'_>, slots: u32) -> io::Result<Self> {
+        let bytes = slots as usize * size_of::<SlotUsage>();
         // SAFETY: a shared mapping of a BPF array fd; its size is the array's.
         let ptr = unsafe {
             libc::mmap(
@@ -40,14 +42,19 @@ impl SlotUsageView {
         }
         let base =
             NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(SlotUsageView { base, bytes })
+        Ok(SlotUsageView { base, bytes, slots })
     }
 
     fn word(&self, slot: u32, field: fn(*mut SlotUsage) -> *mut u64) -> &AtomicU64 {
-        assert!(slot < MAX_LISTENERS, "slot {slot} out of range");
+        assert!(slot < self.slots, "slot {slot} out of range");
         // SAFETY: in bounds (checked above), 8-byte aligned (page-aligned base, 24-byte
         // elements), and only ever accessed atomically.
         unsafe { AtomicU64::from_ptr(field(self.base.as_ptr().add(slot as usize))) }
+    }
+
+    /// How many listener slots there are.
+    pub fn slots(&self) -> u32 {
+        self.slots
     }
 
     pub fn get(&self, slot: u32) -> SlotUsage {

@@ -297,6 +297,32 @@ impl Agent {
         self.proc.pid()
     }
 
+    /// The kernel maps the agent holds open (every copy: its own and each namespace's), as
+    /// (name, max_entries), from its file descriptors (`/proc/PID/fdinfo`, `map_id`).
+    pub fn maps(&self) -> Vec<(String, u32)> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut ids: Vec<u32> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("map_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| aya::maps::MapInfo::from_id(id).ok())
+            .map(|info| {
+                (
+                    info.name_as_str().unwrap_or_default().to_string(),
+                    info.max_entries(),
+                )
+            })
+            .collect()
+    }
+
     /// Everything the agent logged so far.
     pub fn stderr(&self) -> Vec<String> {
         self.proc.stderr.all()

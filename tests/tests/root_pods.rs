@@ -6,6 +6,7 @@
 //! leave nothing behind. Needs root.
 use std::time::Duration;
 
+use limiter::capacity::Capacity;
 use limiter_tests::{
     Agent, Side, TestBed,
     agent::http_get,
@@ -379,6 +380,68 @@ fn root_bad_netns_paths_are_refused_and_leave_nothing() {
         2,
         &["--limit-in", "close"],
     );
+}
+
+/// Each pod's copy of the kernel maps is sized for one workload (`capacity.rs`), not as the
+/// agent's own copy: their memory is spent at load and charged to the agent's cgroup, and with
+/// the agent's sizes every enforced pod cost about 26 MiB. A pod holds as many limited
+/// listeners as its copy has slots: one more stops the agent at start with an error naming the
+/// namespace and the number, and leaves nothing behind.
+#[test]
+fn root_a_pods_maps_are_sized_for_one_workload() {
+    let bed = TestBed::new();
+    let pod = bed.add_pod();
+    let _server = serve(&bed, &pod);
+    let agent = agent_for(&bed, &[(&pod, "8000=1:reset")], &[]);
+    let maps = agent.maps();
+    let (own, pods) = (Capacity::AGENT, Capacity::NETNS);
+    for (name, own_entries, pod_entries) in [
+        ("SLOT_STATS", own.listeners, pods.listeners),
+        ("SLOT_USAGE", own.listeners, pods.listeners),
+        ("LISTENERS", own.listeners, pods.listeners),
+        ("PENDING", own.pending, pods.pending),
+        ("SOURCES", own.sources, pods.sources),
+        ("PREEXISTING", own.preexisting, pods.preexisting),
+    ] {
+        // The kernel keeps 15 bytes of a map's name.
+        let mut sizes: Vec<u32> = maps
+            .iter()
+            .filter(|(n, _)| name.starts_with(n.as_str()) && n.len() >= name.len().min(15))
+            .map(|(_, entries)| *entries)
+            .collect();
+        sizes.sort_unstable();
+        let mut want = vec![own_entries, pod_entries];
+        want.sort_unstable();
+        assert_eq!(sizes, want, "{name}: the agent's maps {maps:?}");
+    }
+    // Enforced all the same.
+    let first = Hold::open(&bed, 1, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(first.result.connected, 1, "{:?}", first.result);
+    let over = Hold::open(&bed, 1, &pod.addr(PORT), CONNECT_MS);
+    assert_eq!(over.result.refused, 1, "{:?}", over.result);
+    drop((first, over, agent));
+
+    let path = netns_of(&pod);
+    let limits: Vec<String> = (0..=pods.listeners)
+        .map(|i| format!("{}=5", 10_000 + i))
+        .collect();
+    let socket = Agent::socket_path().display().to_string();
+    let mut args = vec!["run", "--control-socket", &socket];
+    for limit in &limits {
+        args.extend_from_slice(&["--limit-in", &path, limit]);
+    }
+    let finished = Agent::run_to_exit(&bed, &args);
+    // Exit 1, as for the agent's own slots: a capacity reached, not a malformed value.
+    check_refusal(
+        &bed,
+        &finished,
+        "one limit more than a pod's slots",
+        1,
+        &[&pods.listeners.to_string()],
+    );
+    let line = finished.error_lines()[0].to_owned();
+    assert!(line.contains(&path), "{line}");
+    assert_pod_has_no_xdp(&bed, &pod, "after the refusal");
 }
 
 /// The classic mistake, reported: the NodePort limited on the node, where nothing listens on

@@ -11,6 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
+    capacity::Capacity,
     cli::XdpAttachMode,
     error::AgentError,
     handshake,
@@ -27,11 +28,6 @@ use crate::{
     unbound,
     xdp_mode::{self, Attachment},
 };
-
-/// The PENDING table of a namespace: handshakes in flight at once (each holds a slot, so this
-/// is only reached by limits above it). Preallocated, so it is what a namespace costs in
-/// kernel memory (about 850 KiB), an eighth of the agent's own table.
-pub const NETNS_PENDING_ENTRIES: u32 = limiter_common::MAX_PENDING / 8;
 
 /// What every namespace is enforced with: the agent's flags.
 #[derive(Clone, Debug)]
@@ -102,7 +98,7 @@ impl NetnsEnforcement {
                 .map_err(in_netns)
         };
         let mut pins = open_pins()?;
-        let (programs, maps) = match kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()) {
+        let (programs, maps) = match kernel::load(cookie, &Capacity::NETNS, pins.as_ref()) {
             // Pins of the namespace that was at this path before (a pod that restarted while
             // no agent ran): its counts mean nothing here.
             Err(AgentError::PinsOfAnotherNetns(_)) => {
@@ -115,7 +111,7 @@ impl NetnsEnforcement {
                     })
                 })?;
                 pins = open_pins()?;
-                kernel::load(cookie, NETNS_PENDING_ENTRIES, pins.as_ref()).map_err(in_netns)?
+                kernel::load(cookie, &Capacity::NETNS, pins.as_ref()).map_err(in_netns)?
             }
             loaded => loaded.map_err(in_netns)?,
         };
