@@ -286,14 +286,17 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     part.tables.push(idle::table(&idle));
     part.json["idle"] = idle::json(&idle);
     part.notes.push(format!(
-        "At rest, each namespace the agent enforces in adds {:.3}% of one CPU (the table above: \
-         the {}-namespace agent less the 1-namespace one, ÷ {}). Before commit b9f0fc8 every \
+        "At rest, each namespace the agent enforces in adds {:.3}% of one CPU and {:.2} MiB of \
+         kernel memory (the table above: the {}-namespace agent less the 1-namespace one, ÷ {}; \
+         a namespace's copy of the maps is sized for one workload, `limiter-user/src/capacity.rs`: \
+         with the agent's own sizes it was about 26 MiB). Before commit b9f0fc8 every \
          namespace's handshake sweep walked its whole table of handshakes in flight (65,536 \
          buckets, empty or not) ten times a second, about 0.11% of a CPU per namespace \
          (measured by hand with 16 pod namespaces: 2.8% of a CPU in all, against 1.2% with the \
          walk skipped while no handshake is in flight); on a node of a hundred pods that walk \
          would be most of an idle agent's cost.",
         per_namespace(&idle) * 100.0,
+        per_namespace_megabytes(&idle),
         OTHER_NAMESPACES + 1,
         OTHER_NAMESPACES,
     ));
@@ -312,6 +315,14 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
 fn per_namespace(idle: &[Idle]) -> f64 {
     match idle {
         [one, all] => (spread(&all.cpu).1 - spread(&one.cpu).1) / OTHER_NAMESPACES as f64,
+        _ => f64::NAN,
+    }
+}
+
+/// What one more namespace adds to the idle agent's map memory, MiB.
+fn per_namespace_megabytes(idle: &[Idle]) -> f64 {
+    match idle {
+        [one, all] => (all.megabytes() - one.megabytes()) / OTHER_NAMESPACES as f64,
         _ => f64::NAN,
     }
 }

@@ -23,7 +23,7 @@ const HELD_PORT: u16 = 8300;
 
 /// One BPF map of the agent, as the kernel reports it.
 #[derive(Clone, Debug)]
-struct MapInfo {
+pub(super) struct MapInfo {
     id: u64,
     name: String,
     kind: String,
@@ -33,7 +33,7 @@ struct MapInfo {
 }
 
 /// The agent's maps: ids from its open fds (/proc/PID/fdinfo), the rest from `bpftool map show`.
-fn agent_maps(pid: u32) -> Result<Vec<MapInfo>> {
+pub(super) fn agent_maps(pid: u32) -> Result<Vec<MapInfo>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
@@ -89,7 +89,7 @@ fn memlock(maps: &[MapInfo], name: &str) -> u64 {
         .map_or(0, |m| m.memlock)
 }
 
-fn total(maps: &[MapInfo]) -> u64 {
+pub(super) fn total(maps: &[MapInfo]) -> u64 {
     maps.iter().map(|m| m.memlock).sum()
 }
 
