@@ -49,9 +49,10 @@ impl Idle {
 pub fn table(rows: &[Idle]) -> Table {
     let mut table = Table::new(
         &format!(
-            "The agent's CPU time at rest: no connection, no change, {} s after it is ready, for \
-             {} s (all its threads, /proc/PID/task/*/schedstat; % of one CPU, median, min–max in \
-             brackets)",
+            "The agent at rest: no connection, no change, {} s after it is ready, its CPU time \
+             for {} s (all its threads, /proc/PID/task/*/schedstat; % of one CPU, median, min–max \
+             in brackets) and the kernel memory of its maps (every copy: `bpftool map show`'s \
+             bytes_memlock of the maps among its open files)",
             SETTLE.as_secs(),
             WINDOW.as_secs()
         ),
