@@ -10,7 +10,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SkStorage, lpm_trie::LpmTrie,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray, RingBuf, SkStorage,
+        lpm_trie::LpmTrie,
     },
     programs::{
         CgroupAttachMode, ProgramFd, SockOps, Xdp,
@@ -52,6 +53,8 @@ pub struct Maps {
     pub adopter: Option<crate::preexisting::Adopter>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
+    /// How many connections PREEXISTING holds at once: the `adopt` iterator's batch.
+    pub preexisting_batch: u32,
     /// Flood mode's connections over the limit, to reset; taken by the agent's reset task.
     pub over_limit: Option<RingBuf<MapData>>,
     /// Which other namespaces' accounting programs this copy tail-calls; taken by the agent
@@ -150,13 +153,13 @@ pub fn load(
             name: map_names::SLOT_USAGE,
         });
     };
-    // As the map is (pinned maps keep the size they were made with), not as asked.
-    let slots = usage_data
-        .info()
-        .map_err(AgentError::map(map_names::SLOT_USAGE))?
-        .max_entries();
-    let usage = SlotUsageView::map(usage_data.fd().as_fd(), slots)
-        .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
+    let usage = SlotUsageView::map(
+        usage_data.fd().as_fd(),
+        max_entries(usage_data, map_names::SLOT_USAGE)?,
+    )
+    .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
+    let preexisting: HashMap<MapData, u64, SourceKey> = take(&mut ebpf, map_names::PREEXISTING)?;
+    let preexisting_batch = max_entries(preexisting.map(), map_names::PREEXISTING)?;
     let maps = Maps {
         listeners: take(&mut ebpf, map_names::LISTENERS)?,
         ports: take(&mut ebpf, map_names::PORTS)?,
@@ -166,7 +169,8 @@ pub fn load(
         pending: take(&mut ebpf, map_names::PENDING)?,
         sockets: take(&mut ebpf, map_names::SOCKETS)?,
         sources: take(&mut ebpf, map_names::SOURCES)?,
-        preexisting: take(&mut ebpf, map_names::PREEXISTING)?,
+        preexisting,
+        preexisting_batch,
         keepalive: take(&mut ebpf, map_names::KEEPALIVE_POLICIES)?,
         usage,
         over_limit: Some(take(&mut ebpf, map_names::OVER_LIMIT)?),
@@ -229,6 +233,12 @@ impl Drop for Programs {
             task.abort();
         }
     }
+}
+
+/// A map's entries as the map is (pinned maps keep the size they were made with), not as the
+/// loader asked.
+fn max_entries(map: &MapData, name: &'static str) -> Result<u32, AgentError> {
+    Ok(map.info().map_err(AgentError::map(name))?.max_entries())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, AgentError>

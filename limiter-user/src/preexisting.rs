@@ -16,7 +16,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use aya::{Ebpf, maps::IterableMap as _, programs::Iter};
+use aya::{Ebpf, programs::Iter};
 use limiter_common::{map_names, program_names};
 
 use crate::{error::AgentError, limits::LimitTable, sock_diag::SockDiag};
@@ -141,16 +141,8 @@ fn count_with(table: &mut LimitTable, adopter: &Adopter) -> Result<(u64, u64), A
         .filter_map(|c| Some((c.cookie, table.counting_key(&c.flow)?)))
         .collect();
     let (mut counted, mut left) = (0, 0);
-    // PREEXISTING holds a bounded number at a time (as many as the map was made with); most
-    // runs take one batch.
-    let batch_size = table
-        .maps()
-        .preexisting
-        .map()
-        .info()
-        .map_err(AgentError::map(map_names::PREEXISTING))?
-        .max_entries();
-    for batch in wanted.chunks(batch_size.max(1) as usize) {
+    // PREEXISTING holds a bounded number at a time; most runs take one batch.
+    for batch in wanted.chunks(table.maps().preexisting_batch.max(1) as usize) {
         let map = &mut table.maps_mut().preexisting;
         let walked = batch
             .iter()

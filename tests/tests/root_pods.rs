@@ -403,10 +403,9 @@ fn root_a_pods_maps_are_sized_for_one_workload() {
         ("SOURCES", own.sources, pods.sources),
         ("PREEXISTING", own.preexisting, pods.preexisting),
     ] {
-        // The kernel keeps 15 bytes of a map's name.
         let mut sizes: Vec<u32> = maps
             .iter()
-            .filter(|(n, _)| name.starts_with(n.as_str()) && n.len() >= name.len().min(15))
+            .filter(|(n, _)| n == name)
             .map(|(_, entries)| *entries)
             .collect();
         sizes.sort_unstable();
