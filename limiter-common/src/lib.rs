@@ -419,11 +419,12 @@ pub struct AgentConfig {
 
 /// Indexes of the program-wide per-CPU packet counters in `PACKET_STATS`.
 pub mod packet_stat {
-    // There is no "seen" counter: every frame ends in exactly one of the first four, so the agent
-    // adds them up, and the pass path pays one counter increment instead of two.
-    /// Frames that are not a SYN for a limited listener (other protocols, other ports, non-SYN
-    /// segments, fragments): passed untouched.
-    pub const NOT_OURS: u32 = 0;
+    // Frames that are not a connection-opening SYN (every other segment, every other protocol,
+    // fragments) are passed uncounted: that is nearly every frame, and one per-CPU increment is
+    // a third of their whole path (bench part 1). The interface's own counters, or the program's
+    // run count under `kernel.bpf_stats_enabled`, give how many frames there were.
+    /// SYNs to an address and port no listener limits: passed untouched.
+    pub const SYN_NOT_LIMITED: u32 = 0;
     /// Frames whose headers are truncated or invalid: passed untouched.
     pub const MALFORMED: u32 = 1;
     /// SYNs to a limited listener that were admitted (new slot or retransmit).

@@ -1,8 +1,9 @@
 //! XDP admission: where a SYN is admitted or refused.
 //!
-//! Parse; pass everything that is not a SYN to a limited listener; reserve a slot with one
-//! atomic fetch-add and record the handshake by 4-tuple, or, at the limit, let a retransmitted
-//! SYN that already holds a slot through and refuse the rest with the listener's action. A
+//! Parse; pass everything that is not a SYN to a limited listener (and leave frames that are not
+//! a SYN at all uncounted: they are nearly all of them); reserve a slot with one atomic
+//! fetch-add and record the handshake by 4-tuple, or, at the limit, let a retransmitted SYN
+//! that already holds a slot through and refuse the rest with the listener's action. A
 //! reservation is handed to accounting when the handshake completes, or released by the agent
 //! when it does not complete in time.
 //!
@@ -36,12 +37,13 @@ const EEXIST: i32 = 17;
 pub fn admission(ctx: XdpContext) -> u32 {
     let syn = match packet::parse(&ctx) {
         Frame::Syn(syn) => syn,
-        Frame::NotOurs => return pass(packet_stat::NOT_OURS),
+        // Not a SYN: nearly every frame, passed without so much as a counter (`packet_stat`).
+        Frame::NotSyn => return xdp_action::XDP_PASS,
         Frame::Malformed => return pass(packet_stat::MALFORMED),
     };
     let flow = &syn.flow;
     let Some(listener) = listeners::lookup(flow.family, &flow.local_addr, flow.local_port) else {
-        return pass(packet_stat::NOT_OURS);
+        return pass(packet_stat::SYN_NOT_LIMITED);
     };
     if listener.source_limit != 0
         && sources::at_limit(&SourceKey::of(listener.slot, flow), listener.source_limit)
@@ -62,7 +64,7 @@ pub fn admission(ctx: XdpContext) -> u32 {
         return pass(packet_stat::SYN_PASSED);
     }
     let Some(usage) = Usage::of(listener.slot) else {
-        return pass(packet_stat::NOT_OURS);
+        return pass(packet_stat::SYN_NOT_LIMITED);
     };
     if usage.flood_mode() {
         if usage.full(listener.limit) {

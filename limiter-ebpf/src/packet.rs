@@ -2,7 +2,7 @@
 //! fragment) or IPv6 (through hop-by-hop, routing and destination-options headers), then TCP.
 //! Every read is bounds-checked against the frame (IPv4's fixed header once, as a whole). The
 //! TCP flags are read as soon as the TCP header is found: a segment that is not a plain SYN is
-//! `NotOurs` from there (the common case, kept short); a frame cut short before that point, or a
+//! `NotSyn` from there (the common case, kept short); a frame cut short before that point, or a
 //! SYN whose headers are short or inconsistent, is `Malformed`. Both are passed untouched.
 //!
 //! Header layouts, lengths and protocol numbers come from network-types; each field is read
@@ -60,7 +60,7 @@ pub struct Syn {
 }
 
 pub enum Frame {
-    NotOurs,
+    NotSyn,
     Malformed,
     Syn(Syn),
 }
@@ -124,7 +124,7 @@ pub fn parse(ctx: &XdpContext) -> Frame {
         ETH_P_IP => parse_ipv4(ctx, l3),
         ETH_P_IPV6 => parse_ipv6(ctx, l3),
         // Non-IP, or a third VLAN tag.
-        _ => Frame::NotOurs,
+        _ => Frame::NotSyn,
     }
 }
 
@@ -140,11 +140,11 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Frame {
     let fragment = u16::from_be(field(ip, offset_of!(Ipv4Hdr, frags)));
     let protocol: u8 = field(ip, offset_of!(Ipv4Hdr, proto));
     if protocol != IPPROTO_TCP || fragment & IPV4_MF_AND_OFFSET != 0 {
-        return Frame::NotOurs;
+        return Frame::NotSyn;
     }
     let l4 = l3 + header_len;
     let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
-        return Frame::NotOurs;
+        return Frame::NotSyn;
     };
     let total_len = u16::from_be(field(ip, offset_of!(Ipv4Hdr, tot_len))) as usize;
     let [src, dst]: [u32; 2] = field(ip, offset_of!(Ipv4Hdr, src_addr));
@@ -191,10 +191,10 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
     }
     // Fragments, ESP, too many extension headers, other protocols: not ours.
     if next_header != IPPROTO_TCP {
-        return Frame::NotOurs;
+        return Frame::NotSyn;
     }
     let Some(offset_byte) = or_malformed!(syn_data_offset(ctx, l4)) else {
-        return Frame::NotOurs;
+        return Frame::NotSyn;
     };
     let [src, dst]: [[u32; 4]; 2] =
         or_malformed!(load(ctx, addresses_at(l3 + offset_of!(Ipv6Hdr, src_addr))));

@@ -32,7 +32,7 @@
 //! | `limiter_listener_handshakes_not_completed_total` | counter | `listener` |
 //! | `limiter_listener_reset_after_handshake_total` | counter | `listener` |
 //! | `limiter_listener_dry_run_would_refuse_total` | counter | `listener` |
-//! | `limiter_packets_total` | counter | `result` = `seen`/`not_ours`/`malformed`/`syn_passed`/`syn_refused` |
+//! | `limiter_packets_total` | counter | `result` = `syn_not_limited`/`malformed`/`syn_passed`/`syn_refused` |
 //! | `limiter_reset_fallback_drops_total` | counter | |
 //! | `limiter_pending_table_full_total` | counter | |
 //! | `limiter_reset_after_handshake_failures_total` | counter | |
@@ -445,12 +445,11 @@ impl Collector for ReportCollector {
         family(
             e,
             "packets",
-            "Frames the XDP program ran on (seen) and, of those, how they ended: not a SYN for a limited listener, malformed, SYN passed, SYN refused. Do not sum over result.",
+            "Frames the XDP program counted, by how they ended: a SYN to no limited listener, malformed, SYN passed, SYN refused. Frames that are not a SYN are passed uncounted.",
             None,
             Kind::Counter,
             [
-                ("seen", p.seen_total),
-                ("not_ours", p.not_ours_total),
+                ("syn_not_limited", p.syn_not_limited_total),
                 ("malformed", p.malformed_total),
                 ("syn_passed", p.syn_passed_total),
                 ("syn_refused", p.syn_refused_total),
@@ -643,8 +642,7 @@ mod tests {
                 listener("[fd00:1e:57::1]:443", Action::Reset, 200),
             ],
             packets: PacketReport {
-                seen_total: 1001,
-                not_ours_total: 1002,
+                syn_not_limited_total: 1002,
                 malformed_total: 1003,
                 syn_passed_total: 1004,
                 syn_refused_total: 1005,
@@ -825,8 +823,7 @@ mod tests {
         }
         let p = &report.packets;
         for (result, v) in [
-            ("seen", p.seen_total),
-            ("not_ours", p.not_ours_total),
+            ("syn_not_limited", p.syn_not_limited_total),
             ("malformed", p.malformed_total),
             ("syn_passed", p.syn_passed_total),
             ("syn_refused", p.syn_refused_total),
@@ -991,7 +988,7 @@ mod tests {
         let samples = parse_samples(&empty);
         assert_eq!(samples[&key("limiter_pending_table_full_total", &[])], 0);
         assert_eq!(
-            samples[&key("limiter_packets_total", &[("result", "seen")])],
+            samples[&key("limiter_packets_total", &[("result", "syn_not_limited")])],
             0
         );
         assert!(!empty.contains("listener=\""), "{empty}");

@@ -114,8 +114,9 @@ fn yes() -> bool {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PacketReport {
-    pub seen_total: u64,
-    pub not_ours_total: u64,
+    /// SYNs to an address and port no listener limits. Frames that are not a SYN are not
+    /// counted at all (`packet_stat`).
+    pub syn_not_limited_total: u64,
     pub malformed_total: u64,
     pub syn_passed_total: u64,
     pub syn_refused_total: u64,
@@ -133,8 +134,7 @@ pub struct PacketReport {
 impl std::ops::AddAssign<&PacketReport> for PacketReport {
     /// Sums two namespaces' counters (the report's packets are those of every namespace).
     fn add_assign(&mut self, other: &PacketReport) {
-        self.seen_total += other.seen_total;
-        self.not_ours_total += other.not_ours_total;
+        self.syn_not_limited_total += other.syn_not_limited_total;
         self.malformed_total += other.malformed_total;
         self.syn_passed_total += other.syn_passed_total;
         self.syn_refused_total += other.syn_refused_total;
@@ -148,18 +148,11 @@ impl std::ops::AddAssign<&PacketReport> for PacketReport {
 
 impl PacketReport {
     pub fn from_counters(counter: impl Fn(u32) -> u64) -> Self {
-        let not_ours_total = counter(packet_stat::NOT_OURS);
-        let malformed_total = counter(packet_stat::MALFORMED);
-        let syn_passed_total = counter(packet_stat::SYN_PASSED);
-        let syn_refused_total = counter(packet_stat::SYN_REFUSED);
         PacketReport {
-            // Every frame ends in exactly one of these four (the program keeps no "seen"
-            // counter, to save an increment per frame).
-            seen_total: not_ours_total + malformed_total + syn_passed_total + syn_refused_total,
-            not_ours_total,
-            malformed_total,
-            syn_passed_total,
-            syn_refused_total,
+            syn_not_limited_total: counter(packet_stat::SYN_NOT_LIMITED),
+            malformed_total: counter(packet_stat::MALFORMED),
+            syn_passed_total: counter(packet_stat::SYN_PASSED),
+            syn_refused_total: counter(packet_stat::SYN_REFUSED),
             reset_fallback_drop_total: counter(packet_stat::RESET_FELL_BACK_TO_DROP),
             pending_full_total: counter(packet_stat::PENDING_TABLE_FULL),
             keepalive_set_total: counter(packet_stat::KEEPALIVE_SET),
@@ -273,12 +266,8 @@ impl Report {
         }
         let p = &self.packets;
         out.push_str(&format!(
-            "\npackets: seen {}, not ours {}, malformed {}, SYN passed {}, SYN refused {}\n",
-            p.seen_total,
-            p.not_ours_total,
-            p.malformed_total,
-            p.syn_passed_total,
-            p.syn_refused_total
+            "\npackets: SYN not limited {}, malformed {}, SYN passed {}, SYN refused {}\n",
+            p.syn_not_limited_total, p.malformed_total, p.syn_passed_total, p.syn_refused_total
         ));
         for proxy in &self.proxies {
             out.push_str(&format!(
@@ -377,6 +366,6 @@ mod tests {
             assert!(!l[field].is_null(), "missing {field}");
         }
         assert_eq!(l["action"], "drop");
-        assert_eq!(json["packets"]["seen_total"], 0);
+        assert_eq!(json["packets"]["syn_not_limited_total"], 0);
     }
 }

@@ -116,8 +116,7 @@ pub struct ListenerStats {
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct PacketStats {
-    pub seen_total: u64,
-    pub not_ours_total: u64,
+    pub syn_not_limited_total: u64,
     pub malformed_total: u64,
     pub syn_passed_total: u64,
     pub syn_refused_total: u64,

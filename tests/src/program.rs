@@ -89,11 +89,11 @@ impl Packets {
         self.0[index as usize]
     }
 
-    /// Frames the program ran on: every frame ends in exactly one of these four outcomes (the
-    /// program keeps no "seen" counter of its own; the agent adds them up the same way).
-    pub fn seen(&self) -> u64 {
+    /// Frames the program counted: a frame that is a SYN, or is malformed, ends in exactly one of
+    /// these four outcomes; a frame that is not a SYN in none (it is passed uncounted).
+    pub fn counted(&self) -> u64 {
         [
-            packet_stat::NOT_OURS,
+            packet_stat::SYN_NOT_LIMITED,
             packet_stat::MALFORMED,
             packet_stat::SYN_PASSED,
             packet_stat::SYN_REFUSED,

@@ -88,7 +88,7 @@ fn root_metrics_and_probes_match_what_happened() {
         assert_eq!(sample(&text, series), Some(*value), "{series} in:\n{text}");
     }
     for family in [
-        "limiter_packets_total{result=\"seen\"}",
+        "limiter_packets_total{result=\"syn_not_limited\"}",
         "limiter_packets_total{result=\"malformed\"}",
     ] {
         assert!(sample(&text, family).is_some(), "{family} missing:\n{text}");

@@ -2,7 +2,8 @@
 //! agent's own release object with its maps set up as the agent sets them, next to an empty
 //! XDP_PASS program and a minimal "drop SYN to port P" program compiled in the same run. Every
 //! measurement checks its verdict, and for limiter that every one of its runs took the intended
-//! path (the program's own per-path counters grew by exactly the number of runs).
+//! path (the program's own per-path counters grew by exactly the number of runs, or, on the
+//! paths it leaves uncounted, frames that are not a SYN, not at all).
 use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -64,8 +65,19 @@ struct Repeated {
     prog: Prog,
     frame: Vec<u8>,
     verdict: u32,
-    /// limiter's packet counter that every run must add one to.
-    counter: Option<u32>,
+    /// How the runs prove they took the path meant.
+    check: PathCheck,
+}
+
+/// What limiter's packet counters must show after a case's runs.
+#[derive(Clone, Copy)]
+enum PathCheck {
+    /// A baseline program's case: limiter's counters are not involved.
+    Baseline,
+    /// A frame that is not a SYN: limiter passes it uncounted, so no outcome counter moves.
+    Uncounted,
+    /// Every run adds one to this outcome counter, and to no other.
+    Counted(u32),
 }
 
 /// A path that changes the program's state or the frame (admission takes a slot and records
@@ -175,7 +187,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Pass,
             frame: frames::tcp(c, 40_000, PORT_OPEN, TCP_ACK),
             verdict: XDP_PASS,
-            counter: None,
+            check: PathCheck::Baseline,
         },
         Repeated {
             key: "minimal_drop",
@@ -183,7 +195,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::DropSyn,
             frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
             verdict: XDP_DROP,
-            counter: None,
+            check: PathCheck::Baseline,
         },
         Repeated {
             key: "limiter_non_tcp",
@@ -191,7 +203,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::udp(c, 40_000, PORT_OPEN),
             verdict: XDP_PASS,
-            counter: Some(packet_stat::NOT_OURS),
+            check: PathCheck::Uncounted,
         },
         Repeated {
             key: "limiter_non_syn",
@@ -199,7 +211,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_OPEN, TCP_ACK),
             verdict: XDP_PASS,
-            counter: Some(packet_stat::NOT_OURS),
+            check: PathCheck::Uncounted,
         },
         Repeated {
             key: "limiter_syn_unlimited_port",
@@ -207,7 +219,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_OTHER, TCP_SYN),
             verdict: XDP_PASS,
-            counter: Some(packet_stat::NOT_OURS),
+            check: PathCheck::Counted(packet_stat::SYN_NOT_LIMITED),
         },
         Repeated {
             key: "limiter_syn_retransmit",
@@ -216,7 +228,7 @@ fn repeated_cases() -> Vec<Repeated> {
             // Admitted once before the measurement; every measured run finds its reservation.
             frame: frames::tcp(c, 40_001, PORT_OPEN, TCP_SYN),
             verdict: XDP_PASS,
-            counter: Some(packet_stat::SYN_PASSED),
+            check: PathCheck::Counted(packet_stat::SYN_PASSED),
         },
         Repeated {
             key: "limiter_syn_refused_drop",
@@ -224,7 +236,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_FULL_DROP, TCP_SYN),
             verdict: XDP_DROP,
-            counter: Some(packet_stat::SYN_REFUSED),
+            check: PathCheck::Counted(packet_stat::SYN_REFUSED),
         },
         Repeated {
             key: "limiter_syn_refused_per_source",
@@ -232,7 +244,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_FULL_SOURCE, TCP_SYN),
             verdict: XDP_DROP,
-            counter: Some(packet_stat::SYN_REFUSED),
+            check: PathCheck::Counted(packet_stat::SYN_REFUSED),
         },
         Repeated {
             key: "limiter_syn_refused_drop_handshake",
@@ -240,7 +252,7 @@ fn repeated_cases() -> Vec<Repeated> {
             prog: Prog::Limiter,
             frame: frames::tcp(c, 40_000, PORT_FULL_HANDSHAKE, TCP_SYN),
             verdict: XDP_DROP,
-            counter: Some(packet_stat::SYN_REFUSED),
+            check: PathCheck::Counted(packet_stat::SYN_REFUSED),
         },
     ]
 }
@@ -378,24 +390,31 @@ fn measure_phases(
                 let (verdict, kernel_ns) = progs.run(c.prog, &c.frame, repeat)?;
                 let ns = wall.elapsed().as_nanos() as f64 / f64::from(repeat);
                 expect_verdict(c.label, verdict, c.verdict)?;
-                if let Some(counter) = c.counter {
+                let expected = match c.check {
+                    PathCheck::Baseline => None,
+                    PathCheck::Uncounted => Some((None, 0)),
+                    PathCheck::Counted(counter) => Some((Some(counter), u64::from(repeat))),
+                };
+                if let Some((on_path, in_all)) = expected {
                     let after = progs.limiter.packets()?;
-                    let grew = after[counter as usize] - before[counter as usize];
-                    // Every frame ends in exactly one outcome counter (there is no "seen").
-                    let outcomes = [
-                        packet_stat::NOT_OURS,
+                    let grew = |i: u32| after[i as usize] - before[i as usize];
+                    // A counted frame ends in exactly one outcome counter; an uncounted one in
+                    // none.
+                    let counted: u64 = [
+                        packet_stat::SYN_NOT_LIMITED,
                         packet_stat::MALFORMED,
                         packet_stat::SYN_PASSED,
                         packet_stat::SYN_REFUSED,
-                    ];
-                    let seen: u64 = outcomes
-                        .iter()
-                        .map(|&i| after[i as usize] - before[i as usize])
-                        .sum();
-                    if grew != u64::from(repeat) || seen != u64::from(repeat) {
+                    ]
+                    .into_iter()
+                    .map(grew)
+                    .sum();
+                    let on = on_path.map_or(0, grew);
+                    if counted != in_all || on != in_all {
                         bail!(
-                            "{}: {seen} runs seen, {grew} on the intended path, of {repeat}: not \
-                             every run took the path meant to be measured",
+                            "{}: {counted} runs counted, {on} on the intended path, of {repeat} \
+                             ({in_all} expected in each): not every run took the path meant to be \
+                             measured",
                             c.label
                         );
                     }
@@ -537,7 +556,8 @@ fn report(one: &Phase, many: &Phase, runs: usize, repeat: u32, calls: u32, cpu: 
              such calls per path, interleaved across paths and copies (run 1 of every path of \
              every copy, then run 2, ...); the table gives min / median / max of all {} calls. \
              Each call's verdict is checked, and for limiter its own per-path counters must have \
-             grown by exactly {repeat}, so every run took the path named. All on CPU {cpu} (the \
+             grown by exactly {repeat}, so every run took the path named (on the paths of frames \
+             that are not a SYN, which limiter passes uncounted, none may grow). All on CPU {cpu} (the \
              measuring thread is pinned). The targets compare best runs (each copy's least \
              disturbed call, without interference from the rest of the shared machine, which the \
              median still carries; of those, the median copy's); the medians' ratio is given \
