@@ -341,7 +341,8 @@ async fn enforce(
     } = setup;
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
-    let (mut programs, maps) = kernel::load(netns_cookie, &Capacity::AGENT, pins)?;
+    let (mut programs, maps) =
+        kernel::load(netns_cookie, &Capacity::agent(settings.max_listeners), pins)?;
     let mut table = LimitTable::new(maps, settings.over_limit);
     table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
     table.set_attachments(attachments.clone());

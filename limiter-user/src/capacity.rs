@@ -11,9 +11,7 @@
 //! 3 MiB plus 31 KiB per CPU (measured: the agent enforcing in 16 namespaces holds 82.5 MiB of
 //! maps, in 1 namespace 36.1 MiB; bench part 10 measures it in every run).
 use aya::EbpfLoader;
-use limiter_common::{
-    MAX_LISTENERS, MAX_NETNS, MAX_PENDING, MAX_PREEXISTING, MAX_SOURCES, map_names,
-};
+use limiter_common::{MAX_NETNS, MAX_PENDING, MAX_PREEXISTING, MAX_SOURCES, map_names};
 
 /// One copy's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,14 +32,18 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// The agent's own copy, attached to the node's interfaces and the cgroup root.
-    pub const AGENT: Capacity = Capacity {
-        listeners: MAX_LISTENERS,
-        pending: MAX_PENDING,
-        sources: MAX_SOURCES,
-        preexisting: MAX_PREEXISTING,
-        namespaces: MAX_NETNS,
-    };
+    /// The agent's own copy, attached to the node's interfaces and the cgroup root, with
+    /// `listeners` slots (`--max-listeners`, at most `MAX_LISTENERS`): SLOT_STATS is per CPU,
+    /// so on a large node the slots are most of this copy's memory (2 MiB per CPU at 16,384).
+    pub const fn agent(listeners: u32) -> Capacity {
+        Capacity {
+            listeners,
+            pending: MAX_PENDING,
+            sources: MAX_SOURCES,
+            preexisting: MAX_PREEXISTING,
+            namespaces: MAX_NETNS,
+        }
+    }
 
     /// A namespace's copy (`--limit-in`, a pod in Kubernetes mode): one workload's listeners.
     pub const NETNS: Capacity = Capacity {

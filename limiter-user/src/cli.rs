@@ -122,6 +122,14 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_handshake_timeout, value_name = "DURATION")]
     pub handshake_timeout: Option<Duration>,
 
+    /// How many listeners the agent can limit at once in its own network namespace (1-16384).
+    /// Their kernel maps are made at start, and one of them is per CPU: each listener slot costs
+    /// about 124 bytes per CPU (16,384 slots: 2 MiB per CPU, 127 MiB on a 64-CPU node). Limits
+    /// in pods' namespaces have maps of their own (256 listeners each).
+    /// [default: 16384]
+    #[arg(long, value_parser = parse_max_listeners, value_name = "N")]
+    pub max_listeners: Option<u32>,
+
     /// How XDP runs: native (in the driver, fastest), generic (in the kernel stack, works on
     /// any device), or auto (native where the driver supports it).
     #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto, value_name = "MODE")]
@@ -281,6 +289,16 @@ pub fn parse_connect_timeout(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' must be more than 0"));
     }
     Ok(timeout)
+}
+
+pub fn parse_max_listeners(text: &str) -> Result<u32, String> {
+    let max = limiter_common::MAX_LISTENERS;
+    match text.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a number of listeners from 1 to {max}"
+        )),
+    }
 }
 
 const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -451,6 +469,8 @@ mod tests {
             "reset",
             "--handshake-timeout",
             "500ms",
+            "--max-listeners",
+            "1024",
         ])
         .unwrap();
         assert_eq!(args.ifaces, ["eth0", "eth1"]);
@@ -458,6 +478,8 @@ mod tests {
         assert_eq!(args.over_limit, Some(Action::Reset));
         assert_eq!(args.handshake_timeout, Some(Duration::from_millis(500)));
         assert_eq!(run(&["--iface", "eth0"]).unwrap().handshake_timeout, None);
+        assert_eq!(args.max_listeners, Some(1024));
+        assert_eq!(run(&["--iface", "eth0"]).unwrap().max_listeners, None);
         let proxy = run(&[
             "--iface",
             "eth0",
@@ -517,6 +539,14 @@ mod tests {
             (
                 &["--iface", "eth0", "--handshake-timeout", "0s"][..],
                 "--handshake-timeout",
+            ),
+            (
+                &["--iface", "eth0", "--max-listeners", "0"][..],
+                "'0' is not a number of listeners from 1 to 16384",
+            ),
+            (
+                &["--iface", "eth0", "--max-listeners", "16385"][..],
+                "'16385' is not a number of listeners from 1 to 16384",
             ),
             (&["--limit", "8000=1"][..], "--iface"),
             (

@@ -9,6 +9,7 @@
 //! interfaces: [eth0]              # --iface
 //! overLimit: drop                 # --over-limit: drop | reset | close
 //! handshakeTimeout: 3s            # --handshake-timeout (100ms to 300s)
+//! maxListeners: 1024              # --max-listeners (1 to 16384)
 //! metricsAddr: 127.0.0.1:9464     # where /metrics listens (IP:PORT)
 //! listeners:
 //!   - bindAddress: '::'           # Gloo Gateway style: bindAddress (optional) + bindPort ...
@@ -101,6 +102,7 @@ pub struct FileConfig {
     pub interfaces: Vec<String>,
     pub over_limit: Option<Action>,
     pub handshake_timeout: Option<Duration>,
+    pub max_listeners: Option<u32>,
     pub metrics_addr: Option<SocketAddr>,
     /// In file order; `action: None` means the over-limit default.
     pub limits: Vec<LimitSpec>,
@@ -218,6 +220,7 @@ struct RawConfig {
     interfaces: Option<Vec<String>>,
     over_limit: Option<String>,
     handshake_timeout: Option<String>,
+    max_listeners: Option<String>,
     metrics_addr: Option<String>,
     listeners: Option<Vec<RawListener>>,
     keepalive_policies: Option<Vec<RawKeepalivePolicy>>,
@@ -419,6 +422,10 @@ impl Checker<'_> {
         }
         if let Some(text) = &raw.handshake_timeout {
             config.handshake_timeout = Some(self.handshake_timeout(text)?);
+        }
+        if let Some(text) = &raw.max_listeners {
+            config.max_listeners =
+                Some(cli::parse_max_listeners(text).map_err(|e| self.at("maxListeners", e))?);
         }
         if let Some(text) = &raw.metrics_addr {
             config.metrics_addr = Some(self.metrics_addr(text)?);
@@ -1738,6 +1745,20 @@ namespaces:
             Some(3),
             "'1.5s' is not a duration",
         );
+        fails(
+            "\nmaxListeners: 0\n",
+            Some("maxListeners"),
+            Some(2),
+            "'0' is not a number of listeners from 1 to 16384",
+        );
+        fails(
+            "maxListeners: many\n",
+            Some("maxListeners"),
+            Some(1),
+            "'many' is not a number of listeners from 1 to 16384",
+        );
+        assert_eq!(ok("maxListeners: 1024\n").max_listeners, Some(1024));
+        assert_eq!(ok("maxListeners: '64'\n").max_listeners, Some(64));
         fails(
             "handshakeTimeout: soon\n",
             Some("handshakeTimeout"),

@@ -158,6 +158,15 @@ pub fn load(
         max_entries(usage_data, map_names::SLOT_USAGE)?,
     )
     .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
+    // Pinned maps keep the size they were made with; the agent goes by theirs.
+    if usage.slots() != capacity.listeners {
+        tracing::warn!(
+            pinned = usage.slots(),
+            asked = capacity.listeners,
+            "the pinned maps hold another number of listener slots than asked for \
+             (--max-listeners); the pinned number holds until the pins are removed"
+        );
+    }
     let preexisting: HashMap<MapData, u64, SourceKey> = take(&mut ebpf, map_names::PREEXISTING)?;
     let preexisting_batch = max_entries(preexisting.map(), map_names::PREEXISTING)?;
     let maps = Maps {

@@ -180,7 +180,7 @@ impl LimitTable {
                             if self.netns.is_some() {
                                 ", the most a namespace's copy of the maps holds"
                             } else {
-                                ""
+                                ", the agent's --max-listeners"
                             }
                         ))
                     })?,

@@ -20,6 +20,8 @@ pub struct Settings {
     pub ifaces: Vec<String>,
     pub over_limit: Action,
     pub handshake_timeout: Duration,
+    /// Listener slots in the agent's own copy of the maps (`--max-listeners`).
+    pub max_listeners: u32,
     pub metrics_addr: Option<SocketAddr>,
     /// Every limit with its action resolved.
     pub limits: Vec<LimitSpec>,
@@ -60,6 +62,10 @@ impl Settings {
             .handshake_timeout
             .or(file.handshake_timeout)
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        let max_listeners = flags
+            .max_listeners
+            .or(file.max_listeners)
+            .unwrap_or(limiter_common::MAX_LISTENERS);
         let metrics_addr = match flags.metrics_addr {
             Some(flag) => flag,
             None => Some(
@@ -124,10 +130,12 @@ impl Settings {
 
         proxy_flags_need_a_proxy(flags, over_limit, &proxies)?;
         let limits = enforced_listeners(limits, &proxies)?;
+        fits_max_listeners(&limits, max_listeners)?;
         let settings = Settings {
             ifaces,
             over_limit,
             handshake_timeout,
+            max_listeners,
             metrics_addr,
             limits,
             proxies,
@@ -142,6 +150,25 @@ impl Settings {
             .iter()
             .find(|l| l.listener == *listener && l.scope == scope)
     }
+}
+
+/// Every listener limited in the agent's own namespace takes one slot of its maps (its own
+/// limit and its per-source one share it): more than `--max-listeners` could never all be
+/// enforced, so the agent refuses to start (or a reload is rejected) rather than leave some
+/// unlimited.
+fn fits_max_listeners(limits: &[LimitSpec], max_listeners: u32) -> Result<(), String> {
+    let listeners: std::collections::BTreeSet<Listener> =
+        limits.iter().map(|l| l.listener).collect();
+    if listeners.len() > max_listeners as usize {
+        return Err(format!(
+            "--max-listeners {max_listeners}: {} listeners are limited in the agent's network \
+             namespace, more than its maps hold; raise --max-listeners (`maxListeners` in \
+             --config; at most {})",
+            listeners.len(),
+            limiter_common::MAX_LISTENERS
+        ));
+    }
+    Ok(())
 }
 
 /// What a reload changes: only limits and keepalive policies are applied live; anything else
@@ -191,6 +218,7 @@ impl Change {
                 old.handshake_timeout != new.handshake_timeout,
                 "handshakeTimeout",
             ),
+            (old.max_listeners != new.max_listeners, "maxListeners"),
         ] {
             if differs {
                 needs_restart.push(what);
@@ -388,6 +416,39 @@ mod tests {
             unreachable!()
         };
         Settings::merge(&run, None)
+    }
+
+    #[test]
+    fn more_listeners_than_max_listeners_is_an_error() {
+        // A listener's own and per-source limits share its slot: two listeners here.
+        let two = [
+            "--limit",
+            "8000=1",
+            "--limit-per-source",
+            "8000=1",
+            "--limit",
+            "9000=1",
+        ];
+        assert_eq!(
+            merge(&[&two[..], &["--max-listeners", "2"]].concat())
+                .unwrap()
+                .max_listeners,
+            2
+        );
+        let error = merge(&[&two[..], &["--max-listeners", "1"]].concat()).unwrap_err();
+        assert!(
+            error.starts_with(
+                "--max-listeners 1: 2 listeners are limited in the agent's network namespace"
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            merge(&[]).unwrap().max_listeners,
+            limiter_common::MAX_LISTENERS
+        );
+        let old = merge(&[]).unwrap();
+        let new = merge(&["--max-listeners", "64"]).unwrap();
+        assert_eq!(Change::between(&old, &new).needs_restart, ["maxListeners"]);
     }
 
     #[test]

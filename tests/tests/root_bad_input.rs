@@ -85,6 +85,37 @@ fn root_bad_handshake_timeout() {
 }
 
 #[test]
+fn root_bad_max_listeners() {
+    expect_refusal(
+        &["--limit", "8000=5", "--max-listeners", "0"],
+        2,
+        &[
+            "--max-listeners",
+            "'0' is not a number of listeners from 1 to 16384",
+        ],
+    );
+}
+
+/// More listeners limited than the agent's maps would hold: refused before anything is loaded.
+#[test]
+fn root_more_limits_than_max_listeners() {
+    expect_refusal(
+        &[
+            "--limit",
+            "8000=5",
+            "--limit",
+            "8001=5",
+            "--limit-per-source",
+            "8001=1",
+            "--max-listeners",
+            "1",
+        ],
+        2,
+        &["--max-listeners 1: 2 listeners are limited"],
+    );
+}
+
+#[test]
 fn root_unknown_interface() {
     let bed = TestBed::new();
     let socket = Agent::socket_path().display().to_string();

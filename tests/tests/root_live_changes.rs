@@ -130,6 +130,58 @@ fn root_set_adds_a_listener() {
     assert_eq!(row.admitted_total, 2, "{row:?}");
 }
 
+/// `--max-listeners` sizes the agent's own maps (their listener slots are per CPU): with 2, a
+/// third listener set live is refused with an error naming the flag, nothing changes, and once
+/// one is unset its slot takes another.
+#[test]
+fn root_max_listeners_sizes_the_maps_and_set_beyond_it_is_refused() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _server = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--max-listeners",
+            "2",
+            "--limit",
+            "9000=1",
+            "--limit",
+            "9001=1",
+        ],
+    );
+    let slots: Vec<u32> = agent
+        .maps()
+        .into_iter()
+        .filter(|(name, _)| name == "SLOT_STATS" || name == "SLOT_USAGE")
+        .map(|(_, entries)| entries)
+        .collect();
+    assert_eq!(slots, [2, 2], "{:?}", agent.maps());
+
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let refused = agent.cli(&["set", &format!("{listener}=1:reset")]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("no free listener slot (2 in use, the agent's --max-listeners)"),
+        "{}: {stderr}",
+        refused.status
+    );
+    assert!(agent.stats().listener(&listener).is_none());
+    let open = Hold::open(&bed, 2, &server, 5000);
+    assert_eq!(open.result.connected, 2, "not limited: {:?}", open.result);
+    drop(open);
+
+    agent.unset("9001");
+    agent.set(&format!("{listener}=1:reset"));
+    let hold = Hold::open(&bed, 2, &server, 5000);
+    assert_eq!(
+        (hold.result.connected, hold.result.refused),
+        (1, 1),
+        "{:?}",
+        hold.result
+    );
+}
+
 /// Two listeners on one port (the exact address and the bare port), then each removed in turn:
 /// the most specific one always decides, and the one left keeps limiting on its own (a port
 /// with one listener is looked up by its slot, several by hash; the agent switches between

@@ -156,6 +156,62 @@ fn root_keep_pinned_leaves_enforcement_running() {
     bed.assert_no_xdp("after the adopting agent stopped");
 }
 
+/// Pinned maps keep the size they were made with: an agent restarted with another
+/// `--max-listeners` over kept pins says so in its log and goes by the pinned size (the maps
+/// cannot be resized without ending enforcement).
+#[test]
+fn root_max_listeners_changed_over_pins_is_warned_and_the_pinned_size_holds() {
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let pin_arg = pins.arg();
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--max-listeners",
+            "4",
+            "--limit",
+            "9000=1",
+            "--pin-dir",
+            &pin_arg,
+            "--keep-pinned",
+        ],
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+
+    let agent = Agent::start(
+        &bed,
+        &[
+            "--max-listeners",
+            "64",
+            "--limit",
+            "9000=1",
+            "--pin-dir",
+            &pin_arg,
+        ],
+    );
+    let log = agent.stderr();
+    assert!(
+        log.iter().any(
+            |l| l.contains("another number of listener slots than asked for")
+                && l.contains("pinned=4")
+                && l.contains("asked=64")
+        ),
+        "{log:#?}"
+    );
+    for port in 9001..9004 {
+        agent.set(&format!("{port}=1"));
+    }
+    let fifth = agent.cli(&["set", "9004=1"]);
+    let stderr = String::from_utf8_lossy(&fifth.stderr);
+    assert!(
+        !fifth.status.success() && stderr.contains("no free listener slot (4 in use"),
+        "{}: {stderr}",
+        fifth.status
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+    assert!(!pins.0.exists(), "pins left behind");
+}
+
 #[test]
 fn root_pin_dir_not_on_bpffs_is_refused() {
     let bed = TestBed::new();

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use limiter::capacity::Capacity;
+use limiter_common::MAX_LISTENERS;
 use limiter_tests::{
     Agent, Side, TestBed,
     agent::http_get,
@@ -394,7 +395,7 @@ fn root_a_pods_maps_are_sized_for_one_workload() {
     let _server = serve(&bed, &pod);
     let agent = agent_for(&bed, &[(&pod, "8000=1:reset")], &[]);
     let maps = agent.maps();
-    let (own, pods) = (Capacity::AGENT, Capacity::NETNS);
+    let (own, pods) = (Capacity::agent(MAX_LISTENERS), Capacity::NETNS);
     for (name, own_entries, pod_entries) in [
         ("SLOT_STATS", own.listeners, pods.listeners),
         ("SLOT_USAGE", own.listeners, pods.listeners),
