@@ -200,6 +200,37 @@ fn root_config_file_reload_applies_only_valid_files() {
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
 }
 
+/// A reload cannot outgrow the maps the agent made at start: more listeners than the running
+/// `maxListeners` are rejected whole (even when the file raises it, which takes effect on
+/// restart), and nothing changes.
+#[test]
+fn root_reload_beyond_max_listeners_is_rejected_whole() {
+    let bed = TestBed::new();
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    let file = config_file(&format!("maxListeners: 1\n{}", envoy_style(&listener, 1)));
+    let path = file.0.display().to_string();
+    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    let other = format!("{}:{}", bed.srv_v4, PORT + 1);
+    fs::write(
+        &file.0,
+        format!(
+            "maxListeners: 4\nlisteners:\n  - listener: \"{listener}\"\n    connection: {{connectionLimit: {{value: 2}}}}\n  - listener: \"{other}\"\n    connection: {{connectionLimit: {{value: 2}}}}\n"
+        ),
+    )
+    .unwrap();
+    let out = agent.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("reload rejected, nothing changed: --max-listeners 1: 2 listeners")
+            && stderr.contains("take effect on restart"),
+        "{stderr}"
+    );
+    assert_eq!(agent.listener(&listener).limit, 1, "changed in part");
+    assert!(agent.stats().listener(&other).is_none());
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
+
 #[test]
 fn root_config_flags_win_and_bad_files_are_refused_at_start() {
     let bed = TestBed::new();
