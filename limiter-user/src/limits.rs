@@ -180,7 +180,8 @@ impl LimitTable {
                             if self.netns.is_some() {
                                 ", the most a namespace's copy of the maps holds"
                             } else {
-                                ", the agent's --max-listeners"
+                                ", all the agent's maps hold: --max-listeners, or the size \
+                                 pinned maps were made with"
                             }
                         ))
                     })?,
@@ -308,6 +309,39 @@ impl LimitTable {
             port_entry::pack(now, only)
         };
         self.maps.ports.set(port as u32, entry, 0)
+    }
+
+    /// Whether limits on exactly `listeners` (a reload's) would all find a slot, before any is
+    /// changed: each takes one, and a slot still holding connections of a listener not among
+    /// them (removed now or earlier) stays taken until they close. The maps' size is the one
+    /// they were made with (`--max-listeners` at start, or the pinned maps').
+    pub fn room_for(&self, listeners: &BTreeSet<Listener>) -> Result<(), String> {
+        let usage = &self.maps.usage;
+        let held = self
+            .configured
+            .iter()
+            .map(|(listener, limit)| (listener, limit.slot))
+            .chain(
+                self.draining
+                    .iter()
+                    .map(|(listener, slot)| (listener, *slot)),
+            )
+            .filter(|(listener, _)| !listeners.contains(listener))
+            .map(|(_, slot)| slot)
+            .chain(self.orphans.iter().copied())
+            .filter(|&slot| usage.get(slot).reserved != 0)
+            .count();
+        let slots = usage.slots() as usize;
+        if listeners.len() + held > slots {
+            return Err(format!(
+                "{} listeners would be limited, and {held} slots still hold connections of \
+                 listeners no longer limited: more than the {slots} listener slots the agent's \
+                 maps hold (--max-listeners at start; a new value takes effect on restart, and \
+                 over kept pins once they are removed)",
+                listeners.len()
+            ));
+        }
+        Ok(())
     }
 
     /// A never-used slot, or one whose listener was unset and whose connections have all
@@ -520,11 +554,10 @@ impl LimitTable {
 
     /// Every listener with a limit of its own, with its slot and limit (per-source limits
     /// are not flooded: forged sources never take a place in them).
-    pub fn limits(&self) -> Vec<(Listener, u32, u32)> {
+    pub fn limits(&self) -> impl Iterator<Item = (Listener, u32, u32)> + '_ {
         self.configured
             .iter()
             .filter_map(|(listener, limit)| limit.own.map(|(own, _)| (*listener, limit.slot, own)))
-            .collect()
     }
 
     /// Whether any slot in use holds a reservation that is not an established connection: a
