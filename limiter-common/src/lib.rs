@@ -414,8 +414,16 @@ pub struct AgentConfig {
     /// not counted. 0 disables accounting (not yet configured).
     pub netns_cookie: u64,
     pub layout_version: u32,
-    pub _pad: u32,
+    /// What the program-wide counters in `PACKET_STATS` mean ([`COUNTERS_REVISION`]): an agent
+    /// adopting pins of an earlier revision zeroes the counters whose meaning changed since,
+    /// rather than carry their totals over under a new name. (Was padding, so pins from before
+    /// it read 0.)
+    pub counters_revision: u32,
 }
+
+/// Revision of `packet_stat`'s meanings. 1: index 0 counts SYNs to no limited listener, where
+/// it counted every frame that was not a SYN to a limited listener.
+pub const COUNTERS_REVISION: u32 = 1;
 
 /// Indexes of the program-wide per-CPU packet counters in `PACKET_STATS`.
 pub mod packet_stat {

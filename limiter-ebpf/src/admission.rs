@@ -63,6 +63,8 @@ pub fn admission(ctx: XdpContext) -> u32 {
     if listener.action == action::CLOSE || listener.limit == NO_LIMIT {
         return pass(packet_stat::SYN_PASSED);
     }
+    // (Never None: the agent only writes slots below SLOT_USAGE's size; the verifier needs
+    // the check.)
     let Some(usage) = Usage::of(listener.slot) else {
         return pass(packet_stat::SYN_NOT_LIMITED);
     };

@@ -189,7 +189,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Frame {
         l4 += len;
         ext_len += len;
     }
-    // Fragments, ESP, too many extension headers, other protocols: not ours.
+    // Fragments, ESP, too many extension headers, other protocols: not a SYN to look at.
     if next_header != IPPROTO_TCP {
         return Frame::NotSyn;
     }

@@ -27,7 +27,7 @@ use crate::{
     pins::PinDir,
     preexisting, preflight,
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
-    settings::{self, Change, Settings},
+    settings::{Change, Settings},
     sock_diag::SockDiag,
     unbound,
     xdp_mode::{self, Attachment},
@@ -227,13 +227,13 @@ impl AgentState {
         let new = Settings::load(&self.flags)
             .map_err(|e| format!("reload rejected, nothing changed: {e}"))?;
         let mut current = self.settings.lock().unwrap_or_else(|p| p.into_inner());
-        // The maps in use were made with the running --max-listeners (a new one takes effect on
-        // restart): limits beyond it could only be applied in part.
-        settings::fits_max_listeners(&new.limits, current.max_listeners).map_err(|e| {
-            format!("reload rejected, nothing changed: {e} (maxListeners changes take effect on restart)")
-        })?;
         let change = Change::between(&current, &new);
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        // The maps keep the size they were made with: limits beyond it could only be applied
+        // in part.
+        table
+            .room_for(&new.limits.iter().map(|l| l.listener).collect())
+            .map_err(|e| format!("reload rejected, nothing changed: {e}"))?;
         let mut done = Vec::new();
         for (listener, scope) in &change.unset {
             table.unset(listener, *scope).map_err(|e| e.to_string())?;

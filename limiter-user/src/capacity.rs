@@ -34,7 +34,7 @@ pub struct Capacity {
 impl Capacity {
     /// The agent's own copy, attached to the node's interfaces and the cgroup root, with
     /// `listeners` slots (`--max-listeners`, at most `MAX_LISTENERS`): SLOT_STATS is per CPU,
-    /// so on a large node the slots are most of this copy's memory (2 MiB per CPU at 16,384).
+    /// so on a large node the slots are most of this copy's memory (1.9 MiB per CPU at 16,384).
     pub const fn agent(listeners: u32) -> Capacity {
         Capacity {
             listeners,

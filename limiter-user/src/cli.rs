@@ -124,7 +124,7 @@ pub struct RunArgs {
 
     /// How many listeners the agent can limit at once in its own network namespace (1-16384).
     /// Their kernel maps are made at start, and one of them is per CPU: each listener slot costs
-    /// about 124 bytes per CPU (16,384 slots: 2 MiB per CPU, 127 MiB on a 64-CPU node). Limits
+    /// about 124 bytes per CPU (16,384 slots: 1.9 MiB per CPU, 124 MiB on a 64-CPU node). Limits
     /// in pods' namespaces have maps of their own (256 listeners each).
     /// [default: 16384]
     #[arg(long, value_parser = parse_max_listeners, value_name = "N")]

@@ -203,7 +203,8 @@ pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
             None,
             None,
             "the file has no settings: expected a mapping of interfaces, overLimit, \
-             handshakeTimeout, metricsAddr, listeners, keepalivePolicies, namespaces"
+             handshakeTimeout, maxListeners, metricsAddr, listeners, keepalivePolicies, \
+             namespaces"
                 .into(),
         ));
     }

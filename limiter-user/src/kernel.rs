@@ -10,8 +10,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, PerCpuArray, ProgramArray, RingBuf, SkStorage,
-        lpm_trie::LpmTrie,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+        RingBuf, SkStorage, lpm_trie::LpmTrie,
     },
     programs::{
         CgroupAttachMode, ProgramFd, SockOps, Xdp,
@@ -19,9 +19,9 @@ use aya::{
     },
 };
 use limiter_common::{
-    AgentConfig, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig, ListenerKey,
-    MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, SourceKey, TrackedSocket, map_names,
-    program_names,
+    AgentConfig, COUNTERS_REVISION, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig,
+    ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, SourceKey, TrackedSocket,
+    map_names, packet_stat, program_names,
 };
 
 use crate::{
@@ -90,6 +90,10 @@ pub fn load(
     capacity: &Capacity,
     pins: Option<&PinDir>,
 ) -> Result<(Programs, Maps), AgentError> {
+    let capacity = match pins.filter(|p| p.adopting) {
+        Some(pins) => pinned_capacity(capacity, pins)?,
+        None => *capacity,
+    };
     let mut loader = EbpfLoader::new();
     capacity.apply(&mut loader);
     let log_level = crate::logging::level().kernel();
@@ -115,6 +119,8 @@ pub fn load(
             })?;
     let mut config: Array<&mut MapData, AgentConfig> =
         Array::try_from(config_map).map_err(AgentError::map(map_names::AGENT_CONFIG))?;
+    // Fresh maps start at zero; adopted ones keep their counts.
+    let mut counters_revision = COUNTERS_REVISION;
     if let Some(pins) = pins.filter(|p| p.adopting) {
         let found = config
             .get(&0, 0)
@@ -132,11 +138,12 @@ pub fn load(
                 pins.map_path(map_names::AGENT_CONFIG),
             ));
         }
+        counters_revision = found.counters_revision;
     }
     let agent = AgentConfig {
         netns_cookie,
         layout_version: MAP_LAYOUT_VERSION,
-        _pad: 0,
+        counters_revision: COUNTERS_REVISION,
     };
     config
         .set(0, agent, 0)
@@ -158,15 +165,6 @@ pub fn load(
         max_entries(usage_data, map_names::SLOT_USAGE)?,
     )
     .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
-    // Pinned maps keep the size they were made with; the agent goes by theirs.
-    if usage.slots() != capacity.listeners {
-        tracing::warn!(
-            pinned = usage.slots(),
-            asked = capacity.listeners,
-            "the pinned maps hold another number of listener slots than asked for \
-             (--max-listeners); the pinned number holds until the pins are removed"
-        );
-    }
     let preexisting: HashMap<MapData, u64, SourceKey> = take(&mut ebpf, map_names::PREEXISTING)?;
     let preexisting_batch = max_entries(preexisting.map(), map_names::PREEXISTING)?;
     let maps = Maps {
@@ -174,7 +172,10 @@ pub fn load(
         ports: take(&mut ebpf, map_names::PORTS)?,
         slot_listeners: take(&mut ebpf, map_names::SLOT_LISTENERS)?,
         slot_stats: take(&mut ebpf, map_names::SLOT_STATS)?,
-        packet_stats: take(&mut ebpf, map_names::PACKET_STATS)?,
+        packet_stats: renamed_counters_zeroed(
+            take(&mut ebpf, map_names::PACKET_STATS)?,
+            counters_revision,
+        )?,
         pending: take(&mut ebpf, map_names::PENDING)?,
         sockets: take(&mut ebpf, map_names::SOCKETS)?,
         sources: take(&mut ebpf, map_names::SOURCES)?,
@@ -242,6 +243,56 @@ impl Drop for Programs {
             task.abort();
         }
     }
+}
+
+/// PACKET_STATS with the counters whose meaning changed after `revision` (the adopted pins')
+/// set to zero: a total of the old meaning under the new name would be a wrong figure.
+fn renamed_counters_zeroed(
+    mut stats: PerCpuArray<MapData, u64>,
+    revision: u32,
+) -> Result<PerCpuArray<MapData, u64>, AgentError> {
+    if revision < 1 {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AgentError::syscall(what)(e))?;
+        // One value per possible CPU, as the map has: cannot fail.
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(AgentError::syscall("per-CPU values for PACKET_STATS"))?;
+        stats
+            .set(packet_stat::SYN_NOT_LIMITED, zeros, 0)
+            .map_err(AgentError::map(map_names::PACKET_STATS))?;
+        tracing::info!(
+            "adopted counters of an earlier revision: SYNs to no limited listener start from 0 \
+             (the counter in their place counted every frame that was not a SYN to a limited \
+             listener)"
+        );
+    }
+    Ok(stats)
+}
+
+/// `capacity` with the listener slots of the pinned maps about to be adopted. Pinned maps keep
+/// the size they were made with (a map cannot be resized), and aya checks an array's index
+/// against the size the object asks for, not the map's: asking for another size than the
+/// pinned one would make every slot beyond the smaller of the two unreadable, or unwritable.
+fn pinned_capacity(capacity: &Capacity, pins: &PinDir) -> Result<Capacity, AgentError> {
+    let path = pins.map_path(map_names::SLOT_USAGE);
+    if !path.exists() {
+        return Ok(*capacity);
+    }
+    let pinned = aya::maps::MapInfo::from_pin(&path)
+        .map_err(AgentError::map(map_names::SLOT_USAGE))?
+        .max_entries();
+    if pinned != capacity.listeners {
+        tracing::warn!(
+            pinned,
+            asked = capacity.listeners,
+            pin = %path.display(),
+            "the pinned maps hold another number of listener slots than asked for \
+             (--max-listeners); the pinned number holds until the pins are removed"
+        );
+    }
+    Ok(Capacity {
+        listeners: pinned,
+        ..*capacity
+    })
 }
 
 /// A map's entries as the map is (pinned maps keep the size they were made with), not as the

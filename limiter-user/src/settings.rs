@@ -156,7 +156,7 @@ impl Settings {
 /// limit and its per-source one share it): more than `--max-listeners` could never all be
 /// enforced, so the agent refuses to start (or a reload is rejected) rather than leave some
 /// unlimited.
-pub fn fits_max_listeners(limits: &[LimitSpec], max_listeners: u32) -> Result<(), String> {
+fn fits_max_listeners(limits: &[LimitSpec], max_listeners: u32) -> Result<(), String> {
     let listeners: std::collections::BTreeSet<Listener> =
         limits.iter().map(|l| l.listener).collect();
     if listeners.len() > max_listeners as usize {

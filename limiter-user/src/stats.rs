@@ -115,7 +115,8 @@ fn yes() -> bool {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PacketReport {
     /// SYNs to an address and port no listener limits. Frames that are not a SYN are not
-    /// counted at all (`packet_stat`).
+    /// counted at all (`packet_stat`). Defaulted: an agent from before it sends none.
+    #[serde(default)]
     pub syn_not_limited_total: u64,
     pub malformed_total: u64,
     pub syn_passed_total: u64,

@@ -138,7 +138,7 @@ impl AdmissionProgram {
                 AgentConfig {
                     netns_cookie: 0,
                     layout_version: MAP_LAYOUT_VERSION,
-                    _pad: 0,
+                    counters_revision: limiter_common::COUNTERS_REVISION,
                 },
                 0,
             )

@@ -205,6 +205,12 @@ fn root_port_without_limit_is_untouched() {
     let stats = agent.stats();
     assert_eq!(stats.listeners.len(), 1, "{stats:?}");
     assert_eq!(stats.packets.syn_refused_total, 0, "{stats:?}");
+    // The other port's SYNs are counted as SYNs to no limited listener.
+    assert!(
+        stats.packets.syn_not_limited_total >= MANY,
+        "{:?}",
+        stats.packets
+    );
 }
 
 /// UDP to a limited port (full, with action reset) passes both ways, for both families.
@@ -236,13 +242,15 @@ fn root_non_tcp_passes() {
         (1, 1, 0),
         "{row:?}"
     );
-    // UDP is passed on the uncounted path: neither refused nor taken for malformed.
+    // UDP is passed on the uncounted path: no counter moved for it (the only SYNs here are to
+    // the limited port).
     assert_eq!(
         (
             stats.packets.malformed_total,
-            stats.packets.syn_refused_total
+            stats.packets.syn_refused_total,
+            stats.packets.syn_not_limited_total
         ),
-        (0, 0),
+        (0, 0, 0),
         "{:?}",
         stats.packets
     );

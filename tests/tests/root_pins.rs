@@ -157,47 +157,46 @@ fn root_keep_pinned_leaves_enforcement_running() {
 }
 
 /// Pinned maps keep the size they were made with: an agent restarted with another
-/// `--max-listeners` over kept pins says so in its log and goes by the pinned size (the maps
-/// cannot be resized without ending enforcement).
+/// `--max-listeners` over kept pins says so in its log and goes by the pinned size, both ways
+/// (the maps cannot be resized without ending enforcement): with more asked for, the pinned
+/// slots are all there are; with fewer, every pinned slot still works, counted and enforced.
 #[test]
 fn root_max_listeners_changed_over_pins_is_warned_and_the_pinned_size_holds() {
     let bed = TestBed::new();
     let pins = PinDir::new();
     let pin_arg = pins.arg();
-    let agent = Agent::start(
-        &bed,
-        &[
-            "--max-listeners",
-            "4",
-            "--limit",
-            "9000=1",
-            "--pin-dir",
-            &pin_arg,
-            "--keep-pinned",
-        ],
-    );
-    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let warned = |agent: &Agent, asked: u32| {
+        let log = agent.stderr();
+        assert!(
+            log.iter().any(
+                |l| l.contains("another number of listener slots than asked for")
+                    && l.contains("pinned=4")
+                    && l.contains(&format!("asked={asked}"))
+            ),
+            "{log:#?}"
+        );
+    };
+    let start = |max: &str| {
+        Agent::start(
+            &bed,
+            &[
+                "--max-listeners",
+                max,
+                "--limit",
+                "9000=1",
+                "--pin-dir",
+                &pin_arg,
+                "--keep-pinned",
+            ],
+        )
+    };
+    assert_eq!(start("4").stop(libc::SIGTERM).code(), Some(0));
 
-    let agent = Agent::start(
-        &bed,
-        &[
-            "--max-listeners",
-            "64",
-            "--limit",
-            "9000=1",
-            "--pin-dir",
-            &pin_arg,
-        ],
-    );
-    let log = agent.stderr();
-    assert!(
-        log.iter().any(
-            |l| l.contains("another number of listener slots than asked for")
-                && l.contains("pinned=4")
-                && l.contains("asked=64")
-        ),
-        "{log:#?}"
-    );
+    // More asked for than pinned: 4 slots all the same.
+    let agent = start("64");
+    warned(&agent, 64);
     for port in 9001..9004 {
         agent.set(&format!("{port}=1"));
     }
@@ -207,6 +206,83 @@ fn root_max_listeners_changed_over_pins_is_warned_and_the_pinned_size_holds() {
         !fifth.status.success() && stderr.contains("no free listener slot (4 in use"),
         "{}: {stderr}",
         fifth.status
+    );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+
+    // Fewer asked for than pinned: the slots beyond 2 still work.
+    let agent = start("2");
+    warned(&agent, 2);
+    for port in 9001..9003 {
+        agent.set(&format!("{port}=1"));
+    }
+    let listener = format!("{}:{PORT}", bed.srv_v4);
+    agent.set(&format!("{listener}=1:reset"));
+    let hold = Hold::open(&bed, 2, &server, 3000);
+    assert_eq!(
+        (hold.result.connected, hold.result.refused),
+        (1, 1),
+        "{:?}",
+        hold.result
+    );
+    agent.wait_listener(&listener, "1 active", Duration::from_secs(5), |l| {
+        l.active == 1 && l.refused_total == 1
+    });
+    drop(hold);
+    assert_eq!(agent.stop(libc::SIGKILL).code(), None);
+    let cleanup = Agent::start(&bed, &["--limit", "9000=1", "--pin-dir", &pin_arg]);
+    assert_eq!(cleanup.stop(libc::SIGTERM).code(), Some(0));
+    assert!(!pins.0.exists(), "pins left behind");
+}
+
+/// Pins left by an agent whose counter 0 meant something else (every frame not a SYN to a
+/// limited listener; `AgentConfig::counters_revision` 0) are adopted with that counter zeroed,
+/// not carried over as SYNs to no limited listener; the other counters keep their totals.
+#[test]
+fn root_counters_of_an_earlier_revision_are_not_carried_over() {
+    use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+    use limiter_common::{AgentConfig, packet_stat};
+
+    let bed = TestBed::new();
+    let pins = PinDir::new();
+    let pin_arg = pins.arg();
+    let args = ["--limit", "9000=1", "--pin-dir", &pin_arg, "--keep-pinned"];
+    assert_eq!(
+        Agent::start(&bed, &args).stop(libc::SIGTERM).code(),
+        Some(0)
+    );
+    // Make the pins look like an earlier agent's.
+    let maps = pins.0.join(format!("v{MAP_LAYOUT_VERSION}/maps"));
+    let mut config: Array<MapData, AgentConfig> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(maps.join("AGENT_CONFIG")).expect("AGENT_CONFIG pin"),
+    ))
+    .unwrap();
+    let old = AgentConfig {
+        counters_revision: 0,
+        ..config.get(&0, 0).unwrap()
+    };
+    config.set(0, old, 0).unwrap();
+    let mut stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+        MapData::from_pin(maps.join("PACKET_STATS")).expect("PACKET_STATS pin"),
+    ))
+    .unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    for index in [packet_stat::SYN_NOT_LIMITED, packet_stat::MALFORMED] {
+        stats
+            .set(
+                index,
+                PerCpuValues::try_from(vec![1000u64; cpus]).unwrap(),
+                0,
+            )
+            .unwrap();
+    }
+    drop((config, stats));
+
+    let agent = Agent::start(&bed, &["--limit", "9000=1", "--pin-dir", &pin_arg]);
+    let packets = agent.stats().packets;
+    assert_eq!(
+        (packets.syn_not_limited_total, packets.malformed_total),
+        (0, 1000 * cpus as u64),
+        "{packets:?}"
     );
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
     assert!(!pins.0.exists(), "pins left behind");

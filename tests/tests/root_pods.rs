@@ -431,7 +431,8 @@ fn root_a_pods_maps_are_sized_for_one_workload() {
         args.extend_from_slice(&["--limit-in", &path, limit]);
     }
     let finished = Agent::run_to_exit(&bed, &args);
-    // Exit 1, as for the agent's own slots: a capacity reached, not a malformed value.
+    // Exit 1: a capacity reached at load, not a malformed value (the agent's own slots are a
+    // flag, --max-listeners, checked with the other flags: exit 2).
     check_refusal(
         &bed,
         &finished,

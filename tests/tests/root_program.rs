@@ -492,12 +492,19 @@ fn root_single_listener_on_a_port_matches_like_the_hash_lookup() {
                 &format!("{name} listener, SYN to {to}"),
             );
         }
-        // A SYN to another port is never ours.
+        // A SYN to another port is never ours, and counted as such.
+        let before = program.packets();
         expect(
             &program,
             &tcp_v4(CLIENT4, SERVER4, &Tcp::syn(40_003, PORT + 1)),
             XDP_PASS,
             &format!("{name} listener, SYN to another port"),
+        );
+        let delta = program.packets().since(&before);
+        assert_eq!(
+            (delta.counted(), delta.get(packet_stat::SYN_NOT_LIMITED)),
+            (1, 1),
+            "{name}: {delta:?}"
         );
         let refused = ours.iter().filter(|o| **o).count() as u64;
         assert_eq!(program.slot_stats(0).refused_drop, refused, "{name}");
@@ -1097,6 +1104,7 @@ fn root_fuzz_frames_not_ours_always_pass() {
     let mut rng = Rng::new(SEED);
     let started = Instant::now();
     let before = program.packets();
+    let mut last = before;
     let (usage0, usage1) = (program.usage(0), program.usage(1));
     let (stats0, stats1) = (program.slot_stats(0), program.slot_stats(1));
     let (mut fed, mut skipped, mut generated) = (0u64, 0u64, 0u64);
@@ -1118,6 +1126,16 @@ fn root_fuzz_frames_not_ours_always_pass() {
             failures.push(format!(
                 "#{generated}: {} for {}",
                 verdict_name(run.verdict),
+                hex(&frame)
+            ));
+        }
+        // A frame ends in at most one outcome counter (none if it is not a SYN at all).
+        let now = program.packets();
+        let counted = now.since(&last);
+        last = now;
+        if counted.counted() > 1 {
+            failures.push(format!(
+                "#{generated}: counted more than once: {counted:?} for {}",
                 hex(&frame)
             ));
         }

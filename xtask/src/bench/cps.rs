@@ -422,11 +422,11 @@ impl ProgramTime {
         // work may take what a 97% rate would leave it, 3% of a connection's CPU.
         let share = own_us / empty_cpu;
         part.targets.push(Target {
-            what: "limiter's own cost per connection above the exact-count floor (its programs' \
-                   run time over the floor's, plus its agent's CPU), as a share of what a \
-                   connection costs the machine with the empty program (generic): the 97% \
-                   connections/s target restated without the primitives any exact count needs \
-                   (see part 6)"
+            what: "limiter's own cost per connection, the exact-count floor's left out (its \
+                   programs' run time over the floor's, plus its agent's CPU), as a share of \
+                   what a connection costs the machine with the empty program (generic): the \
+                   97% connections/s target's budget for limiter's own work, the primitives any \
+                   exact count needs taken out"
                 .into(),
             goal: "≤ 3%".into(),
             measured: format!(
