@@ -218,7 +218,10 @@ impl Change {
                 old.handshake_timeout != new.handshake_timeout,
                 "handshakeTimeout",
             ),
-            (old.max_listeners != new.max_listeners, "maxListeners"),
+            (
+                old.max_listeners != new.max_listeners,
+                "maxListeners (over kept pins: once they are removed)",
+            ),
         ] {
             if differs {
                 needs_restart.push(what);
@@ -448,7 +451,10 @@ mod tests {
         );
         let old = merge(&[]).unwrap();
         let new = merge(&["--max-listeners", "64"]).unwrap();
-        assert_eq!(Change::between(&old, &new).needs_restart, ["maxListeners"]);
+        assert_eq!(
+            Change::between(&old, &new).needs_restart,
+            ["maxListeners (over kept pins: once they are removed)"]
+        );
     }
 
     #[test]
