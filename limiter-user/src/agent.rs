@@ -232,7 +232,7 @@ impl AgentState {
         // The maps keep the size they were made with: limits beyond it could only be applied
         // in part.
         table
-            .room_for(&new.limits.iter().map(|l| l.listener).collect())
+            .room_for(&change.unset, &change.set)
             .map_err(|e| format!("reload rejected, nothing changed: {e}"))?;
         let mut done = Vec::new();
         for (listener, scope) in &change.unset {
@@ -359,6 +359,7 @@ async fn enforce(
     programs.attach_accounting(cgroup, pins)?;
     tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
     programs.attach_admission(&attachments, pins)?;
+    programs.retire_old_counters(table.maps_mut())?;
     for Attachment {
         iface, mode, why, ..
     } in &attachments

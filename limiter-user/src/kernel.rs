@@ -40,6 +40,8 @@ pub struct Maps {
     pub slot_listeners: Array<MapData, SlotListener>,
     pub slot_stats: PerCpuArray<MapData, SlotStats>,
     pub packet_stats: PerCpuArray<MapData, u64>,
+    /// What `packet_stats` mean, as found in adopted pins (`AgentConfig::counters_revision`).
+    pub counters_revision: u32,
     pub pending: HashMap<MapData, FlowKey, Pending>,
     /// Counted sockets' tags (socket-local storage, read by fd): how the proxy tells an
     /// admitted connection from a held one.
@@ -140,10 +142,12 @@ pub fn load(
         }
         counters_revision = found.counters_revision;
     }
+    // An adopted revision stays until this copy's programs have replaced the old ones
+    // (`Programs::retire_old_counters`).
     let agent = AgentConfig {
         netns_cookie,
         layout_version: MAP_LAYOUT_VERSION,
-        counters_revision: COUNTERS_REVISION,
+        counters_revision,
     };
     config
         .set(0, agent, 0)
@@ -172,10 +176,8 @@ pub fn load(
         ports: take(&mut ebpf, map_names::PORTS)?,
         slot_listeners: take(&mut ebpf, map_names::SLOT_LISTENERS)?,
         slot_stats: take(&mut ebpf, map_names::SLOT_STATS)?,
-        packet_stats: renamed_counters_zeroed(
-            take(&mut ebpf, map_names::PACKET_STATS)?,
-            counters_revision,
-        )?,
+        packet_stats: take(&mut ebpf, map_names::PACKET_STATS)?,
+        counters_revision,
         pending: take(&mut ebpf, map_names::PENDING)?,
         sockets: take(&mut ebpf, map_names::SOCKETS)?,
         sources: take(&mut ebpf, map_names::SOURCES)?,
@@ -245,29 +247,6 @@ impl Drop for Programs {
     }
 }
 
-/// PACKET_STATS with the counters whose meaning changed after `revision` (the adopted pins')
-/// set to zero: a total of the old meaning under the new name would be a wrong figure.
-fn renamed_counters_zeroed(
-    mut stats: PerCpuArray<MapData, u64>,
-    revision: u32,
-) -> Result<PerCpuArray<MapData, u64>, AgentError> {
-    if revision < 1 {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AgentError::syscall(what)(e))?;
-        // One value per possible CPU, as the map has: cannot fail.
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-            .map_err(AgentError::syscall("per-CPU values for PACKET_STATS"))?;
-        stats
-            .set(packet_stat::SYN_NOT_LIMITED, zeros, 0)
-            .map_err(AgentError::map(map_names::PACKET_STATS))?;
-        tracing::info!(
-            "adopted counters of an earlier revision: SYNs to no limited listener start from 0 \
-             (the counter in their place counted every frame that was not a SYN to a limited \
-             listener)"
-        );
-    }
-    Ok(stats)
-}
-
 /// `capacity` with the listener slots of the pinned maps about to be adopted. Pinned maps keep
 /// the size they were made with (a map cannot be resized), and aya checks an array's index
 /// against the size the object asks for, not the map's: asking for another size than the
@@ -275,7 +254,11 @@ fn renamed_counters_zeroed(
 fn pinned_capacity(capacity: &Capacity, pins: &PinDir) -> Result<Capacity, AgentError> {
     let path = pins.map_path(map_names::SLOT_USAGE);
     if !path.exists() {
-        return Ok(*capacity);
+        // Pins adopted without it would be adopted at sizes nothing can check.
+        return Err(AgentError::IncompatiblePins {
+            dir: path,
+            found: "an incomplete set of pinned maps (no SLOT_USAGE)".into(),
+        });
     }
     let pinned = aya::maps::MapInfo::from_pin(&path)
         .map_err(AgentError::map(map_names::SLOT_USAGE))?
@@ -285,8 +268,9 @@ fn pinned_capacity(capacity: &Capacity, pins: &PinDir) -> Result<Capacity, Agent
             pinned,
             asked = capacity.listeners,
             pin = %path.display(),
-            "the pinned maps hold another number of listener slots than asked for \
-             (--max-listeners); the pinned number holds until the pins are removed"
+            "the pinned maps hold another number of listener slots than asked for (the \
+             agent's own maps: --max-listeners; a namespace's: 256); the pinned number holds \
+             until the pins are removed"
         );
     }
     Ok(Capacity {
@@ -312,6 +296,49 @@ where
 }
 
 impl Programs {
+    /// Once this copy's admission program has replaced an adopted older one: zeroes the
+    /// counters whose meaning changed since the adopted pins' revision, and records the new
+    /// revision. Not before: the old program, still attached until then, would go on adding
+    /// its meaning to the zeroed counter (and a start that fails before then leaves the pins
+    /// as it found them).
+    pub fn retire_old_counters(&mut self, maps: &mut Maps) -> Result<(), AgentError> {
+        if maps.counters_revision >= COUNTERS_REVISION {
+            return Ok(());
+        }
+        let name = map_names::AGENT_CONFIG;
+        let config_map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(AgentError::MissingFromObject { kind: "map", name })?;
+        let mut config: Array<&mut MapData, AgentConfig> =
+            Array::try_from(config_map).map_err(AgentError::map(name))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AgentError::syscall(what)(e))?;
+        // One value per possible CPU, as the map has: cannot fail.
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(AgentError::syscall("per-CPU values for PACKET_STATS"))?;
+        maps.packet_stats
+            .set(packet_stat::SYN_NOT_LIMITED, zeros, 0)
+            .map_err(AgentError::map(map_names::PACKET_STATS))?;
+        let found = config.get(&0, 0).map_err(AgentError::map(name))?;
+        config
+            .set(
+                0,
+                AgentConfig {
+                    counters_revision: COUNTERS_REVISION,
+                    ..found
+                },
+                0,
+            )
+            .map_err(AgentError::map(name))?;
+        maps.counters_revision = COUNTERS_REVISION;
+        tracing::info!(
+            "adopted counters of an earlier revision: SYNs to no limited listener start from 0 \
+             (the counter in their place counted every frame that was not a SYN to a limited \
+             listener)"
+        );
+        Ok(())
+    }
+
     /// Loads the accounting program without attaching it: for a namespace's copy, which the
     /// agent's own copy tail-calls (`netns::dispatch`).
     pub fn load_accounting(&mut self) -> Result<&ProgramFd, AgentError> {

@@ -311,11 +311,35 @@ impl LimitTable {
         self.maps.ports.set(port as u32, entry, 0)
     }
 
-    /// Whether limits on exactly `listeners` (a reload's) would all find a slot, before any is
-    /// changed: each takes one, and a slot still holding connections of a listener not among
-    /// them (removed now or earlier) stays taken until they close. The maps' size is the one
-    /// they were made with (`--max-listeners` at start, or the pinned maps').
-    pub fn room_for(&self, listeners: &BTreeSet<Listener>) -> Result<(), String> {
+    /// Whether a reload's `unset`s then `set`s would all find a slot, worked out on the table
+    /// as it is (limits set or unset live since the last reload included) before anything is
+    /// changed: every listener limited afterwards holds one slot, and a slot still holding
+    /// connections of a listener no longer limited (removed now or earlier) stays taken until
+    /// they close. The maps' size is the one they were made with (`--max-listeners` at start,
+    /// or the pinned maps'). A connection established between this look and the unsets can
+    /// still make the last set of a reload at exactly full capacity fail.
+    pub fn room_for(&self, unset: &[(Listener, Scope)], set: &[LimitSpec]) -> Result<(), String> {
+        let unset: Vec<(Listener, Scope)> = unset
+            .iter()
+            .map(|(written, scope)| (self.enforced_listener(written), *scope))
+            .collect();
+        let kept = |listener: &Listener, limit: &Limit| {
+            let mut after = *limit;
+            for (_, scope) in unset.iter().filter(|(l, _)| l == listener) {
+                *after.of(*scope) = None;
+            }
+            after.own.is_some() || after.per_source.is_some()
+        };
+        let limited: BTreeSet<Listener> = self
+            .configured
+            .iter()
+            .filter(|(listener, limit)| kept(listener, limit))
+            .map(|(listener, _)| *listener)
+            .chain(
+                set.iter()
+                    .map(|spec| self.enforced_listener(&spec.listener)),
+            )
+            .collect();
         let usage = &self.maps.usage;
         let held = self
             .configured
@@ -326,19 +350,19 @@ impl LimitTable {
                     .iter()
                     .map(|(listener, slot)| (listener, *slot)),
             )
-            .filter(|(listener, _)| !listeners.contains(listener))
+            .filter(|(listener, _)| !limited.contains(listener))
             .map(|(_, slot)| slot)
             .chain(self.orphans.iter().copied())
             .filter(|&slot| usage.get(slot).reserved != 0)
             .count();
         let slots = usage.slots() as usize;
-        if listeners.len() + held > slots {
+        if limited.len() + held > slots {
             return Err(format!(
                 "{} listeners would be limited, and {held} slots still hold connections of \
-                 listeners no longer limited: more than the {slots} listener slots the agent's \
-                 maps hold (--max-listeners at start; a new value takes effect on restart, and \
-                 over kept pins once they are removed)",
-                listeners.len()
+                 listeners no longer limited: more than the {slots} listener slots these maps \
+                 hold (the agent's own: --max-listeners at start; a new value takes effect on \
+                 restart, and over kept pins once they are removed)",
+                limited.len()
             ));
         }
         Ok(())

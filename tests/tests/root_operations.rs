@@ -232,6 +232,50 @@ fn root_reload_beyond_max_listeners_is_rejected_whole() {
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
 }
 
+/// The reload's check goes by the table as it is: a listener limited live with `limiter set`
+/// since the file was read still holds its slot, so a file that needs that slot is rejected
+/// whole, not applied up to the listener that finds none.
+#[test]
+fn root_reload_counts_listeners_set_live() {
+    let bed = TestBed::new();
+    let (a, b, c) = (
+        format!("{}:{PORT}", bed.srv_v4),
+        format!("{}:{}", bed.srv_v4, PORT + 1),
+        format!("{}:{}", bed.srv_v4, PORT + 2),
+    );
+    let file = config_file(&format!("maxListeners: 2\n{}", envoy_style(&a, 1)));
+    let path = file.0.display().to_string();
+    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    agent.set(&format!("{b}=1"));
+    fs::write(
+        &file.0,
+        format!(
+            "maxListeners: 2\nlisteners:\n  - listener: \"{a}\"\n    connection: {{connectionLimit: {{value: 3}}}}\n  - listener: \"{c}\"\n    connection: {{connectionLimit: {{value: 3}}}}\n"
+        ),
+    )
+    .unwrap();
+    let out = agent.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains("3 listeners would be limited"),
+        "{}: {stderr}",
+        out.status
+    );
+    assert_eq!(agent.listener(&a).limit, 1, "changed in part");
+    assert!(agent.stats().listener(&c).is_none());
+    // With the live one unset, the same file fits.
+    agent.unset(&b);
+    let out = agent.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(agent.listener(&a).limit, 3);
+    assert_eq!(agent.listener(&c).limit, 3);
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
+
 #[test]
 fn root_config_flags_win_and_bad_files_are_refused_at_start() {
     let bed = TestBed::new();

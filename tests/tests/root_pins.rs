@@ -277,13 +277,39 @@ fn root_counters_of_an_earlier_revision_are_not_carried_over() {
     }
     drop((config, stats));
 
-    let agent = Agent::start(&bed, &["--limit", "9000=1", "--pin-dir", &pin_arg]);
+    let agent = Agent::start(&bed, &args);
     let packets = agent.stats().packets;
     assert_eq!(
         (packets.syn_not_limited_total, packets.malformed_total),
         (0, 1000 * cpus as u64),
         "{packets:?}"
     );
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+    // The pins now say the new revision, and their counter 0 is this revision's: the next
+    // agent keeps it.
+    let config: Array<MapData, AgentConfig> = Array::try_from(aya::maps::Map::Array(
+        MapData::from_pin(maps.join("AGENT_CONFIG")).expect("AGENT_CONFIG pin"),
+    ))
+    .unwrap();
+    assert_eq!(
+        config.get(&0, 0).unwrap().counters_revision,
+        limiter_common::COUNTERS_REVISION
+    );
+    drop(config);
+    let mut stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+        MapData::from_pin(maps.join("PACKET_STATS")).expect("PACKET_STATS pin"),
+    ))
+    .unwrap();
+    stats
+        .set(
+            packet_stat::SYN_NOT_LIMITED,
+            PerCpuValues::try_from(vec![7u64; cpus]).unwrap(),
+            0,
+        )
+        .unwrap();
+    drop(stats);
+    let agent = Agent::start(&bed, &["--limit", "9000=1", "--pin-dir", &pin_arg]);
+    assert_eq!(agent.stats().packets.syn_not_limited_total, 7 * cpus as u64);
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
     assert!(!pins.0.exists(), "pins left behind");
 }

@@ -162,6 +162,7 @@ impl NetnsEnforcement {
         let (programs, attachments, pins) = (&mut self.programs, &self.attachments, &self.pins);
         self.netns
             .run_in(|| programs.attach_admission(attachments, pins.as_ref()))??;
+        self.programs.retire_old_counters(self.table.maps_mut())?;
         for Attachment {
             iface, mode, why, ..
         } in &self.attachments
