@@ -276,6 +276,52 @@ fn root_reload_counts_listeners_set_live() {
     assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
 }
 
+/// A slot whose listener a reload removes keeps its connections, and so the slot, until they
+/// close: a file that needs it at once is rejected whole, one that leaves room is applied.
+#[test]
+fn root_reload_counts_slots_still_draining() {
+    let bed = TestBed::new();
+    let server = addr(bed.srv_v4, PORT);
+    let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
+    let (a, b, c) = (
+        format!("{}:{PORT}", bed.srv_v4),
+        format!("{}:{}", bed.srv_v4, PORT + 1),
+        format!("{}:{}", bed.srv_v4, PORT + 2),
+    );
+    let file = config_file(&format!("maxListeners: 2\n{}", envoy_style(&a, 1)));
+    let path = file.0.display().to_string();
+    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    let held = Hold::open(&bed, 1, &server, 3000);
+    assert_eq!(held.result.connected, 1, "{:?}", held.result);
+    agent.wait_listener(&a, "1 active", Duration::from_secs(5), |l| l.active == 1);
+    let two = |x: &str, y: &str| {
+        format!(
+            "maxListeners: 2\nlisteners:\n  - listener: \"{x}\"\n    connection: {{connectionLimit: {{value: 1}}}}\n  - listener: \"{y}\"\n    connection: {{connectionLimit: {{value: 1}}}}\n"
+        )
+    };
+    fs::write(&file.0, two(&b, &c)).unwrap();
+    let out = agent.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success()
+            && stderr.contains("2 listeners would be limited, and 1 slots still hold connections"),
+        "{}: {stderr}",
+        out.status
+    );
+    assert_eq!(agent.listener(&a).limit, 1, "changed in part");
+    fs::write(&file.0, format!("maxListeners: 2\n{}", envoy_style(&b, 1))).unwrap();
+    let out = agent.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(agent.stats().listener(&a).is_none());
+    assert_eq!(agent.listener(&b).limit, 1);
+    drop(held);
+    assert_eq!(agent.stop(libc::SIGTERM).code(), Some(0));
+}
+
 #[test]
 fn root_config_flags_win_and_bad_files_are_refused_at_start() {
     let bed = TestBed::new();
