@@ -122,6 +122,19 @@ fn config_file(text: &str) -> TempFile {
 }
 
 /// An Envoy Gateway style listener with `value` as its limit.
+/// A config file with `maxListeners: max` and these listeners' limits, Envoy Gateway style.
+fn sized_file(max: u32, limits: &[(&str, u32)]) -> String {
+    let listeners: String = limits
+        .iter()
+        .map(|(listener, value)| {
+            format!(
+                "  - listener: \"{listener}\"\n    connection: {{connectionLimit: {{value: {value}}}}}\n"
+            )
+        })
+        .collect();
+    format!("maxListeners: {max}\nlisteners:\n{listeners}")
+}
+
 fn envoy_style(listener: &str, value: u32) -> String {
     format!(
         "listeners:\n  - listener: \"{listener}\"\n    connection:\n      connectionLimit:\n        value: {value}\n"
@@ -207,17 +220,11 @@ fn root_config_file_reload_applies_only_valid_files() {
 fn root_reload_beyond_max_listeners_is_rejected_whole() {
     let bed = TestBed::new();
     let listener = format!("{}:{PORT}", bed.srv_v4);
-    let file = config_file(&format!("maxListeners: 1\n{}", envoy_style(&listener, 1)));
+    let file = config_file(&sized_file(1, &[(&listener, 1)]));
     let path = file.0.display().to_string();
     let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
     let other = format!("{}:{}", bed.srv_v4, PORT + 1);
-    fs::write(
-        &file.0,
-        format!(
-            "maxListeners: 4\nlisteners:\n  - listener: \"{listener}\"\n    connection: {{connectionLimit: {{value: 2}}}}\n  - listener: \"{other}\"\n    connection: {{connectionLimit: {{value: 2}}}}\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&file.0, sized_file(4, &[(&listener, 2), (&other, 2)])).unwrap();
     let out = agent.cli(&["reload"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "accepted: {stderr}");
@@ -243,17 +250,11 @@ fn root_reload_counts_listeners_set_live() {
         format!("{}:{}", bed.srv_v4, PORT + 1),
         format!("{}:{}", bed.srv_v4, PORT + 2),
     );
-    let file = config_file(&format!("maxListeners: 2\n{}", envoy_style(&a, 1)));
+    let file = config_file(&sized_file(2, &[(&a, 1)]));
     let path = file.0.display().to_string();
     let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
     agent.set(&format!("{b}=1"));
-    fs::write(
-        &file.0,
-        format!(
-            "maxListeners: 2\nlisteners:\n  - listener: \"{a}\"\n    connection: {{connectionLimit: {{value: 3}}}}\n  - listener: \"{c}\"\n    connection: {{connectionLimit: {{value: 3}}}}\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&file.0, sized_file(2, &[(&a, 3), (&c, 3)])).unwrap();
     let out = agent.cli(&["reload"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -288,18 +289,13 @@ fn root_reload_counts_slots_still_draining() {
         format!("{}:{}", bed.srv_v4, PORT + 1),
         format!("{}:{}", bed.srv_v4, PORT + 2),
     );
-    let file = config_file(&format!("maxListeners: 2\n{}", envoy_style(&a, 1)));
+    let file = config_file(&sized_file(2, &[(&a, 1)]));
     let path = file.0.display().to_string();
     let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
     let held = Hold::open(&bed, 1, &server, 3000);
     assert_eq!(held.result.connected, 1, "{:?}", held.result);
     agent.wait_listener(&a, "1 active", Duration::from_secs(5), |l| l.active == 1);
-    let two = |x: &str, y: &str| {
-        format!(
-            "maxListeners: 2\nlisteners:\n  - listener: \"{x}\"\n    connection: {{connectionLimit: {{value: 1}}}}\n  - listener: \"{y}\"\n    connection: {{connectionLimit: {{value: 1}}}}\n"
-        )
-    };
-    fs::write(&file.0, two(&b, &c)).unwrap();
+    fs::write(&file.0, sized_file(2, &[(&b, 1), (&c, 1)])).unwrap();
     let out = agent.cli(&["reload"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -309,7 +305,7 @@ fn root_reload_counts_slots_still_draining() {
         out.status
     );
     assert_eq!(agent.listener(&a).limit, 1, "changed in part");
-    fs::write(&file.0, format!("maxListeners: 2\n{}", envoy_style(&b, 1))).unwrap();
+    fs::write(&file.0, sized_file(2, &[(&b, 1)])).unwrap();
     let out = agent.cli(&["reload"]);
     assert!(
         out.status.success(),
