@@ -122,6 +122,19 @@ fn config_file(text: &str) -> TempFile {
 }
 
 /// An Envoy Gateway style listener with `value` as its limit.
+/// Three listeners on the server's address: PORT, PORT + 1, PORT + 2.
+fn three_listeners(bed: &TestBed) -> [String; 3] {
+    [0, 1, 2].map(|i| format!("{}:{}", bed.srv_v4, PORT + i))
+}
+
+/// An agent run with `--config` on a file holding `text` (kept until the file is dropped).
+fn agent_with_file(bed: &TestBed, text: &str) -> (Agent, TempFile) {
+    let file = config_file(text);
+    let path = file.0.display().to_string();
+    let agent = Agent::start(bed, &["--config", &path, "--metrics-addr", "off"]);
+    (agent, file)
+}
+
 /// A config file with `maxListeners: max` and these listeners' limits, Envoy Gateway style.
 fn sized_file(max: u32, limits: &[(&str, u32)]) -> String {
     let listeners: String = limits
@@ -220,9 +233,7 @@ fn root_config_file_reload_applies_only_valid_files() {
 fn root_reload_beyond_max_listeners_is_rejected_whole() {
     let bed = TestBed::new();
     let listener = format!("{}:{PORT}", bed.srv_v4);
-    let file = config_file(&sized_file(1, &[(&listener, 1)]));
-    let path = file.0.display().to_string();
-    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    let (agent, file) = agent_with_file(&bed, &sized_file(1, &[(&listener, 1)]));
     let other = format!("{}:{}", bed.srv_v4, PORT + 1);
     fs::write(&file.0, sized_file(4, &[(&listener, 2), (&other, 2)])).unwrap();
     let out = agent.cli(&["reload"]);
@@ -245,14 +256,8 @@ fn root_reload_beyond_max_listeners_is_rejected_whole() {
 #[test]
 fn root_reload_counts_listeners_set_live() {
     let bed = TestBed::new();
-    let (a, b, c) = (
-        format!("{}:{PORT}", bed.srv_v4),
-        format!("{}:{}", bed.srv_v4, PORT + 1),
-        format!("{}:{}", bed.srv_v4, PORT + 2),
-    );
-    let file = config_file(&sized_file(2, &[(&a, 1)]));
-    let path = file.0.display().to_string();
-    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    let [a, b, c] = three_listeners(&bed);
+    let (agent, file) = agent_with_file(&bed, &sized_file(2, &[(&a, 1)]));
     agent.set(&format!("{b}=1"));
     fs::write(&file.0, sized_file(2, &[(&a, 3), (&c, 3)])).unwrap();
     let out = agent.cli(&["reload"]);
@@ -284,14 +289,8 @@ fn root_reload_counts_slots_still_draining() {
     let bed = TestBed::new();
     let server = addr(bed.srv_v4, PORT);
     let _echo = EchoServer::start(&bed, Side::Server, &server, ServerMode::Echo);
-    let (a, b, c) = (
-        format!("{}:{PORT}", bed.srv_v4),
-        format!("{}:{}", bed.srv_v4, PORT + 1),
-        format!("{}:{}", bed.srv_v4, PORT + 2),
-    );
-    let file = config_file(&sized_file(2, &[(&a, 1)]));
-    let path = file.0.display().to_string();
-    let agent = Agent::start(&bed, &["--config", &path, "--metrics-addr", "off"]);
+    let [a, b, c] = three_listeners(&bed);
+    let (agent, file) = agent_with_file(&bed, &sized_file(2, &[(&a, 1)]));
     let held = Hold::open(&bed, 1, &server, 3000);
     assert_eq!(held.result.connected, 1, "{:?}", held.result);
     agent.wait_listener(&a, "1 active", Duration::from_secs(5), |l| l.active == 1);
