@@ -439,6 +439,8 @@ pub mod packet_stat {
     pub const SYN_PASSED: u32 = 2;
     /// SYNs refused (dropped or reset).
     pub const SYN_REFUSED: u32 = 3;
+    /// The outcomes: a counted frame (a SYN, or a malformed frame) ends in exactly one of these.
+    pub const OUTCOMES: [u32; 4] = [SYN_NOT_LIMITED, MALFORMED, SYN_PASSED, SYN_REFUSED];
     /// Refusals that should have been a RST but were dropped, because the SYN carried IPv4
     /// options or IPv6 extension headers the RST builder does not reflect.
     pub const RESET_FELL_BACK_TO_DROP: u32 = 4;

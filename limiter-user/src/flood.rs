@@ -122,16 +122,20 @@ pub fn watch(table: &mut LimitTable, pending: &[Reservation], now_ns: u64) {
     // stale reservations, no refusal count kept. They are passed over without a write or an
     // allocation each (with 10,000 limits, copying them all out and touching each one's state
     // was 60% of an idle agent's CPU).
-    let due: Vec<(Listener, u32, u32)> = table
+    let due: Vec<(Listener, u32, u32, bool)> = table
         .limits()
-        .filter(|&(_, slot, limit)| {
-            table.maps().usage.get(slot).mode == admission_mode::FLOOD
+        .map(|(listener, slot, limit)| {
+            let flooded = table.maps().usage.get(slot).mode == admission_mode::FLOOD;
+            (listener, slot, limit, flooded)
+        })
+        .filter(|&(_, slot, limit, flooded)| {
+            flooded
                 || stale_at(slot) >= threshold(limit)
                 || table.flood.slot(slot).last_refused.is_some()
         })
         .collect();
-    for (listener, slot, limit) in due {
-        if table.maps().usage.get(slot).mode == admission_mode::FLOOD {
+    for (listener, slot, limit, flooded) in due {
+        if flooded {
             check_flood_over(table, listener, slot, limit, now_ns);
             continue;
         }

@@ -111,16 +111,7 @@ pub fn load(
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    // Borrowed, not taken: the programs are loaded later and refer to every map's fd, so no map
-    // may be closed before then.
-    let config_map =
-        ebpf.map_mut(map_names::AGENT_CONFIG)
-            .ok_or(AgentError::MissingFromObject {
-                kind: "map",
-                name: map_names::AGENT_CONFIG,
-            })?;
-    let mut config: Array<&mut MapData, AgentConfig> =
-        Array::try_from(config_map).map_err(AgentError::map(map_names::AGENT_CONFIG))?;
+    let mut config = agent_config(&mut ebpf)?;
     // Fresh maps start at zero; adopted ones keep their counts.
     let mut counters_revision = COUNTERS_REVISION;
     if let Some(pins) = pins.filter(|p| p.adopting) {
@@ -279,6 +270,23 @@ fn pinned_capacity(capacity: &Capacity, pins: &PinDir) -> Result<Capacity, Agent
     })
 }
 
+/// AGENT_CONFIG, borrowed, not taken: the programs are loaded later and refer to every map's
+/// fd, so no map may be closed before then.
+fn agent_config(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, AgentConfig>, AgentError> {
+    let name = map_names::AGENT_CONFIG;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(AgentError::MissingFromObject { kind: "map", name })?;
+    Array::try_from(map).map_err(AgentError::map(name))
+}
+
+/// A zero for every possible CPU: what resets a per-CPU map entry.
+pub fn per_cpu_zeros<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>, AgentError> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| AgentError::syscall(what)(e))?;
+    // One value per possible CPU, as the maps have: cannot fail.
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(AgentError::syscall("per-CPU values"))
+}
+
 /// A map's entries as the map is (pinned maps keep the size they were made with), not as the
 /// loader asked.
 fn max_entries(map: &MapData, name: &'static str) -> Result<u32, AgentError> {
@@ -306,18 +314,9 @@ impl Programs {
             return Ok(());
         }
         let name = map_names::AGENT_CONFIG;
-        let config_map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(AgentError::MissingFromObject { kind: "map", name })?;
-        let mut config: Array<&mut MapData, AgentConfig> =
-            Array::try_from(config_map).map_err(AgentError::map(name))?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AgentError::syscall(what)(e))?;
-        // One value per possible CPU, as the map has: cannot fail.
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-            .map_err(AgentError::syscall("per-CPU values for PACKET_STATS"))?;
+        let mut config = agent_config(&mut self.ebpf)?;
         maps.packet_stats
-            .set(packet_stat::SYN_NOT_LIMITED, zeros, 0)
+            .set(packet_stat::SYN_NOT_LIMITED, per_cpu_zeros()?, 0)
             .map_err(AgentError::map(map_names::PACKET_STATS))?;
         let found = config.get(&0, 0).map_err(AgentError::map(name))?;
         config

@@ -12,7 +12,7 @@
 //! both; a listener with only a per-source limit has `NO_LIMIT` as its own.
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{MapError, PerCpuValues};
+use aya::maps::MapError;
 use limiter_common::{
     FlowKey, ListenerConfig, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats, SlotUsage, SourceKey,
     admission_mode, family, map_names, port_entry, tracked,
@@ -23,7 +23,7 @@ use crate::{
     flood::FloodWatch,
     handshake::SweepState,
     keepalive::{Destinations, KeepaliveSpec},
-    kernel::Maps,
+    kernel::{self, Maps},
     listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     proxy::coverage,
     stats::{ListenerReport, PacketReport, Report},
@@ -400,8 +400,7 @@ impl LimitTable {
         self.handshake_timeouts.remove(&slot);
         self.flood.reset(slot);
         self.maps.usage.set_mode(slot, admission_mode::RESERVE);
-        let cpus = aya::util::nr_cpus().unwrap_or(1);
-        if let Ok(zeros) = PerCpuValues::try_from(vec![SlotStats::default(); cpus]) {
+        if let Ok(zeros) = kernel::per_cpu_zeros::<SlotStats>() {
             let _ = self.maps.slot_stats.set(slot, zeros, 0);
         }
     }

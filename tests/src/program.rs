@@ -92,15 +92,7 @@ impl Packets {
     /// Frames the program counted: a frame that is a SYN, or is malformed, ends in exactly one of
     /// these four outcomes; a frame that is not a SYN in none (it is passed uncounted).
     pub fn counted(&self) -> u64 {
-        [
-            packet_stat::SYN_NOT_LIMITED,
-            packet_stat::MALFORMED,
-            packet_stat::SYN_PASSED,
-            packet_stat::SYN_REFUSED,
-        ]
-        .iter()
-        .map(|&i| self.get(i))
-        .sum()
+        packet_stat::OUTCOMES.iter().map(|&i| self.get(i)).sum()
     }
 
     /// How much each counter grew since `before`.

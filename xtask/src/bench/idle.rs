@@ -43,6 +43,11 @@ impl Idle {
             .push(scale::total(&scale::agent_maps(agent.pid())?));
         Ok(())
     }
+
+    /// The maps' memory, MiB (the same in every look: it is spent at load).
+    pub fn megabytes(&self) -> f64 {
+        self.map_bytes.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
+    }
 }
 
 /// The table of a part's idle agents, each set against the first row.
@@ -79,13 +84,6 @@ pub fn table(rows: &[Idle]) -> Table {
         ]);
     }
     table
-}
-
-impl Idle {
-    /// The maps' memory, MiB (the same in every look: it is spent at load).
-    pub fn megabytes(&self) -> f64 {
-        self.map_bytes.iter().copied().max().unwrap_or(0) as f64 / (1 << 20) as f64
-    }
 }
 
 /// The same figures for `report.json`.

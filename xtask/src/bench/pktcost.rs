@@ -400,15 +400,7 @@ fn measure_phases(
                     let grew = |i: u32| after[i as usize] - before[i as usize];
                     // A counted frame ends in exactly one outcome counter; an uncounted one in
                     // none.
-                    let counted: u64 = [
-                        packet_stat::SYN_NOT_LIMITED,
-                        packet_stat::MALFORMED,
-                        packet_stat::SYN_PASSED,
-                        packet_stat::SYN_REFUSED,
-                    ]
-                    .into_iter()
-                    .map(grew)
-                    .sum();
+                    let counted: u64 = packet_stat::OUTCOMES.into_iter().map(grew).sum();
                     let on = on_path.map_or(0, grew);
                     if counted != in_all || on != in_all {
                         bail!(
