@@ -229,10 +229,24 @@ fn syn_data_offset(ctx: &XdpContext, l4: usize) -> Option<Option<u8>> {
 
 /// The offset of the source and destination addresses, read after the TCP flags. Their bounds
 /// check is implied by the flags' (the TCP header lies beyond them), and LLVM would drop it, but
-/// the verifier cannot see the implication: `black_box` keeps the check.
+/// the verifier cannot see the implication: [`opaque`] keeps the check.
 #[inline(always)]
 fn addresses_at(offset: usize) -> usize {
-    core::hint::black_box(offset)
+    opaque(offset)
+}
+
+/// Every offset into a frame is below this (the largest IP datagram, behind an Ethernet header,
+/// two VLAN tags and an IPv6 header): a mask to it changes no offset that can occur.
+const FRAME_OFFSET_MASK: usize = 0x1_FFFF;
+
+/// `offset`, hidden from LLVM (`black_box`) so that it keeps a bounds check another one implies,
+/// and masked right before it is added to the frame pointer: `black_box` goes through the stack,
+/// and the verifiers of Linux 6.1 and 6.12 lose a scalar's bounds on that spill ("math between
+/// pkt pointer and register with unbounded min value"); the mask gives them back, whatever the
+/// kernel.
+#[inline(always)]
+fn opaque(offset: usize) -> usize {
+    core::hint::black_box(offset) & FRAME_OFFSET_MASK
 }
 
 #[inline(always)]
@@ -259,9 +273,9 @@ fn parse_tcp(
         return Frame::Malformed;
     }
     // Cut short of what the IP header announces (e.g. inside the TCP options): the kernel drops
-    // it, so it must not take a slot. `black_box` keeps LLVM from using this check to drop the
+    // it, so it must not take a slot. [`opaque`] keeps LLVM from using this check to drop the
     // bounds check of the header load above (it implies it), which the verifier needs.
-    if ctx.data() + core::hint::black_box(ip_end) > ctx.data_end() {
+    if ctx.data() + opaque(ip_end) > ctx.data_end() {
         return Frame::Malformed;
     }
     let ports: [u16; 2] = or_malformed!(load(ctx, l4 + offset_of!(TcpHdr, source)));
