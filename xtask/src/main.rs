@@ -3,6 +3,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod matrix;
 mod setup;
 mod test;
 mod toolchain;
@@ -32,6 +33,9 @@ enum Task {
     /// Setup, build, then run every test in the workspace (root). Extra arguments go to
     /// `cargo test`.
     Test(test::Args),
+    /// Setup, build, then run the kernel-facing tests in VMs of Debian's 6.1 and 6.12 kernels
+    /// (what `test` runs after the host's tests).
+    Matrix,
     /// Setup, build, then replay the Gloo Gateway and Envoy Gateway connection-limit examples in
     /// network namespaces, narrated (root). Fails if limiter does not behave as shown.
     Demo,
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Task::Build(args) => build::main(args),
         Task::Test(_) => test::main(test::passthrough(std::env::args_os())),
         Task::Demo => demo::main(),
+        Task::Matrix => test::matrix_only(),
         Task::Bench => return bench::main(),
     };
     match result {

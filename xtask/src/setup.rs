@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cmd::{self, command},
+    matrix::{self, vm},
     toolchain::{
         APT_PACKAGES, BPF_LINKER_CRATE, BPF_LINKER_FEATURES, BPF_LINKER_VERSION, BPF_TOOLCHAIN,
         BPF_TOOLCHAIN_PATH, BPFFS, BUILD_APT_PACKAGES, LLVM_PREFIX, PIP_VALIDATORS,
@@ -61,6 +62,13 @@ pub fn run() -> Result<()> {
     bpf_linker().context("setup step `install bpf-linker` failed")?;
     validators().context("setup step `deploy validators` failed")?;
     bpffs().context("setup step `mount bpffs` failed")?;
+    qemu().context("setup step `qemu` failed")?;
+    virtme_ng().context("setup step `virtme-ng` failed")?;
+    for series in matrix::kernels::MATRIX {
+        series
+            .install()
+            .with_context(|| format!("setup step `kernel matrix: {}` failed", series.name))?;
+    }
     println!("setup: done");
     Ok(())
 }
@@ -305,4 +313,44 @@ fn bpffs() -> Result<()> {
     println!("setup: bpffs: not mounted at {BPFFS}: mounting");
     need_root("mounting bpffs")?;
     cmd::run(command("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// The matrix VMs' emulator, Debian's qemu-system-x86. This machine image ships a newer
+/// qemu-utils (from backports) that Debian 12's qemu-system-x86 cannot be installed beside: the
+/// two go in together, qemu-utils at qemu-system-x86's version.
+fn qemu() -> Result<()> {
+    if dpkg_installed("qemu-system-x86")? {
+        println!("setup: qemu-system-x86: already installed");
+        return Ok(());
+    }
+    need_root("installing qemu-system-x86")?;
+    let policy = cmd::output_quiet(command("apt-cache").args(["policy", "qemu-system-x86"]))?;
+    let version = policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|v| *v != "(none)")
+        .context("apt has no candidate for qemu-system-x86 (run apt-get update)")?;
+    println!("setup: qemu-system-x86: installing {version} (with qemu-utils at the same version)");
+    cmd::run(
+        command("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--allow-downgrades", "qemu-system-x86"])
+            .arg(format!("qemu-utils={version}")),
+    )?;
+    if !dpkg_installed("qemu-system-x86")? {
+        bail!("`qemu-system-x86` is still not installed after apt-get install");
+    }
+    Ok(())
+}
+
+/// virtme-ng, which boots the matrix kernels over this machine's root filesystem.
+fn virtme_ng() -> Result<()> {
+    pip_pinned(vm::VNG_VENV, &[("virtme-ng", vm::VNG_VERSION)], || {
+        println!(
+            "setup: virtme-ng: installing {} in {}",
+            vm::VNG_VERSION,
+            vm::VNG_VENV
+        );
+    })
 }

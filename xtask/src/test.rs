@@ -4,7 +4,10 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, matrix, setup};
+
+/// Set to `off` to run the host's tests only (`cargo xtask test -- FILTER` while iterating).
+pub const MATRIX_ENV: &str = "LIMITER_KERNEL_MATRIX";
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -36,5 +39,23 @@ pub fn main(cargo_test_args: Vec<OsString>) -> Result<()> {
     // `--workspace` alone would include limiter-ebpf, which only builds for bpfel-unknown-none.
     test.args(["test", "--workspace", "--exclude", "limiter-ebpf"])
         .args(cargo_test_args);
-    cmd::run(&mut test).context("the tests failed")
+    let host = cmd::run(&mut test).context("the tests failed on this machine's kernel");
+    if std::env::var(MATRIX_ENV).is_ok_and(|v| v == "off") {
+        println!("kernel matrix: skipped ({MATRIX_ENV}=off)");
+        return host;
+    }
+    // The matrix runs even when the host's run failed: which kernels fail is the news.
+    let kernels = matrix::run();
+    match (host, kernels) {
+        (Ok(()), kernels) => kernels,
+        (Err(host), Ok(())) => Err(host),
+        (Err(host), Err(kernels)) => Err(host.context(format!("{kernels:#}"))),
+    }
+}
+
+/// `cargo xtask matrix`: the kernel matrix alone.
+pub fn matrix_only() -> Result<()> {
+    setup::run()?;
+    build::build_agent(false)?;
+    matrix::run()
 }

@@ -67,7 +67,17 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "python3-venv",
-        "a venv for the pinned deploy validators (below)",
+        "a venv for the pinned deploy validators (below) and for virtme-ng",
+    ),
+    // The kernel matrix (xtask/src/matrix): VMs of other kernels. qemu-system-x86 itself is
+    // installed by its own step (it needs a downgrade of this image's newer qemu-utils).
+    (
+        "busybox-static",
+        "virtme-ng builds the matrix VMs' initramfs from it",
+    ),
+    (
+        "kmod",
+        "depmod for the extracted matrix kernels; modprobe in their VMs",
     ),
 ];
 
