@@ -108,6 +108,19 @@ pub mod program_names {
     /// started without pins, a limit added live), run by the agent over each namespace's
     /// sockets.
     pub const ADOPT: &str = "adopt";
+    /// tp_btf on `inet_sock_set_state`: the close of connections [`ADOPT`] counted on kernels
+    /// whose sock_ops cannot be asked to see it (before Linux 6.10). Attached only there.
+    pub const CLOSE_WATCH: &str = "close_watch";
+    /// iter/tcp: the start-up probe of `bpf_getsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)`; writes the
+    /// helper's return code for each full TCP socket. Loaded, run once and dropped.
+    pub const PROBE_CB_FLAGS: &str = "probe_cb_flags";
+}
+
+/// Globals of the kernel object the agent sets at load (`EbpfLoader::override_global`).
+pub mod globals {
+    /// Non-zero: the adopt walk counts connections for `close_watch` to uncount, rather than
+    /// asking for their sock_ops state callbacks (which this kernel cannot give).
+    pub const ADOPTED_CLOSE_BY_TRACEPOINT: &str = "ADOPTED_CLOSE_BY_TRACEPOINT";
 }
 
 /// Keepalive policies for connections of unmodified processes (`--keepalive-for`).
@@ -230,6 +243,10 @@ pub mod tracked {
     pub const COUNTED_PER_SOURCE: u32 = 1;
     /// The socket holds its slot: counted in its listener's active connections.
     pub const COUNTED: u32 = 2;
+    /// Counted by the adopt walk on a kernel whose `bpf_setsockopt` cannot ask for its state
+    /// callbacks (TCP_BPF_SOCK_OPS_CB_FLAGS, before Linux 6.10): its close is seen by the
+    /// `close_watch` tracepoint program instead of sock_ops.
+    pub const CLOSE_BY_TRACEPOINT: u32 = 4;
 }
 
 /// A slot's listener and settings, as in `LISTENERS`: where admission finds a port's only

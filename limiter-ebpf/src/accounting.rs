@@ -32,8 +32,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use limiter_common::{
-    FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, action, family,
-    tracked,
+    FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, TrackedSocket,
+    action, family, tracked,
 };
 
 use crate::{
@@ -271,11 +271,19 @@ fn closed(ctx: &SockOpsContext) {
     else {
         return;
     };
+    uncount(&tag, || flow_of(ctx));
+}
+
+/// Gives back what a counted connection held, once its tag is released at its close (here, or
+/// in `close_watch` for one the adopt walk counted where sock_ops cannot see its close): its
+/// slot and, if it holds one, its place in its source's count (`flow` gives the source).
+#[inline(always)]
+pub fn uncount(tag: &TrackedSocket, flow: impl FnOnce() -> Option<FlowKey>) {
     if let Some(usage) = Usage::of(tag.slot) {
         usage.closed();
     }
     if tag.flags & tracked::COUNTED_PER_SOURCE != 0
-        && let Some(flow) = flow_of(ctx)
+        && let Some(flow) = flow()
     {
         sources::give_back(&SourceKey::of(tag.slot, &flow));
     }
@@ -323,7 +331,7 @@ pub fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
 }
 
 #[inline(always)]
-fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX
 }
 

@@ -9,6 +9,9 @@
 //! - [`preexisting`]: an iterator over TCP sockets the agent runs to count connections that were
 //!   established before their listener was limited.
 //!
+//! - [`close_watch`]: on kernels before 6.10, the close of the connections [`preexisting`]
+//!   counted (sock_ops cannot be asked to see it there).
+//!
 //! Per-source limits live in [`sources`]. All share the maps declared once in [`maps`]; keys and values come from `limiter-common`.
 #![no_std]
 #![no_main]
@@ -19,6 +22,7 @@
 mod accounting;
 mod admission;
 mod atomic;
+mod close_watch;
 mod keepalive;
 mod listeners;
 mod maps;

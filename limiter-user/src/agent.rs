@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         .map(|iface| xdp_mode::choose(iface, args.xdp_mode, args.veth_peer_runs_xdp))
         .collect::<Result<Vec<_>, _>>()?;
     check_actions_deliverable(&settings.limits, settings.over_limit, &attachments)?;
+    preflight::check_btf()?;
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
     let control = ControlSocket::bind(&args.control.control_socket)?;
@@ -168,6 +169,11 @@ impl AgentState {
             .proxies
             .iter()
             .map(|(name, stats)| stats.report(name.clone()))
+            .collect();
+        report.features = crate::features::Features::get()
+            .all()
+            .into_iter()
+            .map(Into::into)
             .collect();
         report
     }
@@ -344,6 +350,8 @@ async fn enforce(
         attachments,
         kubernetes,
     } = setup;
+    // What this kernel can do decides how the programs are loaded: found once, said once.
+    crate::features::Features::probe().log();
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
     let (mut programs, maps) =

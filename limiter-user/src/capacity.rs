@@ -54,6 +54,15 @@ impl Capacity {
         namespaces: 1,
     };
 
+    /// The copy loaded only to probe the kernel (`features.rs`), and dropped at once.
+    pub const PROBE: Capacity = Capacity {
+        listeners: 1,
+        pending: 1,
+        sources: 1,
+        preexisting: 1,
+        namespaces: 1,
+    };
+
     /// Sizes the object's maps as this copy's.
     pub fn apply(&self, loader: &mut EbpfLoader) {
         for name in [

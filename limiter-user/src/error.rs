@@ -48,7 +48,16 @@ pub enum AgentError {
         name: &'static str,
     },
 
-    #[error("loading program `{program}`: {source}")]
+    #[error(
+        "kernel {kernel} has no BTF ({path} is missing: a kernel built without CONFIG_DEBUG_INFO_BTF): limiter loads its programs against it; run a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf { kernel: String, path: &'static str },
+
+    #[error(
+        "loading program `{program}` on kernel {}: {}",
+        crate::preflight::kernel_release(),
+        load_failure(source)
+    )]
     LoadProgram {
         program: &'static str,
         source: aya::programs::ProgramError,
@@ -127,7 +136,30 @@ pub enum AgentError {
     },
 }
 
+/// A program's load error in one line: the verifier's output (hundreds of lines) goes to the
+/// debug log instead ([`AgentError::log_details`]).
+fn load_failure(source: &aya::programs::ProgramError) -> String {
+    match source {
+        aya::programs::ProgramError::LoadError { io_error, .. } => format!(
+            "the kernel's verifier rejected it ({io_error}); its output is in the debug log (--log-level debug)"
+        ),
+        other => other.to_string(),
+    }
+}
+
 impl AgentError {
+    /// Logs at debug what the one-line message leaves out: a rejected program's verifier output.
+    pub fn log_details(&self) {
+        match self {
+            AgentError::LoadProgram {
+                program,
+                source: aya::programs::ProgramError::LoadError { verifier_log, .. },
+            } => tracing::debug!(program, verifier = %verifier_log, "the verifier's output"),
+            AgentError::InNetns { source, .. } => source.log_details(),
+            _ => {}
+        }
+    }
+
     /// Whether the user's flags or file are at fault (exit 2), not the environment.
     pub fn is_usage(&self) -> bool {
         match self {

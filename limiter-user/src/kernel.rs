@@ -14,20 +14,21 @@ use aya::{
         RingBuf, SkStorage, lpm_trie::LpmTrie,
     },
     programs::{
-        CgroupAttachMode, ProgramFd, SockOps, Xdp,
+        BtfTracePoint, CgroupAttachMode, ProgramFd, SockOps, Xdp,
         links::{FdLink, PinnedLink},
     },
 };
 use limiter_common::{
     AgentConfig, COUNTERS_REVISION, FlowKey, KeepaliveConfig, KeepaliveTarget, ListenerConfig,
     ListenerKey, MAP_LAYOUT_VERSION, Pending, SlotListener, SlotStats, SourceKey, TrackedSocket,
-    map_names, packet_stat, program_names,
+    globals, map_names, packet_stat, program_names,
 };
 
 use crate::{
     EBPF_OBJECT,
     capacity::Capacity,
     error::AgentError,
+    features::{AdoptedClose, Features},
     pins::{self, PinDir},
     usage::SlotUsageView,
     xdp_mode::Attachment,
@@ -100,6 +101,13 @@ pub fn load(
     capacity.apply(&mut loader);
     let log_level = crate::logging::level().kernel();
     loader.override_global(aya_log::LEVEL, &log_level, true);
+    let adopted_close = Features::get().adopted_close();
+    let close_by_tracepoint = u8::from(adopted_close == Some(AdoptedClose::Tracepoint));
+    loader.override_global(
+        globals::ADOPTED_CLOSE_BY_TRACEPOINT,
+        &close_by_tracepoint,
+        true,
+    );
     let paths: Vec<(&str, std::path::PathBuf)> = match pins {
         Some(pins) => map_names::ALL
             .iter()
@@ -162,7 +170,7 @@ pub fn load(
     .map_err(AgentError::syscall("mmap(SLOT_USAGE)"))?;
     let preexisting: HashMap<MapData, u64, SourceKey> = take(&mut ebpf, map_names::PREEXISTING)?;
     let preexisting_batch = max_entries(preexisting.map(), map_names::PREEXISTING)?;
-    let maps = Maps {
+    let mut maps = Maps {
         listeners: take(&mut ebpf, map_names::LISTENERS)?,
         ports: take(&mut ebpf, map_names::PORTS)?,
         slot_listeners: take(&mut ebpf, map_names::SLOT_LISTENERS)?,
@@ -181,7 +189,18 @@ pub fn load(
             take(&mut ebpf, map_names::NETNS_INDEX)?,
             take(&mut ebpf, map_names::NETNS_ACCOUNTING)?,
         )),
-        adopter: crate::preexisting::Adopter::load(&mut ebpf)
+        adopter: None,
+    };
+    let log_task = log_kernel_events(&mut ebpf);
+    let mut programs = Programs {
+        ebpf,
+        pinned_links: Vec::new(),
+        log_task,
+    };
+    // Only where the close of what the walk counts will be seen (the start-up log said why not).
+    if let Some(how) = adopted_close {
+        maps.adopter = programs
+            .prepare_adoption(how, pins)
             .inspect_err(|error| {
                 tracing::warn!(
                     %error,
@@ -189,17 +208,9 @@ pub fn load(
                      counted (they will not count against the limit)"
                 );
             })
-            .ok(),
-    };
-    let log_task = log_kernel_events(&mut ebpf);
-    Ok((
-        Programs {
-            ebpf,
-            pinned_links: Vec::new(),
-            log_task,
-        },
-        maps,
-    ))
+            .ok();
+    }
+    Ok((programs, maps))
 }
 
 /// Reads the programs' aya-log ring buffer as records arrive and logs them through the `log`
@@ -304,6 +315,51 @@ where
 }
 
 impl Programs {
+    /// Loads the adopt walk; where sock_ops cannot be asked to see the close of what it counts
+    /// (before Linux 6.10), first attaches `close_watch`, which sees it instead.
+    fn prepare_adoption(
+        &mut self,
+        how: AdoptedClose,
+        pins: Option<&PinDir>,
+    ) -> Result<crate::preexisting::Adopter, AgentError> {
+        if how == AdoptedClose::Tracepoint {
+            self.attach_close_watch(pins)?;
+        }
+        crate::preexisting::Adopter::load(&mut self.ebpf)
+    }
+
+    /// `close_watch` on the `inet_sock_set_state` tracepoint. With a pin directory its link is
+    /// pinned, so that the close of connections counted before a restart is still seen while no
+    /// agent runs. A tracing link cannot have its program replaced: over an earlier agent's pin,
+    /// the new link is attached first, then takes the pin's place (the two, both attached for a
+    /// moment, release a socket's tag only once).
+    fn attach_close_watch(&mut self, pins: Option<&PinDir>) -> Result<(), AgentError> {
+        let name = program_names::CLOSE_WATCH;
+        let load_error = |source| AgentError::LoadProgram {
+            program: name,
+            source,
+        };
+        let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
+            call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
+            source: std::io::Error::other(e),
+        })?;
+        let program: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
+        program
+            .load("inet_sock_set_state", &btf)
+            .map_err(load_error)?;
+        let link = program.attach().map_err(load_error)?;
+        let Some(pin) = pins.map(|p| p.link_path("close-watch")) else {
+            return Ok(());
+        };
+        let link = program.take_link(link).map_err(load_error)?;
+        if pin.exists() {
+            std::fs::remove_file(&pin).map_err(|e| pin_error(&pin, e))?;
+        }
+        self.pinned_links
+            .push(pin_link(Ok(FdLink::from(link)), &pin)?);
+        Ok(())
+    }
+
     /// Once this copy's admission program has replaced an adopted older one: zeroes the
     /// counters whose meaning changed since the adopted pins' revision, and records the new
     /// revision. Not before: the old program, still attached until then, would go on adding

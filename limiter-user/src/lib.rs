@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod error;
+pub mod features;
 pub mod flood;
 pub mod handshake;
 pub mod keepalive;

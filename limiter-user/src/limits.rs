@@ -666,6 +666,7 @@ impl LimitTable {
             listeners,
             packets: PacketReport::from_counters(|i| self.packet_stat(i)),
             proxies: Vec::new(),
+            features: Vec::new(),
         }
     }
 

@@ -49,9 +49,11 @@ fn main() -> ExitCode {
             match runtime.block_on(agent::run(*args, settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    let usage = e
-                        .downcast_ref::<limiter::error::AgentError>()
-                        .is_some_and(limiter::error::AgentError::is_usage);
+                    let agent_error = e.downcast_ref::<limiter::error::AgentError>();
+                    if let Some(error) = agent_error {
+                        error.log_details();
+                    }
+                    let usage = agent_error.is_some_and(limiter::error::AgentError::is_usage);
                     fail(if usage { EXIT_USAGE } else { EXIT_RUNTIME }, &one_line(&e))
                 }
             }

@@ -46,6 +46,7 @@
 //! | `limiter_proxy_upstream_overflow_total` | counter | `proxy` |
 //! | `limiter_proxy_upstream_keepalive_deaths_total` | counter | `proxy` |
 //! | `limiter_proxy_bytes_total` | counter (unit bytes) | `proxy`, `direction` = `to_upstream`/`to_downstream` |
+//! | `limiter_feature` | gauge (1 on, 0 off: this kernel cannot) | `name` |
 //!
 //! The proxy's held gauge is `limiter_proxy_holding_connections`, not
 //! `limiter_proxy_held_connections`: in OpenMetrics the counter `..._held_connections_total`
@@ -487,6 +488,17 @@ impl Collector for ReportCollector {
             .map(|(result, n)| (vec![("result", result)], n)),
         )?;
 
+        family(
+            e,
+            "feature",
+            "1 if this kernel can do the feature, as probed at start; 0 if not (the log and `limiter stats` say why and what is lost).",
+            None,
+            Kind::Gauge,
+            report
+                .features
+                .iter()
+                .map(|f| (vec![("name", f.name.as_str())], u64::from(f.on))),
+        )?;
         // Per proxy.
         let per_proxy = |value: fn(&crate::proxy::stats::ProxyReport) -> u64| {
             report
@@ -665,6 +677,20 @@ mod tests {
                 bytes_to_upstream_total: 2009,
                 bytes_to_downstream_total: 2010,
             }],
+            features: vec![
+                crate::stats::FeatureReport {
+                    name: "preexisting".into(),
+                    on: true,
+                    why: None,
+                    loss: None,
+                },
+                crate::stats::FeatureReport {
+                    name: "socket_destroy".into(),
+                    on: false,
+                    why: Some("not built in".into()),
+                    loss: Some("no resets".into()),
+                },
+            ],
         }
     }
 
@@ -850,6 +876,12 @@ mod tests {
             key("limiter_keepalive_sockets_total", &[("result", "failed")]),
             p.keepalive_failed_total,
         );
+        for f in &report.features {
+            want.insert(
+                key("limiter_feature", &[("name", f.name.as_str())]),
+                u64::from(f.on),
+            );
+        }
         for x in &report.proxies {
             let n = x.proxy.as_str();
             let mut put = |name: &str, extra: &[(&str, &str)], v: u64| {
@@ -904,7 +936,8 @@ mod tests {
         sample.strip_suffix("_total").unwrap_or(sample)
     }
 
-    const GAUGES: [&str; 10] = [
+    const GAUGES: [&str; 11] = [
+        "limiter_feature",
         "limiter_listener_per_source_limit",
         "limiter_listener_sources",
         "limiter_listener_sources_at_limit",

@@ -53,13 +53,7 @@ impl Adopter {
             source: io::Error::other(e),
         })?;
         program.load("tcp", &btf).map_err(load_error)?;
-        let prog = program.fd().map_err(load_error)?;
-        // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags (u32 each),
-        // then the iterator's info (none for TCP sockets).
-        let mut attr = [0u32; 16];
-        attr[0] = prog.as_fd().as_raw_fd() as u32;
-        attr[2] = BPF_TRACE_ITER;
-        let link = bpf(BPF_LINK_CREATE, &mut attr).map_err(AgentError::syscall(
+        let link = link_iterator(program).map_err(AgentError::syscall(
             "linking the TCP socket iterator (bpf BPF_LINK_CREATE)",
         ))?;
         Ok(Adopter { link })
@@ -69,13 +63,37 @@ impl Adopter {
     /// how many connections it counted (those in PREEXISTING counted already it only takes
     /// out).
     fn walk(&self) -> io::Result<u64> {
-        // union bpf_attr for BPF_ITER_CREATE: link_fd, flags.
-        let mut attr = [self.link.as_raw_fd() as u32, 0];
-        let mut walk = File::from(bpf(BPF_ITER_CREATE, &mut attr)?);
         // Reading runs the program over every socket; it writes a counted one's cookie.
-        let written = io::copy(&mut walk, &mut io::sink())?;
-        Ok(written / size_of::<u64>() as u64)
+        Ok(walk(&self.link, io::sink())? / size_of::<u64>() as u64)
     }
+}
+
+/// Links a loaded iterator program over TCP sockets (aya 0.14 cannot make a link to walk more
+/// than once).
+fn link_iterator(program: &Iter) -> io::Result<OwnedFd> {
+    let prog = program.fd().map_err(io::Error::other)?;
+    // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags (u32 each),
+    // then the iterator's info (none for TCP sockets).
+    let mut attr = [0u32; 16];
+    attr[0] = prog.as_fd().as_raw_fd() as u32;
+    attr[2] = BPF_TRACE_ITER;
+    bpf(BPF_LINK_CREATE, &mut attr)
+}
+
+/// Runs a linked iterator once over the TCP sockets of the calling thread's network namespace,
+/// copying what its program writes to `output`; returns how many bytes it wrote.
+fn walk(link: &OwnedFd, mut output: impl io::Write) -> io::Result<u64> {
+    // union bpf_attr for BPF_ITER_CREATE: link_fd, flags.
+    let mut attr = [link.as_raw_fd() as u32, 0];
+    let mut walk = File::from(bpf(BPF_ITER_CREATE, &mut attr)?);
+    io::copy(&mut walk, &mut output)
+}
+
+/// Links and runs a loaded TCP socket iterator once: what its program wrote.
+pub fn run_iterator(program: &Iter) -> io::Result<Vec<u8>> {
+    let mut output = Vec::new();
+    walk(&link_iterator(program)?, &mut output)?;
+    Ok(output)
 }
 
 fn bpf<const N: usize>(cmd: libc::c_long, attr: &mut [u32; N]) -> io::Result<OwnedFd> {

@@ -111,6 +111,29 @@ pub fn check_interface(iface: &str) -> Result<u32, AgentError> {
     }
 }
 
+/// Where the kernel publishes its own type information (BTF), which the socket iterator and the
+/// tracepoint program are loaded against.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel's BTF: without it (a kernel built without CONFIG_DEBUG_INFO_BTF) limiter does not
+/// start, rather than start with half its programs.
+pub fn check_btf() -> Result<(), AgentError> {
+    if Path::new(VMLINUX_BTF).is_file() {
+        return Ok(());
+    }
+    Err(AgentError::NoBtf {
+        kernel: kernel_release(),
+        path: VMLINUX_BTF,
+    })
+}
+
+/// This kernel's release (`uname -r`), for errors that are about the kernel.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "(unknown release)".to_owned())
+}
+
 /// The cgroup v2 directory to attach sock_ops to: `--cgroup`, or the cgroup v2 root mount.
 pub fn cgroup_root(flag: Option<&Path>) -> Result<PathBuf, AgentError> {
     match flag {

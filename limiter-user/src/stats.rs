@@ -11,6 +11,33 @@ pub struct Report {
     pub packets: PacketReport,
     #[serde(default)]
     pub proxies: Vec<ProxyReport>,
+    /// What this kernel can do (`features.rs`), each on or off with why and what is lost.
+    #[serde(default)]
+    pub features: Vec<FeatureReport>,
+}
+
+/// One kernel feature as the start-up probe found it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeatureReport {
+    pub name: String,
+    pub on: bool,
+    /// Why it is off; `null` when on.
+    #[serde(default)]
+    pub why: Option<String>,
+    /// What the user loses while it is off; `null` when on.
+    #[serde(default)]
+    pub loss: Option<String>,
+}
+
+impl From<&crate::features::Feature> for FeatureReport {
+    fn from(feature: &crate::features::Feature) -> Self {
+        FeatureReport {
+            name: feature.name.to_owned(),
+            on: feature.on(),
+            why: feature.state.as_ref().err().cloned(),
+            loss: feature.state.is_err().then(|| feature.loss.to_owned()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -265,6 +292,14 @@ impl Report {
                 l.reset_after_handshake_total
             ));
         }
+        for f in self.features.iter().filter(|f| !f.on) {
+            out.push_str(&format!(
+                "kernel feature {} off: {}; {}\n",
+                f.name,
+                f.why.as_deref().unwrap_or("unknown"),
+                f.loss.as_deref().unwrap_or("")
+            ));
+        }
         let p = &self.packets;
         out.push_str(&format!(
             "\npackets: SYN not limited {}, malformed {}, SYN passed {}, SYN refused {}\n",
@@ -334,6 +369,7 @@ mod tests {
             ],
             packets: PacketReport::default(),
             proxies: vec![],
+            features: vec![],
         };
         let table = report.render_table();
         let lines: Vec<&str> = table.lines().collect();
@@ -352,6 +388,7 @@ mod tests {
             listeners: vec![listener("8000", 10, 5)],
             packets: PacketReport::default(),
             proxies: vec![],
+            features: vec![],
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         let l = &json["listeners"][0];

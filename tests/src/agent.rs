@@ -153,6 +153,17 @@ pub struct Stats {
     pub packets: PacketStats,
     #[serde(default)]
     pub proxies: Vec<ProxyStats>,
+    #[serde(default)]
+    pub features: Vec<FeatureStats>,
+}
+
+/// One kernel feature as the agent's start-up probe found it (`limiter stats --json`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct FeatureStats {
+    pub name: String,
+    pub on: bool,
+    pub why: Option<String>,
+    pub loss: Option<String>,
 }
 
 impl Stats {
@@ -352,6 +363,11 @@ impl Agent {
         serde_json::from_str(&json).unwrap_or_else(|err| {
             panic!("`limiter stats --json` printed unparsable JSON ({err}):\n{json}")
         })
+    }
+
+    /// `limiter stats`: the table a user reads.
+    pub fn stats_table(&self) -> String {
+        self.cli_ok(&["stats"])
     }
 
     /// The row of `listener` (canonical form) in the agent's namespace; panics if it is not

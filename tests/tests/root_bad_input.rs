@@ -172,6 +172,57 @@ fn root_cgroup_path_not_cgroup2() {
     );
 }
 
+/// The agent run as `refusal_line` runs it, inside a mount namespace of its own where `script`
+/// (sh) has first changed what the kernel's file systems show: a node without BTF or without
+/// cgroup v2, made on this machine.
+fn refusal_in_mount_namespace(script: &str, needles: &[&str]) {
+    let bed = TestBed::new();
+    let socket = Agent::socket_path();
+    let socket_arg = socket.display().to_string();
+    let args = [
+        "run",
+        "--iface",
+        &bed.srv_veth,
+        "--limit",
+        "8000=5",
+        "--control-socket",
+        &socket_arg,
+    ];
+    let agent = Agent::command(&bed, &args);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{script} && exec \"$@\""))
+        .arg("sh")
+        .arg(agent.get_program())
+        .args(agent.get_args());
+    let finished = Agent::run_command_to_exit(&bed, cmd);
+    check_refusal(&bed, &finished, script, 1, needles);
+    assert!(
+        !socket.exists(),
+        "control socket {} left behind",
+        socket.display()
+    );
+}
+
+/// A kernel without BTF (built without CONFIG_DEBUG_INFO_BTF): one line naming the kernel and
+/// what is missing, nothing attached.
+#[test]
+fn root_kernel_without_btf() {
+    refusal_in_mount_namespace(
+        "mount -t tmpfs none /sys/kernel/btf",
+        &["has no BTF (/sys/kernel/btf/vmlinux"],
+    );
+}
+
+/// A node without cgroup v2 mounted: one line saying so and how to mount it, nothing attached.
+#[test]
+fn root_no_cgroup2_mounted() {
+    refusal_in_mount_namespace(
+        "for m in $(awk '$3 == \"cgroup2\" { print $2 }' /proc/mounts); do umount -l \"$m\"; done",
+        &["cgroup v2 is not mounted"],
+    );
+}
+
 /// Without root (uid 65534, no capabilities) the agent says it lacks privileges.
 #[test]
 fn root_no_privileges() {

@@ -125,7 +125,7 @@ struct KernelRun {
 
 /// Runs [`PLAN`] in a VM of each matrix kernel; an error names each kernel that failed.
 pub fn run() -> Result<()> {
-    let binaries = test_binaries()?;
+    let binaries = snapshot(&test_binaries()?)?;
     let kernels: Vec<_> = kernels::MATRIX
         .iter()
         .map(|series| {
@@ -300,6 +300,37 @@ fn summary(log: &str) -> (u64, u64) {
         .fold((0, 0), |(p, f), l| {
             (p + count(l, "passed"), f + count(l, "failed"))
         })
+}
+
+/// Copies the test binaries of [`PLAN`], the agent and the tests' helper to `target/matrix/bin`
+/// (laid out as cargo does, so the tests find the agent beside their own directory): the VMs
+/// read them through a share of the host's files, and a build while they run must not change
+/// what they test.
+fn snapshot(binaries: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
+    let bin = cmd::target_dir().join("matrix").join("bin");
+    let _ = std::fs::remove_dir_all(&bin);
+    let deps = bin.join("deps");
+    std::fs::create_dir_all(&deps).with_context(|| format!("creating {}", deps.display()))?;
+    let copy = |from: &Path, to: PathBuf| -> Result<PathBuf> {
+        std::fs::copy(from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        Ok(to)
+    };
+    let built = cmd::target_dir().join("debug");
+    for helper in ["limiter", "netns-tool"] {
+        copy(&built.join(helper), bin.join(helper))?;
+    }
+    PLAN.iter()
+        .map(|entry| {
+            let binary = binaries
+                .get(entry.binary)
+                .with_context(|| format!("no test binary `{}` was built", entry.binary))?;
+            Ok((
+                entry.binary.to_string(),
+                copy(binary, deps.join(entry.binary))?,
+            ))
+        })
+        .collect()
 }
 
 /// The `tests` crate's test binaries, by name, as `cargo test --no-run` built them.
