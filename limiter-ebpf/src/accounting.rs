@@ -304,14 +304,32 @@ fn take_reservation(flow: &FlowKey) -> Option<Pending> {
 /// (`[::]`) socket shows IPv4-mapped addresses here; it is folded back to IPv4.
 #[inline(always)]
 pub fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
-    let (addr_family, local_addr, remote_addr) = match ctx.family() {
-        AF_INET => (
-            family::V4,
-            [ctx.local_ip4(), 0, 0, 0],
-            [ctx.remote_ip4(), 0, 0, 0],
-        ),
+    socket_flow(
+        ctx.family(),
+        || Some((ctx.local_ip4(), ctx.remote_ip4())),
+        || Some((ctx.local_ip6(), ctx.remote_ip6())),
+        || Some((ctx.local_port() as u16, remote_port(ctx.remote_port()))),
+    )
+}
+
+/// A connection's 4-tuple from its socket's fields, however they are read (sock_ops' context,
+/// or the socket itself in `close_watch`): the address family (AF_INET or AF_INET6), then, read
+/// only for that family, (local, remote) addresses in network order, and (local, remote) ports
+/// in host order. IPv4-mapped IPv6 addresses are folded back to IPv4, as XDP sees them.
+#[inline(always)]
+pub fn socket_flow(
+    af: u32,
+    v4: impl FnOnce() -> Option<(u32, u32)>,
+    v6: impl FnOnce() -> Option<([u32; 4], [u32; 4])>,
+    ports: impl FnOnce() -> Option<(u16, u16)>,
+) -> Option<FlowKey> {
+    let (addr_family, local_addr, remote_addr) = match af {
+        AF_INET => {
+            let (local, remote) = v4()?;
+            (family::V4, [local, 0, 0, 0], [remote, 0, 0, 0])
+        }
         AF_INET6 => {
-            let (local, remote) = (ctx.local_ip6(), ctx.remote_ip6());
+            let (local, remote) = v6()?;
             if is_v4_mapped(&local) && is_v4_mapped(&remote) {
                 (family::V4, [local[3], 0, 0, 0], [remote[3], 0, 0, 0])
             } else {
@@ -320,18 +338,19 @@ pub fn flow_of(ctx: &SockOpsContext) -> Option<FlowKey> {
         }
         _ => return None,
     };
+    let (local_port, remote_port) = ports()?;
     Some(FlowKey {
         local_addr,
         remote_addr,
-        local_port: ctx.local_port() as u16,
-        remote_port: remote_port(ctx.remote_port()),
+        local_port,
+        remote_port,
         family: addr_family,
         _pad: 0,
     })
 }
 
 #[inline(always)]
-pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX
 }
 

@@ -12,13 +12,11 @@ use aya_ebpf::{
     cty::c_void, helpers::bpf_probe_read_kernel, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use limiter_common::{FlowKey, family, tracked};
+use limiter_common::{FlowKey, tracked};
 
 use crate::{accounting, socket_tags};
 
 const TCP_CLOSE: i32 = 7;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// Offsets in `struct sock_common` (the start of every `struct sock`) of what a connection's
 /// source is made of; unchanged since Linux 4.x on 64-bit kernels with network namespaces.
@@ -53,32 +51,15 @@ pub fn close_watch(ctx: BtfTracePointContext) -> i32 {
 /// The connection's 4-tuple, as [`accounting::flow_of`] gives it from sock_ops' context.
 #[inline(always)]
 fn flow_of(sk: *const u8) -> Option<FlowKey> {
-    let read_u32 = |offset| read::<u32>(sk, offset);
-    let (addr_family, local_addr, remote_addr) = match read::<u16>(sk, SKC_FAMILY)? {
-        AF_INET => (
-            family::V4,
-            [read_u32(SKC_RCV_SADDR)?, 0, 0, 0],
-            [read_u32(SKC_DADDR)?, 0, 0, 0],
-        ),
-        AF_INET6 => {
-            let local: [u32; 4] = read(sk, SKC_V6_RCV_SADDR)?;
-            let remote: [u32; 4] = read(sk, SKC_V6_DADDR)?;
-            if accounting::is_v4_mapped(&local) && accounting::is_v4_mapped(&remote) {
-                (family::V4, [local[3], 0, 0, 0], [remote[3], 0, 0, 0])
-            } else {
-                (family::V6, local, remote)
-            }
-        }
-        _ => return None,
-    };
-    Some(FlowKey {
-        local_addr,
-        remote_addr,
-        local_port: read::<u16>(sk, SKC_NUM)?,
-        remote_port: u16::from_be(read::<u16>(sk, SKC_DPORT)?),
-        family: addr_family,
-        _pad: 0,
-    })
+    accounting::socket_flow(
+        u32::from(read::<u16>(sk, SKC_FAMILY)?),
+        || Some((read(sk, SKC_RCV_SADDR)?, read(sk, SKC_DADDR)?)),
+        || Some((read(sk, SKC_V6_RCV_SADDR)?, read(sk, SKC_V6_DADDR)?)),
+        || {
+            let remote = u16::from_be(read::<u16>(sk, SKC_DPORT)?);
+            Some((read::<u16>(sk, SKC_NUM)?, remote))
+        },
+    )
 }
 
 #[inline(always)]

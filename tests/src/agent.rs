@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::{
     names,
     netns::TestBed,
-    poll::eventually,
+    poll::{eventually, scaled},
     process::{Proc, run_bounded, stop},
 };
 
@@ -269,7 +269,7 @@ impl Agent {
         let proc = bed.spawn("limiter run", command);
         let ready = proc
             .stderr
-            .next_matching(READY_TIMEOUT, |line| line == "limiter: ready");
+            .next_matching(scaled(READY_TIMEOUT), |line| line == "limiter: ready");
         if ready.is_none() {
             panic!(
                 "agent not ready within {READY_TIMEOUT:?} (args {full:?}); exited: {:?}\n{}",
@@ -342,7 +342,7 @@ impl Agent {
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(limiter_bin());
         cmd.args(args).arg("--control-socket").arg(&self.socket);
-        run_bounded(cmd, CLI_TIMEOUT)
+        run_bounded(cmd, scaled(CLI_TIMEOUT))
     }
 
     fn cli_ok(&self, args: &[&str]) -> String {
@@ -457,7 +457,7 @@ impl Agent {
     /// Sends `signal` and waits for the agent to exit.
     pub fn stop(&self, signal: i32) -> ExitStatus {
         self.proc.signal(signal);
-        self.proc.wait_exit(EXIT_TIMEOUT)
+        self.proc.wait_exit(scaled(EXIT_TIMEOUT))
     }
 
     pub fn control_socket(&self) -> &Path {
@@ -466,7 +466,7 @@ impl Agent {
 }
 
 fn eventually_exit(proc: &Proc) -> Option<ExitStatus> {
-    let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    let deadline = std::time::Instant::now() + scaled(EXIT_TIMEOUT);
     loop {
         if let Some(status) = proc.try_wait() {
             return Some(status);

@@ -45,7 +45,7 @@ impl Flood {
 
     /// Waits for the flood to end; what it sent.
     pub fn finish(self) -> FloodResult {
-        let limit = Duration::from_secs(self.seconds + 30);
+        let limit = crate::poll::scaled(Duration::from_secs(self.seconds + 30));
         let line = self
             .proc
             .expect_line("the flood's result", limit, |l| l.starts_with('{'));
@@ -92,7 +92,7 @@ pub fn probe(
             ],
         ),
     );
-    let limit = (interval + timeout) * count as u32 + Duration::from_secs(30);
+    let limit = crate::poll::scaled((interval + timeout) * count as u32 + Duration::from_secs(30));
     let line = proc.expect_line("the probe's result", limit, |l| l.starts_with('{'));
     serde_json::from_str(&line).unwrap_or_else(|err| panic!("bad probe output {line:?}: {err}"))
 }

@@ -14,9 +14,7 @@ pub fn refusal_line(args: &[&str], code: i32, needles: &[&str]) -> String {
     let bed = TestBed::new();
     let socket = Agent::socket_path();
     let socket_arg = socket.display().to_string();
-    let mut full = vec!["run", "--iface", &bed.srv_veth];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--control-socket", &socket_arg]);
+    let full = run_args(bed, args, &socket_arg);
     let finished = Agent::run_to_exit(&bed, &full);
     check_refusal(&bed, &finished, &format!("{full:?}"), code, needles);
     assert!(
@@ -25,6 +23,14 @@ pub fn refusal_line(args: &[&str], code: i32, needles: &[&str]) -> String {
         socket.display()
     );
     finished.error_lines()[0].to_string()
+}
+
+/// `run --iface <server veth> ARGS --control-socket SOCKET`: how the refusal tests run the agent.
+pub fn run_args<'a>(bed: &'a TestBed, args: &[&'a str], socket: &'a str) -> Vec<&'a str> {
+    let mut full = vec!["run", "--iface", &bed.srv_veth];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--control-socket", socket]);
+    full
 }
 
 pub fn check_refusal(bed: &TestBed, finished: &Finished, what: &str, code: i32, needles: &[&str]) {

@@ -32,7 +32,13 @@ const RUST_SOURCES: &[&str] = &[
     "tests/tests",
     "xtask/src/demo.rs",
     "xtask/src/demo",
+    "xtask/src/matrix",
 ];
+/// Shell scripts the test command runs (the kernel matrix's guest side).
+const SHELL_SCRIPTS: &[&str] = &["xtask/src/matrix/guest.sh"];
+/// Programs virtme-ng (which the kernel matrix starts from its own venv, `vng`) starts in turn:
+/// they must come from setup's packages as well.
+const STARTED_BY_VIRTME_NG: &[&str] = &["qemu-system-x86_64", "busybox"];
 /// Documents whose `sh` blocks are run by tests (README.md, docs/guide.md).
 const SHELL_DOCS: &[&str] = &["README.md", "docs/guide.md"];
 
@@ -49,6 +55,10 @@ const NOT_FROM_DEBIAN: &[(&str, &str)] = &[
     (
         "netns-tool",
         "the project's own test helper, built by the test command",
+    ),
+    (
+        "vng",
+        "virtme-ng, from PyPI at a pinned version in setup's venv /opt/limiter-vng",
     ),
 ];
 
@@ -217,6 +227,22 @@ fn started_programs() -> BTreeMap<String, Vec<String>> {
             programs.entry(program).or_default().push(name.clone());
         }
     }
+    for script in SHELL_SCRIPTS {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(script))
+            .unwrap_or_else(|e| panic!("reading {script}: {e}"));
+        for program in programs_in_shell(&text) {
+            programs
+                .entry(program)
+                .or_default()
+                .push(script.to_string());
+        }
+    }
+    for program in STARTED_BY_VIRTME_NG {
+        programs
+            .entry(program.to_string())
+            .or_default()
+            .push("virtme-ng (xtask/src/matrix/vm.rs)".into());
+    }
     for doc in SHELL_DOCS {
         let text = std::fs::read_to_string(Path::new(ROOT).join(doc))
             .unwrap_or_else(|e| panic!("reading {doc}: {e}"));
@@ -286,7 +312,7 @@ fn setup_closure() -> BTreeSet<String> {
 fn every_started_program_is_installed_by_setup() {
     let programs = started_programs();
     // The scan must see what the suite is known to start, or it is reading nothing.
-    for known in ["ip", "nsenter", "nft", "python3", "curl"] {
+    for known in ["ip", "nsenter", "nft", "python3", "curl", "modprobe", "vng"] {
         assert!(
             programs.contains_key(known),
             "the scan did not find `{known}` among the started programs: {:?}",

@@ -7,7 +7,7 @@ use limiter_tests::{
     Agent, TestBed,
     agent::limiter_bin,
     names,
-    refusal::{check_refusal, expect_refusal},
+    refusal::{check_refusal, expect_refusal, run_args},
 };
 
 #[test]
@@ -179,16 +179,7 @@ fn refusal_in_mount_namespace(script: &str, needles: &[&str]) {
     let bed = TestBed::new();
     let socket = Agent::socket_path();
     let socket_arg = socket.display().to_string();
-    let args = [
-        "run",
-        "--iface",
-        &bed.srv_veth,
-        "--limit",
-        "8000=5",
-        "--control-socket",
-        &socket_arg,
-    ];
-    let agent = Agent::command(&bed, &args);
+    let agent = Agent::command(&bed, &run_args(&bed, &["--limit", "8000=5"], &socket_arg));
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!("{script} && exec \"$@\""))

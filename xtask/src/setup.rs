@@ -56,13 +56,15 @@ fn run_build_only() -> Result<()> {
 /// Every step, in order. Errors name the step that failed.
 pub fn run() -> Result<()> {
     println!("setup: checking the build and test prerequisites");
+    // Before the other packages: apt-get cannot install qemu-system-x86 beside this image's
+    // qemu-utils without the downgrade this step asks for.
+    qemu().context("setup step `qemu` failed")?;
     let all: Vec<&str> = apt_package_names().collect();
     apt_packages(&all).context("setup step `apt packages` failed")?;
     bpf_toolchain().context("setup step `rustup toolchain link` failed")?;
     bpf_linker().context("setup step `install bpf-linker` failed")?;
     validators().context("setup step `deploy validators` failed")?;
     bpffs().context("setup step `mount bpffs` failed")?;
-    qemu().context("setup step `qemu` failed")?;
     virtme_ng().context("setup step `virtme-ng` failed")?;
     for series in matrix::kernels::MATRIX {
         series
@@ -324,13 +326,22 @@ fn qemu() -> Result<()> {
         return Ok(());
     }
     need_root("installing qemu-system-x86")?;
-    let policy = cmd::output_quiet(command("apt-cache").args(["policy", "qemu-system-x86"]))?;
-    let version = policy
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:"))
-        .map(str::trim)
-        .filter(|v| *v != "(none)")
-        .context("apt has no candidate for qemu-system-x86 (run apt-get update)")?;
+    let candidate = || -> Result<Option<String>> {
+        let policy = cmd::output_quiet(command("apt-cache").args(["policy", "qemu-system-x86"]))?;
+        Ok(policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .map(|v| v.trim().to_string())
+            .filter(|v| v != "(none)"))
+    };
+    // A fresh machine's apt lists may be empty or old.
+    let version = match candidate()? {
+        Some(version) => version,
+        None => {
+            cmd::run(command("apt-get").args(["update"]))?;
+            candidate()?.context("apt has no candidate for qemu-system-x86")?
+        }
+    };
     println!("setup: qemu-system-x86: installing {version} (with qemu-utils at the same version)");
     cmd::run(
         command("apt-get")

@@ -50,7 +50,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "curl",
-        "the client in docs/guide.md's walkthroughs (tests/tests/root_guide.rs runs them)",
+        "the client in docs/guide.md's walkthroughs (tests/tests/root_docs.rs runs them)",
     ),
     // The deploy checks (tests/tests/deploy.rs).
     (
@@ -69,8 +69,13 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "a venv for the pinned deploy validators (below) and for virtme-ng",
     ),
-    // The kernel matrix (xtask/src/matrix): VMs of other kernels. qemu-system-x86 itself is
-    // installed by its own step (it needs a downgrade of this image's newer qemu-utils).
+    // The kernel matrix (xtask/src/matrix): VMs of other kernels. setup installs
+    // qemu-system-x86 in a step of its own before the others (this image's newer qemu-utils
+    // must come down to its version with it); listed here for the check that it is installed.
+    (
+        "qemu-system-x86",
+        "the emulator virtme-ng boots the matrix kernels in",
+    ),
     (
         "busybox-static",
         "virtme-ng builds the matrix VMs' initramfs from it",

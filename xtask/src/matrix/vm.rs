@@ -33,7 +33,7 @@ pub fn run(
         .with_context(|| format!("creating {}", console.display()))?;
     let mut guest_command = vec![script.display().to_string()];
     guest_command.extend(args.iter().map(|a| a.display().to_string()));
-    let mut vng = command(format!("{VNG_VENV}/bin/vng"));
+    let mut vng = command("vng");
     vng
         // virtme-ng starts its helpers (virtme-run, qemu) from PATH.
         .env(
