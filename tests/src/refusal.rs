@@ -14,7 +14,7 @@ pub fn refusal_line(args: &[&str], code: i32, needles: &[&str]) -> String {
     let bed = TestBed::new();
     let socket = Agent::socket_path();
     let socket_arg = socket.display().to_string();
-    let full = run_args(bed, args, &socket_arg);
+    let full = run_args(&bed, args, &socket_arg);
     let finished = Agent::run_to_exit(&bed, &full);
     check_refusal(&bed, &finished, &format!("{full:?}"), code, needles);
     assert!(

@@ -29,6 +29,24 @@ fn root_kernel_features_are_probed_and_reported_everywhere() {
         let feature = stats.features.iter().find(|f| f.name == name).unwrap();
         assert!(feature.on, "{name} is off on this kernel: {feature:?}");
     }
+    // The README's table: sock_ops state callbacks for adopted connections from 6.10 on. (The
+    // agent probes; only this test reads the version, to hold the table to what runs.)
+    let callbacks = stats
+        .features
+        .iter()
+        .find(|f| f.name == "preexisting_state_callbacks")
+        .unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .trim()
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    assert_eq!(
+        callbacks.on,
+        version >= (6, 10),
+        "kernel {release}: README \"Kernels\" says state callbacks from 6.10 on: {callbacks:?}"
+    );
     let (status, metrics) = http_get(&bed, "/metrics");
     assert_eq!(status, 200, "{metrics}");
     let log = agent.stderr();

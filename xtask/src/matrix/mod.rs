@@ -80,6 +80,7 @@ pub const PLAN: &[Entry] = &[
         tests: &[
             "root_restart_after_sigkill_keeps_counts_and_enforcement",
             "root_keep_pinned_leaves_enforcement_running",
+            "root_pin_dir_not_on_bpffs_is_refused",
         ],
         threads: 2,
     },
