@@ -21,6 +21,9 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("{EBPF_PACKAGE} manifest has no parent directory"))?;
+    // The kernel object is built with limiter-common too: a layout version set for the rollback
+    // test (limiter-common's MAP_LAYOUT_VERSION) rebuilds it.
+    println!("cargo:rerun-if-env-changed=LIMITER_MAP_LAYOUT_VERSION");
     // aya-build adds `-Z build-std=core` only when its environment has RUSTC_BOOTSTRAP set;
     // Debian's rustc-web is a stable compiler that needs it for the unstable flag.
     // SAFETY: build scripts are single-threaded at this point.

@@ -7,8 +7,33 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key or value changes shape; the agent
-/// refuses to adopt pinned maps of another version instead of misreading them.
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+/// never reads pinned maps of another version: it takes over their links and counts anew
+/// (limiter-user's `pins.rs`).
+///
+/// `LIMITER_MAP_LAYOUT_VERSION` at build time overrides it, for one purpose: the rollback test
+/// builds today's code a second time under another version, so two agents that differ only in
+/// their layout can each take over from the other (xtask `other_agents.rs`).
+pub const MAP_LAYOUT_VERSION: u32 = match option_env!("LIMITER_MAP_LAYOUT_VERSION") {
+    Some(version) => parse_version(version),
+    None => 7,
+};
+
+/// A decimal version number, at compile time (a bad one fails the build).
+const fn parse_version(text: &str) -> u32 {
+    let bytes = text.as_bytes();
+    assert!(!bytes.is_empty(), "LIMITER_MAP_LAYOUT_VERSION is empty");
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "LIMITER_MAP_LAYOUT_VERSION must be a number"
+        );
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+}
 
 /// Listener slots: one per configured `--limit`, indexes into [`SLOT_USAGE`] and [`SLOT_STATS`].
 pub const MAX_LISTENERS: u32 = 16_384;

@@ -364,8 +364,19 @@ async fn enforce(
         &settings.limits,
         &settings.keepalive_for,
     )?;
+    if let Some(pins) = pins.filter(|p| p.taking_over()) {
+        tracing::info!(
+            found = pins.predecessor_names(),
+            "taking over the pins of another map layout: this agent's programs go into their \
+             links, the connections are counted anew, then those pins are removed"
+        );
+    }
     programs.attach_accounting(cgroup, pins)?;
     tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
+    // Counting has started: the connections that were there first count too, before this
+    // copy's admission decides on a single SYN (over another layout's pins, its programs go
+    // on admitting until then, from counts that can only have grown since its sock_ops left).
+    preexisting::count(&mut table);
     programs.attach_admission(&attachments, pins)?;
     programs.retire_old_counters(table.maps_mut())?;
     for Attachment {
@@ -374,8 +385,6 @@ async fn enforce(
     {
         tracing::info!(%iface, %mode, why, "attached: admitting SYNs (XDP)");
     }
-    // Counting has started: the connections that were there first count too.
-    preexisting::count(&mut table);
     // Flood mode's connections over the limit, reset as soon as sock_ops reports them.
     let resets = Arc::new(ResetStats::default());
     let reset_task = table.maps_mut().over_limit.take().map(|ring| {
@@ -406,6 +415,22 @@ async fn enforce(
         Dispatch::new(netns_index, netns_programs),
     );
     namespaces.start(&settings.namespaces)?;
+    // Every link of another layout's pins this agent uses is its own now (the host's, and each
+    // configured namespace's): the rest of those pins go, and their maps and programs with them.
+    if let Some(pins) = pins.filter(|p| p.taking_over()) {
+        pins.remove_predecessors()
+            .map_err(|source| AgentError::Pin {
+                what: format!(
+                    "removing the pins of map layout {}",
+                    pins.predecessor_names()
+                ),
+                source,
+            })?;
+        tracing::info!(
+            removed = pins.predecessor_names(),
+            "took over the pins of another map layout"
+        );
+    }
     let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;
     let ifaces = settings.ifaces.clone();

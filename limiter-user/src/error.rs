@@ -92,7 +92,14 @@ pub enum AgentError {
     #[error("--pin-dir {0}: not on a bpf filesystem (mount it: `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs(PathBuf),
 
-    #[error("--pin-dir {dir}: holds `{found}`, not pins of this limiter's map layout v{version}; remove the directory (enforcement by the old pins stops) or use another --pin-dir", version = limiter_common::MAP_LAYOUT_VERSION)]
+    #[error(
+        "--pin-dir {dir}: holds `{found}`, which is not limiter's pins (limiter pins under `v<LAYOUT>` only); use a directory of limiter's own for --pin-dir"
+    )]
+    NotLimitersPins { dir: PathBuf, found: String },
+
+    #[error(
+        "--pin-dir {dir}: holds `{found}`, not pins this limiter can adopt; remove the directory (enforcement by the old pins stops) or use another --pin-dir"
+    )]
     IncompatiblePins { dir: PathBuf, found: String },
 
     #[error(

@@ -419,7 +419,8 @@ impl Programs {
         self.load_accounting()?;
         let program: &mut SockOps = program(&mut self.ebpf, name)?;
         let pin = pins.map(|p| p.link_path("accounting"));
-        if let Some(adopted) = adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
+        if let Some(adopted) =
+            adopt_link(pins, "accounting", program.fd().map(|fd| fd.as_fd()), name)?
         {
             self.pinned_links.push(adopted);
             return Ok(());
@@ -463,9 +464,10 @@ impl Programs {
             source,
         })?;
         for Attachment { iface, mode, .. } in attachments {
-            let pin = pins.map(|p| p.link_path(&format!("xdp-{iface}")));
+            let link_name = format!("xdp-{iface}");
+            let pin = pins.map(|p| p.link_path(&link_name));
             if let Some(adopted) =
-                adopt_link(pin.as_deref(), program.fd().map(|fd| fd.as_fd()), name)?
+                adopt_link(pins, &link_name, program.fd().map(|fd| fd.as_fd()), name)?
             {
                 self.pinned_links.push(adopted);
                 continue;
@@ -531,20 +533,40 @@ fn pin_error(path: &Path, source: std::io::Error) -> AgentError {
 }
 
 /// If an earlier agent left this link pinned, swaps our freshly loaded program into it (no gap
-/// in enforcement) and keeps it; otherwise `None` and the caller attaches anew.
+/// in enforcement) and keeps it; otherwise `None` and the caller attaches anew. A link pinned by
+/// an agent of another map layout is taken over the same way, and pinned again under this
+/// layout's directory (the other layout's pins are removed once everything is taken over).
 fn adopt_link(
-    pin: Option<&Path>,
+    pins: Option<&PinDir>,
+    link_name: &str,
     program: Result<std::os::fd::BorrowedFd<'_>, aya::programs::ProgramError>,
     name: &'static str,
 ) -> Result<Option<PinnedOrAdopted>, AgentError> {
-    let Some(pin) = pin.filter(|p| p.exists()) else {
+    let Some(pins) = pins else {
         return Ok(None);
+    };
+    let own = pins.link_path(link_name);
+    let (found, predecessor) = if own.exists() {
+        (own.clone(), false)
+    } else {
+        match pins.predecessor_link(link_name) {
+            Some(path) => (path, true),
+            None => return Ok(None),
+        }
     };
     let program = program.map_err(|source| AgentError::LoadProgram {
         program: name,
         source,
     })?;
-    let link = pins::open_pinned(pin).map_err(|e| pin_error(pin, e))?;
-    pins::update_link(link.as_fd(), program).map_err(|e| pin_error(pin, e))?;
+    let link = pins::open_pinned(&found).map_err(|e| pin_error(&found, e))?;
+    pins::update_link(link.as_fd(), program).map_err(|e| pin_error(&found, e))?;
+    if predecessor {
+        pins::pin_fd(link.as_fd(), &own).map_err(|e| pin_error(&own, e))?;
+        tracing::info!(
+            link = link_name,
+            from = %found.display(),
+            "took over a link of another map layout: this agent's program now runs in it"
+        );
+    }
     Ok(Some(PinnedOrAdopted::Adopted(link)))
 }

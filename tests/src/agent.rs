@@ -221,9 +221,14 @@ impl Agent {
     /// the host's cgroup2 and bpffs mounts stay visible (`ip netns exec` would hide them).
     /// `args` follow `limiter`.
     pub fn command(bed: &TestBed, args: &[&str]) -> Command {
+        Agent::command_of(&limiter_bin(), bed, args)
+    }
+
+    /// [`Agent::command`] for another build of the agent (`binary`): an older release, say.
+    pub fn command_of(binary: &Path, bed: &TestBed, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", bed.srv_netns_path().display()))
-            .arg(limiter_bin())
+            .arg(binary)
             .args(args);
         cmd
     }
@@ -259,12 +264,17 @@ impl Agent {
 
     /// [`Agent::start`] with environment variables set for the agent (e.g. `KUBECONFIG`).
     pub fn start_env(bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_of(&limiter_bin(), bed, args, env)
+    }
+
+    /// [`Agent::start_env`] for another build of the agent (`binary`).
+    pub fn start_of(binary: &Path, bed: &TestBed, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let socket = Agent::socket_path();
         let socket_arg = socket.display().to_string();
         let mut full = vec!["run", "--iface", &bed.srv_veth];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--control-socket", &socket_arg]);
-        let mut command = Agent::command(bed, &full);
+        let mut command = Agent::command_of(binary, bed, &full);
         command.envs(env.iter().copied());
         let proc = bed.spawn("limiter run", command);
         let ready = proc

@@ -33,6 +33,7 @@ const RUST_SOURCES: &[&str] = &[
     "xtask/src/demo.rs",
     "xtask/src/demo",
     "xtask/src/matrix",
+    "xtask/src/other_agents.rs",
 ];
 /// Shell scripts the test command runs (the kernel matrix's guest side).
 const SHELL_SCRIPTS: &[&str] = &["xtask/src/matrix/guest.sh"];

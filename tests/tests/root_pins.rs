@@ -352,11 +352,13 @@ fn root_pin_dir_not_on_bpffs_is_refused() {
     bed.assert_no_xdp("after a refused --pin-dir");
 }
 
+/// Pins of another layout are taken over (root_upgrade.rs); what is not limiter's at all is an
+/// error, and left as it is.
 #[test]
-fn root_pins_of_another_layout_are_refused_not_misread() {
+fn root_pins_that_are_not_limiters_are_refused_not_touched() {
     let bed = TestBed::new();
     let pins = PinDir::new();
-    let foreign = pins.0.join("v0");
+    let foreign = pins.0.join("cilium");
     fs::create_dir_all(&foreign).expect("creating a foreign layout directory on bpffs");
     let socket = Agent::socket_path().display().to_string();
     let out = Agent::run_to_exit(
@@ -377,7 +379,9 @@ fn root_pins_of_another_layout_are_refused_not_misread() {
     let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{out:?}");
     assert!(
-        errors[0].contains("--pin-dir") && errors[0].contains(&format!("v{MAP_LAYOUT_VERSION}")),
+        errors[0].contains("--pin-dir")
+            && errors[0].contains("`cilium`")
+            && errors[0].contains("not limiter's"),
         "{}",
         errors[0]
     );

@@ -4,6 +4,7 @@ mod build;
 mod cmd;
 mod demo;
 mod matrix;
+mod other_agents;
 mod setup;
 mod test;
 mod toolchain;

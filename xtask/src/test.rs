@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, matrix, setup};
+use crate::{build, cmd, matrix, other_agents, setup};
 
 /// Set to `off` to run the host's tests only (`cargo xtask test -- FILTER` while iterating).
 pub const MATRIX_ENV: &str = "LIMITER_KERNEL_MATRIX";
@@ -35,7 +35,10 @@ pub fn main(cargo_test_args: Vec<OsString>) -> Result<()> {
     }
     setup::run()?;
     build::build_agent(false)?;
+    // The upgrade tests run agents of other builds (an older layout's, the next one's).
+    let other_agents = other_agents::ensure().context("building the other agents")?;
     let mut test = cmd::cargo();
+    test.envs(other_agents.iter().map(|(name, path)| (*name, path)));
     // `--workspace` alone would include limiter-ebpf, which only builds for bpfel-unknown-none.
     test.args(["test", "--workspace", "--exclude", "limiter-ebpf"])
         .args(cargo_test_args);
@@ -45,7 +48,7 @@ pub fn main(cargo_test_args: Vec<OsString>) -> Result<()> {
         return host;
     }
     // The matrix runs even when the host's run failed: which kernels fail is the news.
-    let kernels = matrix::run();
+    let kernels = matrix::run(&other_agents);
     match (host, kernels) {
         (Ok(()), kernels) => kernels,
         (Err(host), Ok(())) => Err(host),
@@ -57,5 +60,5 @@ pub fn main(cargo_test_args: Vec<OsString>) -> Result<()> {
 pub fn matrix_only() -> Result<()> {
     setup::run()?;
     build::build_agent(false)?;
-    matrix::run()
+    matrix::run(&other_agents::ensure().context("building the other agents")?)
 }

@@ -2,7 +2,7 @@
 # Runs inside a kernel matrix VM (virtme-ng: the host's root filesystem, read-only, with writes
 # going to an overlay; OUT is shared read-write with the host). It mounts what a fresh node has
 # to mount, then runs each line of OUT/plan, `NAME BINARY [ARGS...]`, a test binary built on the
-# host, in the directory DIR as cargo runs them, writing its output to OUT/NAME.log and
+# host, in the directory DIR as cargo runs them, with OUT/env's variables, writing its output to OUT/NAME.log and
 # `NAME EXIT_CODE SECONDS` to OUT/status. Usage: guest.sh OUT DIR
 OUT="$1"
 DIR="$2"
@@ -17,6 +17,8 @@ echo "kernel $(uname -r)" > "$OUT/kernel"
 # Emulated CPUs are several times slower than the host's: the harness stretches its time
 # limits (never its waits) by this much (tests/src/poll.rs).
 export LIMITER_TEST_TIME_SCALE=3
+# The other builds of the agent the tests run (xtask's other_agents.rs), as the host named them.
+. "$OUT/env"
 while read -r name binary args; do
     [ -n "$name" ] || continue
     start=$(date +%s)

@@ -125,8 +125,11 @@ struct KernelRun {
 }
 
 /// Runs [`PLAN`] in a VM of each matrix kernel; an error names each kernel that failed.
-pub fn run() -> Result<()> {
+/// `env` names other builds of the agent the tests run (`other_agents.rs`), copied into the
+/// snapshot with the rest.
+pub fn run(env: &[(&'static str, PathBuf)]) -> Result<()> {
     let binaries = snapshot(&test_binaries()?)?;
+    let env = snapshot_env(env)?;
     let kernels: Vec<_> = kernels::MATRIX
         .iter()
         .map(|series| {
@@ -146,7 +149,7 @@ pub fn run() -> Result<()> {
             "\nkernel matrix: {} ({}): booting a VM (TCG) and running the kernel tests",
             kernel.release, kernel.series
         );
-        let run = run_kernel(kernel, &binaries)?;
+        let run = run_kernel(kernel, &binaries, &env)?;
         for (name, log) in &run.failures {
             println!(
                 "---- kernel {}: {name} failed; its output ({}):",
@@ -198,7 +201,11 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn run_kernel(kernel: &kernels::Kernel, binaries: &BTreeMap<String, PathBuf>) -> Result<KernelRun> {
+fn run_kernel(
+    kernel: &kernels::Kernel,
+    binaries: &BTreeMap<String, PathBuf>,
+    env: &str,
+) -> Result<KernelRun> {
     let out = cmd::target_dir().join("matrix").join(&kernel.release);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -222,6 +229,7 @@ fn run_kernel(kernel: &kernels::Kernel, binaries: &BTreeMap<String, PathBuf>) ->
         plan.push('\n');
     }
     std::fs::write(out.join("plan"), plan)?;
+    std::fs::write(out.join("env"), env)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/matrix/guest.sh");
     let tests_dir = cmd::workspace_root().join("tests");
     let start = Instant::now();
@@ -332,6 +340,22 @@ fn snapshot(binaries: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, Pat
             ))
         })
         .collect()
+}
+
+/// Copies each of `env`'s binaries into the snapshot; the shell lines that name them there.
+fn snapshot_env(env: &[(&'static str, PathBuf)]) -> Result<String> {
+    let bin = cmd::target_dir().join("matrix").join("bin");
+    let mut lines = String::new();
+    for (name, path) in env {
+        let file_name = path
+            .file_name()
+            .context("an agent path without a file name")?;
+        let copy = bin.join(file_name);
+        std::fs::copy(path, &copy)
+            .with_context(|| format!("copying {} to {}", path.display(), copy.display()))?;
+        lines.push_str(&format!("export {name}={}\n", copy.display()));
+    }
+    Ok(lines)
 }
 
 /// The `tests` crate's test binaries, by name, as `cargo test --no-run` built them.
