@@ -108,6 +108,24 @@ pub const PLAN: &[Entry] = &[
         tests: &[],
         threads: 2,
     },
+    // What the kernel can do, probed and reported; a kernel without BTF or cgroup v2.
+    Entry {
+        binary: "root_features",
+        tests: &[],
+        threads: 2,
+    },
+    Entry {
+        binary: "root_bad_input",
+        tests: &["root_kernel_without_btf", "root_no_cgroup2_mounted"],
+        threads: 2,
+    },
+    // A rollout and rollback across map layouts (today's code under two layout versions). The
+    // v6 agent's own XDP program does not load on these kernels (the bug this matrix found).
+    Entry {
+        binary: "root_upgrade",
+        tests: &["root_rollback_and_rollout_across_layouts_take_over_each_way"],
+        threads: 1,
+    },
 ];
 
 /// How long one kernel's VM may run before it is stopped (a hung guest must not eat CI's time).
