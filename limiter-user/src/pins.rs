@@ -216,46 +216,29 @@ const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// Opens a pinned link.
 pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32), ...
-    let mut attr = [0u64; 4];
-    attr[0] = c_path.as_ptr() as u64;
-    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_OBJ_GET; c_path outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = object_at(BPF_OBJ_GET, path, 0)?;
     // SAFETY: the kernel returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Pins `fd` (a link taken over from another layout's pin) at `path`.
 pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    object_at(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(drop)
+}
+
+/// BPF_OBJ_GET or BPF_OBJ_PIN of the object at `path` (`fd`: what to pin; 0 to get).
+fn object_at(cmd: libc::c_long, path: &Path, fd: u32) -> io::Result<libc::c_long> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // union bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    // union bpf_attr for BPF_OBJ_*: pathname (u64), bpf_fd (u32), file_flags (u32), ...
     let mut attr = [0u64; 4];
     attr[0] = c_path.as_ptr() as u64;
-    attr[1] = fd.as_raw_fd() as u32 as u64;
-    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_OBJ_PIN; c_path outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
+    attr[1] = u64::from(fd);
+    // SAFETY: attr is a valid, zero-padded bpf_attr for `cmd`; c_path outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(&attr)) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(rc)
 }
 
 /// Atomically swaps the program behind a link (Linux 5.7+; XDP links 5.9+): enforcement never
