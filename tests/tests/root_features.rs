@@ -62,7 +62,10 @@ fn root_kernel_features_are_probed_and_reported_everywhere() {
         );
         let warned: Vec<&String> = log
             .iter()
-            .filter(|l| l.contains("kernel feature off") && l.contains(&feature.name))
+            .filter(|l| {
+                l.contains("kernel feature off")
+                    && l.contains(&format!("feature=\"{}\"", feature.name))
+            })
             .collect();
         if feature.on {
             assert!(
