@@ -84,6 +84,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "kmod",
         "depmod for the extracted matrix kernels; modprobe in their VMs",
     ),
+    (
+        "git",
+        "git archive: the upgrade tests build the agent of an older map layout from its commit",
+    ),
 ];
 
 /// The part of [`APT_PACKAGES`] that building the agent needs: what `setup --build-only`
