@@ -240,10 +240,12 @@ fn addresses_at(offset: usize) -> usize {
 const FRAME_OFFSET_MASK: usize = 0x1_FFFF;
 
 /// `offset`, hidden from LLVM (`black_box`) so that it keeps a bounds check another one implies,
-/// and masked right before it is added to the frame pointer: `black_box` goes through the stack,
-/// and the verifiers of Linux 6.1 and 6.12 lose a scalar's bounds on that spill ("math between
-/// pkt pointer and register with unbounded min value"); the mask gives them back, whatever the
-/// kernel.
+/// and masked right before it is added to the frame pointer: the verifiers of Linux 6.1 and 6.12
+/// do not keep the offset's bounds on its way there (through the byte swap of the IP header's
+/// length, and `black_box`'s stack spill), and refuse the addition ("math between pkt pointer
+/// and register with unbounded min value"); the mask bounds it again where the addition is
+/// checked, whatever the kernel. (The comparison it feeds only rejects a frame; every load
+/// after it has its own bounds check.)
 #[inline(always)]
 fn opaque(offset: usize) -> usize {
     core::hint::black_box(offset) & FRAME_OFFSET_MASK

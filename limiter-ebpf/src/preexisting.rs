@@ -34,7 +34,7 @@ use crate::{
 };
 
 const SOL_TCP: i32 = 6;
-/// `bpf_setsockopt`'s option for a socket's sock_ops callback flags (Linux 6.12+).
+/// `bpf_setsockopt`'s option for a socket's sock_ops callback flags (Linux 6.10+).
 const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 
 /// The kernel's `struct bpf_iter_meta`: the start of it, the walk's output file.

@@ -98,8 +98,8 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         }
         Err(e) => {
             // Pins we created for this run go; pins adopted from an earlier agent stay, so its
-            // enforcement goes on exactly as it was found.
-            if let Some(pins) = pins.filter(|p| !p.adopting) {
+            // enforcement goes on exactly as it was found, and so do a takeover's.
+            if let Some(pins) = pins.filter(|p| !p.keep_on_failure()) {
                 let _ = pins.remove();
             }
             Err(e)
@@ -365,6 +365,17 @@ async fn enforce(
         &settings.keepalive_for,
     )?;
     if let Some(pins) = pins.filter(|p| p.taking_over()) {
+        // Without the walk the new programs would admit a whole limit on top of what is open:
+        // the old ones, whose counts can only be too high, are better left enforcing.
+        if table.maps().adopter.is_none() {
+            anyhow::bail!(
+                "--pin-dir {}: pins of map layout {} cannot be taken over without counting the \
+                 open connections, and the adopt walk cannot run here (see the warning above); \
+                 they go on enforcing as they are",
+                pins_dir(args).display(),
+                pins.predecessor_names()
+            );
+        }
         tracing::info!(
             found = pins.predecessor_names(),
             "taking over the pins of another map layout: this agent's programs go into their \

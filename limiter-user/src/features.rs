@@ -4,12 +4,12 @@
 //! `limiter_feature{name}` say it for as long as the agent runs; everything else keeps working.
 //!
 //! What the probes look at (the kernel it first appeared in, for the README's table):
-//! - `preexisting`: the `adopt` iterator over TCP sockets loads and runs (iter/tcp, 5.9, with
-//!   `bpf_setsockopt` from iterators, 5.11).
+//! - `preexisting`: the `adopt` iterator over TCP sockets loads and runs (iter/tcp, calling
+//!   `bpf_getsockopt`/`bpf_setsockopt` on the socket it holds).
 //! - `preexisting_state_callbacks`: `bpf_getsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` works in that
 //!   iterator (6.10): adopted connections get sock_ops' state callbacks, as new ones do. Where it
 //!   does not (Debian 12's 6.1), their close is seen by the `close_watch` program on the
-//!   `inet_sock_set_state` tracepoint (tp_btf with socket storage, 5.11) instead.
+//!   `inet_sock_set_state` tracepoint (tp_btf, reading socket storage) instead.
 //! - `socket_destroy`: sock_diag's SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY): how the agent resets
 //!   connections found over a limit after their handshake (flood mode, per-source limits).
 use std::{
@@ -78,8 +78,8 @@ impl Features {
                     name: "preexisting_state_callbacks",
                     state: state_callbacks,
                     loss: "nothing: the close of connections that were there first is seen by \
-                           the inet_sock_set_state tracepoint instead (one more program runs on \
-                           every TCP state change of the node)",
+                           the inet_sock_set_state tracepoint instead (one program for each \
+                           enforced namespace runs on every TCP state change of the node)",
                 },
                 socket_destroy: Feature {
                     name: "socket_destroy",

@@ -559,7 +559,21 @@ fn adopt_link(
         source,
     })?;
     let link = pins::open_pinned(&found).map_err(|e| pin_error(&found, e))?;
-    pins::update_link(link.as_fd(), program).map_err(|e| pin_error(&found, e))?;
+    let updated = pins::update_link(link.as_fd(), program);
+    if let (true, Err(error)) = (predecessor, &updated) {
+        // The other layout's link of something gone since it was pinned (a pod's namespace
+        // replaced while no agent ran: its XDP link is defunct): attach anew; the stale pin
+        // goes with the rest of that layout's.
+        tracing::info!(
+            link = link_name,
+            from = %found.display(),
+            %error,
+            "a link of another map layout cannot be taken over (what it was attached to is \
+             gone): attaching anew"
+        );
+        return Ok(None);
+    }
+    updated.map_err(|e| pin_error(&found, e))?;
     if predecessor {
         pins::pin_fd(link.as_fd(), &own).map_err(|e| pin_error(&own, e))?;
         tracing::info!(

@@ -84,6 +84,13 @@ impl PinDir {
         })
     }
 
+    /// Whether this start's pins stay if it fails: adopted ones (their programs go on enforcing
+    /// as found), and a takeover's own (the other layout's links may run this layout's
+    /// programs already, with these maps: a retry resumes from them).
+    pub fn keep_on_failure(&self) -> bool {
+        self.adopting || self.taking_over()
+    }
+
     /// Whether pins of another map layout are here to be taken over.
     pub fn taking_over(&self) -> bool {
         !self.predecessors.is_empty()

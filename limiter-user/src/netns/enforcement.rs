@@ -130,8 +130,11 @@ impl NetnsEnforcement {
             Ok(()) => Ok(enforcement),
             Err(e) => {
                 // Pins created for this start go (adopted ones stay, enforcing as found).
-                let adopted = enforcement.pins.as_ref().is_some_and(|p| p.adopting);
-                enforcement.stop(adopted, dispatch);
+                let keep = enforcement
+                    .pins
+                    .as_ref()
+                    .is_some_and(|p| p.keep_on_failure());
+                enforcement.stop(keep, dispatch);
                 Err(in_netns(e))
             }
         }

@@ -93,7 +93,7 @@ impl Namespaces {
         }
         for netns in all {
             if let Err(e) = self.start_new(netns, Source::Settings) {
-                let keep = self.env.pins.as_ref().is_some_and(|p| p.adopting);
+                let keep = self.env.pins.as_ref().is_some_and(|p| p.keep_on_failure());
                 self.stop_all(keep);
                 return Err(e);
             }
@@ -523,8 +523,8 @@ impl Namespaces {
 /// removes their pins unless they were adopted; after `stop_all` there is nothing left to do.
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        let adopted = self.env.pins.as_ref().is_some_and(|p| p.adopting);
-        self.stop_all(adopted);
+        let keep = self.env.pins.as_ref().is_some_and(|p| p.keep_on_failure());
+        self.stop_all(keep);
     }
 }
 
