@@ -100,7 +100,12 @@ fn root_each_pod_its_own_limit_via_pod_ip_and_node_port() {
     let over = Hold::open(&bed, 1, &b.addr(PORT), 1000);
     assert_eq!(over.result.timed_out, 1, "pod B is full: {:?}", over.result);
     let row_b = agent.wait_listener_in("8000", Some(&nb), "3 active", SETTLE, |l| l.active == 3);
-    assert_eq!(row_b.refused_drop_total, 1, "{row_b:?}");
+    // Its SYN, and any retransmit of it the client's 1 s timer sent before it gave up (on a slow
+    // machine, such as the kernel matrix's emulated CPUs, it does).
+    assert!(
+        (1..=2).contains(&row_b.refused_drop_total),
+        "one connection refused: {row_b:?}"
+    );
     assert_eq!(agent.listener_in("8000", Some(&na)).active, 5);
 
     // Stats say which namespace each listener is in.
