@@ -512,7 +512,7 @@ fn syn_flood(args: &[String]) -> Result<()> {
         let due = (started.elapsed().as_micros() as u64 * rate / 1_000_000).max(sent);
         // A sender slower than the rate (a slow CPU, an emulated VM) never catches up: the
         // deadline is checked inside the batch too, or the loop would outlive it.
-        while sent < due && (sent % 1024 != 0 || started.elapsed() < deadline) {
+        while sent < due && (!sent.is_multiple_of(1024) || started.elapsed() < deadline) {
             let r = random();
             let src = Ipv4Addr::new(198, 19, (r >> 8) as u8, r as u8);
             let sport = 1024 + ((r >> 16) as u16 % 60_000);
