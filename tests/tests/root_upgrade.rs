@@ -153,6 +153,16 @@ impl Node {
 }
 
 impl Node {
+    /// `agent` shows `active` connections on the host's listener.
+    fn assert_host_active(&self, agent: &Agent, active: u64, context: &str) {
+        let stats = agent.stats();
+        assert_eq!(
+            stats.listener(&self.host_listener).map(|l| l.active),
+            Some(active),
+            "{context}: {stats:?}"
+        );
+    }
+
     fn close_and_wait_for_0(&self, agent: &Agent, held: [Hold; 2]) {
         let netns = self.netns();
         for held in held {
@@ -197,22 +207,12 @@ fn root_rollback_and_rollout_across_layouts_take_over_each_way() {
     let next = other_agent("LIMITER_NEXT_LAYOUT_AGENT");
     let held = node.hold_3_each();
     let first = node.agent(&today, &pins);
-    let stats = first.stats();
-    assert_eq!(
-        stats.listener(&node.host_listener).map(|l| l.active),
-        Some(3),
-        "the walk counts what was open: {stats:?}"
-    );
+    node.assert_host_active(&first, 3, "the walk counts what was open");
     node.assert_full("the first agent, over connections that were there first");
     assert_eq!(first.stop(libc::SIGKILL).signal(), Some(libc::SIGKILL));
     // The rollout to the next layout: it shows the same counts.
     let rolled_out = node.agent(&next, &pins);
-    let stats = rolled_out.stats();
-    assert_eq!(
-        stats.listener(&node.host_listener).map(|l| l.active),
-        Some(3),
-        "{stats:?}"
-    );
+    node.assert_host_active(&rolled_out, 3, "the next layout's agent");
     assert_eq!(layouts_in(&pins), [format!("v{}", MAP_LAYOUT_VERSION + 1)]);
     node.assert_full("the next layout's agent");
     assert_eq!(rolled_out.stop(libc::SIGKILL).signal(), Some(libc::SIGKILL));
