@@ -322,10 +322,15 @@ impl Programs {
         how: AdoptedClose,
         pins: Option<&PinDir>,
     ) -> Result<crate::preexisting::Adopter, AgentError> {
+        // Both programs load against the kernel's BTF: read once.
+        let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
+            call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
+            source: std::io::Error::other(e),
+        })?;
         if how == AdoptedClose::Tracepoint {
-            self.attach_close_watch(pins)?;
+            self.attach_close_watch(&btf, pins)?;
         }
-        crate::preexisting::Adopter::load(&mut self.ebpf)
+        crate::preexisting::Adopter::load(&mut self.ebpf, &btf)
     }
 
     /// `close_watch` on the `inet_sock_set_state` tracepoint. With a pin directory its link is
@@ -333,19 +338,19 @@ impl Programs {
     /// agent runs. A tracing link cannot have its program replaced: over an earlier agent's pin,
     /// the new link is attached first, then takes the pin's place (the two, both attached for a
     /// moment, release a socket's tag only once).
-    fn attach_close_watch(&mut self, pins: Option<&PinDir>) -> Result<(), AgentError> {
+    fn attach_close_watch(
+        &mut self,
+        btf: &aya::Btf,
+        pins: Option<&PinDir>,
+    ) -> Result<(), AgentError> {
         let name = program_names::CLOSE_WATCH;
         let load_error = |source| AgentError::LoadProgram {
             program: name,
             source,
         };
-        let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
-            call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
-            source: std::io::Error::other(e),
-        })?;
         let program: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
         program
-            .load("inet_sock_set_state", &btf)
+            .load("inet_sock_set_state", btf)
             .map_err(load_error)?;
         let link = program.attach().map_err(load_error)?;
         let Some(pin) = pins.map(|p| p.link_path("close-watch")) else {

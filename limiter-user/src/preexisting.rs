@@ -33,8 +33,9 @@ pub struct Adopter {
 }
 
 impl Adopter {
-    /// Loads the iterator program (over TCP sockets) and links it; nothing is walked yet.
-    pub fn load(ebpf: &mut Ebpf) -> Result<Adopter, AgentError> {
+    /// Loads the iterator program (over TCP sockets, against the kernel's `btf`) and links it;
+    /// nothing is walked yet.
+    pub fn load(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Adopter, AgentError> {
         let name = program_names::ADOPT;
         let load_error = |source| AgentError::LoadProgram {
             program: name,
@@ -48,11 +49,7 @@ impl Adopter {
             })?
             .try_into()
             .map_err(load_error)?;
-        let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
-            call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
-            source: io::Error::other(e),
-        })?;
-        program.load("tcp", &btf).map_err(load_error)?;
+        program.load("tcp", btf).map_err(load_error)?;
         let link = link_iterator(program).map_err(AgentError::syscall(
             "linking the TCP socket iterator (bpf BPF_LINK_CREATE)",
         ))?;
