@@ -147,6 +147,16 @@ impl Hold {
         bed.spawn(&format!("hold {count} {addr}"), tool(bed, side, &args))
     }
 
+    /// [`Hold::open`] from this process's own network namespace: the node of
+    /// [`crate::container`]'s containers, where the runtime's bridge and hostPort rules are.
+    pub fn open_from_host(bed: &TestBed, count: u32, addr: &str, timeout_ms: u64) -> Hold {
+        let (count_arg, timeout) = (count.to_string(), timeout_ms.to_string());
+        let mut cmd = std::process::Command::new(netns_tool_bin());
+        cmd.args(["hold", &count_arg, addr, &timeout]);
+        let proc = bed.spawn(&format!("hold {count} {addr} from the host"), cmd);
+        Hold::wait(proc, count, timeout_ms)
+    }
+
     /// [`Hold::open`] from the client's address `source` (one it has, see
     /// `TestBed::add_client_address`).
     pub fn open_as(bed: &TestBed, source: IpAddr, count: u32, addr: &str, timeout_ms: u64) -> Hold {

@@ -3,7 +3,7 @@
 //! ConnectionLimitPolicies, and is driven from the test over its stdin. The pods it lists are
 //! the bed's real pod namespaces, so a policy applied through it ends in real clients refused
 //! in a real pod.
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -51,7 +51,28 @@ impl FakeApiServer {
 
     /// Adds or replaces a pod on this node, running, at `pod`'s IP.
     pub fn apply_pod(&mut self, namespace: &str, name: &str, pod: &Pod, labels: Value) {
-        self.command(json!({"apply": "pods", "object": pod_object(namespace, name, pod, labels)}));
+        self.apply_pod_at(namespace, name, pod.ip().into(), labels);
+    }
+
+    /// Adds or replaces a pod on this node, running, at `ip` (a container's, say).
+    pub fn apply_pod_at(&mut self, namespace: &str, name: &str, ip: IpAddr, labels: Value) {
+        let pod = pod_object(namespace, name, ip, labels);
+        self.command(json!({"apply": "pods", "object": pod}));
+    }
+
+    /// Adds or replaces a `hostNetwork` pod on this node: it shares the node's namespace, and
+    /// its `podIP` is the node's address `node_ip`.
+    pub fn apply_host_network_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        node_ip: IpAddr,
+        labels: Value,
+    ) {
+        let mut pod = pod_object(namespace, name, node_ip, labels);
+        pod["spec"]["hostNetwork"] = json!(true);
+        pod["status"]["hostIP"] = json!(node_ip.to_string());
+        self.command(json!({"apply": "pods", "object": pod}));
     }
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
@@ -102,7 +123,7 @@ impl Drop for FakeApiServer {
     }
 }
 
-fn pod_object(namespace: &str, name: &str, pod: &Pod, labels: Value) -> Value {
+fn pod_object(namespace: &str, name: &str, ip: IpAddr, labels: Value) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -111,6 +132,6 @@ fn pod_object(namespace: &str, name: &str, pod: &Pod, labels: Value) -> Value {
             "nodeName": NODE,
             "containers": [{"name": "server", "image": "echo", "ports": [{"containerPort": 8000}]}],
         },
-        "status": {"phase": "Running", "podIP": pod.ip().to_string()},
+        "status": {"phase": "Running", "podIP": ip.to_string()},
     })
 }

@@ -5,6 +5,7 @@
 //! - [`netns`]: [`TestBed`], a server and a client namespace joined by a veth pair.
 //! - [`pins`]: a pin directory on bpffs, removed even when a test panics.
 //! - [`node`]: the bed as a Kubernetes node: pods behind veths, a NodePort DNAT.
+//! - [`container`]: containers of a real runtime (podman) as pods, with a hostPort.
 //! - [`kubernetes`]: a stand-in API server (list/watch JSON) for Kubernetes mode.
 //! - [`agent`]: [`Agent`], the real `limiter` binary running in the server namespace.
 //! - [`client`]: servers and clients (the `netns-tool` helper) run inside the namespaces.
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod container;
 pub mod flood;
 pub mod frames;
 pub mod kubernetes;

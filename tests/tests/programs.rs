@@ -37,9 +37,23 @@ const RUST_SOURCES: &[&str] = &[
 ];
 /// Shell scripts the test command runs (the kernel matrix's guest side).
 const SHELL_SCRIPTS: &[&str] = &["xtask/src/matrix/guest.sh"];
-/// Programs virtme-ng (which the kernel matrix starts from its own venv, `vng`) starts in turn:
-/// they must come from setup's packages as well.
-const STARTED_BY_VIRTME_NG: &[&str] = &["qemu-system-x86_64", "busybox"];
+/// Programs that programs of the tests start in turn, and which: they must come from setup's
+/// packages as well. virtme-ng (the kernel matrix's `vng`, from its own venv) starts qemu and
+/// builds its initramfs from busybox; podman (tests/src/container.rs) starts its monitor, its
+/// network backend (which writes the hostPort rules with iptables) and the runtime the tests
+/// name, and the containers run a copy of busybox-static's /bin/busybox.
+const STARTED_BY_OTHERS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "virtme-ng (xtask/src/matrix/vm.rs)"),
+    ("busybox", "virtme-ng (xtask/src/matrix/vm.rs)"),
+    ("busybox", "the tests' containers (tests/src/container.rs)"),
+    ("conmon", "podman (tests/src/container.rs)"),
+    (
+        "/usr/lib/podman/netavark",
+        "podman (tests/src/container.rs)",
+    ),
+    ("iptables", "netavark, for the containers' hostPort DNAT"),
+    ("runc", "podman --runtime runc (tests/src/container.rs)"),
+];
 /// Documents whose `sh` blocks are run by tests (README.md, docs/guide.md).
 const SHELL_DOCS: &[&str] = &["README.md", "docs/guide.md"];
 
@@ -238,11 +252,11 @@ fn started_programs() -> BTreeMap<String, Vec<String>> {
                 .push(script.to_string());
         }
     }
-    for program in STARTED_BY_VIRTME_NG {
+    for (program, by) in STARTED_BY_OTHERS {
         programs
             .entry(program.to_string())
             .or_default()
-            .push("virtme-ng (xtask/src/matrix/vm.rs)".into());
+            .push(by.to_string());
     }
     for doc in SHELL_DOCS {
         let text = std::fs::read_to_string(Path::new(ROOT).join(doc))
@@ -266,12 +280,26 @@ fn dpkg_query(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The Debian package that ships `program` in one of Debian's program directories.
+/// The Debian package that ships `program` in one of Debian's program directories (or at the
+/// absolute path `program` names). A program that is a symlink Debian's alternatives manage
+/// (`/usr/sbin/iptables` -> `/etc/alternatives/iptables` -> `xtables-nft-multi`) belongs to the
+/// package of what it resolves to.
 fn package_of(program: &str) -> Option<(String, String)> {
-    DEBIAN_BIN_DIRS.iter().find_map(|dir| {
-        let path = format!("{dir}/{program}");
+    let candidates: Vec<String> = if program.starts_with('/') {
+        vec![program.to_string()]
+    } else {
+        DEBIAN_BIN_DIRS
+            .iter()
+            .map(|dir| format!("{dir}/{program}"))
+            .collect()
+    };
+    candidates.into_iter().find_map(|path| {
+        let owned = |path: &str| dpkg_query(&["-S", path]);
         // `dpkg-query -S` names the package of a path it shipped: `pkg[, pkg2]: /usr/sbin/nft`.
-        let owner = dpkg_query(&["-S", &path])?;
+        let owner = owned(&path).or_else(|| {
+            let resolved = std::fs::canonicalize(&path).ok()?;
+            owned(resolved.to_str()?)
+        })?;
         // Diversions are listed too (`diversion by dash from: /bin/sh`): skip them.
         let (packages, _) = owner
             .lines()

@@ -78,7 +78,28 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "busybox-static",
-        "virtme-ng builds the matrix VMs' initramfs from it",
+        "virtme-ng builds the matrix VMs' initramfs from it; the root of the tests' containers",
+    ),
+    // Real parts (tests/tests/root_containers.rs, root_prometheus.rs, deploy/monitoring).
+    (
+        "podman",
+        "containers as pods in the tests (netavark bridge, /run/netns/netns-UUID, a hostPort DNAT)",
+    ),
+    (
+        "netavark",
+        "podman's network backend in the tests (podman takes it or the older CNI plugins)",
+    ),
+    (
+        "iptables",
+        "netavark writes the containers' hostPort DNAT with it (podman only suggests it)",
+    ),
+    (
+        "runc",
+        "podman's OCI runtime in the tests (crun refuses this kind of machine's hybrid cgroups)",
+    ),
+    (
+        "prometheus",
+        "a real Prometheus scraping the agent, and promtool unit-testing deploy/monitoring's alerts",
     ),
     (
         "kmod",
