@@ -504,7 +504,7 @@ async fn enforce(
             _ = sigterm.recv() => break "SIGTERM",
             _ = sighup.recv() => match state.reload() {
                 Ok(summary) => tracing::info!(signal = "SIGHUP", "{summary}"),
-                Err(error) => tracing::error!(signal = "SIGHUP", "{error}"),
+                Err(error) => tracing::warn!(signal = "SIGHUP", "reload refused, the limits are unchanged: {error}"),
             },
             _ = sweep.tick() => {
                 let mut table = table.lock().unwrap_or_else(|p| p.into_inner());

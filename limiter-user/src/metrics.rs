@@ -47,6 +47,7 @@
 //! | `limiter_proxy_upstream_keepalive_deaths_total` | counter | `proxy` |
 //! | `limiter_proxy_bytes_total` | counter (unit bytes) | `proxy`, `direction` = `to_upstream`/`to_downstream` |
 //! | `limiter_feature` | gauge (1 on, 0 off: this kernel cannot) | `name` |
+//! | `limiter_ready` | gauge (1 once the programs are attached, as `/readyz`) | |
 //!
 //! The proxy's held gauge is `limiter_proxy_holding_connections`, not
 //! `limiter_proxy_held_connections`: in OpenMetrics the counter `..._held_connections_total`
@@ -95,12 +96,13 @@ pub async fn serve(
     axum::serve(listener, router(source)).await
 }
 
-/// The text exposition of `report`, as served on `/metrics`.
-pub fn render(report: &Report) -> String {
+/// The text exposition of `report`, as served on `/metrics`; `ready` is what `/readyz` says
+/// (programs attached), exported as `limiter_ready` for alerts.
+pub fn render(report: &Report, ready: bool) -> String {
     // The registry only prefixes and frames; the collector owns a copy because prometheus-client
     // wants `'static` collectors. A Report is a few hundred bytes per listener: cheap per scrape.
     let mut registry = Registry::with_prefix("limiter");
-    registry.register_collector(Box::new(ReportCollector(report.clone())));
+    registry.register_collector(Box::new(ReportCollector(report.clone(), ready)));
     let mut out = String::new();
     text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -110,7 +112,10 @@ async fn metrics(State(source): State<Arc<dyn MetricsSource>>) -> Response {
     // Reading the maps is a handful of bpf() syscalls per listener: fast enough to do inline
     // rather than on the blocking pool.
     match source.report() {
-        Ok(report) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&report)).into_response(),
+        Ok(report) => {
+            let body = render(&report, source.attached());
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+        }
         // A failed scrape (Prometheus sets `up` to 0) says more than an empty page would.
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,7 +149,7 @@ async fn readyz(State(source): State<Arc<dyn MetricsSource>>) -> Response {
 
 /// One scrape's worth of numbers, encoded as const metrics.
 #[derive(Debug)]
-struct ReportCollector(Report);
+struct ReportCollector(Report, bool);
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -215,7 +220,7 @@ fn counter(
 
 impl Collector for ReportCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let report = &self.0;
+        let (report, ready) = (&self.0, self.1);
         let e = &mut encoder;
 
         // Per listener. Every family is described even with no listeners, so dashboards and
@@ -488,6 +493,14 @@ impl Collector for ReportCollector {
             .map(|(result, n)| (vec![("result", result)], n)),
         )?;
 
+        // A scrape whose maps cannot be read fails (503), so 0 here means "not attached yet".
+        let gauge = ConstGauge::new(u64::from(ready));
+        gauge.encode(e.encode_descriptor(
+            "ready",
+            "1 once the agent's programs are attached (as GET /readyz says), 0 before.",
+            None,
+            gauge.metric_type(),
+        )?)?;
         family(
             e,
             "feature",
@@ -733,6 +746,7 @@ mod tests {
 
     fn expected_samples(report: &Report) -> BTreeMap<Sample, u64> {
         let mut want = BTreeMap::new();
+        want.insert(key("limiter_ready", &[]), 1);
         for l in &report.listeners {
             let n = l.listener.as_str();
             let mut put = |name: &str, extra: &[(&str, &str)], v: u64| {
@@ -936,7 +950,8 @@ mod tests {
         sample.strip_suffix("_total").unwrap_or(sample)
     }
 
-    const GAUGES: [&str; 11] = [
+    const GAUGES: [&str; 12] = [
+        "limiter_ready",
         "limiter_feature",
         "limiter_listener_per_source_limit",
         "limiter_listener_sources",
@@ -953,7 +968,7 @@ mod tests {
     #[test]
     fn render_exports_every_number_under_its_name_and_labels() {
         let report = sample_report();
-        let text = render(&report);
+        let text = render(&report, true);
         assert_eq!(parse_samples(&text), expected_samples(&report), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(!text.contains("_total_total"), "{text}");
@@ -962,7 +977,7 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_once() {
         let report = sample_report();
-        let text = render(&report);
+        let text = render(&report, true);
         let mut help = BTreeMap::new();
         let mut types = BTreeMap::new();
         for line in text.lines() {
@@ -1008,8 +1023,8 @@ mod tests {
 
     #[test]
     fn empty_report_still_describes_every_family() {
-        let full = render(&sample_report());
-        let empty = render(&Report::default());
+        let full = render(&sample_report(), true);
+        let empty = render(&Report::default(), true);
         let types = |text: &str| -> Vec<String> {
             text.lines()
                 .filter(|l| l.starts_with("# TYPE "))
@@ -1087,7 +1102,7 @@ mod tests {
         let (status, headers, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert_eq!(headers["content-type"], CONTENT_TYPE);
-        assert_eq!(body, render(&sample_report()));
+        assert_eq!(body, render(&sample_report(), true));
 
         let (status, _, body) = get(addr, "/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
@@ -1105,6 +1120,9 @@ mod tests {
         assert!(body.contains("not attached"), "{body}");
         let (status, _, _) = get(addr, "/healthz").await;
         assert_eq!(status, 200);
+        let (status, _, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("\nlimiter_ready 0\n"), "{body}");
 
         // Attached but the maps cannot be read: not ready, and scrapes fail with the reason.
         fake.attached.store(true, Ordering::SeqCst);

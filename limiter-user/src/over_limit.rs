@@ -38,7 +38,7 @@ pub async fn reset_loop(
     let diag = match diag {
         Ok(diag) => diag,
         Err(error) => {
-            tracing::error!(%error, "over-limit connections cannot be reset: opening a sock_diag netlink socket failed");
+            tracing::warn!(%error, "over-limit connections cannot be reset: opening a sock_diag netlink socket failed");
             return;
         }
     };
@@ -48,7 +48,7 @@ pub async fn reset_loop(
         Ok(ring) => ring,
         Err(error) => {
             let error = error.to_string();
-            tracing::error!(%error, "over-limit connections cannot be reset: polling the OVER_LIMIT ring buffer failed");
+            tracing::warn!(%error, "over-limit connections cannot be reset: polling the OVER_LIMIT ring buffer failed");
             return;
         }
     };

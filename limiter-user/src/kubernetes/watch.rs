@@ -195,7 +195,7 @@ impl Sync {
                     tracing::info!("kubernetes: {line}");
                 }
             }
-            Err(error) => tracing::error!(%error, "kubernetes: applying the policies"),
+            Err(error) => tracing::warn!(%error, "kubernetes: applying the policies"),
         }
         self.report(&resolved.conflicts, policies, recorder).await;
     }
