@@ -1,7 +1,8 @@
 """A stand-in for the Kubernetes API server, for limiter's Kubernetes-mode tests.
 
-It speaks the list and watch JSON of the API for Pods (core/v1) and ConnectionLimitPolicies
-(limiter.dev/v1alpha1), cluster-wide: a list answers with the objects and the current
+It speaks the list and watch JSON of the API for Pods and Services (core/v1),
+ConnectionLimitPolicies (limiter.dev/v1alpha1) and Gateways (gateway.networking.k8s.io/v1),
+cluster-wide, with `labelSelector` as `KEY` (the label exists) or `KEY=VALUE`: a list answers with the objects and the current
 resourceVersion; a watch (`?watch=true&resourceVersion=RV`) streams every change after RV as
 one JSON event per line (ADDED, MODIFIED, DELETED), then waits for more. A watch from a
 resourceVersion older than the last compaction gets an ERROR event with a 410 Gone Status, as
@@ -10,8 +11,9 @@ Events (events.k8s.io/v1) posted by the agent are kept.
 
 The test drives it through stdin, one JSON command per line, each answered by one line on
 stdout starting with "ok":
-  {"apply": "pods"|"policies", "object": {...}}      add or replace (ADDED / MODIFIED)
-  {"delete": "pods"|"policies", "namespace": N, "name": M}
+  {"apply": KIND, "object": {...}}      add or replace (ADDED / MODIFIED); KIND is one of
+                                        pods, policies, gateways, services
+  {"delete": KIND, "namespace": N, "name": M}
   {"compact": true}        forget the history: the next watch resumption gets 410 Gone
   {"drop_watches": true}   close every open watch connection (a dropped watch)
   {"events": true}         print the Events received, as one JSON list
@@ -31,8 +33,8 @@ STATE = {
     "rv": 1,
     "compacted": 1,
     "generation": 0,  # bumped to drop every open watch
-    "objects": {"pods": {}, "policies": {}},
-    "history": {"pods": [], "policies": []},
+    "objects": {"pods": {}, "policies": {}, "gateways": {}, "services": {}},
+    "history": {"pods": [], "policies": [], "gateways": [], "services": []},
     "events": [],
     "requests": [],
 }
@@ -44,7 +46,23 @@ PATHS = {
         "ConnectionLimitPolicyList",
         "limiter.dev/v1alpha1",
     ),
+    "/apis/gateway.networking.k8s.io/v1/gateways": (
+        "gateways",
+        "GatewayList",
+        "gateway.networking.k8s.io/v1",
+    ),
+    "/api/v1/services": ("services", "ServiceList", "v1"),
 }
+
+
+def selected(obj, selector):
+    """Whether obj's labels match a labelSelector of `KEY` or `KEY=VALUE` terms, comma-separated."""
+    labels = obj["metadata"].get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if key not in labels or (value and labels[key] != value):
+            return False
+    return True
 
 
 def next_rv():
@@ -116,10 +134,12 @@ class Handler(BaseHTTPRequestHandler):
         if url.path not in PATHS:
             return self.send_json(404, status(404, "NotFound", f"{url.path} not found"))
         kind, list_kind, api_version = PATHS[url.path]
+        selector = query.get("labelSelector", [""])[0]
         if query.get("watch", ["false"])[0] in ("true", "1"):
-            return self.watch(kind, int(query.get("resourceVersion", ["0"])[0] or 0))
+            since = int(query.get("resourceVersion", ["0"])[0] or 0)
+            return self.watch(kind, since, selector)
         with LOCK:
-            items = list(STATE["objects"][kind].values())
+            items = [o for o in STATE["objects"][kind].values() if selected(o, selector)]
             rv = str(STATE["rv"])
         self.send_json(
             200,
@@ -131,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def watch(self, kind, since):
+    def watch(self, kind, since, selector):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -162,13 +182,13 @@ class Handler(BaseHTTPRequestHandler):
                         if STATE["generation"] != generation or time.time() > deadline:
                             pending = None
                             break
+                        newer = [(rv, t, o) for (rv, t, o) in STATE["history"][kind] if rv > last]
+                        if newer:
+                            last = max(rv for (rv, _, _) in newer)
                         pending = [
-                            {"type": t, "object": o}
-                            for (rv, t, o) in STATE["history"][kind]
-                            if rv > last
+                            {"type": t, "object": o} for (_, t, o) in newer if selected(o, selector)
                         ]
                         if pending:
-                            last = max(rv for (rv, _, _) in STATE["history"][kind])
                             break
                         LOCK.wait(0.5)
                 if pending is None:

@@ -79,6 +79,45 @@ impl FakeApiServer {
         self.command(json!({"delete": "pods", "namespace": namespace, "name": name}));
     }
 
+    /// Adds or replaces a Gateway (`gateway.networking.k8s.io/v1`) with `listeners` (name,
+    /// port).
+    pub fn apply_gateway(&mut self, namespace: &str, name: &str, listeners: &[(&str, u16)]) {
+        let listeners: Vec<Value> = listeners
+            .iter()
+            .map(|(name, port)| json!({"name": name, "port": port, "protocol": "HTTP"}))
+            .collect();
+        self.command(json!({"apply": "gateways", "object": {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"gatewayClassName": "test", "listeners": listeners},
+        }}));
+    }
+
+    pub fn delete_gateway(&mut self, namespace: &str, name: &str) {
+        self.command(json!({"delete": "gateways", "namespace": namespace, "name": name}));
+    }
+
+    /// Adds or replaces a Service with `labels` and TCP `ports` (port, targetPort).
+    pub fn apply_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        labels: Value,
+        ports: &[(u16, u16)],
+    ) {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(port, target)| json!({"port": port, "targetPort": target, "protocol": "TCP"}))
+            .collect();
+        self.command(json!({"apply": "services", "object": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"type": "LoadBalancer", "ports": ports},
+        }}));
+    }
+
     /// Adds or replaces a ConnectionLimitPolicy with this `spec`.
     pub fn apply_policy(&mut self, namespace: &str, name: &str, spec: Value) {
         self.command(json!({"apply": "policies", "object": {

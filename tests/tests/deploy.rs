@@ -500,6 +500,12 @@ fn rbac_grants_only_what_kubernetes_mode_uses() {
                 "connectionlimitpolicies",
                 &["get", "list", "watch"]
             ),
+            owned(
+                "gateway.networking.k8s.io",
+                "gateways",
+                &["get", "list", "watch"]
+            ),
+            owned("", "services", &["get", "list", "watch"]),
             owned("events.k8s.io", "events", &["create", "patch"]),
         ]
     );
@@ -538,8 +544,8 @@ fn crd_schema_accepts_the_samples_and_rejects_bad_policies() {
     let good = samples
         .iter()
         .map(|s| yaml_documents(s).remove(0))
-        .find(|p| p["spec"]["listeners"].is_array())
-        .expect("a sample with listeners");
+        .find(|p| p["spec"]["listeners"][0]["port"].is_number())
+        .expect("a sample with a listener's port");
     let with = |pointer: &str, value: Value| {
         let mut bad = good.clone();
         *bad.pointer_mut(pointer).expect(pointer) = value;

@@ -335,3 +335,136 @@ fn root_a_recreated_pod_namespace_is_found_again() {
     });
     let _held = assert_full_at(&bed, &a, 1);
 }
+
+/// Gateway API policy attachment: a policy with `targetRefs` to a Gateway limits the
+/// Gateway's listeners on the pods that serve it, found by the implementations' labels, at the
+/// port each pod listens on: Envoy Gateway's envoy pod (its own namespace, `owning-gateway-*`
+/// labels) listens on 10080 for the listener's port 80, as the Gateway's Service says;
+/// GEP-1762's labelled pod (Istio) on the listener's own port. A Gateway that goes away takes
+/// its limits with it and the policy is told; a hostNetwork pod a policy selects is reported,
+/// not skipped in silence.
+#[test]
+fn root_target_refs_limit_a_gateways_pods_at_the_port_they_listen_on() {
+    let bed = TestBed::new();
+    let (envoy, istio, node_proxy) = (bed.add_pod(), bed.add_pod(), bed.add_pod());
+    let _servers = [
+        EchoServer::start_in(&bed, envoy.ns(), "0.0.0.0:10080", ServerMode::Echo),
+        serve(&bed, &istio),
+    ];
+    let mut api = FakeApiServer::start(&bed);
+    let envoy_labels = json!({
+        "gateway.envoyproxy.io/owning-gateway-name": "eg",
+        "gateway.envoyproxy.io/owning-gateway-namespace": "default",
+    });
+    api.apply_pod(
+        "envoy-gateway-system",
+        "envoy-eg",
+        &envoy,
+        envoy_labels.clone(),
+    );
+    api.apply_service(
+        "envoy-gateway-system",
+        "envoy-default-eg",
+        envoy_labels,
+        &[(80, 10080), (443, 10443)],
+    );
+    api.apply_gateway("default", "eg", &[("http", 80), ("https", 443)]);
+    api.apply_pod(
+        "default",
+        "web-istio",
+        &istio,
+        json!({"gateway.networking.k8s.io/gateway-name": "web"}),
+    );
+    api.apply_gateway("default", "web", &[("http", PORT)]);
+    let agent = agent(&bed, &api);
+    api.apply_policy(
+        "default",
+        "eg-limit",
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg", "sectionName": "http"}],
+               "listeners": [{"connectionLimit": {"value": 2}, "action": "reset"}]}),
+    );
+    api.apply_policy(
+        "default",
+        "web-limit",
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "web"}],
+               "listeners": [{"maxActiveConnections": 1, "action": "reset"}]}),
+    );
+    agent.wait_listener_in(
+        "10080",
+        Some(&netns_of(&envoy)),
+        "eg's http listener at 10080",
+        SETTLE,
+        |l| l.limit == 2 && l.pod.as_deref() == Some("envoy-gateway-system/envoy-eg"),
+    );
+    wait_limit(&agent, &istio, 1);
+    // Only the targeted listener: nothing at 10443.
+    assert!(
+        agent
+            .stats()
+            .listener_in("10443", Some(&netns_of(&envoy)))
+            .is_none()
+    );
+    let held = Hold::open(&bed, 2, &envoy.addr(10080), CONNECT_MS);
+    assert_eq!(held.result.connected, 2, "{:?}", held.result);
+    let over = Hold::open(&bed, 1, &envoy.addr(10080), CONNECT_MS);
+    assert_eq!(over.result.refused, 1, "{:?}", over.result);
+    let held_istio = assert_full_at(&bed, &istio, 1);
+
+    // The Gateway goes: its pods' limits go, and the policy is told why.
+    api.delete_gateway("default", "eg");
+    eventually("eg's limit to go", SETTLE, || {
+        match agent.stats().listener_in("10080", Some(&netns_of(&envoy))) {
+            None => Ok(()),
+            Some(row) => Err(format!("{row:?}")),
+        }
+    });
+    eventually("a Warning Event on eg-limit", SETTLE, || {
+        let events = api.events();
+        let found = events.iter().any(|e| {
+            e["regarding"]["name"] == "eg-limit"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("Gateway default/eg not found"))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
+
+    // A hostNetwork pod selected by a policy: reported on the policy, nothing enforced.
+    api.apply_host_network_pod(
+        "default",
+        "node-proxy",
+        node_proxy.ip().into(),
+        json!({"app": "node-proxy"}),
+    );
+    api.apply_policy(
+        "default",
+        "node-proxy-limit",
+        json!({"podSelector": {"matchLabels": {"app": "node-proxy"}},
+               "listeners": [{"port": 8000, "maxActiveConnections": 1}]}),
+    );
+    eventually("a Warning Event on node-proxy-limit", SETTLE, || {
+        let events = api.events();
+        let found = events.iter().any(|e| {
+            e["regarding"]["name"] == "node-proxy-limit"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("pod node-proxy uses hostNetwork"))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
+    assert!(
+        agent
+            .stats()
+            .listener_in("8000", Some(&netns_of(&node_proxy)))
+            .is_none()
+    );
+    drop((held, held_istio));
+}

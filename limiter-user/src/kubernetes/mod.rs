@@ -3,8 +3,11 @@
 //!
 //! - [`policy`]: the `ConnectionLimitPolicy` custom resource and how policies combine into each
 //!   pod's limits (selection, the seeds' field names, conflicts).
+//! - [`gateway`]: Gateway API policy attachment (`targetRefs`): a Gateway's pods, by the labels
+//!   implementations put on them, and the port each listens on for a Gateway listener.
 //! - [`pod_netns`]: finding a pod's network namespace on the node (the one holding its IP).
 //! - [`watch`]: the watches on Pods and policies, applied live through [`crate::netns`].
+pub mod gateway;
 pub mod pod_netns;
 pub mod policy;
 pub mod watch;

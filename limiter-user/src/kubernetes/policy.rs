@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     keepalive::{Destinations, KeepaliveSpec},
+    kubernetes::gateway::{Gateways, TargetRef},
     listener::{Action, LimitSpec, Listener, Scope},
 };
 
@@ -45,9 +46,16 @@ use crate::{
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionLimitPolicySpec {
     /// The pods of the policy's namespace it applies to, as a NetworkPolicy's podSelector;
-    /// `{}` selects every pod.
-    pub pod_selector: LabelSelector,
-    /// Limits on the pods' listeners, by container port.
+    /// `{}` selects every pod. Give this or `targetRefs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Gateways of the policy's namespace (Gateway API policy attachment, as Envoy Gateway's
+    /// ClientTrafficPolicy): the limits apply to their listeners (one, with `sectionName`) on
+    /// the pods that serve them. Give this or `podSelector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<TargetRef>,
+    /// Limits on the pods' listeners: by container port with `podSelector`; with `targetRefs`,
+    /// on every targeted Gateway listener, or on the one whose port is `port`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<PolicyListener>,
     /// TCP keepalive on the pods' outgoing connections, by destination (Gloo Mesh's
@@ -86,9 +94,12 @@ pub struct TcpKeepalive {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyListener {
-    /// The container port the pod listens on (every address of the pod).
+    /// With `podSelector`: the container port the pod listens on (every address of the pod),
+    /// required. With `targetRefs`: a Gateway listener's port, to limit only that one of the
+    /// targeted listeners; the pod's own port for it is found through the Gateway's Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: u32,
+    pub port: Option<u32>,
     /// Gloo Gateway's `connectionLimit.maxActiveConnections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4294967295u32))]
@@ -142,12 +153,16 @@ pub fn crd_yaml() -> Result<String, String> {
         .map_err(|e| format!("writing the CRD as YAML: {e}"))
 }
 
-/// A pod as the agent needs it: identity, labels, address.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A pod as the agent needs it: identity, labels, named ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// Its containers' ports: (name, containerPort), for a Service's named `targetPort`.
+    pub ports: Vec<(String, u16)>,
+    /// `hostNetwork: true`: its listeners are the node's, which a policy does not limit.
+    pub host_network: bool,
 }
 
 /// A policy's identity and order: older first (creation time, then namespace/name).
@@ -175,8 +190,13 @@ pub struct Resolved {
     pub conflicts: BTreeMap<PolicyKey, Vec<String>>,
 }
 
-/// Combines `policies` (each with its key) into limits for `pods`.
-pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySpec)]) -> Resolved {
+/// Combines `policies` (each with its key) into limits for `pods`; `gateways` resolves
+/// `targetRefs`.
+pub fn resolve(
+    pods: &[PodInfo],
+    policies: &[(PolicyKey, ConnectionLimitPolicySpec)],
+    gateways: &Gateways,
+) -> Resolved {
     let mut resolved = Resolved::default();
     let mut ordered: Vec<&(PolicyKey, ConnectionLimitPolicySpec)> = policies.iter().collect();
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
@@ -199,22 +219,22 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
                 }
             })
             .collect();
-        let limits: Vec<LimitSpec> = spec
-            .listeners
-            .iter()
-            .filter_map(|l| match limit_of(l) {
-                Ok(specs) => Some(specs),
-                Err(problem) => {
-                    problems.push(format!("port {}: {problem}", l.port));
-                    None
+        for (pod, ports) in placements(key, spec, pods, gateways, &mut problems) {
+            if pod.host_network {
+                problems.push(format!(
+                    "pod {} uses hostNetwork: its listeners are the node's, which a policy does \
+                     not limit; limit them with the agent's own --limit or config file",
+                    pod.name
+                ));
+                continue;
+            }
+            let mut limits: Vec<LimitSpec> = Vec::new();
+            for (listener, port) in ports {
+                match limit_of(&spec.listeners[listener], port) {
+                    Ok(specs) => limits.extend(specs),
+                    Err(problem) => problems.push(format!("port {port}: {problem}")),
                 }
-            })
-            .flatten()
-            .collect();
-        for pod in pods
-            .iter()
-            .filter(|p| p.namespace == key.namespace && selects(&spec.pod_selector, &p.labels))
-        {
+            }
             for limit in &limits {
                 let port = limit.listener.port();
                 let slot = (pod.namespace.clone(), pod.name.clone(), port);
@@ -227,11 +247,13 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
                     continue;
                 }
                 owner.insert(slot, key.clone());
-                resolved
+                let pod_limits = resolved
                     .limits
                     .entry((pod.namespace.clone(), pod.name.clone()))
-                    .or_default()
-                    .push(*limit);
+                    .or_default();
+                if !pod_limits.contains(limit) {
+                    pod_limits.push(*limit);
+                }
             }
             for (destinations, spec) in &keepalive {
                 let slot = (
@@ -254,6 +276,9 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
                     .push((*destinations, *spec));
             }
         }
+        // The same problem for several pods (a bad listener) is said once.
+        let mut said = std::collections::BTreeSet::new();
+        problems.retain(|p| said.insert(p.clone()));
         if !problems.is_empty() {
             resolved.conflicts.insert(key.clone(), problems);
         }
@@ -261,13 +286,104 @@ pub fn resolve(pods: &[PodInfo], policies: &[(PolicyKey, ConnectionLimitPolicySp
     resolved
 }
 
-/// A listener of a policy as limits on the pod's port (every address, both families): its own,
-/// its per-source one, or both.
-fn limit_of(listener: &PolicyListener) -> Result<Vec<LimitSpec>, String> {
-    let port = u16::try_from(listener.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{} is not a port (1-65535)", listener.port))?;
+/// The pods a policy applies to, each with what it limits there: (index of the policy's
+/// listener, the pod's port). By `podSelector`, the listener's own port in the selected pods of
+/// the policy's namespace; by `targetRefs`, each targeted Gateway listener in the pods serving
+/// the Gateway, at the port the pod listens on for it.
+fn placements<'a>(
+    key: &PolicyKey,
+    spec: &ConnectionLimitPolicySpec,
+    pods: &'a [PodInfo],
+    gateways: &Gateways,
+    problems: &mut Vec<String>,
+) -> Vec<(&'a PodInfo, Vec<(usize, u16)>)> {
+    match (&spec.pod_selector, spec.target_refs.is_empty()) {
+        (Some(_), false) => {
+            problems.push("give podSelector or targetRefs, not both".to_string());
+            Vec::new()
+        }
+        (None, true) => {
+            problems.push("no pods: give podSelector or targetRefs".to_string());
+            Vec::new()
+        }
+        (Some(selector), true) => {
+            let mut ports = Vec::new();
+            for (index, listener) in spec.listeners.iter().enumerate() {
+                match listener
+                    .port
+                    .map(|p| (p, u16::try_from(p).ok().filter(|p| *p != 0)))
+                {
+                    Some((_, Some(port))) => ports.push((index, port)),
+                    Some((port, None)) => {
+                        problems.push(format!("port {port}: not a port (1-65535)"));
+                    }
+                    None => problems.push(format!(
+                        "listener {}: give its port (the container port) with podSelector",
+                        index + 1
+                    )),
+                }
+            }
+            pods.iter()
+                .filter(|p| p.namespace == key.namespace && selects(selector, &p.labels))
+                .map(|pod| (pod, ports.clone()))
+                .collect()
+        }
+        (None, false) => {
+            let mut placed: Vec<(&PodInfo, Vec<(usize, u16)>)> = Vec::new();
+            let mut matched = vec![false; spec.listeners.len()];
+            for target in &spec.target_refs {
+                let listeners = match gateways.targeted(&key.namespace, target) {
+                    Ok(listeners) => listeners,
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                };
+                for pod in pods
+                    .iter()
+                    .filter(|p| Gateways::serves(p, &key.namespace, &target.name))
+                {
+                    let mut ports = Vec::new();
+                    for gateway_listener in &listeners {
+                        for (index, listener) in spec.listeners.iter().enumerate() {
+                            let port = i64::from(gateway_listener.port);
+                            if listener.port.is_some_and(|p| i64::from(p) != port) {
+                                continue;
+                            }
+                            matched[index] = true;
+                            match gateways.pod_port(
+                                pod,
+                                &key.namespace,
+                                &target.name,
+                                gateway_listener.port,
+                            ) {
+                                Ok(pod_port) => ports.push((index, pod_port)),
+                                Err(problem) => problems.push(problem),
+                            }
+                        }
+                    }
+                    // A pod of several targets (two listeners of one Gateway) is placed once.
+                    match placed.iter_mut().find(|(p, _)| std::ptr::eq(*p, pod)) {
+                        Some((_, existing)) => existing.extend(ports),
+                        None => placed.push((pod, ports)),
+                    }
+                }
+            }
+            for (index, listener) in spec.listeners.iter().enumerate() {
+                if let (false, Some(port)) = (matched[index], listener.port) {
+                    problems.push(format!(
+                        "port {port}: no targeted Gateway listener has this port"
+                    ));
+                }
+            }
+            placed
+        }
+    }
+}
+
+/// A listener of a policy as limits on the pod's `port` (every address, both families): its
+/// own, its per-source one, or both.
+fn limit_of(listener: &PolicyListener, port: u16) -> Result<Vec<LimitSpec>, String> {
     let own = match (
         listener.max_active_connections,
         listener.connection_limit.as_ref().map(|c| c.value),
@@ -368,6 +484,9 @@ fn expression_holds(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubernetes::gateway::{
+        ENVOY_GATEWAY_NAME_LABEL, ENVOY_GATEWAY_NAMESPACE_LABEL, GatewayListener,
+    };
 
     fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodInfo {
         PodInfo {
@@ -377,6 +496,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..PodInfo::default()
         }
     }
 
@@ -396,6 +516,14 @@ mod tests {
         )
     }
 
+    /// [`resolve`] with no Gateways.
+    fn resolve_pods(
+        pods: &[PodInfo],
+        policies: &[(PolicyKey, ConnectionLimitPolicySpec)],
+    ) -> Resolved {
+        resolve(pods, policies, &Gateways::default())
+    }
+
     #[test]
     fn policies_select_pods_of_their_namespace_by_label() {
         let pods = [
@@ -403,7 +531,7 @@ mod tests {
             pod("gw", "b", &[("app", "other")]),
             pod("other", "c", &[("app", "gateway")]),
         ];
-        let resolved = resolve(
+        let resolved = resolve_pods(
             &pods,
             &[policy(
                 "2026-01-01T00:00:00Z",
@@ -428,7 +556,7 @@ mod tests {
     #[test]
     fn per_source_limits_beside_or_instead_of_the_listeners() {
         let pods = [pod("gw", "a", &[])];
-        let resolved = resolve(
+        let resolved = resolve_pods(
             &pods,
             &[policy(
                 "2026-01-01T00:00:00Z",
@@ -456,7 +584,7 @@ mod tests {
     #[test]
     fn the_older_policy_wins_a_port_and_the_other_is_told() {
         let pods = [pod("gw", "a", &[("app", "gateway")])];
-        let resolved = resolve(
+        let resolved = resolve_pods(
             &pods,
             &[
                 policy(
@@ -488,7 +616,7 @@ mod tests {
 
     #[test]
     fn bad_listeners_are_reported_not_applied() {
-        let resolved = resolve(
+        let resolved = resolve_pods(
             &[pod("gw", "a", &[])],
             &[policy(
                 "t",
@@ -527,17 +655,37 @@ mod tests {
                 namespace: policy.metadata.namespace.clone().unwrap(),
                 name: policy.metadata.name.clone().unwrap(),
             };
+            // A pod the policy selects: by its podSelector's labels, or serving its Gateway
+            // (Envoy Gateway's labels, in Envoy Gateway's namespace, behind its Service).
+            let mut gateways = Gateways::default();
+            let labels = match (&policy.spec.pod_selector, policy.spec.target_refs.first()) {
+                (Some(selector), _) => selector.match_labels.clone().unwrap_or_default(),
+                (None, Some(target)) => {
+                    gateways.listeners.insert(
+                        (key.namespace.clone(), target.name.clone()),
+                        vec![GatewayListener {
+                            name: target.section_name.clone().unwrap_or("http".into()),
+                            port: 80,
+                            protocol: "HTTP".into(),
+                        }],
+                    );
+                    BTreeMap::from([
+                        (ENVOY_GATEWAY_NAME_LABEL.to_string(), target.name.clone()),
+                        (
+                            ENVOY_GATEWAY_NAMESPACE_LABEL.to_string(),
+                            key.namespace.clone(),
+                        ),
+                    ])
+                }
+                (None, None) => panic!("{}: selects no pods", path.display()),
+            };
             let pod = PodInfo {
                 namespace: key.namespace.clone(),
                 name: "p".into(),
-                labels: policy
-                    .spec
-                    .pod_selector
-                    .match_labels
-                    .clone()
-                    .unwrap_or_default(),
+                labels,
+                ..PodInfo::default()
             };
-            let resolved = resolve(&[pod], &[(key, policy.spec)]);
+            let resolved = resolve(&[pod], &[(key, policy.spec)], &gateways);
             assert!(
                 resolved.conflicts.is_empty(),
                 "{}: {resolved:?}",
@@ -556,7 +704,7 @@ mod tests {
 
     #[test]
     fn keepalive_by_policy_goes_to_the_selected_pods() {
-        let resolved = resolve(
+        let resolved = resolve_pods(
             &[pod("app", "client", &[("role", "db-client")])],
             &[
                 policy(
@@ -608,5 +756,150 @@ mod tests {
         assert!(!selects(&req("DoesNotExist", &[]), &labels));
         assert!(!selects(&req("Bogus", &[]), &labels));
         assert!(selects(&LabelSelector::default(), &labels));
+    }
+    fn gateways() -> Gateways {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let listener = |name: &str, port| GatewayListener {
+            name: name.into(),
+            port,
+            protocol: "HTTP".into(),
+        };
+        Gateways {
+            listeners: BTreeMap::from([(
+                ("default".to_string(), "eg".to_string()),
+                vec![listener("http", 80), listener("admin", 9000)],
+            )]),
+            services: vec![crate::kubernetes::gateway::ServiceInfo {
+                namespace: "envoy-gateway-system".into(),
+                name: "envoy-default-eg".into(),
+                labels: BTreeMap::from([
+                    (ENVOY_GATEWAY_NAME_LABEL.to_string(), "eg".to_string()),
+                    (
+                        ENVOY_GATEWAY_NAMESPACE_LABEL.to_string(),
+                        "default".to_string(),
+                    ),
+                ]),
+                ports: vec![
+                    (80, IntOrString::Int(10080)),
+                    (9000, IntOrString::Int(9000)),
+                ],
+            }],
+        }
+    }
+
+    fn envoy(name: &str) -> PodInfo {
+        pod(
+            "envoy-gateway-system",
+            name,
+            &[
+                (ENVOY_GATEWAY_NAME_LABEL, "eg"),
+                (ENVOY_GATEWAY_NAMESPACE_LABEL, "default"),
+            ],
+        )
+    }
+
+    #[test]
+    fn target_refs_limit_a_gateways_listeners_on_its_pods_at_their_own_ports() {
+        let pods = [envoy("e1"), envoy("e2"), pod("default", "app", &[])];
+        let whole = policy(
+            "1",
+            "default",
+            "whole",
+            "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg }]\nlisteners: [{ connectionLimit: { value: 5 } }]\n",
+        );
+        let resolved = resolve(&pods, &[whole], &gateways());
+        assert!(resolved.conflicts.is_empty(), "{resolved:?}");
+        let both: Vec<LimitSpec> = vec![
+            "10080=5:drop".parse().unwrap(),
+            "9000=5:drop".parse().unwrap(),
+        ];
+        for name in ["e1", "e2"] {
+            assert_eq!(
+                resolved.limits[&("envoy-gateway-system".to_string(), name.to_string())],
+                both
+            );
+        }
+        assert_eq!(resolved.limits.len(), 2, "{resolved:?}");
+        // One listener by sectionName, or by its port.
+        for spec in [
+            "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: http }]\nlisteners: [{ maxActiveConnections: 7, action: reset }]\n",
+            "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg }]\nlisteners: [{ port: 80, maxActiveConnections: 7, action: reset }]\n",
+        ] {
+            let resolved = resolve(&pods, &[policy("1", "default", "one", spec)], &gateways());
+            assert!(resolved.conflicts.is_empty(), "{spec}: {resolved:?}");
+            assert_eq!(
+                resolved.limits[&("envoy-gateway-system".to_string(), "e1".to_string())],
+                vec!["10080=7:reset".parse::<LimitSpec>().unwrap()],
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_refs_that_cannot_apply_are_reported() {
+        let pods = [envoy("e1")];
+        for (spec, want) in [
+            (
+                "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: nope }]\nlisteners: [{ maxActiveConnections: 1 }]\n",
+                "Gateway default/nope not found",
+            ),
+            (
+                "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: https }]\nlisteners: [{ maxActiveConnections: 1 }]\n",
+                "no listener `https`",
+            ),
+            (
+                "targetRefs: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, name: eg }]\nlisteners: [{ maxActiveConnections: 1 }]\n",
+                "only a Gateway",
+            ),
+            (
+                "targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg }]\nlisteners: [{ port: 443, maxActiveConnections: 1 }]\n",
+                "port 443: no targeted Gateway listener",
+            ),
+            (
+                "podSelector: {}\ntargetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: eg }]\nlisteners: [{ maxActiveConnections: 1 }]\n",
+                "not both",
+            ),
+            (
+                "listeners: [{ port: 80, maxActiveConnections: 1 }]\n",
+                "give podSelector or targetRefs",
+            ),
+            (
+                "podSelector: {}\nlisteners: [{ maxActiveConnections: 1 }]\n",
+                "give its port",
+            ),
+        ] {
+            let resolved = resolve(&pods, &[policy("1", "default", "p", spec)], &gateways());
+            let problems = resolved
+                .conflicts
+                .values()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>();
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{spec}: want {want:?} in {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_network_pod_is_reported_not_skipped() {
+        let mut host = pod("gw", "node-proxy", &[("app", "proxy")]);
+        host.host_network = true;
+        let resolved = resolve_pods(
+            &[host],
+            &[policy(
+                "1",
+                "gw",
+                "p",
+                "podSelector: {}\nlisteners: [{ port: 8000, maxActiveConnections: 1 }]\n",
+            )],
+        );
+        assert!(resolved.limits.is_empty(), "{resolved:?}");
+        let problems = resolved.conflicts.values().flatten().collect::<Vec<_>>();
+        assert!(
+            problems.len() == 1 && problems[0].contains("pod node-proxy uses hostNetwork"),
+            "{problems:?}"
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     runtime::{
@@ -30,6 +30,7 @@ use kube::{
 use crate::{
     agent::AgentState,
     kubernetes::{
+        gateway::{ENVOY_GATEWAY_NAME_LABEL, GATEWAY_NAME_LABEL, Gateway, Gateways, ServiceInfo},
         pod_netns,
         policy::{ConnectionLimitPolicy, PodInfo, PolicyKey, resolve},
     },
@@ -40,27 +41,93 @@ use crate::{
 /// may appear after the pod object says Running), and namespaces that went away.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
+/// A watch whose store the update reads, and the last failure it said (a failing watch is
+/// retried with backoff; its error is logged when it changes, not at every retry).
+struct Watched<K: kube::Resource + 'static>
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    what: &'static str,
+    store: Store<K>,
+    said: Option<String>,
+}
+
+impl<K> Watched<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + std::marker::Sync
+        + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    fn start(
+        what: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> (
+        Self,
+        impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    ) {
+        let (store, writer) = reflector::store();
+        let events = reflector(writer, watcher(api, config)).default_backoff();
+        let watched = Watched {
+            what,
+            store,
+            said: None,
+        };
+        (watched, events)
+    }
+
+    fn note(&mut self, event: Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(_) => self.said = None,
+            Err(error) => {
+                let error = error.to_string();
+                if self.said.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "kubernetes: watching {} (retrying)", self.what);
+                    self.said = Some(error);
+                }
+            }
+        }
+    }
+}
+
 /// Runs until the agent stops.
 pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let policies_api: Api<ConnectionLimitPolicy> = Api::all(client.clone());
-    let (pods, pods_writer) = reflector::store();
-    let (policies, policies_writer) = reflector::store();
-    let pod_events = reflector(
-        pods_writer,
-        watcher(
-            pods_api,
-            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        ),
-    )
-    .default_backoff();
-    let policy_events = reflector(
-        policies_writer,
-        watcher(policies_api, watcher::Config::default()),
-    )
-    .default_backoff();
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let (mut pods, pod_events) = Watched::start("pods", Api::<Pod>::all(client.clone()), on_node);
+    let (mut policies, policy_events) = Watched::start(
+        "ConnectionLimitPolicies",
+        Api::<ConnectionLimitPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // Gateway API: the Gateways and the Services implementations label for them (Gateways
+    // are few; the Services are only those labelled, one watch per implementation's label).
+    // Without the Gateway API in the cluster the watch fails, is said once, and targetRefs
+    // are reported unresolved.
+    let (mut gateways, gateway_events) = Watched::start(
+        "Gateways (gateway.networking.k8s.io/v1)",
+        Api::<Gateway>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (mut gep_services, gep_service_events) = Watched::start(
+        "Gateway Services",
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(GATEWAY_NAME_LABEL),
+    );
+    let (mut envoy_services, envoy_service_events) = Watched::start(
+        "Envoy Gateway Services",
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(ENVOY_GATEWAY_NAME_LABEL),
+    );
     let mut pod_events = std::pin::pin!(pod_events);
     let mut policy_events = std::pin::pin!(policy_events);
+    let mut gateway_events = std::pin::pin!(gateway_events);
+    let mut gep_service_events = std::pin::pin!(gep_service_events);
+    let mut envoy_service_events = std::pin::pin!(envoy_service_events);
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -73,23 +140,35 @@ pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
     tracing::info!(%node, "kubernetes: watching this node's pods and every ConnectionLimitPolicy");
     loop {
         tokio::select! {
-            Some(event) = pod_events.next() => {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "kubernetes: watching pods");
-                    continue;
-                }
-            }
-            Some(event) = policy_events.next() => {
-                if let Err(error) = event {
-                    tracing::warn!(%error, "kubernetes: watching ConnectionLimitPolicies");
-                    continue;
-                }
-            }
+            Some(event) = pod_events.next() => pods.note(event),
+            Some(event) = policy_events.next() => policies.note(event),
+            Some(event) = gateway_events.next() => gateways.note(event),
+            Some(event) = gep_service_events.next() => gep_services.note(event),
+            Some(event) = envoy_service_events.next() => envoy_services.note(event),
             // Pods whose namespace is not found yet, and namespaces that went away under a pod
             // whose object has not changed (a sandbox recreated with the same IP).
             _ = retry.tick() => {}
         }
-        sync.update(&pods, &policies, &state, &recorder).await;
+        let gateways = Gateways {
+            listeners: gateways
+                .store
+                .state()
+                .iter()
+                .map(|g| {
+                    let key = (g.namespace().unwrap_or_default(), g.name_any());
+                    (key, g.spec.listeners.clone())
+                })
+                .collect(),
+            services: gep_services
+                .store
+                .state()
+                .iter()
+                .chain(envoy_services.store.state().iter())
+                .map(|s| ServiceInfo::of(s))
+                .collect(),
+        };
+        sync.update(&pods.store, &policies.store, &gateways, &state, &recorder)
+            .await;
     }
 }
 
@@ -110,6 +189,7 @@ impl Sync {
         &mut self,
         pods: &Store<Pod>,
         policies: &Store<ConnectionLimitPolicy>,
+        gateways: &Gateways,
         state: &AgentState,
         recorder: &Recorder,
     ) {
@@ -127,7 +207,7 @@ impl Sync {
             .map(|p| (policy_key(p), p.spec.clone()))
             .collect();
         let infos: Vec<PodInfo> = running.iter().map(|(info, _, _)| info.clone()).collect();
-        let resolved = resolve(&infos, &all_policies);
+        let resolved = resolve(&infos, &all_policies, gateways);
 
         let mut desired: Vec<NetnsLimits> = Vec::new();
         let mut unresolved = BTreeMap::new();
@@ -234,10 +314,11 @@ impl Sync {
     }
 }
 
-/// A pod whose limits can be enforced: running, with its own network namespace and an IP.
+/// A running pod with an IP (a `hostNetwork` one too: policies that select it are told it
+/// cannot be limited by them).
 fn enforceable(pod: &Pod) -> Option<(PodInfo, String, IpAddr)> {
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) || pod.metadata.deletion_timestamp.is_some() {
+    if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
@@ -245,10 +326,18 @@ fn enforceable(pod: &Pod) -> Option<(PodInfo, String, IpAddr)> {
         return None;
     }
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
     let info = PodInfo {
         namespace: pod.namespace()?,
         name: pod.name_any(),
         labels: pod.labels().clone(),
+        ports,
+        host_network: spec.host_network == Some(true),
     };
     Some((info, pod.uid()?, ip))
 }
