@@ -14,6 +14,7 @@
 //! - [`flood`]: a forged-source SYN flood and a real client probing during it.
 //! - [`frames`]: crafted Ethernet frames and a reference parser, for program tests.
 //! - [`refusal`]: how bad input must be refused (one error line, nothing left behind).
+//! - [`prometheus`]: a real Prometheus scraping the agent and evaluating rule files.
 //! - [`program`]: the XDP program loaded from the real object and run with BPF_PROG_TEST_RUN.
 //! - [`sockopt`]: another process's sockets (pidfd_getfd) and their keepalive options.
 
@@ -30,6 +31,7 @@ pub mod pins;
 pub mod poll;
 pub mod process;
 pub mod program;
+pub mod prometheus;
 pub mod refusal;
 pub mod sockopt;
 

@@ -906,3 +906,41 @@ fn deploy_docs_name_files_that_exist() {
         assert!(named >= at_least, "deploy/{file} names only {named} files");
     }
 }
+
+/// deploy/monitoring's alerting rules pass their promtool unit tests (each alert fires when it
+/// should and not otherwise), and the PrometheusRule holds exactly the plain file's groups.
+#[test]
+fn monitoring_rules_pass_promtool_and_the_prometheus_rule_holds_the_same() {
+    let dir = deploy("monitoring");
+    // (`run` works from the repository's root; the test file names its rules relative to
+    // itself.)
+    let mut check = Command::new("promtool");
+    check.args(["check", "rules", "deploy/monitoring/limiter-rules.yaml"]);
+    let (out, text) = run(check);
+    assert!(out.status.success(), "promtool check rules: {text}");
+    let mut test = Command::new("promtool");
+    test.args(["test", "rules", "deploy/monitoring/limiter-rules.test.yaml"]);
+    let (out, text) = run(test);
+    assert!(out.status.success(), "promtool test rules: {text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+
+    let plain = yaml_documents(&dir.join("limiter-rules.yaml")).remove(0);
+    let operator = yaml_documents(&dir.join("prometheusrule.yaml"));
+    let rule = operator
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule in prometheusrule.yaml");
+    assert_eq!(
+        rule["spec"]["groups"], plain["groups"],
+        "prometheusrule.yaml's groups differ from limiter-rules.yaml's"
+    );
+    let monitor = operator
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("a PodMonitor in prometheusrule.yaml");
+    let daemonset = resource("DaemonSet");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"], daemonset["spec"]["selector"]["matchLabels"],
+        "the PodMonitor selects the agent's pods"
+    );
+}

@@ -98,6 +98,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "podman's OCI runtime in the tests (crun refuses this kind of machine's hybrid cgroups)",
     ),
     (
+        "python3-yaml",
+        "the Prometheus test reads deploy/monitoring's alerting rules",
+    ),
+    (
         "prometheus",
         "a real Prometheus scraping the agent, and promtool unit-testing deploy/monitoring's alerts",
     ),
