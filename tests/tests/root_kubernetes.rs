@@ -176,6 +176,23 @@ fn root_watches_survive_410_gone_and_dropped_connections() {
     wait_unlimited(&agent, &a);
 }
 
+/// Waits for a Warning Event on the policy `policy` whose note contains `needle`.
+fn wait_event(api: &mut FakeApiServer, policy: &str, needle: &str) {
+    eventually(&format!("a Warning Event on {policy}"), SETTLE, || {
+        let events = api.events();
+        let found = events.iter().any(|e| {
+            e["regarding"]["name"] == policy
+                && e["type"] == "Warning"
+                && e["note"].as_str().is_some_and(|n| n.contains(needle))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
+}
+
 fn list_requests(api: &mut FakeApiServer) -> usize {
     api.requests()
         .iter()
@@ -418,20 +435,7 @@ fn root_target_refs_limit_a_gateways_pods_at_the_port_they_listen_on() {
             Some(row) => Err(format!("{row:?}")),
         }
     });
-    eventually("a Warning Event on eg-limit", SETTLE, || {
-        let events = api.events();
-        let found = events.iter().any(|e| {
-            e["regarding"]["name"] == "eg-limit"
-                && e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("Gateway default/eg not found"))
-        });
-        if found {
-            Ok(())
-        } else {
-            Err(format!("{events:?}"))
-        }
-    });
+    wait_event(&mut api, "eg-limit", "Gateway default/eg not found");
 
     // A hostNetwork pod selected by a policy: reported on the policy, nothing enforced.
     api.apply_host_network_pod(
@@ -446,20 +450,11 @@ fn root_target_refs_limit_a_gateways_pods_at_the_port_they_listen_on() {
         json!({"podSelector": {"matchLabels": {"app": "node-proxy"}},
                "listeners": [{"port": 8000, "maxActiveConnections": 1}]}),
     );
-    eventually("a Warning Event on node-proxy-limit", SETTLE, || {
-        let events = api.events();
-        let found = events.iter().any(|e| {
-            e["regarding"]["name"] == "node-proxy-limit"
-                && e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("pod node-proxy uses hostNetwork"))
-        });
-        if found {
-            Ok(())
-        } else {
-            Err(format!("{events:?}"))
-        }
-    });
+    wait_event(
+        &mut api,
+        "node-proxy-limit",
+        "pod node-proxy uses hostNetwork",
+    );
     assert!(
         agent
             .stats()
