@@ -499,12 +499,20 @@ impl Drop for Agent {
 /// `GET http://127.0.0.1:9464PATH` from the server namespace (the agent's default metrics
 /// address): the status and the body.
 pub fn http_get(bed: &TestBed, path: &str) -> (u16, String) {
-    let script = format!(
-        "import urllib.request, urllib.error\n\
-         try:\n    r = urllib.request.urlopen('http://127.0.0.1:9464{path}', timeout=5); print(r.status); print(r.read().decode())\n\
-         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
-    );
-    let out = bed.exec_ok(crate::Side::Server, "python3", &["-c", &script]);
+    match http_get_url(bed, &format!("http://127.0.0.1:9464{path}")) {
+        (0, error) => panic!("bad HTTP answer: {error}"),
+        answer => answer,
+    }
+}
+
+/// `GET URL` from the server namespace: the status and the body; status 0 and the error when
+/// nothing answered (a server still starting).
+pub fn http_get_url(bed: &TestBed, url: &str) -> (u16, String) {
+    let script = "import sys, urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
+         except OSError as e:\n    print(0); print(e)\n";
+    let out = bed.exec_ok(crate::Side::Server, "python3", &["-c", script, url]);
     let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
     (
         status

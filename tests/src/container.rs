@@ -23,6 +23,10 @@ use crate::{
 
 /// The port the containers' echo server listens on (the containerPort).
 pub const CONTAINER_PORT: u16 = 8000;
+/// The hostPort it is published on, in the range Kubernetes gives NodePorts. One port serves
+/// every container: each is published on its own network's gateway address, and the DNAT rule
+/// and the runtime's reservation are for that address and port.
+pub const HOST_PORT: u16 = 30_080;
 /// How long one podman command may take (a `run` starts conmon, netavark and runc).
 const PODMAN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The /24s tried for a network, in 198.18.0.0/15 and clear of the test beds' addresses
@@ -114,12 +118,11 @@ impl Drop for ContainerNetwork {
 }
 
 /// A running container: busybox's `nc` echoing on [`CONTAINER_PORT`], published on the node at
-/// `host_port` (the network's gateway address). Removed when dropped.
+/// [`HOST_PORT`] of the network's gateway address. Removed when dropped.
 pub struct Container {
     pub name: String,
     /// The pod IP: the container's address on its network.
     pub ip: Ipv4Addr,
-    pub host_port: u16,
     gateway: Ipv4Addr,
     network: String,
     rootfs: PathBuf,
@@ -127,21 +130,17 @@ pub struct Container {
 
 impl Container {
     pub fn run(network: &ContainerNetwork) -> Container {
-        let id = names::next_id();
-        let name = names::unique("ctr", id);
-        // Unique per process and container, in the range Kubernetes gives NodePorts.
-        let host_port = 30_000 + ((std::process::id() % 270) * 10 + id % 10) as u16;
+        let name = names::unique("ctr", names::next_id());
         let rootfs = std::env::temp_dir().join(format!("{name}-rootfs"));
         busybox_rootfs(&rootfs);
         let mut container = Container {
             name,
             ip: Ipv4Addr::UNSPECIFIED,
-            host_port,
             gateway: network.gateway,
             network: network.name.clone(),
             rootfs,
         };
-        let publish = format!("{}:{host_port}:{CONTAINER_PORT}", network.gateway);
+        let publish = format!("{}:{HOST_PORT}:{CONTAINER_PORT}", network.gateway);
         let port = CONTAINER_PORT.to_string();
         let rootfs = container.rootfs.display().to_string();
         // Every option before --rootfs DIR, which ends them; -ll keeps listening, one `cat`
@@ -199,7 +198,7 @@ impl Container {
 
     /// `NODE_BRIDGE_IP:HOST_PORT`, DNATed by netavark to the pod.
     pub fn host_port_addr(&self) -> String {
-        format!("{}:{}", self.gateway, self.host_port)
+        format!("{}:{HOST_PORT}", self.gateway)
     }
 
     /// `podman restart`: the container gets a new network namespace (a new path); its IP is

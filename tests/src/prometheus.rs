@@ -64,32 +64,14 @@ impl<'a> Prometheus<'a> {
         prometheus
     }
 
-    /// `GET PATH` on Prometheus: the status and the body.
+    /// `GET PATH` on Prometheus: the status and the body (status 0: nothing answered yet).
     fn get(&self, path: &str) -> (u16, String) {
-        let script = format!(
-            "import sys, urllib.request, urllib.error\n\
-             try:\n    r = urllib.request.urlopen('http://{ADDR}' + sys.argv[1], timeout=10); print(r.status); print(r.read().decode())\n\
-             except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n\
-             except OSError as e:\n    print(0); print(e)\n"
-        );
-        let out = self
-            .bed
-            .exec_ok(Side::Server, "python3", &["-c", &script, path]);
-        let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
-        (status.trim().parse().unwrap_or(0), body.to_owned())
+        crate::agent::http_get_url(self.bed, &format!("http://{ADDR}{path}"))
     }
 
     /// The series an instant query returns now (`data.result`); panics if the query fails.
     pub fn query(&self, expr: &str) -> Vec<Value> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let encoded: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
         let (status, body) = self.get(&format!("/api/v1/query?query={encoded}"));
         let answer: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("query {expr:?}: HTTP {status}, not JSON ({e}): {body}"));

@@ -19,6 +19,10 @@
 //!       tcpKeepalive: { time: 700s, probes: 20, interval: 10s }
 //! ```
 //!
+//! Instead of `podSelector`, `targetRefs` to a Gateway of the namespace (Gateway API policy
+//! attachment) selects the pods serving it, each listener at the pod's own port
+//! ([`crate::kubernetes::gateway`]).
+//!
 //! Each selected pod gets the limits on its own (Envoy's per-instance counters). Two policies
 //! that limit the same port of the same pod conflict: the older one (creation time, then
 //! namespace/name) applies, and the other is reported in the log and as a Warning Event on it.
