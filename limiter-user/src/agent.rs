@@ -9,28 +9,30 @@ use std::sync::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capacity::Capacity,
-    cli::RunArgs,
-    control::{self, ControlSocket},
+    config::cli::RunArgs,
+    config::listener::{Action, LimitSpec, Listener, Scope},
+    config::settings::{Change, Settings},
+    enforce::capacity::Capacity,
+    enforce::handshake,
+    enforce::kernel,
+    enforce::limits::LimitTable,
+    enforce::over_limit::{self, ResetStats},
+    enforce::pins::PinDir,
+    enforce::preexisting,
+    enforce::preflight,
+    enforce::sock_diag::SockDiag,
+    enforce::unbound,
+    enforce::xdp_mode::{self, Attachment},
     error::AgentError,
-    handshake, kernel,
-    limits::LimitTable,
-    listener::{Action, LimitSpec, Listener, Scope},
-    metrics::{self, MetricsSource},
     netns::{
         Namespaces,
         dispatch::Dispatch,
         enforcement::Environment,
         registry::{Source, WATCH_EVERY},
     },
-    over_limit::{self, ResetStats},
-    pins::PinDir,
-    preexisting, preflight,
+    observe::control::{self, ControlSocket},
+    observe::metrics::{self, MetricsSource},
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
-    settings::{Change, Settings},
-    sock_diag::SockDiag,
-    unbound,
-    xdp_mode::{self, Attachment},
 };
 
 /// The proxy's default connect timeout (Istio's).
@@ -143,7 +145,7 @@ pub struct AgentState {
 }
 
 impl MetricsSource for AgentState {
-    fn report(&self) -> Result<crate::stats::Report, String> {
+    fn report(&self) -> Result<crate::observe::stats::Report, String> {
         Ok(AgentState::report(self))
     }
 
@@ -153,7 +155,7 @@ impl MetricsSource for AgentState {
 }
 
 impl AgentState {
-    pub fn report(&self) -> crate::stats::Report {
+    pub fn report(&self) -> crate::observe::stats::Report {
         let mut report = self
             .table
             .lock()
@@ -170,7 +172,7 @@ impl AgentState {
             .iter()
             .map(|(name, stats)| stats.report(name.clone()))
             .collect();
-        report.features = crate::features::Features::get()
+        report.features = crate::enforce::features::Features::get()
             .all()
             .into_iter()
             .map(Into::into)
@@ -351,7 +353,7 @@ async fn enforce(
         kubernetes,
     } = setup;
     // What this kernel can do decides how the programs are loaded: found once, said once.
-    crate::features::Features::probe().log();
+    crate::enforce::features::Features::probe().log();
     // `programs` owns every attachment: any error (or the end of this function) drops it, which
     // detaches whatever is not pinned.
     let (mut programs, maps) =

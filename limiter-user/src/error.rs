@@ -55,7 +55,7 @@ pub enum AgentError {
 
     #[error(
         "loading program `{program}` on kernel {}: {}",
-        crate::preflight::kernel_release(),
+        crate::enforce::preflight::kernel_release(),
         load_failure(source)
     )]
     LoadProgram {

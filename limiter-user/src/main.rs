@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use clap::{Parser as _, error::ErrorKind};
 use limiter::{
     agent,
-    cli::{Cli, Command},
-    control::{self, Request},
-    stats::Report,
+    config::cli::{Cli, Command},
+    observe::control::{self, Request},
+    observe::stats::Report,
 };
 
 const EXIT_RUNTIME: u8 = 1;
@@ -33,11 +33,11 @@ fn main() -> ExitCode {
             if let Err(message) = args.validate() {
                 return fail(EXIT_USAGE, &message);
             }
-            let settings = match limiter::settings::Settings::load(&args) {
+            let settings = match limiter::config::settings::Settings::load(&args) {
                 Ok(settings) => settings,
                 Err(message) => return fail(EXIT_USAGE, &message),
             };
-            limiter::logging::init(args.log_format, args.log_level);
+            limiter::observe::logging::init(args.log_format, args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -118,7 +118,7 @@ fn watch(socket: &std::path::Path, interval: std::time::Duration) -> ExitCode {
         let _ = writeln!(
             out,
             "\n(every {}; Ctrl-C to stop)",
-            limiter::duration::display(interval)
+            limiter::config::duration::display(interval)
         );
         if out.flush().is_err() {
             // stdout closed (e.g. piped into `head`): stop quietly.

@@ -6,7 +6,7 @@
 //! leave nothing behind. Needs root.
 use std::time::Duration;
 
-use limiter::capacity::Capacity;
+use limiter::enforce::capacity::Capacity;
 use limiter_common::MAX_LISTENERS;
 use limiter_tests::{
     Agent, Side, TestBed,

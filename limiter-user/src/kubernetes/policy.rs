@@ -34,9 +34,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    keepalive::{Destinations, KeepaliveSpec},
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec, Listener, Scope},
     kubernetes::gateway::{Gateways, TargetRef},
-    listener::{Action, LimitSpec, Listener, Scope},
 };
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]

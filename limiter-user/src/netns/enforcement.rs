@@ -11,22 +11,22 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    capacity::Capacity,
-    cli::XdpAttachMode,
+    config::cli::XdpAttachMode,
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec},
+    enforce::capacity::Capacity,
+    enforce::handshake,
+    enforce::kernel::{self, Programs},
+    enforce::limits::LimitTable,
+    enforce::over_limit::{self, ResetStats},
+    enforce::pins::PinDir,
+    enforce::preexisting,
+    enforce::sock_diag::SockDiag,
+    enforce::unbound,
+    enforce::xdp_mode::{self, Attachment},
     error::AgentError,
-    handshake,
-    keepalive::{Destinations, KeepaliveSpec},
-    kernel::{self, Programs},
-    limits::LimitTable,
-    listener::{Action, LimitSpec},
     netns::{Netns, dispatch::Dispatch},
-    over_limit::{self, ResetStats},
-    pins::PinDir,
-    preexisting,
-    sock_diag::SockDiag,
-    stats::Report,
-    unbound,
-    xdp_mode::{self, Attachment},
+    observe::stats::Report,
 };
 
 /// What every namespace is enforced with: the agent's flags.

@@ -18,8 +18,8 @@ pub mod registry;
 use std::path::PathBuf;
 
 use crate::{
-    keepalive::{Destinations, KeepaliveSpec},
-    listener::LimitSpec,
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::LimitSpec,
 };
 
 pub use path::{Netns, NetnsError};

@@ -151,7 +151,7 @@ impl Netns {
 
     /// The namespace's cookie, as sock_ops sees it for its sockets.
     pub fn cookie(&self) -> Result<u64, NetnsError> {
-        self.run_in(crate::preflight::netns_cookie)?
+        self.run_in(crate::enforce::preflight::netns_cookie)?
             .map_err(|e| NetnsError::NotNetns {
                 path: self.path.clone(),
                 reason: e.to_string(),

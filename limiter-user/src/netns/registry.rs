@@ -13,17 +13,17 @@ use std::{
 };
 
 use crate::{
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{LimitSpec, Listener, Scope},
+    enforce::pins::netns_dir_name,
     error::AgentError,
-    keepalive::{Destinations, KeepaliveSpec},
-    listener::{LimitSpec, Listener, Scope},
     netns::{
         Netns, NetnsLimits,
         dispatch::Dispatch,
         enforcement::{Environment, NetnsEnforcement},
         path::current_inode,
     },
-    pins::netns_dir_name,
-    stats::Report,
+    observe::stats::Report,
 };
 
 /// How often the paths are looked at: how long a namespace that went away stays held (its

@@ -9,7 +9,7 @@
 //! would silently not be enforced, and is an error naming both.
 use std::net::IpAddr;
 
-use crate::listener::{Action, LimitSpec, Listener};
+use crate::config::listener::{Action, LimitSpec, Listener};
 
 /// The listener matching exactly the clients a proxy listening on `listen` accepts. `[::]:P`
 /// and a bare `P` bind one dual-stack socket (IPV6_V6ONLY off, set at bind).

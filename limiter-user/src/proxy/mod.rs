@@ -25,9 +25,9 @@ use tokio::{
 };
 
 use crate::{
+    config::listener::{Action, Listener},
+    enforce::limits::LimitTable,
     error::AgentError,
-    limits::LimitTable,
-    listener::{Action, Listener},
 };
 
 pub use stats::ProxyStats;

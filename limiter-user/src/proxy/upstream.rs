@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use super::stats::ProxyStats;
-use crate::keepalive::KeepaliveSpec;
+use crate::config::keepalive::KeepaliveSpec;
 
 pub struct UpstreamPolicy {
     pub address: SocketAddr,

@@ -18,9 +18,9 @@ use tokio::{
 
 use crate::{
     agent::AgentState,
+    config::listener::{LimitSpec, Listener, Scope},
     error::AgentError,
-    listener::{LimitSpec, Listener, Scope},
-    stats::Report,
+    observe::stats::Report,
 };
 
 #[derive(Debug, Serialize, Deserialize)]

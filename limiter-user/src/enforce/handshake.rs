@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use limiter_common::{FlowKey, Pending};
 
-use crate::{flood, limits::LimitTable};
+use crate::{enforce::flood, enforce::limits::LimitTable};
 
 /// A PENDING entry: a handshake's 4-tuple and its reservation.
 pub type Reservation = (FlowKey, Pending);

@@ -19,15 +19,15 @@ use limiter_common::{
 };
 
 use crate::{
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
+    enforce::flood::FloodWatch,
+    enforce::handshake::SweepState,
+    enforce::kernel::{self, Maps},
+    enforce::xdp_mode::{self, Attachment},
     error::AgentError,
-    flood::FloodWatch,
-    handshake::SweepState,
-    keepalive::{Destinations, KeepaliveSpec},
-    kernel::{self, Maps},
-    listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
+    observe::stats::{ListenerReport, PacketReport, Report},
     proxy::coverage,
-    stats::{ListenerReport, PacketReport, Report},
-    xdp_mode::{self, Attachment},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -546,8 +546,8 @@ impl LimitTable {
 
     pub fn set_keepalive_policy(
         &mut self,
-        destinations: &crate::keepalive::Destinations,
-        spec: &crate::keepalive::KeepaliveSpec,
+        destinations: &crate::config::keepalive::Destinations,
+        spec: &crate::config::keepalive::KeepaliveSpec,
     ) -> Result<(), AgentError> {
         self.maps
             .keepalive
@@ -560,7 +560,7 @@ impl LimitTable {
 
     pub fn remove_keepalive_policy(
         &mut self,
-        destinations: &crate::keepalive::Destinations,
+        destinations: &crate::config::keepalive::Destinations,
     ) -> Result<(), AgentError> {
         self.maps
             .keepalive
@@ -588,7 +588,7 @@ impl LimitTable {
     /// memory-mapped budgets, without a system call. Each slot's two words are read one after
     /// the other while the programs change them, so a connection established or closed between
     /// the two reads can hide a handshake for that one look (the sweep walks anyway every
-    /// [`crate::handshake::WALK_AT_LEAST_EVERY`]th time); an entry made after them is younger
+    /// [`crate::enforce::handshake::WALK_AT_LEAST_EVERY`]th time); an entry made after them is younger
     /// than the look, so nothing is due for it yet.
     pub fn handshakes_in_flight(&self) -> bool {
         (0..self.next_slot).any(|slot| {

@@ -24,7 +24,7 @@ use aya::{
 };
 use limiter_common::{FlowKey, family, program_names};
 
-use crate::{EBPF_OBJECT, capacity::Capacity, sock_diag::SockDiag};
+use crate::{EBPF_OBJECT, enforce::capacity::Capacity, enforce::sock_diag::SockDiag};
 
 /// A feature: on, or off and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +210,7 @@ fn probe_iterator(ebpf: &mut aya::Ebpf, btf: &Btf) -> Result<Vec<i64>, String> {
     // A full TCP socket to look at, whatever else this namespace has.
     let _listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("a loopback listener to probe with: {e}"))?;
-    let output = crate::preexisting::run_iterator(program).map_err(|e| e.to_string())?;
+    let output = crate::enforce::preexisting::run_iterator(program).map_err(|e| e.to_string())?;
     Ok(output
         .chunks_exact(8)
         .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))

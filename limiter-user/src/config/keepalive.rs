@@ -12,7 +12,7 @@ use std::{
 
 use limiter_common::{KeepaliveConfig, KeepaliveTarget, family};
 
-use crate::{duration, listener::Listener};
+use crate::{config::duration, config::listener::Listener};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeepaliveSpec {

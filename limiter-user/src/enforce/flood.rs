@@ -11,14 +11,16 @@
 //! listener still refuses it at XDP, as cheaply as before), the kernel answers it (its SYN
 //! cookies once its queue fills), and accounting admits the connection when the handshake
 //! completes, which forged sources never do. A connection found over the limit there (more
-//! handshakes completed than free slots) is reset by the agent ([`crate::over_limit`]). When
+//! handshakes completed than free slots) is reset by the agent ([`crate::enforce::over_limit`]). When
 //! the SYNs passed and the handshakes completed agree again for [`QUIET_WINDOWS`] windows, the
 //! listener goes back to reserving at the SYN.
 use std::collections::BTreeMap;
 
 use limiter_common::{SlotStats, admission_mode};
 
-use crate::{handshake::Reservation, limits::LimitTable, listener::Listener};
+use crate::{
+    config::listener::Listener, enforce::handshake::Reservation, enforce::limits::LimitTable,
+};
 
 /// A reservation this old has not seen its handshake complete in a round trip.
 pub const STALE_AGE_NS: u64 = 250_000_000;

@@ -26,12 +26,12 @@ use limiter_common::{
 
 use crate::{
     EBPF_OBJECT,
-    capacity::Capacity,
+    enforce::capacity::Capacity,
+    enforce::features::{AdoptedClose, Features},
+    enforce::pins::{self, PinDir},
+    enforce::usage::SlotUsageView,
+    enforce::xdp_mode::Attachment,
     error::AgentError,
-    features::{AdoptedClose, Features},
-    pins::{self, PinDir},
-    usage::SlotUsageView,
-    xdp_mode::Attachment,
 };
 
 /// The maps the agent reads and writes while it runs.
@@ -53,7 +53,7 @@ pub struct Maps {
     pub preexisting: HashMap<MapData, u64, SourceKey>,
     /// The `adopt` iterator; `None` where it cannot load (connections established before the
     /// limits are then not counted, and the log says so).
-    pub adopter: Option<crate::preexisting::Adopter>,
+    pub adopter: Option<crate::enforce::preexisting::Adopter>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
     /// How many connections PREEXISTING holds at once: the `adopt` iterator's batch.
@@ -99,7 +99,7 @@ pub fn load(
     };
     let mut loader = EbpfLoader::new();
     capacity.apply(&mut loader);
-    let log_level = crate::logging::level().kernel();
+    let log_level = crate::observe::logging::level().kernel();
     loader.override_global(aya_log::LEVEL, &log_level, true);
     let adopted_close = Features::get().adopted_close();
     let close_by_tracepoint = u8::from(adopted_close == Some(AdoptedClose::Tracepoint));
@@ -321,7 +321,7 @@ impl Programs {
         &mut self,
         how: AdoptedClose,
         pins: Option<&PinDir>,
-    ) -> Result<crate::preexisting::Adopter, AgentError> {
+    ) -> Result<crate::enforce::preexisting::Adopter, AgentError> {
         // Both programs load against the kernel's BTF: read once.
         let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
             call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
@@ -330,7 +330,7 @@ impl Programs {
         if how == AdoptedClose::Tracepoint {
             self.attach_close_watch(&btf, pins)?;
         }
-        crate::preexisting::Adopter::load(&mut self.ebpf, &btf)
+        crate::enforce::preexisting::Adopter::load(&mut self.ebpf, &btf)
     }
 
     /// `close_watch` on the `inet_sock_set_state` tracepoint. With a pin directory its link is

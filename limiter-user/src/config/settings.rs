@@ -3,10 +3,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    cli::RunArgs,
-    config::{self, FileConfig, ProxyConfig},
-    keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
+    config::cli::RunArgs,
+    config::file::{self, FileConfig, ProxyConfig},
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     netns::NetnsLimits,
     proxy::coverage,
 };
@@ -35,7 +35,7 @@ impl Settings {
     /// Reads `--config` (if any) and merges the flags over it.
     pub fn load(flags: &RunArgs) -> Result<Settings, String> {
         let file = match &flags.config {
-            Some(path) => Some(config::load(path).map_err(|e| e.to_string())?),
+            Some(path) => Some(file::load(path).map_err(|e| e.to_string())?),
             None => None,
         };
         Settings::merge(flags, file)
@@ -375,7 +375,7 @@ fn proxy_flags_need_a_proxy(
             !flags.delay_before_close.is_zero(),
             format!(
                 "--delay-before-close {}",
-                crate::duration::display(flags.delay_before_close)
+                crate::config::duration::display(flags.delay_before_close)
             ),
         ),
         (
@@ -410,7 +410,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::config::cli::{Cli, Command};
 
     fn merge(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from([&["limiter", "run", "--iface", "eth0"], args].concat())

@@ -2,7 +2,7 @@
 //! JSON object (`--json`) or an aligned table.
 use serde::{Deserialize, Serialize};
 
-use crate::{listener::Action, proxy::stats::ProxyReport};
+use crate::{config::listener::Action, proxy::stats::ProxyReport};
 use limiter_common::packet_stat;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,8 +29,8 @@ pub struct FeatureReport {
     pub loss: Option<String>,
 }
 
-impl From<&crate::features::Feature> for FeatureReport {
-    fn from(feature: &crate::features::Feature) -> Self {
+impl From<&crate::enforce::features::Feature> for FeatureReport {
+    fn from(feature: &crate::enforce::features::Feature) -> Self {
         FeatureReport {
             name: feature.name.to_owned(),
             on: feature.on(),

@@ -18,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use limiter_common::OverLimit;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::sock_diag::SockDiag;
+use crate::enforce::sock_diag::SockDiag;
 
 /// What the task did, for stats and metrics.
 #[derive(Debug, Default)]

@@ -7,9 +7,9 @@
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use crate::{
-    limits::LimitTable,
-    listener::Listener,
-    sock_diag::{Listening, SockDiag},
+    config::listener::Listener,
+    enforce::limits::LimitTable,
+    enforce::sock_diag::{Listening, SockDiag},
 };
 
 /// How often the listening sockets are looked at.

@@ -68,11 +68,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{listener::Action, stats::Report};
+use crate::{config::listener::Action, observe::stats::Report};
 
 /// What the endpoints read: a fresh Report at each scrape, and whether the agent is ready.
 pub trait MetricsSource: Send + Sync + 'static {
-    fn report(&self) -> Result<crate::stats::Report, String>; // Err = maps not readable
+    fn report(&self) -> Result<crate::observe::stats::Report, String>; // Err = maps not readable
     fn attached(&self) -> bool; // programs attached
 }
 
@@ -193,7 +193,7 @@ fn family<'a>(
 /// A listener's labels: `listener`, `netns` for a listener in another network namespace than
 /// the agent's (the path it was named by), then `extra`.
 fn listener_labels<'a, const N: usize>(
-    l: &'a crate::stats::ListenerReport,
+    l: &'a crate::observe::stats::ListenerReport,
     extra: [(&'static str, &'a str); N],
 ) -> Labels<'a> {
     let mut labels = vec![("listener", l.listener.as_str())];
@@ -225,14 +225,14 @@ impl Collector for ReportCollector {
 
         // Per listener. Every family is described even with no listeners, so dashboards and
         // alerts can tell "no limits set" from "metric missing".
-        let per_listener = |value: fn(&crate::stats::ListenerReport) -> u64| {
+        let per_listener = |value: fn(&crate::observe::stats::ListenerReport) -> u64| {
             report
                 .listeners
                 .iter()
                 .map(move |l| (listener_labels(l, []), value(l)))
         };
         // Only listeners with a per-source limit (the others have no sources to count).
-        let per_source_listener = |value: fn(&crate::stats::ListenerReport) -> u64| {
+        let per_source_listener = |value: fn(&crate::observe::stats::ListenerReport) -> u64| {
             report
                 .listeners
                 .iter()
@@ -616,8 +616,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::observe::stats::{ListenerReport, PacketReport};
     use crate::proxy::stats::ProxyReport;
-    use crate::stats::{ListenerReport, PacketReport};
 
     /// Every field a distinct number, so a value read under the wrong name cannot pass.
     fn listener(name: &str, action: Action, base: u64) -> ListenerReport {
@@ -691,13 +691,13 @@ mod tests {
                 bytes_to_downstream_total: 2010,
             }],
             features: vec![
-                crate::stats::FeatureReport {
+                crate::observe::stats::FeatureReport {
                     name: "preexisting".into(),
                     on: true,
                     why: None,
                     loss: None,
                 },
-                crate::stats::FeatureReport {
+                crate::observe::stats::FeatureReport {
                     name: "socket_destroy".into(),
                     on: false,
                     why: Some("not built in".into()),

@@ -19,7 +19,7 @@ use std::{
 use aya::{Ebpf, programs::Iter};
 use limiter_common::{map_names, program_names};
 
-use crate::{error::AgentError, limits::LimitTable, sock_diag::SockDiag};
+use crate::{enforce::limits::LimitTable, enforce::sock_diag::SockDiag, error::AgentError};
 
 // bpf(2) commands and the attach type aya 0.14 does not let us reuse a link for.
 const BPF_LINK_CREATE: libc::c_long = 28;

@@ -90,9 +90,10 @@ use serde_saphyr::{
 };
 
 use crate::{
-    cli, duration,
-    keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener, ListenerParseError, NO_CLOSE_PER_SOURCE},
+    config::cli,
+    config::duration,
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec, Listener, ListenerParseError, NO_CLOSE_PER_SOURCE},
     proxy::ProxySpec,
 };
 
@@ -1171,9 +1172,9 @@ mod tests {
         spec.parse().unwrap()
     }
 
-    const GLOO: &str = include_str!("../../examples/gloo-gateway-connection-limit.yaml");
-    const ENVOY: &str = include_str!("../../examples/envoy-gateway-connection-limit.yaml");
-    const MESH: &str = include_str!("../../examples/gloo-mesh-tcp-connection-policy.yaml");
+    const GLOO: &str = include_str!("../../../examples/gloo-gateway-connection-limit.yaml");
+    const ENVOY: &str = include_str!("../../../examples/envoy-gateway-connection-limit.yaml");
+    const MESH: &str = include_str!("../../../examples/gloo-mesh-tcp-connection-policy.yaml");
 
     #[test]
     fn gloo_gateway_example() {

@@ -14,7 +14,7 @@ use std::{ffi::CStr, fmt};
 
 use aya::programs::XdpMode;
 
-use crate::{cli::XdpAttachMode, error::AgentError, listener::Action};
+use crate::{config::cli::XdpAttachMode, config::listener::Action, error::AgentError};
 
 /// How the agent attaches XDP on one interface, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,10 +4,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    duration,
-    keepalive::{Destinations, KeepaliveSpec},
-    listener::{Action, LimitSpec, Listener, Scope},
-    logging::{LogFormat, LogLevel},
+    config::duration,
+    config::keepalive::{Destinations, KeepaliveSpec},
+    config::listener::{Action, LimitSpec, Listener, Scope},
+    observe::logging::{LogFormat, LogLevel},
     proxy::ProxySpec,
 };
 

@@ -1,0 +1,27 @@
+//! Enforcing limits in one network namespace: the kernel object, its maps and programs, and
+//! everything the agent does with them.
+//!
+//! - [`preflight`], [`features`]: what is checked before anything is loaded, and what this
+//!   kernel can do.
+//! - [`kernel`], [`capacity`], [`pins`], [`xdp_mode`]: loading and attaching the programs, how
+//!   big their maps are, keeping them pinned across restarts, the XDP mode of each interface.
+//! - [`limits`], [`usage`]: the limits in force and the listener slots that count for them.
+//! - [`handshake`], [`flood`], [`flood_state`]: releasing reservations whose handshake never
+//!   completed, and flood mode.
+//! - [`preexisting`], [`over_limit`], [`unbound`], [`sock_diag`]: connections that were there
+//!   first, connections over the limit once their handshake completed, limits nothing listens
+//!   on, and the kernel's socket table they are found in.
+pub mod capacity;
+pub mod features;
+pub mod flood;
+pub mod handshake;
+pub mod kernel;
+pub mod limits;
+pub mod over_limit;
+pub mod pins;
+pub mod preexisting;
+pub mod preflight;
+pub mod sock_diag;
+pub mod unbound;
+pub mod usage;
+pub mod xdp_mode;
