@@ -55,7 +55,7 @@ pub enum AgentError {
 
     #[error(
         "loading program `{program}` on kernel {}: {}",
-        crate::enforce::preflight::kernel_release(),
+        kernel_release(),
         load_failure(source)
     )]
     LoadProgram {
@@ -184,4 +184,11 @@ impl AgentError {
     pub fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |source| AgentError::Syscall { call, source }
     }
+}
+
+/// This kernel's release (`uname -r`), for errors that are about the kernel.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "(unknown release)".to_owned())
 }

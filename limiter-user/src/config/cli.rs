@@ -7,6 +7,7 @@ use crate::{
     config::duration,
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, Scope},
+    enforce::xdp_mode::XdpAttachMode,
     observe::logging::{LogFormat, LogLevel},
     proxy::ProxySpec,
 };
@@ -262,13 +263,6 @@ pub struct UnsetArgs {
 
     #[command(flatten)]
     pub control: ControlArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpAttachMode {
-    Auto,
-    Native,
-    Generic,
 }
 
 /// `--metrics-addr`: an address, or `off`.

@@ -24,7 +24,11 @@ use aya::{
 };
 use limiter_common::{FlowKey, family, program_names};
 
-use crate::{EBPF_OBJECT, enforce::capacity::Capacity, enforce::sock_diag::SockDiag};
+use crate::{
+    EBPF_OBJECT,
+    enforce::{capacity::Capacity, sock_diag::SockDiag},
+    observe::stats::FeatureReport,
+};
 
 /// A feature: on, or off and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +214,8 @@ fn probe_iterator(ebpf: &mut aya::Ebpf, btf: &Btf) -> Result<Vec<i64>, String> {
     // A full TCP socket to look at, whatever else this namespace has.
     let _listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("a loopback listener to probe with: {e}"))?;
-    let output = crate::enforce::preexisting::run_iterator(program).map_err(|e| e.to_string())?;
+    let output =
+        crate::enforce::adopt_iterator::run_iterator(program).map_err(|e| e.to_string())?;
     Ok(output
         .chunks_exact(8)
         .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))
@@ -237,5 +242,16 @@ fn probe_socket_destroy() -> Result<(), String> {
                 .into(),
         ),
         Err(e) => Err(format!("sock_diag SOCK_DESTROY: {e}")),
+    }
+}
+
+impl From<&Feature> for FeatureReport {
+    fn from(feature: &Feature) -> Self {
+        FeatureReport {
+            name: feature.name.to_owned(),
+            on: feature.on(),
+            why: feature.state.as_ref().err().cloned(),
+            loss: feature.state.is_err().then(|| feature.loss.to_owned()),
+        }
     }
 }

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use limiter_common::{SlotStats, admission_mode};
 
 use crate::{
-    config::listener::Listener, enforce::handshake::Reservation, enforce::limits::LimitTable,
+    config::listener::Listener,
+    enforce::{flood_state::completed, kernel::Reservation, limits::LimitTable},
 };
 
 /// A reservation this old has not seen its handshake complete in a round trip.
@@ -35,79 +36,6 @@ const QUIET_WINDOWS: u32 = 3;
 /// limit, at least one.
 pub fn threshold(limit: u32) -> u64 {
     (limit as u64).div_ceil(8).max(1)
-}
-
-/// One listener slot's flood state. Whether the slot is in flood mode is not kept here: the
-/// kernel map's `mode` says so (also for a mode a restarted agent finds in pinned maps).
-#[derive(Clone, Debug)]
-pub struct SlotFlood {
-    pub entered_total: u64,
-    /// Handshakes that never completed and were not released by the handshake timeout:
-    /// reservations released at the switch, and, in flood mode, SYNs passed that no completed
-    /// handshake followed.
-    pub not_completed: u64,
-    /// Refusals seen when stale reservations were last looked at (the flood test needs the
-    /// listener to be turning SYNs away).
-    last_refused: Option<u64>,
-    /// Start of the current window of flood mode; `None` until one is started (at the switch,
-    /// or at the first look at a slot found in flood mode).
-    window_start_ns: Option<u64>,
-    last_passed: u64,
-    last_completed: u64,
-    quiet_windows: u32,
-}
-
-/// A slot no flood has been looked at on yet.
-const UNWATCHED: SlotFlood = SlotFlood {
-    entered_total: 0,
-    not_completed: 0,
-    last_refused: None,
-    window_start_ns: None,
-    last_passed: 0,
-    last_completed: 0,
-    quiet_windows: 0,
-};
-
-/// Flood state of every slot in use, grown as slots are: the agent keeps one of these per
-/// namespace it enforces in, and a table for every possible slot (16,384 × 72 bytes) would cost
-/// every namespace 1.2 MB whether it limits one listener or thousands.
-#[derive(Debug, Default)]
-pub struct FloodWatch {
-    slots: Vec<SlotFlood>,
-}
-
-impl FloodWatch {
-    pub fn slot(&self, slot: u32) -> &SlotFlood {
-        self.slots.get(slot as usize).unwrap_or(&UNWATCHED)
-    }
-
-    fn slot_mut(&mut self, slot: u32) -> &mut SlotFlood {
-        let index = slot as usize;
-        if index >= self.slots.len() {
-            self.slots.resize(index + 1, UNWATCHED);
-        }
-        &mut self.slots[index]
-    }
-
-    /// A slot given to another listener starts afresh.
-    pub fn reset(&mut self, slot: u32) {
-        if let Some(state) = self.slots.get_mut(slot as usize) {
-            *state = UNWATCHED;
-        }
-    }
-}
-
-fn completed(stats: &SlotStats) -> u64 {
-    stats.established + stats.over_limit_established
-}
-
-impl SlotFlood {
-    /// A window of SYNs passed vs handshakes completed starts now, from these counters.
-    fn start_window(&mut self, stats: &SlotStats, now_ns: u64) {
-        self.window_start_ns = Some(now_ns);
-        self.last_passed = stats.proven_syn_passed;
-        self.last_completed = completed(stats);
-    }
 }
 
 /// One look at every listener: `pending` is the PENDING table as just read (the reservations

@@ -8,12 +8,7 @@
 //! never both, never neither.
 use std::time::Duration;
 
-use limiter_common::{FlowKey, Pending};
-
-use crate::{enforce::flood, enforce::limits::LimitTable};
-
-/// A PENDING entry: a handshake's 4-tuple and its reservation.
-pub type Reservation = (FlowKey, Pending);
+use crate::enforce::{flood, kernel::Reservation, limits::LimitTable};
 
 /// Now on CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns()` reads.
 fn monotonic_ns() -> u64 {
@@ -38,12 +33,6 @@ pub fn sweep_interval(timeout: Duration) -> Duration {
 /// release.
 pub const WALK_AT_LEAST_EVERY: u32 = 10;
 
-/// Sweeps since PENDING was last walked.
-#[derive(Debug, Default)]
-pub struct SweepState {
-    without_walk: u32,
-}
-
 /// Releases every reservation older than `timeout` (returns how many), then lets the flood
 /// watch look at the rest.
 ///
@@ -54,13 +43,13 @@ pub struct SweepState {
 /// this), which on a node of a hundred pods would be most of what an idle agent spends.
 pub fn sweep(table: &mut LimitTable, timeout: Duration) -> usize {
     let now = monotonic_ns();
-    table.sweep.without_walk += 1;
-    if table.sweep.without_walk < WALK_AT_LEAST_EVERY && !table.handshakes_in_flight() {
+    table.sweeps_without_walk += 1;
+    if table.sweeps_without_walk < WALK_AT_LEAST_EVERY && !table.handshakes_in_flight() {
         // Nothing to release, and no reservation to call stale.
         flood::watch(table, &[], now);
         return 0;
     }
-    table.sweep.without_walk = 0;
+    table.sweeps_without_walk = 0;
     let deadline = now.saturating_sub(timeout.as_nanos() as u64);
     let (expired, live): (Vec<Reservation>, Vec<Reservation>) = table
         .maps()

@@ -34,6 +34,9 @@ use crate::{
     error::AgentError,
 };
 
+/// A PENDING entry: a handshake's 4-tuple and its reservation.
+pub type Reservation = (FlowKey, Pending);
+
 /// The maps the agent reads and writes while it runs.
 pub struct Maps {
     pub listeners: HashMap<MapData, ListenerKey, ListenerConfig>,
@@ -53,7 +56,7 @@ pub struct Maps {
     pub preexisting: HashMap<MapData, u64, SourceKey>,
     /// The `adopt` iterator; `None` where it cannot load (connections established before the
     /// limits are then not counted, and the log says so).
-    pub adopter: Option<crate::enforce::preexisting::Adopter>,
+    pub adopter: Option<crate::enforce::adopt_iterator::Adopter>,
     pub keepalive: LpmTrie<MapData, KeepaliveTarget, KeepaliveConfig>,
     pub usage: SlotUsageView,
     /// How many connections PREEXISTING holds at once: the `adopt` iterator's batch.
@@ -321,7 +324,7 @@ impl Programs {
         &mut self,
         how: AdoptedClose,
         pins: Option<&PinDir>,
-    ) -> Result<crate::enforce::preexisting::Adopter, AgentError> {
+    ) -> Result<crate::enforce::adopt_iterator::Adopter, AgentError> {
         // Both programs load against the kernel's BTF: read once.
         let btf = aya::Btf::from_sys_fs().map_err(|e| AgentError::Syscall {
             call: "reading the kernel's BTF (/sys/kernel/btf/vmlinux)",
@@ -330,7 +333,7 @@ impl Programs {
         if how == AdoptedClose::Tracepoint {
             self.attach_close_watch(&btf, pins)?;
         }
-        crate::enforce::preexisting::Adopter::load(&mut self.ebpf, &btf)
+        crate::enforce::adopt_iterator::Adopter::load(&mut self.ebpf, &btf)
     }
 
     /// `close_watch` on the `inet_sock_set_state` tracepoint. With a pin directory its link is

@@ -21,8 +21,7 @@ use limiter_common::{
 use crate::{
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
-    enforce::flood::FloodWatch,
-    enforce::handshake::SweepState,
+    enforce::flood_state::FloodWatch,
     enforce::kernel::{self, Maps},
     enforce::xdp_mode::{self, Attachment},
     error::AgentError,
@@ -94,8 +93,8 @@ pub struct LimitTable {
     attachments: Vec<Attachment>,
     /// Which listeners are in flood mode, and what the floods cost.
     pub flood: FloodWatch,
-    /// When the handshake sweep last walked PENDING.
-    pub sweep: SweepState,
+    /// Sweeps since the handshake sweep last walked PENDING ([`super::handshake::sweep`]).
+    pub sweeps_without_walk: u32,
     /// Limited listeners nothing listens on in this namespace (`unbound`).
     pub unbound: BTreeSet<Listener>,
     /// The network namespace these limits apply in, as its path was given; `None`: the
@@ -117,7 +116,7 @@ impl LimitTable {
             proxied: Vec::new(),
             attachments: Vec::new(),
             flood: FloodWatch::default(),
-            sweep: SweepState::default(),
+            sweeps_without_walk: 0,
             unbound: BTreeSet::new(),
             netns: None,
         }

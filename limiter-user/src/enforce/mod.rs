@@ -11,9 +11,11 @@
 //! - [`preexisting`], [`over_limit`], [`unbound`], [`sock_diag`]: connections that were there
 //!   first, connections over the limit once their handshake completed, limits nothing listens
 //!   on, and the kernel's socket table they are found in.
+pub mod adopt_iterator;
 pub mod capacity;
 pub mod features;
 pub mod flood;
+pub mod flood_state;
 pub mod handshake;
 pub mod kernel;
 pub mod limits;

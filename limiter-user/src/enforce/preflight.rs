@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::error::AgentError;
+use crate::error::{AgentError, kernel_release};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -125,13 +125,6 @@ pub fn check_btf() -> Result<(), AgentError> {
         kernel: kernel_release(),
         path: VMLINUX_BTF,
     })
-}
-
-/// This kernel's release (`uname -r`), for errors that are about the kernel.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|_| "(unknown release)".to_owned())
 }
 
 /// The cgroup v2 directory to attach sock_ops to: `--cgroup`, or the cgroup v2 root mount.

@@ -14,7 +14,15 @@ use std::{ffi::CStr, fmt};
 
 use aya::programs::XdpMode;
 
-use crate::{config::cli::XdpAttachMode, config::listener::Action, error::AgentError};
+use crate::{config::listener::Action, error::AgentError};
+
+/// `--xdp-mode`: how the user asked XDP to run on every interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    Auto,
+    Native,
+    Generic,
+}
 
 /// How the agent attaches XDP on one interface, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

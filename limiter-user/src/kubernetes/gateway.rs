@@ -20,7 +20,7 @@ use kube::{CustomResource, ResourceExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::kubernetes::policy::PodInfo;
+use crate::kubernetes::pod::PodInfo;
 
 /// GEP-1762's label on a Gateway's pods (and Services), in the Gateway's namespace.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";

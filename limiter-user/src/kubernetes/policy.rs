@@ -36,7 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, Scope},
-    kubernetes::gateway::{Gateways, TargetRef},
+    kubernetes::{
+        gateway::{Gateways, TargetRef},
+        pod::PodInfo,
+    },
 };
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -155,18 +158,6 @@ pub fn crd_yaml() -> Result<String, String> {
     serde_saphyr::to_string(&ConnectionLimitPolicy::crd())
         .map(|yaml| format!("{header}{yaml}"))
         .map_err(|e| format!("writing the CRD as YAML: {e}"))
-}
-
-/// A pod as the agent needs it: identity, labels, named ports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// Its containers' ports: (name, containerPort), for a Service's named `targetPort`.
-    pub ports: Vec<(String, u16)>,
-    /// `hostNetwork: true`: its listeners are the node's, which a policy does not limit.
-    pub host_network: bool,
 }
 
 /// A policy's identity and order: older first (creation time, then namespace/name).

@@ -31,8 +31,9 @@ use crate::{
     agent::AgentState,
     kubernetes::{
         gateway::{ENVOY_GATEWAY_NAME_LABEL, GATEWAY_NAME_LABEL, Gateway, Gateways, ServiceInfo},
+        pod::{PodInfo, enforceable},
         pod_netns,
-        policy::{ConnectionLimitPolicy, PodInfo, PolicyKey, resolve},
+        policy::{ConnectionLimitPolicy, PolicyKey, resolve},
     },
     netns::{NetnsLimits, registry::Source},
 };
@@ -312,34 +313,6 @@ impl Sync {
         }
         self.reported = conflicts.clone();
     }
-}
-
-/// A running pod with an IP (a `hostNetwork` one too: policies that select it are told it
-/// cannot be limited by them).
-fn enforceable(pod: &Pod) -> Option<(PodInfo, String, IpAddr)> {
-    let spec = pod.spec.as_ref()?;
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
-        return None;
-    }
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let ports = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
-        .collect();
-    let info = PodInfo {
-        namespace: pod.namespace()?,
-        name: pod.name_any(),
-        labels: pod.labels().clone(),
-        ports,
-        host_network: spec.host_network == Some(true),
-    };
-    Some((info, pod.uid()?, ip))
 }
 
 fn policy_key(policy: &ConnectionLimitPolicy) -> PolicyKey {

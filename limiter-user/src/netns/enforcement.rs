@@ -11,7 +11,6 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    config::cli::XdpAttachMode,
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec},
     enforce::capacity::Capacity,
@@ -23,6 +22,7 @@ use crate::{
     enforce::preexisting,
     enforce::sock_diag::SockDiag,
     enforce::unbound,
+    enforce::xdp_mode::XdpAttachMode,
     enforce::xdp_mode::{self, Attachment},
     error::AgentError,
     netns::{Netns, dispatch::Dispatch},

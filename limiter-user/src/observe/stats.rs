@@ -29,17 +29,6 @@ pub struct FeatureReport {
     pub loss: Option<String>,
 }
 
-impl From<&crate::enforce::features::Feature> for FeatureReport {
-    fn from(feature: &crate::enforce::features::Feature) -> Self {
-        FeatureReport {
-            name: feature.name.to_owned(),
-            on: feature.on(),
-            why: feature.state.as_ref().err().cloned(),
-            loss: feature.state.is_err().then(|| feature.loss.to_owned()),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListenerReport {
     pub listener: String,
