@@ -9,29 +9,29 @@ use std::sync::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    config::cli::RunArgs,
-    config::listener::{Action, LimitSpec, Listener, Scope},
-    config::settings::{Change, Settings},
-    enforce::capacity::Capacity,
-    enforce::handshake,
-    enforce::kernel,
-    enforce::limits::LimitTable,
-    enforce::over_limit::{self, ResetStats},
-    enforce::pins::PinDir,
-    enforce::preexisting,
-    enforce::preflight,
-    enforce::sock_diag::SockDiag,
-    enforce::unbound,
-    enforce::xdp_mode::{self, Attachment},
+    config::{
+        cli::RunArgs,
+        listener::{LimitSpec, Listener, Scope},
+        settings::{Change, Settings},
+    },
+    enforce::{
+        features::Features,
+        handshake,
+        pins::PinDir,
+        preflight, unbound,
+        xdp_mode::{self, Attachment},
+    },
     error::AgentError,
     netns::{
         Namespaces,
-        dispatch::Dispatch,
-        enforcement::Environment,
+        enforcement::{AgentNamespace, Environment, NetnsEnforcement, Place},
         registry::{Source, WATCH_EVERY},
     },
-    observe::control::{self, ControlSocket},
-    observe::metrics::{self, MetricsSource},
+    observe::{
+        control::{self, ControlSocket, ControlTarget},
+        metrics::{self, MetricsSource},
+        stats::Report,
+    },
     proxy::{Proxy, ProxyStats, UpstreamPolicy},
 };
 
@@ -52,7 +52,7 @@ pub async fn run(args: RunArgs, mut settings: Settings) -> anyhow::Result<()> {
         .iter()
         .map(|iface| xdp_mode::choose(iface, args.xdp_mode, args.veth_peer_runs_xdp))
         .collect::<Result<Vec<_>, _>>()?;
-    check_actions_deliverable(&settings.limits, settings.over_limit, &attachments)?;
+    xdp_mode::check_actions_deliverable(&settings.limits, settings.over_limit, &attachments)?;
     preflight::check_btf()?;
     let cgroup = preflight::cgroup_root(args.cgroup.as_deref())?;
     let netns_cookie = preflight::netns_cookie()?;
@@ -131,22 +131,21 @@ fn bind_proxies(settings: &Settings) -> Result<Vec<Proxy>, AgentError> {
 
 /// What the control socket and the metrics endpoint read and change while the agent runs.
 pub struct AgentState {
-    pub table: Arc<Mutex<LimitTable>>,
-    /// Limits inside other network namespaces (`--limit-in`).
-    pub namespaces: Mutex<Namespaces>,
+    /// The agent's own namespace.
+    pub host: NetnsEnforcement,
+    /// Every other network namespace limits are configured in (`--limit-in`, pods).
+    pub namespaces: Arc<Mutex<Namespaces>>,
     pub proxies: Vec<(String, Arc<ProxyStats>)>,
     /// Programs attached (cleared when detaching): what /readyz reports.
     pub attached: AtomicBool,
-    /// Flood mode's connections over the limit the agent reset (or failed to).
-    pub resets: Arc<ResetStats>,
     /// The flags, and the settings in force (flags over `--config`), for reloads.
     flags: RunArgs,
     settings: Mutex<Settings>,
 }
 
 impl MetricsSource for AgentState {
-    fn report(&self) -> Result<crate::observe::stats::Report, String> {
-        Ok(AgentState::report(self))
+    fn report(&self) -> Result<Report, String> {
+        Ok(ControlTarget::report(self))
     }
 
     fn attached(&self) -> bool {
@@ -154,15 +153,9 @@ impl MetricsSource for AgentState {
     }
 }
 
-impl AgentState {
-    pub fn report(&self) -> crate::observe::stats::Report {
-        let mut report = self
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .report();
-        report.packets.reset_after_handshake_failed_total =
-            self.resets.failed.load(Ordering::Relaxed);
+impl ControlTarget for AgentState {
+    fn report(&self) -> Report {
+        let mut report = self.host.report();
         for netns in self.lock_namespaces().reports() {
             report.listeners.extend(netns.listeners);
             report.packets += &netns.packets;
@@ -172,57 +165,52 @@ impl AgentState {
             .iter()
             .map(|(name, stats)| stats.report(name.clone()))
             .collect();
-        report.features = crate::enforce::features::Features::get()
-            .all()
-            .into_iter()
-            .map(Into::into)
-            .collect();
+        report.features = Features::get().all().into_iter().map(Into::into).collect();
         report
     }
 
-    pub fn lock_namespaces(&self) -> std::sync::MutexGuard<'_, Namespaces> {
-        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `limiter set`: in the agent's namespace, or in the one at `netns`.
-    pub fn set(
-        &self,
-        netns: Option<&std::path::Path>,
-        spec: &LimitSpec,
-    ) -> Result<String, AgentError> {
+    fn set(&self, netns: Option<&std::path::Path>, spec: &LimitSpec) -> Result<String, String> {
         let now = match netns {
             None => {
-                let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-                let now = table.set(spec)?;
-                preexisting::count(&mut table);
-                now
+                // The table is let go before the connections already there are counted.
+                let now = self.host.table().set(spec);
+                now.and_then(|now| self.host.count_preexisting().map(|()| now))
             }
-            Some(path) => self.lock_namespaces().set(path, spec)?,
+            Some(path) => self.lock_namespaces().set(path, spec),
         };
-        Ok(format!("limit set: {now}"))
+        now.map(|now| format!("limit set: {now}"))
+            .map_err(|e| e.to_string())
     }
 
-    /// `limiter unset`: in the agent's namespace, or in the one at `netns`.
-    pub fn unset(
+    fn unset(
         &self,
         netns: Option<&std::path::Path>,
         listener: &Listener,
         scope: Scope,
-    ) -> Result<String, AgentError> {
+    ) -> Result<String, String> {
         let what = scope.noun();
         match netns {
-            None => {
-                self.table
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unset(listener, scope)?;
-                Ok(format!("{what} removed: {listener}"))
-            }
-            Some(path) => {
-                self.lock_namespaces().unset(path, listener, scope)?;
-                Ok(format!("{what} removed: {listener} in {}", path.display()))
-            }
+            None => self
+                .host
+                .table()
+                .unset(listener, scope)
+                .map(|()| format!("{what} removed: {listener}")),
+            Some(path) => self
+                .lock_namespaces()
+                .unset(path, listener, scope)
+                .map(|()| format!("{what} removed: {listener} in {}", path.display())),
         }
+        .map_err(|e| e.to_string())
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        AgentState::reload(self)
+    }
+}
+
+impl AgentState {
+    pub fn lock_namespaces(&self) -> std::sync::MutexGuard<'_, Namespaces> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Re-reads `--config`, validates all of it first (a bad file changes nothing), then applies
@@ -236,7 +224,7 @@ impl AgentState {
             .map_err(|e| format!("reload rejected, nothing changed: {e}"))?;
         let mut current = self.settings.lock().unwrap_or_else(|p| p.into_inner());
         let change = Change::between(&current, &new);
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.host.table();
         // The maps keep the size they were made with: limits beyond it could only be applied
         // in part.
         table
@@ -253,9 +241,11 @@ impl AgentState {
                 table.set(spec).map_err(|e| e.to_string())?
             ));
         }
+        drop(table);
         if !change.set.is_empty() {
-            preexisting::count(&mut table);
+            self.host.count_preexisting().map_err(|e| e.to_string())?;
         }
+        let mut table = self.host.table();
         let mut namespaces = self.lock_namespaces();
         for destinations in &change.keepalive_removed {
             table
@@ -312,30 +302,6 @@ struct Setup<'a> {
     kubernetes: Option<(kube::Client, String)>,
 }
 
-/// Every action the limits can ask for (each limit's, and `--over-limit` for later `set`s)
-/// must be deliverable on every interface they are admitted on, or enforcement does not start.
-pub fn check_actions_deliverable(
-    limits: &[LimitSpec],
-    over_limit: Action,
-    attachments: &[Attachment],
-) -> Result<(), AgentError> {
-    let asked = limits
-        .iter()
-        .map(|spec| {
-            (
-                spec.action.unwrap_or(over_limit),
-                format!("--limit '{spec}'"),
-            )
-        })
-        .chain([(over_limit, format!("--over-limit {}", over_limit.as_str()))]);
-    for (action, asked_by) in asked {
-        if let Some(message) = xdp_mode::undeliverable(attachments, action, &asked_by) {
-            return Err(AgentError::Combination(message));
-        }
-    }
-    Ok(())
-}
-
 /// Runs until a signal; returns whether the pins are to be kept.
 async fn enforce(
     setup: Setup<'_>,
@@ -353,80 +319,31 @@ async fn enforce(
         kubernetes,
     } = setup;
     // What this kernel can do decides how the programs are loaded: found once, said once.
-    crate::enforce::features::Features::probe().log();
-    // `programs` owns every attachment: any error (or the end of this function) drops it, which
-    // detaches whatever is not pinned.
-    let (mut programs, maps) =
-        kernel::load(netns_cookie, &Capacity::agent(settings.max_listeners), pins)?;
-    let mut table = LimitTable::new(maps, settings.over_limit);
-    table.set_proxied(settings.proxies.iter().map(|p| p.spec.listen).collect());
-    table.set_attachments(attachments.clone());
-    table.configure(
-        pins.is_some_and(|p| p.adopting),
+    Features::probe().log();
+    let env = Environment {
+        xdp_mode: args.xdp_mode,
+        veth_peer_runs_xdp: args.veth_peer_runs_xdp,
+        over_limit: settings.over_limit,
+        keepalive_for: settings.keepalive_for.clone(),
+        pins: pins.cloned(),
+    };
+    // The agent's own namespace first: its accounting program on the cgroup is the one that
+    // hands every other namespace's sockets to that namespace's copy. Any error (or the end of
+    // this function) drops it, which detaches whatever is not pinned.
+    let host = NetnsEnforcement::start(
+        Place::Agent(AgentNamespace {
+            cookie: netns_cookie,
+            attachments,
+            cgroup: cgroup.to_owned(),
+            max_listeners: settings.max_listeners,
+            proxied: settings.proxies.iter().map(|p| p.spec.listen).collect(),
+        }),
         &settings.limits,
-        &settings.keepalive_for,
+        &[],
+        &env,
+        None,
     )?;
-    if let Some(pins) = pins.filter(|p| p.taking_over()) {
-        // Without the walk the new programs would admit a whole limit on top of what is open:
-        // the old ones, whose counts can only be too high, are better left enforcing.
-        if table.maps().adopter.is_none() {
-            anyhow::bail!(
-                "--pin-dir {}: pins of map layout {} cannot be taken over without counting the \
-                 open connections, and the adopt walk cannot run here (see the warning above); \
-                 they go on enforcing as they are",
-                pins_dir(args).display(),
-                pins.predecessor_names()
-            );
-        }
-        tracing::info!(
-            found = pins.predecessor_names(),
-            "taking over the pins of another map layout: this agent's programs go into their \
-             links, the connections are counted anew, then those pins are removed"
-        );
-    }
-    programs.attach_accounting(cgroup, pins)?;
-    tracing::info!(cgroup = %cgroup.display(), "attached: counting connections (sock_ops)");
-    // Counting has started: the connections that were there first count too, before this
-    // copy's admission decides on a single SYN (over another layout's pins, its programs go
-    // on admitting until then, from counts that can only have grown since its sock_ops left).
-    preexisting::count(&mut table);
-    programs.attach_admission(&attachments, pins)?;
-    programs.retire_old_counters(table.maps_mut())?;
-    for Attachment {
-        iface, mode, why, ..
-    } in &attachments
-    {
-        tracing::info!(%iface, %mode, why, "attached: admitting SYNs (XDP)");
-    }
-    // Flood mode's connections over the limit, reset as soon as sock_ops reports them.
-    let resets = Arc::new(ResetStats::default());
-    let reset_task = table.maps_mut().over_limit.take().map(|ring| {
-        tokio::spawn(over_limit::reset_loop(
-            ring,
-            SockDiag::open(),
-            resets.clone(),
-        ))
-    });
-    // The other namespaces, each with its own copy of the programs (`netns::enforcement`).
-    let (netns_index, netns_programs) =
-        table
-            .maps_mut()
-            .netns_dispatch
-            .take()
-            .ok_or(AgentError::MissingFromObject {
-                kind: "map",
-                name: limiter_common::map_names::NETNS_INDEX,
-            })?;
-    let mut namespaces = Namespaces::new(
-        Environment {
-            xdp_mode: args.xdp_mode,
-            veth_peer_runs_xdp: args.veth_peer_runs_xdp,
-            over_limit: settings.over_limit,
-            keepalive_for: settings.keepalive_for.clone(),
-            pins: pins.cloned(),
-        },
-        Dispatch::new(netns_index, netns_programs),
-    );
+    let mut namespaces = Namespaces::new(env, host.take_dispatch()?);
     namespaces.start(&settings.namespaces)?;
     // Every link of another layout's pins this agent uses is its own now (the host's, and each
     // configured namespace's): the rest of those pins go, and their maps and programs with them.
@@ -444,18 +361,17 @@ async fn enforce(
             "took over the pins of another map layout"
         );
     }
-    let table = Arc::new(Mutex::new(table));
     let handshake_timeout = settings.handshake_timeout;
     let ifaces = settings.ifaces.clone();
+    let table = host.shared_table();
     let state = Arc::new(AgentState {
-        table: table.clone(),
-        namespaces: Mutex::new(namespaces),
+        host,
+        namespaces: Arc::new(Mutex::new(namespaces)),
         proxies: proxies
             .iter()
             .map(|p| (p.spec.to_string(), p.stats.clone()))
             .collect(),
         attached: AtomicBool::new(true),
-        resets,
         flags: args.clone(),
         settings: Mutex::new(settings),
     });
@@ -481,22 +397,17 @@ async fn enforce(
         signal(SignalKind::hangup()).map_err(AgentError::syscall("sigaction(SIGHUP)"))?;
     let mut sweep = tokio::time::interval(handshake::sweep_interval(handshake_timeout));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Limits nothing listens on are said before `ready` (and watched from then on).
-    let diag = SockDiag::open()
-        .inspect_err(|error| {
-            tracing::warn!(%error, "cannot list listening sockets (sock_diag): limits nothing listens on will not be reported");
-        })
-        .ok();
     let mut listening_check = tokio::time::interval(unbound::CHECK_EVERY);
     listening_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    if let Some(diag) = &diag {
-        unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
-    }
     let mut netns_watch = tokio::time::interval(WATCH_EVERY);
     netns_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Kubernetes mode: the watches start once everything else is in place.
     let kubernetes_task = kubernetes.map(|(client, node)| {
-        tokio::spawn(crate::kubernetes::watch::run(client, node, state.clone()))
+        tokio::spawn(crate::kubernetes::watch::run(
+            client,
+            node,
+            state.namespaces.clone(),
+        ))
     });
     tracing::info!("ready");
 
@@ -509,20 +420,16 @@ async fn enforce(
                 Err(error) => tracing::warn!(signal = "SIGHUP", "reload refused, the limits are unchanged: {error}"),
             },
             _ = sweep.tick() => {
-                let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
-                handshake::sweep(&mut table, handshake_timeout);
-                drop(table);
+                state.host.sweep(handshake_timeout);
                 state.lock_namespaces().sweep(handshake_timeout);
             }
             _ = listening_check.tick() => {
-                if let Some(diag) = &diag {
-                    unbound::check(&mut table.lock().unwrap_or_else(|p| p.into_inner()), diag);
-                }
+                state.host.check_listening();
                 state.lock_namespaces().check_listening();
             }
             _ = netns_watch.tick() => state.lock_namespaces().refresh(),
             accepted = control.accept() => match accepted {
-                Ok(stream) => { tokio::spawn(control::serve(stream, state.clone())); }
+                Ok(stream) => { tokio::spawn(control::serve(stream, state.clone() as Arc<dyn ControlTarget>)); }
                 Err(e) => tracing::warn!(error = %e, "control socket: accept failed"),
             },
         }
@@ -539,17 +446,25 @@ async fn enforce(
             tracing::info!(signal = signal_name, %iface, "detaching");
         }
     }
+    // What shares the agent's state ends first, so that the agent's own namespace can be
+    // stopped last: its accounting program hands every other namespace's sockets on.
     if let Some(task) = kubernetes_task {
         task.abort();
-    }
-    state.lock_namespaces().stop_all(args.keep_pinned);
-    proxy_tasks.abort_all();
-    if let Some(task) = reset_task {
-        task.abort();
+        let _ = task.await;
     }
     if let Some(task) = metrics_task {
         task.abort();
+        let _ = task.await;
     }
-    drop(programs);
+    state.lock_namespaces().stop_all(args.keep_pinned);
+    proxy_tasks.abort_all();
+    while proxy_tasks.join_next().await.is_some() {}
+    drop(table);
+    match Arc::try_unwrap(state) {
+        Ok(state) => state.host.stop(args.keep_pinned, None),
+        // A control connection still being answered: its end drops the last reference, and
+        // that detaches the programs just the same.
+        Err(_) => tracing::debug!("a control connection outlives the loop"),
+    }
     Ok(args.keep_pinned)
 }

@@ -10,7 +10,10 @@
 //! A listener has up to two limits, each with its action: its own (`--limit`), and the one each
 //! client address has (`--limit-per-source`). The slot and the kernel's `ListenerConfig` carry
 //! both; a listener with only a per-source limit has `NO_LIMIT` as its own.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, atomic::Ordering},
+};
 
 use aya::maps::MapError;
 use limiter_common::{
@@ -23,6 +26,7 @@ use crate::{
     config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     enforce::flood_state::FloodWatch,
     enforce::kernel::{self, Maps},
+    enforce::over_limit::ResetStats,
     enforce::xdp_mode::{self, Attachment},
     error::AgentError,
     observe::stats::{ListenerReport, PacketReport, Report},
@@ -95,6 +99,9 @@ pub struct LimitTable {
     pub flood: FloodWatch,
     /// Sweeps since the handshake sweep last walked PENDING ([`super::handshake::sweep`]).
     pub sweeps_without_walk: u32,
+    /// Flood mode's connections over the limit the agent reset (or failed to), by the
+    /// namespace's reset task ([`super::over_limit`]).
+    pub resets: Arc<ResetStats>,
     /// Limited listeners nothing listens on in this namespace (`unbound`).
     pub unbound: BTreeSet<Listener>,
     /// The network namespace these limits apply in, as its path was given; `None`: the
@@ -117,6 +124,7 @@ impl LimitTable {
             attachments: Vec::new(),
             flood: FloodWatch::default(),
             sweeps_without_walk: 0,
+            resets: Arc::default(),
             unbound: BTreeSet::new(),
             netns: None,
         }
@@ -661,9 +669,11 @@ impl LimitTable {
                 }
             })
             .collect();
+        let mut packets = PacketReport::from_counters(|i| self.packet_stat(i));
+        packets.reset_after_handshake_failed_total = self.resets.failed.load(Ordering::Relaxed);
         Report {
             listeners,
-            packets: PacketReport::from_counters(|i| self.packet_stat(i)),
+            packets,
             proxies: Vec::new(),
             features: Vec::new(),
         }

@@ -14,7 +14,10 @@ use std::{ffi::CStr, fmt};
 
 use aya::programs::XdpMode;
 
-use crate::{config::listener::Action, error::AgentError};
+use crate::{
+    config::listener::{Action, LimitSpec},
+    error::AgentError,
+};
 
 /// `--xdp-mode`: how the user asked XDP to run on every interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -173,6 +176,30 @@ fn driver(iface: &str) -> Result<String, AgentError> {
         _ if error.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(String::new()),
         _ => Err(failed(error)),
     }
+}
+
+/// Every action the limits can ask for (each limit's, and `--over-limit` for later `set`s)
+/// must be deliverable on every interface they are admitted on, or enforcement does not start.
+pub fn check_actions_deliverable(
+    limits: &[LimitSpec],
+    over_limit: Action,
+    attachments: &[Attachment],
+) -> Result<(), AgentError> {
+    let asked = limits
+        .iter()
+        .map(|spec| {
+            (
+                spec.action.unwrap_or(over_limit),
+                format!("--limit '{spec}'"),
+            )
+        })
+        .chain([(over_limit, format!("--over-limit {}", over_limit.as_str()))]);
+    for (action, asked_by) in asked {
+        if let Some(message) = undeliverable(attachments, action, &asked_by) {
+            return Err(AgentError::Combination(message));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -28,14 +28,13 @@ use kube::{
 };
 
 use crate::{
-    agent::AgentState,
     kubernetes::{
         gateway::{ENVOY_GATEWAY_NAME_LABEL, GATEWAY_NAME_LABEL, Gateway, Gateways, ServiceInfo},
         pod::{PodInfo, enforceable},
         pod_netns,
         policy::{ConnectionLimitPolicy, PolicyKey, resolve},
     },
-    netns::{NetnsLimits, registry::Source},
+    netns::{Namespaces, NetnsLimits, registry::Source},
 };
 
 /// How often the pods' namespaces are checked again: pods whose namespace was not found (it
@@ -97,7 +96,7 @@ where
 }
 
 /// Runs until the agent stops.
-pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
+pub async fn run(client: Client, node: String, namespaces: Arc<Mutex<Namespaces>>) {
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let (mut pods, pod_events) = Watched::start("pods", Api::<Pod>::all(client.clone()), on_node);
     let (mut policies, policy_events) = Watched::start(
@@ -168,8 +167,14 @@ pub async fn run(client: Client, node: String, state: Arc<AgentState>) {
                 .map(|s| ServiceInfo::of(s))
                 .collect(),
         };
-        sync.update(&pods.store, &policies.store, &gateways, &state, &recorder)
-            .await;
+        sync.update(
+            &pods.store,
+            &policies.store,
+            &gateways,
+            &namespaces,
+            &recorder,
+        )
+        .await;
     }
 }
 
@@ -191,7 +196,7 @@ impl Sync {
         pods: &Store<Pod>,
         policies: &Store<ConnectionLimitPolicy>,
         gateways: &Gateways,
-        state: &AgentState,
+        namespaces: &Mutex<Namespaces>,
         recorder: &Recorder,
     ) {
         let running: Vec<(PodInfo, String, IpAddr)> = pods
@@ -267,8 +272,9 @@ impl Sync {
             .collect();
         self.netns.retain(|key, _| live.contains(key));
 
-        let applied = state
-            .lock_namespaces()
+        let applied = namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .apply_from(Source::Kubernetes, &desired);
         match applied {
             Ok(done) => {

@@ -20,7 +20,7 @@ use crate::{
     netns::{
         Netns, NetnsLimits,
         dispatch::Dispatch,
-        enforcement::{Environment, NetnsEnforcement},
+        enforcement::{Environment, NetnsEnforcement, Place},
         path::current_inode,
     },
     observe::stats::Report,
@@ -105,11 +105,11 @@ impl Namespaces {
     /// Opens the namespace at `netns.path`, starts enforcing there and records it.
     fn start_new(&mut self, netns: &NetnsLimits, source: Source) -> Result<(), AgentError> {
         let enforcement = NetnsEnforcement::start(
-            Netns::open(&netns.path)?,
+            Place::Netns(Netns::open(&netns.path)?),
             &netns.limits,
             &netns.keepalive,
             &self.env,
-            &mut self.dispatch,
+            Some(&mut self.dispatch),
         )?;
         self.configured.insert(
             netns.path.clone(),
@@ -134,7 +134,7 @@ impl Namespaces {
     pub fn refresh(&mut self) {
         for (path, configured) in &mut self.configured {
             if let State::Enforcing(enforcement) = &configured.state {
-                if enforcement.netns().still_at_path() {
+                if enforcement.netns().is_some_and(Netns::still_at_path) {
                     continue;
                 }
                 let replaced = current_inode(path).is_some();
@@ -156,7 +156,7 @@ impl Namespaces {
                 ) else {
                     unreachable!("matched above");
                 };
-                old.stop(false, &mut self.dispatch);
+                old.stop(false, Some(&mut self.dispatch));
             }
             // A pod's path (Kubernetes mode) is not reused for its next namespace, and a
             // `/proc/PID/ns/net` may come to name another process's: the watch finds the pod's
@@ -168,11 +168,11 @@ impl Namespaces {
                 .map_err(AgentError::from)
                 .and_then(|netns| {
                     NetnsEnforcement::start(
-                        netns,
+                        Place::Netns(netns),
                         &configured.limits,
                         &configured.keepalive,
                         &self.env,
-                        &mut self.dispatch,
+                        Some(&mut self.dispatch),
                     )
                 });
             match started {
@@ -228,7 +228,7 @@ impl Namespaces {
         let configured = self.configured.get_mut(path).expect("checked just above");
         let now = match &mut configured.state {
             State::Enforcing(enforcement) => {
-                let now = in_netns(path, enforcement.table.set(spec))?;
+                let now = in_netns(path, enforcement.table().set(spec))?;
                 in_netns(path, enforcement.count_preexisting())?;
                 now
             }
@@ -258,7 +258,7 @@ impl Namespaces {
                 ),
             })?;
         if let State::Enforcing(enforcement) = &mut configured.state {
-            in_netns(path, enforcement.table.unset(listener, scope))?;
+            in_netns(path, enforcement.table().unset(listener, scope))?;
         } else if !configured
             .limits
             .iter()
@@ -296,7 +296,7 @@ impl Namespaces {
                 ..
             }) = self.configured.remove(&path)
             {
-                enforcement.stop(false, &mut self.dispatch);
+                enforcement.stop(false, Some(&mut self.dispatch));
             }
             done.push(format!("stopped enforcing in {}", path.display()));
         }
@@ -408,7 +408,7 @@ impl Namespaces {
                 .iter()
                 .filter(|(d, _)| !wanted.iter().any(|(w, _)| w == d))
             {
-                let table = &mut enforcement.table;
+                let mut table = enforcement.table();
                 let result = match global.iter().find(|(g, _)| g == destinations) {
                     Some((_, spec)) => table.set_keepalive_policy(destinations, spec),
                     None => table.remove_keepalive_policy(destinations),
@@ -423,7 +423,7 @@ impl Namespaces {
             {
                 in_netns(
                     path,
-                    enforcement.table.set_keepalive_policy(destinations, spec),
+                    enforcement.table().set_keepalive_policy(destinations, spec),
                 )?;
                 done.push(format!(
                     "keepalive policy set: {destinations} {spec} in {}",
@@ -448,7 +448,7 @@ impl Namespaces {
             in_netns(
                 &path,
                 enforcement
-                    .table
+                    .table()
                     .set_keepalive_policy(destinations, keepalive),
             )?;
         }
@@ -463,7 +463,7 @@ impl Namespaces {
         for (path, enforcement) in self.enforcing_without_own(destinations) {
             in_netns(
                 &path,
-                enforcement.table.remove_keepalive_policy(destinations),
+                enforcement.table().remove_keepalive_policy(destinations),
             )?;
         }
         Ok(())
@@ -504,7 +504,7 @@ impl Namespaces {
     pub fn stop_all(&mut self, keep_pinned: bool) {
         for (_, configured) in std::mem::take(&mut self.configured) {
             if let State::Enforcing(enforcement) = configured.state {
-                enforcement.stop(keep_pinned, &mut self.dispatch);
+                enforcement.stop(keep_pinned, Some(&mut self.dispatch));
             }
         }
     }

@@ -17,7 +17,6 @@ use tokio::{
 };
 
 use crate::{
-    agent::AgentState,
     config::listener::{LimitSpec, Listener, Scope},
     error::AgentError,
     observe::stats::Report,
@@ -111,8 +110,25 @@ impl Drop for ControlSocket {
     }
 }
 
+/// What the control socket asks of the running agent; each error is the reply's message.
+pub trait ControlTarget: Send + Sync + 'static {
+    /// `limiter stats`.
+    fn report(&self) -> Report;
+    /// `limiter set`: in the agent's namespace, or in the one at `netns`.
+    fn set(&self, netns: Option<&Path>, spec: &LimitSpec) -> Result<String, String>;
+    /// `limiter unset`: in the agent's namespace, or in the one at `netns`.
+    fn unset(
+        &self,
+        netns: Option<&Path>,
+        listener: &Listener,
+        scope: Scope,
+    ) -> Result<String, String>;
+    /// `limiter reload`.
+    fn reload(&self) -> Result<String, String>;
+}
+
 /// Serves one client connection: one request, one response.
-pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
+pub async fn serve(stream: UnixStream, state: Arc<dyn ControlTarget>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read);
@@ -120,7 +136,7 @@ pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
         return;
     }
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, &state),
+        Ok(request) => handle(request, state.as_ref()),
         Err(e) => Response {
             error: Some(format!("bad request: {e}")),
             ..Default::default()
@@ -131,7 +147,7 @@ pub async fn serve(stream: UnixStream, state: Arc<AgentState>) {
     let _ = write.write_all(out.as_bytes()).await;
 }
 
-fn handle(request: Request, state: &AgentState) -> Response {
+fn handle(request: Request, state: &dyn ControlTarget) -> Response {
     let result = match request {
         Request::Reload => state.reload(),
         Request::Stats => {
@@ -149,9 +165,7 @@ fn handle(request: Request, state: &AgentState) -> Response {
                 scope: scope(per_source),
                 ..spec
             };
-            state
-                .set(netns.as_deref(), &spec)
-                .map_err(|e| e.to_string())
+            state.set(netns.as_deref(), &spec)
         }),
         Request::Unset {
             listener,
@@ -160,11 +174,7 @@ fn handle(request: Request, state: &AgentState) -> Response {
         } => listener
             .parse::<Listener>()
             .map_err(|e| e.to_string())
-            .and_then(|l| {
-                state
-                    .unset(netns.as_deref(), &l, scope(per_source))
-                    .map_err(|e| e.to_string())
-            }),
+            .and_then(|l| state.unset(netns.as_deref(), &l, scope(per_source))),
     };
     match result {
         Ok(message) => {
