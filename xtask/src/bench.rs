@@ -55,6 +55,7 @@ mod pods_storm;
 mod process;
 mod progs;
 mod proxy;
+mod raw_syn;
 mod report;
 mod scale;
 mod spoof;
@@ -91,6 +92,8 @@ pub struct Ctx {
     pub quick: bool,
     pub cores: usize,
     pub has_iptables: bool,
+    /// `LIMITER_BENCH_GENERATOR`: which SYN generator the floods use.
+    pub generator: flood::GeneratorChoice,
 }
 
 impl Ctx {
@@ -157,6 +160,7 @@ fn run() -> Result<bool> {
         bail!("the bench needs root (BPF programs, network namespaces, nftables)");
     }
     let quick = env_flag("LIMITER_BENCH_QUICK");
+    let generator = flood::GeneratorChoice::from_env()?;
     let parts: Vec<String> = match std::env::var("LIMITER_BENCH_PARTS") {
         Ok(list) if !list.trim().is_empty() => {
             list.split(',').map(|p| p.trim().to_string()).collect()
@@ -227,6 +231,7 @@ fn run() -> Result<bool> {
         quick,
         cores: machine.cores,
         has_iptables,
+        generator,
     };
     if ctx.cores < 2 {
         bail!("the bench needs at least 2 CPUs (generator and server on different ones)");
@@ -252,6 +257,7 @@ fn run() -> Result<bool> {
         }
         println!("==> Part {name}");
         noise.push((format!("before {name}"), sys::noise_snapshot()));
+        let _ = flood::generators_started();
         let t = Instant::now();
         let result = match name {
             "packet" => pktcost::run(&ctx),
@@ -267,8 +273,12 @@ fn run() -> Result<bool> {
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));
+        let generators = flood::generators_started();
         match result {
-            Ok(part) => {
+            Ok(mut part) => {
+                if !generators.is_empty() {
+                    part.generator = Some(generators.join("; "));
+                }
                 println!(
                     "bench: part {name} done in {:.0} s",
                     t.elapsed().as_secs_f64()
@@ -286,7 +296,12 @@ fn run() -> Result<bool> {
             }
             Err(e) => {
                 eprintln!("bench: part {name} failed: {e:#}");
-                missing.push((name.to_string(), format!("failed: {e:#}")));
+                let with = if generators.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (SYN generator: {})", generators.join("; "))
+                };
+                missing.push((name.to_string(), format!("failed: {e:#}{with}")));
                 all_ok = false;
             }
         }
@@ -301,6 +316,13 @@ fn run() -> Result<bool> {
         },
     )];
     settings.push(("parts".into(), parts.join(", ")));
+    settings.push((
+        "SYN generator setting".into(),
+        format!(
+            "{} (LIMITER_BENCH_GENERATOR=auto|live|raw)",
+            format!("{generator:?}").to_lowercase()
+        ),
+    ));
     let report = Report {
         machine,
         settings,

@@ -22,6 +22,7 @@ use super::{
     netns::{self, CLIENT_MAC, OnAccept, SERVER_IP, SERVER_MAC, Server, TestBed},
     order,
     progs::Loaded,
+    raw_syn::{self, RawSender},
     report::{
         Bar, Chart, Figure, Part, Table, number, over_floor_target, paired_cost_target,
         paired_ratio, spread,
@@ -510,8 +511,61 @@ fn sample_window(
     })
 }
 
+/// Which SYN generator the floods use: `LIMITER_BENCH_GENERATOR=auto|live|raw`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GeneratorChoice {
+    /// Live frames, or raw sockets where the kernel refuses BPF_PROG_TEST_RUN live frames.
+    Auto,
+    /// BPF_PROG_TEST_RUN live frames only (an error where the kernel refuses them).
+    Live,
+    /// AF_PACKET senders ([`raw_syn`]) only.
+    Raw,
+}
+
+impl GeneratorChoice {
+    pub fn from_env() -> Result<GeneratorChoice> {
+        match std::env::var("LIMITER_BENCH_GENERATOR").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(GeneratorChoice::Auto),
+            Ok("live") => Ok(GeneratorChoice::Live),
+            Ok("raw") => Ok(GeneratorChoice::Raw),
+            Ok(other) => bail!("LIMITER_BENCH_GENERATOR: `{other}` is none of auto, live, raw"),
+        }
+    }
+}
+
+/// Descriptions of the generators started since the last call (the bench tells each part's
+/// report which generator made its floods).
+static STARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Which generators were started since the last call, each once.
+pub fn generators_started() -> Vec<String> {
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen: Vec<String> = Vec::new();
+    for g in started.drain(..) {
+        if !seen.contains(&g) {
+            seen.push(g);
+        }
+    }
+    seen
+}
+
+/// What sends the frames, owned by the generator thread.
+enum Backend {
+    /// `xdp_gen` run with BPF_PROG_TEST_RUN live frames on the generator veth.
+    Live { program: Loaded, ifindex: u32 },
+    /// One AF_PACKET sender per CPU in `cpus`, each in a thread of its own for a window.
+    Raw {
+        senders: Vec<RawSender>,
+        cpus: Vec<usize>,
+    },
+}
+
+/// Frames per `sendmmsg` when a raw sender runs flat out.
+const RAW_FLAT_OUT_BATCH: usize = 256;
+
 /// The generator: a thread in the generator namespace, pinned to GENERATOR_CPU, that owns the
-/// loaded `xdp_gen` program and sends paced bursts on request.
+/// loaded `xdp_gen` program (or, where the kernel refuses live frames, the raw senders) and
+/// sends paced bursts on request.
 ///
 /// The kernel adds a program to the XDP dispatcher around every BPF_PROG_TEST_RUN of an XDP
 /// program unless it is already there (a fixed cost of milliseconds per call, and a pause in
@@ -550,15 +604,22 @@ impl Generator {
             PORT,
             TCP_SYN,
         );
+        // Raw senders on every CPU but the server's (up to 4), the first on GENERATOR_CPU.
+        let raw_cpus: Vec<usize> = std::iter::once(GENERATOR_CPU)
+            .chain((0..ctx.cores).filter(|&c| c != GENERATOR_CPU && c != SERVER_CPU))
+            .take(4)
+            .collect();
+        let choice = ctx.generator;
         let (commands, inbox) = mpsc::channel::<(Duration, Option<Pace>)>();
-        let (outbox, results) = mpsc::channel();
+        let (outbox, results) = mpsc::channel::<Result<u64>>();
+        let (ready_tx, ready) = mpsc::channel::<Result<String>>();
         let (ns, veth, object) = (
             bed.client_ns.clone(),
             bed.client_veth.clone(),
             object.to_path_buf(),
         );
         let thread = std::thread::spawn(move || {
-            let setup = (|| -> Result<(Loaded, u32)> {
+            let setup = (|| -> Result<(Backend, String)> {
                 sys::enter_netns(&ns)?;
                 sys::pin_this_thread(GENERATOR_CPU)?;
                 // Real-time, so the bursts keep their schedule on a shared machine (the thread
@@ -566,44 +627,86 @@ impl Generator {
                 if realtime {
                     sys::realtime(0)?;
                 }
-                let mut program = Loaded::load(&object, "xdp_gen")?;
-                program.attach_native(&spare)?;
-                let name = CString::new(veth)?;
-                // SAFETY: a valid C string.
-                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if ifindex == 0 {
-                    return Err(std::io::Error::last_os_error()).context("if_nametoindex");
+                let live = || -> Result<Backend> {
+                    let mut program = Loaded::load(&object, "xdp_gen")?;
+                    program.attach_native(&spare)?;
+                    let name = CString::new(veth.clone())?;
+                    // SAFETY: a valid C string.
+                    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    if ifindex == 0 {
+                        return Err(std::io::Error::last_os_error()).context("if_nametoindex");
+                    }
+                    // One frame, to learn whether this kernel runs live frames at all.
+                    program.run_live(&template, 1, ifindex, 1)?;
+                    Ok(Backend::Live { program, ifindex })
+                };
+                let raw = |why: &str| -> Result<(Backend, String)> {
+                    let senders = (0..raw_cpus.len())
+                        .map(|i| RawSender::open(&veth, &template, raw_syn::seed(i)))
+                        .collect::<Result<Vec<_>>>()?;
+                    let description = format!(
+                        "raw sockets ({} AF_PACKET sender thread{} on CPU {}, sendmmsg of \
+                         ready-made SYNs, qdisc bypassed){why}",
+                        raw_cpus.len(),
+                        if raw_cpus.len() == 1 { "" } else { "s" },
+                        raw_cpus
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    Ok((
+                        Backend::Raw {
+                            senders,
+                            cpus: raw_cpus.clone(),
+                        },
+                        description,
+                    ))
+                };
+                let live_text = format!(
+                    "live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX into \
+                     the server veth, one thread on CPU {GENERATOR_CPU})"
+                );
+                match choice {
+                    GeneratorChoice::Live => Ok((live()?, live_text)),
+                    GeneratorChoice::Raw => raw(" (LIMITER_BENCH_GENERATOR=raw)"),
+                    GeneratorChoice::Auto => match live() {
+                        Ok(backend) => Ok((backend, live_text)),
+                        Err(e) => raw(&format!(
+                            " — the kernel refused live frames ({e:#}), so the bench fell back \
+                             to them"
+                        )),
+                    },
                 }
-                Ok((program, ifindex))
             })();
-            let (program, ifindex) = match setup {
-                Ok(v) => {
-                    let _ = outbox.send(Ok(0));
-                    v
+            let mut backend = match setup {
+                Ok((backend, description)) => {
+                    let _ = ready_tx.send(Ok(description));
+                    backend
                 }
                 Err(e) => {
-                    let _ = outbox.send(Err(e));
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
             // Bounded: one window per command, and the sender goes away with the part.
-            while let Ok((window, rate)) = inbox.recv() {
-                let _ = outbox.send(match rate {
-                    Some(pace) => paced(&program, &template, ifindex, window, pace),
-                    None => flat_out(&program, &template, ifindex, window),
-                });
+            while let Ok((window, pace)) = inbox.recv() {
+                let _ = outbox.send(send_window(&mut backend, &template, window, pace, realtime));
             }
         });
-        let generator = Generator {
+        let description = ready
+            .recv_timeout(Duration::from_secs(30))
+            .context("the generator thread did not start")??;
+        println!("  generator: {description}");
+        STARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(description);
+        Ok(Generator {
             commands,
             results,
             thread: Some(thread),
-        };
-        generator
-            .results
-            .recv_timeout(Duration::from_secs(30))
-            .context("the generator thread did not start")??;
-        Ok(generator)
+        })
     }
 
     /// Sends SYNs at `rate` in bursts of BURST (None: as fast as it can) for `window`; returns
@@ -630,6 +733,61 @@ impl Generator {
     }
 }
 
+/// One window of the generator: live frames from this thread, or every raw sender in a thread
+/// of its own on its CPU, each with its share of the rate.
+fn send_window(
+    backend: &mut Backend,
+    template: &[u8],
+    window: Duration,
+    pace: Option<Pace>,
+    realtime: bool,
+) -> Result<u64> {
+    match backend {
+        Backend::Live { program, ifindex } => {
+            let ifindex = *ifindex;
+            match pace {
+                Some(pace) => paced(window, pace, |burst| {
+                    program.run_live(template, burst, ifindex, burst)?;
+                    Ok(u64::from(burst))
+                }),
+                None => flat_out(window, || {
+                    program.run_live(template, FLAT_OUT_CALL, ifindex, 64)?;
+                    Ok(u64::from(FLAT_OUT_CALL))
+                }),
+            }
+        }
+        Backend::Raw { senders, cpus } => {
+            let n = senders.len() as f64;
+            std::thread::scope(|scope| {
+                let handles = senders
+                    .iter_mut()
+                    .zip(cpus.iter().copied())
+                    .map(|(sender, cpu)| {
+                        scope.spawn(move || -> Result<u64> {
+                            sys::pin_this_thread(cpu)?;
+                            if realtime {
+                                sys::realtime(0)?;
+                            }
+                            match pace {
+                                Some(pace) => paced(
+                                    window,
+                                    Pace {
+                                        rate: pace.rate / n,
+                                        ..pace
+                                    },
+                                    |burst| sender.send(burst as usize),
+                                ),
+                                None => flat_out(window, || sender.send(RAW_FLAT_OUT_BATCH)),
+                            }
+                        })
+                    })
+                    .collect();
+                sys::join_all(handles).into_iter().sum()
+            })
+        }
+    }
+}
+
 impl Drop for Generator {
     fn drop(&mut self) {
         let (dead, _) = mpsc::channel();
@@ -651,16 +809,10 @@ pub struct Pace {
     pub spin: bool,
 }
 
-/// Runs the generator for `window`: a burst of `pace.burst` frames (one BPF_PROG_TEST_RUN call,
-/// one flush into the veth) every burst/rate seconds by the clock; the thread sleeps in between.
-/// Returns the number of frames sent.
-fn paced(
-    program: &Loaded,
-    template: &[u8],
-    ifindex: u32,
-    window: Duration,
-    pace: Pace,
-) -> Result<u64> {
+/// Runs the generator for `window`: a burst of `pace.burst` frames (`send`: one
+/// BPF_PROG_TEST_RUN call or one sendmmsg, one flush into the veth) every burst/rate seconds by
+/// the clock; the thread sleeps in between. Returns the number of frames sent.
+fn paced(window: Duration, pace: Pace, mut send: impl FnMut(u32) -> Result<u64>) -> Result<u64> {
     let Pace { rate, burst, spin } = pace;
     let interval = Duration::from_secs_f64(f64::from(burst) / rate);
     let start = Instant::now();
@@ -683,8 +835,7 @@ fn paced(
             // Far behind (preempted): start afresh rather than send a catch-up flood.
             next = now;
         }
-        program.run_live(template, burst, ifindex, burst)?;
-        sent += u64::from(burst);
+        sent += send(burst)?;
         next += interval;
     }
     Ok(sent)
@@ -716,13 +867,12 @@ fn table_row_flat(
     ]);
 }
 
-/// As many frames as the generator can make, in calls of FLAT_OUT_CALL frames, for `window`.
-fn flat_out(program: &Loaded, template: &[u8], ifindex: u32, window: Duration) -> Result<u64> {
+/// As many frames as the generator can make, `send` after `send`, for `window`.
+fn flat_out(window: Duration, mut send: impl FnMut() -> Result<u64>) -> Result<u64> {
     let end = Instant::now() + window;
     let mut sent = 0;
     while Instant::now() < end && !cmd::interrupted() {
-        program.run_live(template, FLAT_OUT_CALL, ifindex, 64)?;
-        sent += u64::from(FLAT_OUT_CALL);
+        sent += send()?;
     }
     Ok(sent)
 }
