@@ -8,8 +8,9 @@
 //!    an empty XDP_PASS program and a minimal "drop SYN to port P" program; again with 10,000
 //!    listener limits configured ([`pktcost`]).
 //! 2. SYN flood at the limit: server CPU time per refused SYN, frames generated with
-//!    BPF_PROG_TEST_RUN live frames into a veth, for limiter, a bare XDP drop program, nftables
-//!    `ct count`, iptables `connlimit`, a plain nftables drop and no filter ([`flood`]).
+//!    BPF_PROG_TEST_RUN live frames into a veth (or by raw sockets, [`raw_syn`]), for limiter,
+//!    a bare XDP drop program, nftables `ct count`, iptables `connlimit`, a plain nftables drop
+//!    and no filter ([`flood`]).
 //! 3. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
 //!    under a storm of connections at the limit, for limiter and Envoy `connection_limit`,
 //!    HAProxy `maxconn` and nginx `limit_conn` ([`storm`], the proxies from [`peers`]).
@@ -35,7 +36,10 @@
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`), `LIMITER_BENCH_AGENT=PATH` (run another
-//! build of the agent, e.g. an older commit's, in the parts that start it).
+//! build of the agent, e.g. an older commit's, in the parts that start it),
+//! `LIMITER_BENCH_GENERATOR=auto|live|raw` (the floods' SYN generator: BPF_PROG_TEST_RUN live
+//! frames, falling back to raw AF_PACKET senders where the kernel refuses them; see
+//! [`flood::GeneratorChoice`]).
 mod agent;
 mod burst;
 mod cps;

@@ -4,7 +4,9 @@
 //! `xdp_gen.c` on the generator veth and its XDP_TX sends each frame into the server veth. The
 //! server veth's receive work runs in its own threaded-NAPI kernel thread pinned to one CPU, the
 //! generator (and the generator veth's NAPI thread) on the other, so the server's CPU time is
-//! that thread's run time, read from /proc/PID/schedstat.
+//! that thread's run time, read from /proc/PID/schedstat. Where the kernel refuses live frames
+//! (or `LIMITER_BENCH_GENERATOR=raw`), raw AF_PACKET senders make the flood instead
+//! ([`raw_syn`]).
 use std::{
     ffi::CString,
     net::Ipv4Addr,
@@ -911,7 +913,12 @@ fn report(
              repetition measures each once; the targets compare windows of the same repetition: the median of their \
              ratios or differences). The generator program stays attached to a spare veth so that each \
              call costs microseconds (otherwise the kernel updates its XDP dispatcher around \
-             every test run, milliseconds, and the flood stutters).",
+             every test run, milliseconds, and the flood stutters). Where the kernel refuses \
+             live frames (or with LIMITER_BENCH_GENERATOR=raw), AF_PACKET senders make the same \
+             SYNs and bursts instead, one `sendmmsg` per burst (the generator line above says \
+             which ran); their frames reach the server as skbs, which the server veth copies \
+             into a page for XDP, so every configuration's CPU per SYN is higher than with live \
+             frames and the ratios compare configurations of the same run only.",
             f64::from(BURST) / rate * 1e6,
             rate,
             window.as_secs()
