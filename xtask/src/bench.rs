@@ -323,7 +323,7 @@ fn run() -> Result<bool> {
     settings.push((
         "SYN generator setting".into(),
         format!(
-            "{} (LIMITER_BENCH_GENERATOR=auto|live|raw)",
+            "{} (LIMITER_BENCH_GENERATOR: auto, live or raw)",
             format!("{generator:?}").to_lowercase()
         ),
     ));
