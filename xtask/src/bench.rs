@@ -8,8 +8,9 @@
 //!    an empty XDP_PASS program and a minimal "drop SYN to port P" program; again with 10,000
 //!    listener limits configured ([`pktcost`]).
 //! 2. SYN flood at the limit: server CPU time per refused SYN, frames generated with
-//!    BPF_PROG_TEST_RUN live frames into a veth, for limiter, a bare XDP drop program, nftables
-//!    `ct count`, iptables `connlimit`, a plain nftables drop and no filter ([`flood`]).
+//!    BPF_PROG_TEST_RUN live frames into a veth (or by raw sockets, [`raw_syn`]), for limiter,
+//!    a bare XDP drop program, nftables `ct count`, iptables `connlimit`, a plain nftables drop
+//!    and no filter ([`flood`]).
 //! 3. Refusing at the SYN against accepting and closing: refused attempts per server CPU-second
 //!    under a storm of connections at the limit, for limiter and Envoy `connection_limit`,
 //!    HAProxy `maxconn` and nginx `limit_conn` ([`storm`], the proxies from [`peers`]).
@@ -35,7 +36,10 @@
 //! `LIMITER_BENCH_QUICK=1` (short windows and fewer repetitions, for trying it out; the report
 //! says so), `LIMITER_BENCH_FORCE=1` (do not wait for other test runs to finish),
 //! `LIMITER_BENCH_OUT=DIR` (default `bench/results`), `LIMITER_BENCH_AGENT=PATH` (run another
-//! build of the agent, e.g. an older commit's, in the parts that start it).
+//! build of the agent, e.g. an older commit's, in the parts that start it),
+//! `LIMITER_BENCH_GENERATOR=auto|live|raw` (the floods' SYN generator: BPF_PROG_TEST_RUN live
+//! frames, falling back to raw AF_PACKET senders where the kernel refuses them; see
+//! [`flood::GeneratorChoice`]).
 mod agent;
 mod burst;
 mod cps;
@@ -55,6 +59,7 @@ mod pods_storm;
 mod process;
 mod progs;
 mod proxy;
+mod raw_syn;
 mod report;
 mod scale;
 mod spoof;
@@ -91,6 +96,8 @@ pub struct Ctx {
     pub quick: bool,
     pub cores: usize,
     pub has_iptables: bool,
+    /// `LIMITER_BENCH_GENERATOR`: which SYN generator the floods use.
+    pub generator: flood::GeneratorChoice,
 }
 
 impl Ctx {
@@ -157,6 +164,7 @@ fn run() -> Result<bool> {
         bail!("the bench needs root (BPF programs, network namespaces, nftables)");
     }
     let quick = env_flag("LIMITER_BENCH_QUICK");
+    let generator = flood::GeneratorChoice::from_env()?;
     let parts: Vec<String> = match std::env::var("LIMITER_BENCH_PARTS") {
         Ok(list) if !list.trim().is_empty() => {
             list.split(',').map(|p| p.trim().to_string()).collect()
@@ -227,6 +235,7 @@ fn run() -> Result<bool> {
         quick,
         cores: machine.cores,
         has_iptables,
+        generator,
     };
     if ctx.cores < 2 {
         bail!("the bench needs at least 2 CPUs (generator and server on different ones)");
@@ -252,6 +261,7 @@ fn run() -> Result<bool> {
         }
         println!("==> Part {name}");
         noise.push((format!("before {name}"), sys::noise_snapshot()));
+        let _ = flood::generators_started();
         let t = Instant::now();
         let result = match name {
             "packet" => pktcost::run(&ctx),
@@ -267,8 +277,12 @@ fn run() -> Result<bool> {
             _ => unreachable!("checked above"),
         };
         noise.push((format!("after {name}"), sys::noise_snapshot()));
+        let generators = flood::generators_started();
         match result {
-            Ok(part) => {
+            Ok(mut part) => {
+                if !generators.is_empty() {
+                    part.generator = Some(generators.join("; "));
+                }
                 println!(
                     "bench: part {name} done in {:.0} s",
                     t.elapsed().as_secs_f64()
@@ -286,7 +300,12 @@ fn run() -> Result<bool> {
             }
             Err(e) => {
                 eprintln!("bench: part {name} failed: {e:#}");
-                missing.push((name.to_string(), format!("failed: {e:#}")));
+                let with = if generators.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (SYN generator: {})", generators.join("; "))
+                };
+                missing.push((name.to_string(), format!("failed: {e:#}{with}")));
                 all_ok = false;
             }
         }
@@ -301,6 +320,13 @@ fn run() -> Result<bool> {
         },
     )];
     settings.push(("parts".into(), parts.join(", ")));
+    settings.push((
+        "SYN generator setting".into(),
+        format!(
+            "{} (LIMITER_BENCH_GENERATOR: auto, live or raw)",
+            format!("{generator:?}").to_lowercase()
+        ),
+    ));
     let report = Report {
         machine,
         settings,

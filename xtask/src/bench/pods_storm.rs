@@ -14,7 +14,7 @@ use super::{
     netns::TestBed,
     peers::Peers,
     pods::{self, POD_IP},
-    report::{Part, Target, number},
+    report::Part,
     storm::{self, Config, Place, Samples},
 };
 
@@ -64,14 +64,10 @@ pub(super) fn report(part: &mut Part, samples: &Samples, versions: &[(String, St
     outcomes.caption = format!("Connection storm into a pod: {}", outcomes.caption);
     part.tables.push(rates);
     part.tables.push(outcomes);
-    let median = |c: Config| storm::median_of(samples, c, storm::Sample::refused_per_cpu_s);
-    let (limiter, envoy) = (median(Config::LimiterReset), median(Config::Envoy));
-    part.targets.push(Target::at_least(
+    part.targets.push(storm::envoy_target(
+        samples,
         "connection storm into a pod at its limit: refused attempts per server CPU-second, \
          limiter (reset) in the pod vs Envoy `connection_limit` in the pod",
-        limiter / envoy,
-        10.0,
-        &format!("{} vs {} per CPU-s", number(limiter), number(envoy)),
     ));
     part.json["pod_storm"] = json!({ "configurations": tables.json });
 }

@@ -15,6 +15,10 @@ pub struct Part {
     pub method: Vec<String>,
     pub tables: Vec<Table>,
     pub targets: Vec<Target>,
+    /// Ratios reported but not judged: they measure the test harness as much as limiter.
+    pub figures: Vec<Figure>,
+    /// Which SYN generator made this part's floods (see `flood::GeneratorKind`), when it had one.
+    pub generator: Option<String>,
     /// Caveats and observations (Markdown).
     pub notes: Vec<String>,
     pub json: Value,
@@ -29,6 +33,8 @@ impl Part {
             method: Vec::new(),
             tables: Vec::new(),
             targets: Vec::new(),
+            figures: Vec::new(),
+            generator: None,
             notes: Vec::new(),
             json: json!({}),
             charts: Vec::new(),
@@ -97,6 +103,31 @@ impl Target {
 
     fn json(&self) -> Value {
         json!({ "what": self.what, "goal": self.goal, "measured": self.measured, "met": self.met })
+    }
+
+    /// The same comparison reported as a figure rather than judged, and `why` (one sentence).
+    pub fn into_figure(self, why: &str) -> Figure {
+        Figure {
+            what: self.what,
+            measured: self.measured,
+            why: why.to_string(),
+        }
+    }
+}
+
+/// A ratio the report gives but does not judge, because it measures the test harness (a floor
+/// every configuration pays) as much as limiter; the part's targets measure limiter itself.
+#[derive(Clone)]
+pub struct Figure {
+    pub what: String,
+    pub measured: String,
+    /// Why it is not a target (one sentence).
+    pub why: String,
+}
+
+impl Figure {
+    fn json(&self) -> Value {
+        json!({ "what": self.what, "measured": self.measured, "why_not_a_target": self.why })
     }
 }
 
@@ -184,6 +215,10 @@ impl Report {
         self.parts.iter().flat_map(|p| &p.targets).collect()
     }
 
+    pub fn figures(&self) -> Vec<&Figure> {
+        self.parts.iter().flat_map(|p| &p.figures).collect()
+    }
+
     pub fn write(&self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let md = dir.join("report.md");
@@ -201,10 +236,13 @@ impl Report {
             "settings": self.settings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "duration_s": (self.duration_s * 10.0).round() / 10.0,
             "targets": self.targets().iter().map(|t| t.json()).collect::<Vec<_>>(),
+            "figures": self.figures().iter().map(|f| f.json()).collect::<Vec<_>>(),
             "parts": self.parts.iter().map(|p| (p.key.to_string(), json!({
                 "title": p.title,
+                "generator": p.generator,
                 "results": p.json,
                 "targets": p.targets.iter().map(Target::json).collect::<Vec<_>>(),
+                "figures": p.figures.iter().map(Figure::json).collect::<Vec<_>>(),
                 "notes": p.notes,
             }))).collect::<serde_json::Map<_, _>>(),
             "not_measured": self.missing.iter().map(|(p, why)| json!({"part": p, "why": why})).collect::<Vec<_>>(),
@@ -250,6 +288,11 @@ impl Report {
         for (k, v) in &self.settings {
             let _ = writeln!(s, "| {k} | {v} |");
         }
+        for p in &self.parts {
+            if let Some(g) = &p.generator {
+                let _ = writeln!(s, "| SYN generator, {} | {g} |", p.title);
+            }
+        }
         let _ = writeln!(s, "| bench duration | {:.0} s |", self.duration_s);
         let _ = writeln!(s);
 
@@ -277,6 +320,19 @@ impl Report {
             count(Some(false)),
             count(None)
         );
+        if !self.figures().is_empty() {
+            let _ = writeln!(s, "## Figures (reported, not targets)\n");
+            let _ = writeln!(
+                s,
+                "Ratios whose baseline is mostly the test harness's own floor, so they measure \
+                 the harness as much as limiter; each part's targets measure limiter itself.\n"
+            );
+            let _ = writeln!(s, "| figure | measured | why not a target |\n|---|---|---|");
+            for f in self.figures() {
+                let _ = writeln!(s, "| {} | {} | {} |", f.what, f.measured, f.why);
+            }
+            let _ = writeln!(s);
+        }
         if !self.missing.is_empty() {
             let _ = writeln!(s, "## Not measured\n");
             for (part, why) in &self.missing {
@@ -286,6 +342,9 @@ impl Report {
         }
         for part in &self.parts {
             let _ = writeln!(s, "## {}\n", part.title);
+            if let Some(g) = &part.generator {
+                let _ = writeln!(s, "SYN generator in this run: {g}.\n");
+            }
             for m in &part.method {
                 let _ = writeln!(s, "{m}\n");
             }
@@ -311,6 +370,16 @@ impl Report {
                         t.goal,
                         t.measured,
                         t.status()
+                    );
+                }
+                let _ = writeln!(s);
+            }
+            if !part.figures.is_empty() {
+                for f in &part.figures {
+                    let _ = writeln!(
+                        s,
+                        "- Figure (not a target): {} — measured {}. Why not a target: {}",
+                        f.what, f.measured, f.why
                     );
                 }
                 let _ = writeln!(s);
