@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use limiter_common::{FlowKey, tracked};
 
-use crate::{accounting, socket_tags};
+use crate::{accounting, flow, socket_tags};
 
 const TCP_CLOSE: i32 = 7;
 
@@ -48,10 +48,10 @@ pub fn close_watch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The connection's 4-tuple, as [`accounting::flow_of`] gives it from sock_ops' context.
+/// The connection's 4-tuple, as [`flow::flow_of`] gives it from sock_ops' context.
 #[inline(always)]
 fn flow_of(sk: *const u8) -> Option<FlowKey> {
-    accounting::socket_flow(
+    flow::socket_flow(
         u32::from(read::<u16>(sk, SKC_FAMILY)?),
         || Some((read(sk, SKC_RCV_SADDR)?, read(sk, SKC_DADDR)?)),
         || Some((read(sk, SKC_V6_RCV_SADDR)?, read(sk, SKC_V6_DADDR)?)),

@@ -7,7 +7,7 @@ use aya_log_ebpf::warn;
 use limiter_common::{KeepaliveConfig, KeepaliveTarget, packet_stat};
 
 use crate::{
-    accounting::flow_of,
+    flow::flow_of,
     maps::{KEEPALIVE_POLICIES, count_packet},
 };
 

@@ -23,6 +23,7 @@ mod accounting;
 mod admission;
 mod atomic;
 mod close_watch;
+mod flow;
 mod keepalive;
 mod listeners;
 mod maps;

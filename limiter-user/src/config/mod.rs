@@ -6,9 +6,13 @@
 //! - [`settings`]: the flags merged over the file, and what a reload changes.
 //! - [`listener`], [`keepalive`], [`duration`]: listeners and limits, keepalive policies and
 //!   durations as users write them, parsed alike in flags and the file.
+pub mod checker;
 pub mod cli;
 pub mod duration;
 pub mod file;
+pub mod file_config;
 pub mod keepalive;
 pub mod listener;
+pub mod path_index;
+pub mod raw;
 pub mod settings;

@@ -33,6 +33,27 @@ pub fn sweep_interval(timeout: Duration) -> Duration {
 /// release.
 pub const WALK_AT_LEAST_EVERY: u32 = 10;
 
+impl LimitTable {
+    /// Whether any slot in use holds a reservation that is not an established connection: a
+    /// handshake in flight, with a PENDING entry the sweep may have to release. From the
+    /// memory-mapped budgets, without a system call. Each slot's two words are read one after
+    /// the other while the programs change them, so a connection established or closed between
+    /// the two reads can hide a handshake for that one look (the sweep walks anyway every
+    /// [`crate::enforce::handshake::WALK_AT_LEAST_EVERY`]th time); an entry made after them is younger
+    /// than the look, so nothing is due for it yet.
+    pub fn handshakes_in_flight(&self) -> bool {
+        (0..self.next_slot).any(|slot| {
+            let usage = self.maps.usage.get(slot);
+            usage.reserved > usage.active
+        })
+    }
+
+    pub fn count_handshake_timeout(&mut self, slot: u32) {
+        self.maps.usage.release_reservation(slot);
+        *self.handshake_timeouts.entry(slot).or_default() += 1;
+    }
+}
+
 /// Releases every reservation older than `timeout` (returns how many), then lets the flood
 /// watch look at the rest.
 ///

@@ -12,13 +12,13 @@
 //! both; a listener with only a per-source limit has `NO_LIMIT` as its own.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
 };
 
 use aya::maps::MapError;
 use limiter_common::{
-    FlowKey, ListenerConfig, NO_LIMIT, SOURCE_DYING, SlotListener, SlotStats, SlotUsage, SourceKey,
-    admission_mode, family, map_names, port_entry, tracked,
+    FlowKey, ListenerConfig, NO_LIMIT, SlotListener, SlotStats, SourceKey, admission_mode, family,
+    map_names, port_entry, tracked,
 };
 
 use crate::{
@@ -29,17 +29,16 @@ use crate::{
     enforce::over_limit::ResetStats,
     enforce::xdp_mode::{self, Attachment},
     error::AgentError,
-    observe::stats::{ListenerReport, PacketReport, Report},
     proxy::coverage,
 };
 
 #[derive(Clone, Copy, Debug)]
-struct Limit {
+pub(super) struct Limit {
     /// The listener's own limit and action; `None`: limited per source only.
-    own: Option<(u32, Action)>,
+    pub(super) own: Option<(u32, Action)>,
     /// The limit and action of each client address.
-    per_source: Option<(u32, Action)>,
-    slot: u32,
+    pub(super) per_source: Option<(u32, Action)>,
+    pub(super) slot: u32,
 }
 
 impl Limit {
@@ -76,19 +75,19 @@ impl Limit {
 }
 
 pub struct LimitTable {
-    maps: Maps,
+    pub(super) maps: Maps,
     default_action: Action,
-    configured: BTreeMap<Listener, Limit>,
+    pub(super) configured: BTreeMap<Listener, Limit>,
     /// Unset listeners whose slot still holds connections.
     draining: BTreeMap<Listener, u32>,
     /// Slots still holding connections of listeners an earlier agent removed (found in pinned
     /// maps): freed when they drain.
     orphans: Vec<u32>,
     free_slots: Vec<u32>,
-    next_slot: u32,
+    pub(super) next_slot: u32,
     /// Reservations released by the agent because the handshake never completed, per slot
     /// that had any (kept sparse, like `flood`: one table per enforced namespace).
-    handshake_timeouts: BTreeMap<u32, u64>,
+    pub(super) handshake_timeouts: BTreeMap<u32, u64>,
     /// Listeners the agent runs a proxy on: the only ones the `close` action can apply to
     /// (the kernel lets every handshake of a `close` listener complete and relies on the proxy
     /// to close the held ones; without a proxy the limit would silently not be enforced).
@@ -588,124 +587,5 @@ impl LimitTable {
         self.configured
             .iter()
             .filter_map(|(listener, limit)| limit.own.map(|(own, _)| (*listener, limit.slot, own)))
-    }
-
-    /// Whether any slot in use holds a reservation that is not an established connection: a
-    /// handshake in flight, with a PENDING entry the sweep may have to release. From the
-    /// memory-mapped budgets, without a system call. Each slot's two words are read one after
-    /// the other while the programs change them, so a connection established or closed between
-    /// the two reads can hide a handshake for that one look (the sweep walks anyway every
-    /// [`crate::enforce::handshake::WALK_AT_LEAST_EVERY`]th time); an entry made after them is younger
-    /// than the look, so nothing is due for it yet.
-    pub fn handshakes_in_flight(&self) -> bool {
-        (0..self.next_slot).any(|slot| {
-            let usage = self.maps.usage.get(slot);
-            usage.reserved > usage.active
-        })
-    }
-
-    pub fn count_handshake_timeout(&mut self, slot: u32) {
-        self.maps.usage.release_reservation(slot);
-        *self.handshake_timeouts.entry(slot).or_default() += 1;
-    }
-
-    pub fn report(&self) -> Report {
-        let sources = self.sources_by_slot();
-        let listeners = self
-            .configured
-            .iter()
-            .map(|(listener, limit)| {
-                let SlotUsage {
-                    reserved,
-                    active,
-                    mode,
-                } = self.maps.usage.get(limit.slot);
-                let stats = self.slot_stats(limit.slot);
-                let flood = self.flood.slot(limit.slot);
-                let timeouts = self
-                    .handshake_timeouts
-                    .get(&limit.slot)
-                    .copied()
-                    .unwrap_or(0);
-                let held = sources.get(&limit.slot).map_or(&[][..], Vec::as_slice);
-                ListenerReport {
-                    listener: listener.to_string(),
-                    netns: self.netns.clone(),
-                    pod: None,
-                    limit: limit.own.map(|(own, _)| own as u64),
-                    action: limit.own.map_or(Action::Drop, |(_, action)| action),
-                    per_source_limit: limit.per_source.map(|(n, _)| n as u64),
-                    per_source_action: limit.per_source.map(|(_, action)| action),
-                    sources: held.len() as u64,
-                    sources_at_limit: limit.per_source.map_or(0, |(n, _)| {
-                        held.iter().filter(|&&h| h >= n as u64).count() as u64
-                    }),
-                    active,
-                    pending: reserved.saturating_sub(active),
-                    admitted_total: stats.established,
-                    refused_total: stats.refused_drop + stats.refused_reset,
-                    refused_drop_total: stats.refused_drop,
-                    refused_reset_total: stats.refused_reset,
-                    refused_per_source_total: stats.refused_per_source,
-                    reset_after_handshake_per_source_total: stats.per_source_over_limit_established,
-                    preexisting_total: stats.preexisting,
-                    syn_retransmit_total: stats.syn_retransmitted,
-                    handshake_timeout_total: timeouts,
-                    unreserved_total: stats.established_unreserved,
-                    untracked_total: stats.untracked,
-                    held_total: stats.held,
-                    mode: if mode == admission_mode::FLOOD {
-                        "flood"
-                    } else {
-                        "reserve"
-                    }
-                    .to_string(),
-                    flood_mode_entered_total: flood.entered_total,
-                    proven_syn_passed_total: stats.proven_syn_passed,
-                    handshakes_not_completed_total: timeouts + flood.not_completed,
-                    reset_after_handshake_total: stats.over_limit_established,
-                    dry_run_would_refuse_total: stats.dry_run_would_refuse,
-                    listening: !self.unbound.contains(listener),
-                }
-            })
-            .collect();
-        let mut packets = PacketReport::from_counters(|i| self.packet_stat(i));
-        packets.reset_after_handshake_failed_total = self.resets.failed.load(Ordering::Relaxed);
-        Report {
-            listeners,
-            packets,
-            proxies: Vec::new(),
-            features: Vec::new(),
-        }
-    }
-
-    /// The connections each source holds, by listener slot (one walk over SOURCES).
-    fn sources_by_slot(&self) -> BTreeMap<u32, Vec<u64>> {
-        let mut by_slot: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
-        for (source, held) in self.maps.sources.iter().filter_map(Result::ok) {
-            if held != SOURCE_DYING && held > 0 {
-                by_slot.entry(source.slot).or_default().push(held);
-            }
-        }
-        by_slot
-    }
-
-    /// A slot's event counters, summed over CPUs.
-    pub fn slot_stats(&self, slot: u32) -> SlotStats {
-        let Ok(per_cpu) = self.maps.slot_stats.get(&slot, 0) else {
-            return SlotStats::default();
-        };
-        per_cpu.iter().fold(SlotStats::default(), |mut sum, cpu| {
-            sum.add(cpu);
-            sum
-        })
-    }
-
-    fn packet_stat(&self, index: u32) -> u64 {
-        self.maps
-            .packet_stats
-            .get(&index, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
     }
 }

@@ -5,7 +5,8 @@
 //!   kernel can do.
 //! - [`kernel`], [`capacity`], [`pins`], [`xdp_mode`]: loading and attaching the programs, how
 //!   big their maps are, keeping them pinned across restarts, the XDP mode of each interface.
-//! - [`limits`], [`usage`]: the limits in force and the listener slots that count for them.
+//! - [`limits`], [`limit_report`], [`usage`]: the limits in force, the listener slots that
+//!   count for them, and what they report.
 //! - [`handshake`], [`flood`], [`flood_state`]: releasing reservations whose handshake never
 //!   completed, and flood mode.
 //! - [`preexisting`], [`over_limit`], [`unbound`], [`sock_diag`]: connections that were there
@@ -18,6 +19,7 @@ pub mod flood;
 pub mod flood_state;
 pub mod handshake;
 pub mod kernel;
+pub mod limit_report;
 pub mod limits;
 pub mod over_limit;
 pub mod pins;

@@ -290,7 +290,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     part.notes.push(format!(
         "At rest, each namespace the agent enforces in adds {:.3}% of one CPU and {:.2} MiB of \
          kernel memory (the table above: the {}-namespace agent less the 1-namespace one, ÷ {}; \
-         a namespace's copy of the maps is sized for one workload, `limiter-user/src/capacity.rs`: \
+         a namespace's copy of the maps is sized for one workload, `limiter-user/src/enforce/capacity.rs`: \
          with the agent's own sizes it was about 26 MiB). Before commit b9f0fc8 every \
          namespace's handshake sweep walked its whole table of handshakes in flight (65,536 \
          buckets, empty or not) ten times a second, about 0.11% of a CPU per namespace \
