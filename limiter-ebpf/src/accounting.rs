@@ -33,7 +33,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use limiter_common::{
     FlowKey, ListenerConfig, NO_LIMIT, OverLimit, Pending, SlotStats, SourceKey, TrackedSocket,
-    action, family, tracked,
+    action, tracked,
 };
 
 use crate::{

@@ -110,6 +110,13 @@ pub enum AgentError {
     #[error("--pin-dir {dir}: {source}")]
     PinDir { dir: PathBuf, source: io::Error },
 
+    /// Without the adopt walk the new programs would admit a whole limit on top of what is
+    /// open: the old ones, whose counts can only be too high, are better left enforcing.
+    #[error(
+        "--pin-dir {dir}: pins of map layout {layouts} cannot be taken over without counting the open connections, and the adopt walk cannot run here (see the warning above); they go on enforcing as they are"
+    )]
+    TakeoverWithoutAdoption { dir: PathBuf, layouts: String },
+
     #[error("--pin-dir: {what}: {source}")]
     Pin { what: String, source: io::Error },
 
@@ -133,7 +140,7 @@ pub enum AgentError {
 
     /// A `--limit-in` path that is not (or no longer) a network namespace.
     #[error("--limit-in {0}")]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] NetnsError),
 
     /// Something that failed while enforcing inside another network namespace.
     #[error("in network namespace {netns}: {source}")]
@@ -170,8 +177,7 @@ impl AgentError {
     /// Whether the user's flags or file are at fault (exit 2), not the environment.
     pub fn is_usage(&self) -> bool {
         match self {
-            AgentError::Combination(_)
-            | AgentError::Netns(crate::netns::NetnsError::NotNetns { .. }) => true,
+            AgentError::Combination(_) | AgentError::Netns(NetnsError::NotNetns { .. }) => true,
             AgentError::InNetns { source, .. } => source.is_usage(),
             _ => false,
         }
@@ -184,6 +190,19 @@ impl AgentError {
     pub fn syscall(call: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |source| AgentError::Syscall { call, source }
     }
+}
+
+/// Why a path is not (or no longer) a network namespace the agent can enforce in.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: {reason}")]
+    NotNetns { path: PathBuf, reason: String },
+    #[error("network namespace {path}: {call}: {source}")]
+    Syscall {
+        path: PathBuf,
+        call: &'static str,
+        source: io::Error,
+    },
 }
 
 /// This kernel's release (`uname -r`), for errors that are about the kernel.

@@ -11,7 +11,7 @@ use crate::{
     config::duration,
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, ListenerParseError, NO_CLOSE_PER_SOURCE},
-    proxy::ProxySpec,
+    config::proxy_spec::ProxySpec,
 };
 
 use super::{
@@ -170,7 +170,7 @@ impl Checker<'_> {
         i: usize,
         raw: &RawNamespace,
         top: &FileConfig,
-    ) -> Result<crate::netns::NetnsLimits, ConfigError> {
+    ) -> Result<crate::config::namespaces::NetnsLimits, ConfigError> {
         let base = format!("namespaces[{i}]");
         if !raw.path.starts_with('/') {
             return Err(self.at(
@@ -198,7 +198,7 @@ impl Checker<'_> {
             }
             self.listener(&list, j, listener, &mut seen, &mut inner)?;
         }
-        Ok(crate::netns::NetnsLimits {
+        Ok(crate::config::namespaces::NetnsLimits {
             path: raw.path.clone().into(),
             limits: inner.limits,
             keepalive: Vec::new(),

@@ -7,9 +7,7 @@ use crate::{
     config::duration,
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, Scope},
-    enforce::xdp_mode::XdpAttachMode,
-    observe::logging::{LogFormat, LogLevel},
-    proxy::ProxySpec,
+    config::proxy_spec::ProxySpec,
 };
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/limiter/limiter.sock";
@@ -263,6 +261,32 @@ pub struct UnsetArgs {
 
     #[command(flatten)]
     pub control: ControlArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `--log-level`: the agent's own lines and the kernel programs' (aya-log) alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
 }
 
 /// `--metrics-addr`: an address, or `off`.

@@ -256,7 +256,7 @@ namespaces:
 ");
         assert_eq!(
             config.namespaces,
-            [crate::netns::NetnsLimits {
+            [crate::config::namespaces::NetnsLimits {
                 path: "/run/netns/pod-a".into(),
                 limits: vec![limit("8000=5")],
                 keepalive: Vec::new(),

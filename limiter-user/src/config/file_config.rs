@@ -3,11 +3,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
+    config::proxy_spec::ProxySpec,
     config::{
         keepalive::{Destinations, KeepaliveSpec},
         listener::{Action, LimitSpec},
     },
-    proxy::ProxySpec,
 };
 
 /// What a config file sets. Empty / `None`: not set in the file.
@@ -23,7 +23,7 @@ pub struct FileConfig {
     pub proxies: Vec<ProxyConfig>,
     pub keepalive_for: Vec<(Destinations, KeepaliveSpec)>,
     /// `namespaces`: limits inside other network namespaces (`--limit-in`).
-    pub namespaces: Vec<crate::netns::NetnsLimits>,
+    pub namespaces: Vec<crate::config::namespaces::NetnsLimits>,
 }
 
 /// One proxy and its own settings; `None` fields fall back to the matching flag.

@@ -4,11 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     config::cli::RunArgs,
+    config::coverage,
     config::file::{self, FileConfig, ProxyConfig},
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
-    netns::NetnsLimits,
-    proxy::coverage,
+    config::namespaces::NetnsLimits,
 };
 
 pub const DEFAULT_OVER_LIMIT: Action = Action::Drop;

@@ -22,6 +22,7 @@ use limiter_common::{
 };
 
 use crate::{
+    config::coverage,
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{Action, LimitSpec, Listener, NO_CLOSE_PER_SOURCE, Scope},
     enforce::flood_state::FloodWatch,
@@ -29,7 +30,6 @@ use crate::{
     enforce::over_limit::ResetStats,
     enforce::xdp_mode::{self, Attachment},
     error::AgentError,
-    proxy::coverage,
 };
 
 #[derive(Clone, Copy, Debug)]

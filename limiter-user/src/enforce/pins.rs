@@ -91,6 +91,11 @@ impl PinDir {
         self.adopting || self.taking_over()
     }
 
+    /// The directory as it was given (`--pin-dir`, or a namespace's under it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether pins of another map layout are here to be taken over.
     pub fn taking_over(&self) -> bool {
         !self.predecessors.is_empty()

@@ -15,17 +15,12 @@ use std::{ffi::CStr, fmt};
 use aya::programs::XdpMode;
 
 use crate::{
-    config::listener::{Action, LimitSpec},
+    config::{
+        cli::XdpAttachMode,
+        listener::{Action, LimitSpec},
+    },
     error::AgentError,
 };
-
-/// `--xdp-mode`: how the user asked XDP to run on every interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpAttachMode {
-    Auto,
-    Native,
-    Generic,
-}
 
 /// How the agent attaches XDP on one interface, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,13 +28,14 @@ use kube::{
 };
 
 use crate::{
+    config::namespaces::NetnsLimits,
     kubernetes::{
         gateway::{ENVOY_GATEWAY_NAME_LABEL, GATEWAY_NAME_LABEL, Gateway, Gateways, ServiceInfo},
         pod::{PodInfo, enforceable},
         pod_netns,
         policy::{ConnectionLimitPolicy, PolicyKey, resolve},
     },
-    netns::{Namespaces, NetnsLimits, registry::Source},
+    netns::{Namespaces, registry::Source},
 };
 
 /// How often the pods' namespaces are checked again: pods whose namespace was not found (it

@@ -24,6 +24,7 @@ use std::{
 
 use crate::{
     config::{
+        cli::XdpAttachMode,
         keepalive::{Destinations, KeepaliveSpec},
         listener::{Action, LimitSpec, Listener},
     },
@@ -37,7 +38,7 @@ use crate::{
         preexisting,
         sock_diag::SockDiag,
         unbound,
-        xdp_mode::{self, Attachment, XdpAttachMode},
+        xdp_mode::{self, Attachment},
     },
     error::AgentError,
     netns::{Netns, dispatch::Dispatch},
@@ -254,16 +255,11 @@ impl NetnsEnforcement {
             // destinations).
             table.configure(adopting, limits, env.keepalive_for.iter().chain(keepalive))?;
             if let Some(pins) = self.pins.as_ref().filter(|p| p.taking_over()) {
-                // Without the walk the new programs would admit a whole limit on top of what is
-                // open: the old ones, whose counts can only be too high, are better left
-                // enforcing.
                 if table.maps().adopter.is_none() {
-                    return Err(AgentError::Combination(format!(
-                        "pins of map layout {} cannot be taken over without counting the open \
-                         connections, and the adopt walk cannot run here (see the warning \
-                         above); they go on enforcing as they are",
-                        pins.predecessor_names()
-                    )));
+                    return Err(AgentError::TakeoverWithoutAdoption {
+                        dir: pins.root().to_owned(),
+                        layouts: pins.predecessor_names(),
+                    });
                 }
                 tracing::info!(
                     netns = label.as_deref(),

@@ -16,6 +16,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::error::NetnsError;
+
 /// `ioctl(NS_GET_NSTYPE)` (Linux 4.11): which kind of namespace an nsfs file is.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -25,19 +27,6 @@ pub struct Netns {
     path: PathBuf,
     fd: OwnedFd,
     inode: u64,
-}
-
-/// Why a path is not (or no longer) a network namespace the agent can enforce in.
-#[derive(Debug, thiserror::Error)]
-pub enum NetnsError {
-    #[error("network namespace {path}: {reason}")]
-    NotNetns { path: PathBuf, reason: String },
-    #[error("network namespace {path}: {call}: {source}")]
-    Syscall {
-        path: PathBuf,
-        call: &'static str,
-        source: io::Error,
-    },
 }
 
 impl Netns {

@@ -15,10 +15,11 @@ use std::{
 use crate::{
     config::keepalive::{Destinations, KeepaliveSpec},
     config::listener::{LimitSpec, Listener, Scope},
+    config::namespaces::NetnsLimits,
     enforce::pins::netns_dir_name,
     error::AgentError,
     netns::{
-        Netns, NetnsLimits,
+        Netns,
         dispatch::Dispatch,
         enforcement::{Environment, NetnsEnforcement, Place},
         path::current_inode,

@@ -377,7 +377,7 @@ impl Collector for ReportCollector {
                 .map(|f| (vec![("name", f.name.as_str())], u64::from(f.on))),
         )?;
         // Per proxy.
-        let per_proxy = |value: fn(&crate::proxy::stats::ProxyReport) -> u64| {
+        let per_proxy = |value: fn(&crate::observe::stats::ProxyReport) -> u64| {
             report
                 .proxies
                 .iter()

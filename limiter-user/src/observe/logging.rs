@@ -6,6 +6,7 @@
 //! `log` facade into the same output, `--log-level` deciding for both.
 use std::fmt;
 
+use crate::config::cli::{LogFormat, LogLevel};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::{
     filter::{LevelFilter, Targets},
@@ -14,24 +15,6 @@ use tracing_subscriber::{
     registry::LookupSpan,
     util::SubscriberInitExt as _,
 };
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
-}
-
-/// `--log-level`: the agent's own lines and the kernel programs' (aya-log) alike.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    #[default]
-    Info,
-    Debug,
-    Trace,
-}
 
 impl LogLevel {
     fn tracing(self) -> tracing::Level {

@@ -151,8 +151,8 @@ mod tests {
 
     use super::*;
     use crate::config::listener::Action;
+    use crate::observe::stats::ProxyReport;
     use crate::observe::stats::{ListenerReport, PacketReport};
-    use crate::proxy::stats::ProxyReport;
 
     /// Every field a distinct number, so a value read under the wrong name cannot pass.
     fn listener(name: &str, action: Action, base: u64) -> ListenerReport {

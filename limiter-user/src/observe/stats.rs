@@ -2,7 +2,7 @@
 //! JSON object (`--json`) or an aligned table.
 use serde::{Deserialize, Serialize};
 
-use crate::{config::listener::Action, proxy::stats::ProxyReport};
+use crate::config::listener::Action;
 use limiter_common::packet_stat;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -308,6 +308,22 @@ impl Report {
         }
         out
     }
+}
+
+/// One proxy's numbers (`--proxy`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyReport {
+    pub proxy: String,
+    pub active: u64,
+    pub held: u64,
+    pub held_total: u64,
+    pub accepted_total: u64,
+    pub upstream_connect_failures_total: u64,
+    pub upstream_connect_timeouts_total: u64,
+    pub upstream_overflow_total: u64,
+    pub upstream_keepalive_deaths_total: u64,
+    pub bytes_to_upstream_total: u64,
+    pub bytes_to_downstream_total: u64,
 }
 
 #[cfg(test)]

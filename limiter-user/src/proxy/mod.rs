@@ -7,14 +7,11 @@
 //! `--delay-before-close` before closing it, passing no bytes upstream (Envoy's
 //! `connection_limit` behaviour, except that held connections never count as active).
 pub mod copy;
-pub mod coverage;
 pub mod stats;
 pub mod upstream;
 
 use std::{
-    fmt,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    str::FromStr,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,55 +22,13 @@ use tokio::{
 };
 
 use crate::{
-    config::listener::{Action, Listener},
+    config::{listener::Action, proxy_spec::ProxySpec},
     enforce::limits::LimitTable,
     error::AgentError,
 };
 
 pub use stats::ProxyStats;
 pub use upstream::UpstreamPolicy;
-
-/// `LISTEN=UPSTREAM`: `[::]:8000=198.18.0.3:1025`, `8000=[fd00::3]:1025`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProxySpec {
-    pub listen: Listener,
-    pub upstream: SocketAddr,
-}
-
-impl FromStr for ProxySpec {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (listen, upstream) = text.split_once('=').ok_or_else(|| {
-            format!("'{text}' is not LISTEN=UPSTREAM (e.g. '[::]:8000=198.18.0.3:1025')")
-        })?;
-        let listen = listen.parse::<Listener>().map_err(|e| e.to_string())?;
-        let upstream = upstream
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("'{upstream}' is not an upstream IP:PORT or [IPv6]:PORT"))?;
-        if upstream.port() == 0 {
-            return Err(format!("'{upstream}': upstream port must be 1-65535"));
-        }
-        Ok(ProxySpec { listen, upstream })
-    }
-}
-
-impl fmt::Display for ProxySpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.listen, self.upstream)
-    }
-}
-
-impl ProxySpec {
-    /// Where to bind: a bare port listens on every address of both families (`[::]`,
-    /// dual-stack).
-    pub fn bind_addr(&self) -> SocketAddr {
-        match self.listen {
-            Listener::AnyAddress(port) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            Listener::Address(ip, port) => SocketAddr::new(ip, port),
-        }
-    }
-}
 
 /// One running proxy.
 pub struct Proxy {
@@ -100,7 +55,7 @@ impl Proxy {
                 s.set_reuseaddr(true)?;
                 if addr.ip().is_unspecified() && addr.is_ipv6() {
                     // Dual-stack whatever net.ipv6.bindv6only says: a limit on this listener
-                    // covers IPv4 clients too (coverage::clients_of).
+                    // covers IPv4 clients too (config::coverage::clients_of).
                     socket2::SockRef::from(&s).set_only_v6(false)?;
                 }
                 s.bind(addr)?;

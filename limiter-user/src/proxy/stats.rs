@@ -2,7 +2,7 @@
 //! counters, plain names for gauges).
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
+use crate::observe::stats::ProxyReport;
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -42,21 +42,6 @@ pub struct ProxyStats {
     pub upstream_keepalive_deaths_total: Counter,
     pub bytes_to_upstream_total: Counter,
     pub bytes_to_downstream_total: Counter,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProxyReport {
-    pub proxy: String,
-    pub active: u64,
-    pub held: u64,
-    pub held_total: u64,
-    pub accepted_total: u64,
-    pub upstream_connect_failures_total: u64,
-    pub upstream_connect_timeouts_total: u64,
-    pub upstream_overflow_total: u64,
-    pub upstream_keepalive_deaths_total: u64,
-    pub bytes_to_upstream_total: u64,
-    pub bytes_to_downstream_total: u64,
 }
 
 impl ProxyStats {
