@@ -208,7 +208,11 @@ impl NetnsEnforcement {
             xdp_mode::check_actions_deliverable(limits, env.over_limit, &attachments)?;
             Ok((cookie, attachments, place.load(cookie, env)?))
         });
-        let (cookie, attachments, (programs, maps, pins)) = loaded.map_err(|e| place.name_in(e))?;
+        let (cookie, attachments, (programs, maps, pins)) = loaded.map_err(|e| match e {
+            // Finding the namespace's cookie and interfaces: the error names its path already.
+            AgentError::Netns(_) => e,
+            e => place.name_in(e),
+        })?;
         let mut table = LimitTable::new(maps, env.over_limit);
         table.netns = place.label();
         if let Place::Agent(agent) = &place {
