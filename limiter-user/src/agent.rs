@@ -171,11 +171,7 @@ impl ControlTarget for AgentState {
 
     fn set(&self, netns: Option<&std::path::Path>, spec: &LimitSpec) -> Result<String, String> {
         let now = match netns {
-            None => {
-                // The table is let go before the connections already there are counted.
-                let now = self.host.table().set(spec);
-                now.and_then(|now| self.host.count_preexisting().map(|()| now))
-            }
+            None => self.host.set(spec),
             Some(path) => self.lock_namespaces().set(path, spec),
         };
         now.map(|now| format!("limit set: {now}"))

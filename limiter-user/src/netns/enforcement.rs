@@ -337,6 +337,14 @@ impl NetnsEnforcement {
         self.table.clone()
     }
 
+    /// `limiter set` (and a reload's or a policy's new limit): the limit, then the connections
+    /// its listener already holds, counted (the table is let go first: counting takes it).
+    pub fn set(&self, spec: &LimitSpec) -> Result<String, AgentError> {
+        let now = self.table().set(spec)?;
+        self.count_preexisting()?;
+        Ok(now)
+    }
+
     /// Counts the connections established in the namespace before their listener was limited
     /// (`preexisting`); after every change of limits.
     pub fn count_preexisting(&self) -> Result<(), AgentError> {

@@ -228,11 +228,7 @@ impl Namespaces {
         }
         let configured = self.configured.get_mut(path).expect("checked just above");
         let now = match &mut configured.state {
-            State::Enforcing(enforcement) => {
-                let now = in_netns(path, enforcement.table().set(spec))?;
-                in_netns(path, enforcement.count_preexisting())?;
-                now
-            }
+            State::Enforcing(enforcement) => in_netns(path, enforcement.set(spec))?,
             State::Waiting { .. } => format!("{spec} (applied when the path names a namespace)"),
         };
         configured.limits.retain(|l| !l.same_limit(spec));
